@@ -1,0 +1,460 @@
+"""Tests for twophase_core.metrics: exact zeros at eps = 0, agreement with hand-written references."""
+
+from __future__ import annotations
+
+import copy
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twophase_core.metrics import (
+    barrier_from_path,
+    disagreement_rate,
+    evaluate,
+    interpolate,
+    interpolation_losses,
+    loss_barrier,
+    loss_barrier_path,
+    parameter_dissimilarity,
+    recompute_bn_stats,
+)
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine the spinning threads cost 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_mlp(seed: int, d: int = 6, h: int = 12, k: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k))
+
+
+def make_bn_net(seed: int, k: int = 3) -> nn.Module:
+    """Small conv net with BatchNorm2d and dropout; running stats made non-trivial by train forwards."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * 4 * 4, k),
+    )
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 2, 8, 8) * 2 + 0.5)
+    net.eval()
+    return net
+
+
+def mlp_data(seed: int = 100, n: int = 200, d: int = 6, k: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def img_data(seed: int = 101, n: int = 120, k: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 8, 8, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def flat(model: nn.Module) -> np.ndarray:
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return np.concatenate([p.detach().double().numpy().ravel() for p in ps])
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """torch.allclose with a useful message (torch.testing's first call costs ~1.5 s of imports)."""
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=rtol, atol=atol), f"max abs diff {(got - want).abs().max():.3g}"
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model: nn.Module, snap: dict[str, torch.Tensor]) -> bool:
+    sd = model.state_dict()
+    return sd.keys() == snap.keys() and all(torch.equal(sd[k], snap[k]) for k in sd)
+
+
+def hand_losses(a: nn.Module, b: nn.Module, x, y, alphas) -> np.ndarray:
+    """Reference path: state dicts built as alpha*a + (1-alpha)*b by hand, CE with F.cross_entropy."""
+    sa, sb = a.state_dict(), b.state_dict()
+    out = []
+    for alpha in alphas:
+        sd = {k: (alpha * sa[k] + (1 - alpha) * sb[k]) if sa[k].is_floating_point() else sa[k].clone()
+              for k in sa}
+        m = copy.deepcopy(a)
+        m.load_state_dict(sd)
+        m.eval()
+        with torch.no_grad():
+            out.append(float(F.cross_entropy(m(x), y)))
+    return np.array(out)
+
+
+def hand_barrier(losses: np.ndarray, alphas: np.ndarray) -> float:
+    return float(np.max(losses - (alphas * losses[-1] + (1 - alphas) * losses[0])))
+
+
+# ----------------------------------------------------------------------------- exactness at eps = 0
+
+
+@pytest.mark.parametrize("maker, data", [(make_mlp, mlp_data), (make_bn_net, img_data)])
+def test_identical_models_give_exact_zeros(maker, data):
+    a = maker(0)
+    b = copy.deepcopy(a)
+    x, y = data()
+    assert parameter_dissimilarity(a, b) == 0.0
+    assert disagreement_rate(a, b, x) == 0.0
+    assert loss_barrier(a, b, x, y) == 0.0
+    assert loss_barrier(a, b, x, y, bn="reset", train_x=x) == 0.0
+    _, losses, barrier = loss_barrier_path(a, b, x, y, bn="reset", train_x=x, bn_batches=3, batch_size=32)
+    assert barrier == 0.0
+    assert np.all(losses == losses[0])
+
+
+def test_identical_models_exact_zero_barrier_when_models_in_train_mode():
+    a = make_bn_net(1)
+    a.train()
+    b = copy.deepcopy(a)
+    x, y = img_data()
+    assert loss_barrier(a, b, x, y) == 0.0
+    assert loss_barrier(a, b, x, y, bn="reset", train_x=x) == 0.0
+    assert disagreement_rate(a, b, x) == 0.0
+
+
+# ----------------------------------------------------------------------------- C
+
+
+def test_dissimilarity_scale_invariant():
+    a = make_mlp(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.mul_(3.0)
+    assert abs(parameter_dissimilarity(a, b)) < 1e-12
+
+
+def test_dissimilarity_matches_numpy_cosine():
+    a, b = make_mlp(0), make_mlp(1)
+    va, vb = flat(a), flat(b)
+    ref = 1.0 - va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb))
+    assert parameter_dissimilarity(a, b) == pytest.approx(ref, abs=1e-12)
+    assert parameter_dissimilarity(b, a) == pytest.approx(ref, abs=1e-12)
+
+
+def test_dissimilarity_of_negated_model_is_two():
+    a = make_mlp(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.neg_()
+    assert parameter_dissimilarity(a, b) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_dissimilarity_tiny_perturbation_is_accurate():
+    """A 1e-7 relative kick: compare against exact rational arithmetic on the float64 values."""
+    a = make_mlp(0, d=3, h=4, k=2)
+    b = copy.deepcopy(a)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1e-7 * torch.randn(p.shape, generator=g))
+    va, vb = flat(a), flat(b)
+    assert not np.array_equal(va, vb)
+    fa, fb = [Fraction(float(v)) for v in va], [Fraction(float(v)) for v in vb]
+    dot = sum(u * v for u, v in zip(fa, fb, strict=True))
+    na2, nb2 = sum(u * u for u in fa), sum(v * v for v in fb)
+    one_minus_cos2 = 1 - dot * dot / (na2 * nb2)  # exact; 1 - cos = (1 - cos^2) / (1 + cos)
+    ref = float(one_minus_cos2) / (1.0 + float(dot) / math.sqrt(float(na2) * float(nb2)))
+    got = parameter_dissimilarity(a, b)
+    assert ref > 0
+    assert got == pytest.approx(ref, rel=1e-6)
+    # the naive float32 formula is pure rounding noise here
+    assert ref < 1e-12
+
+
+def test_dissimilarity_ignores_buffers_and_frozen_params():
+    a = make_bn_net(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for m in b.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(5.0)
+                m.running_var.mul_(3.0)
+        b[0].weight.requires_grad_(False)
+        a[0].weight.requires_grad_(False)
+        b[0].weight.add_(1.0)
+    assert parameter_dissimilarity(a, b) == 0.0
+
+
+def test_dissimilarity_rejects_mismatched_models():
+    with pytest.raises(ValueError):
+        parameter_dissimilarity(make_mlp(0), make_mlp(0, h=5))
+
+
+# ----------------------------------------------------------------------------- interpolate
+
+
+def test_interpolate_endpoints_are_bitwise_exact():
+    a, b = make_bn_net(0), make_bn_net(1)
+    with torch.no_grad():
+        b[1].num_batches_tracked.fill_(77)
+    sa, sb = snapshot(a), snapshot(b)
+    m1 = interpolate(a, b, 1.0)
+    m0 = interpolate(a, b, 0.0)
+    s1, s0 = m1.state_dict(), m0.state_dict()
+    for k in sa:
+        assert torch.equal(s1[k], sa[k]), k
+        if sa[k].is_floating_point():
+            assert torch.equal(s0[k], sb[k]), k
+        else:
+            assert torch.equal(s0[k], sa[k]), k  # integer buffers come from a
+    assert same_state(a, sa) and same_state(b, sb)
+    assert m1 is not a and m1[0].weight.data_ptr() != a[0].weight.data_ptr()
+
+
+def test_interpolate_midpoint_and_identical_models():
+    a, b = make_bn_net(0), make_bn_net(1)
+    sa, sb = a.state_dict(), b.state_dict()
+    sm = interpolate(a, b, 0.3).state_dict()
+    for k in sa:
+        if sa[k].is_floating_point():
+            assert_close(sm[k], 0.3 * sa[k] + 0.7 * sb[k], rtol=1e-6, atol=1e-6)
+    c = copy.deepcopy(a)
+    for alpha in (0.0, 0.137, 0.5, 0.9, 1.0):
+        si = interpolate(a, c, alpha).state_dict()
+        assert all(torch.equal(si[k], sa[k]) for k in sa)
+
+
+def test_interpolate_reset_mode_resets_running_stats():
+    a, b = make_bn_net(0), make_bn_net(1)
+    m = interpolate(a, b, 0.5, bn="reset")
+    assert torch.equal(m[1].running_mean, torch.zeros(4))
+    assert torch.equal(m[1].running_var, torch.ones(4))
+    assert_close(m[0].weight, 0.5 * a[0].weight + 0.5 * b[0].weight)
+    with pytest.raises(ValueError, match="bn"):
+        interpolate(a, b, 0.5, bn="bogus")
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_matches_cross_entropy_and_is_batch_size_independent():
+    a = make_bn_net(0)
+    x, y = img_data(n=250)
+    a.eval()
+    with torch.no_grad():
+        out = a(x)
+    ref_loss = float(F.cross_entropy(out.double(), y))
+    ref_acc = float((out.argmax(1) == y).double().mean())
+    a.train()
+    results = [evaluate(a, x, y, batch_size=bs) for bs in (7, 64, 250, 1000)]
+    for loss, acc in results:
+        assert loss == pytest.approx(ref_loss, abs=1e-6)
+        assert acc == ref_acc
+    assert a.training  # restored
+
+
+# ----------------------------------------------------------------------------- B
+
+
+@pytest.mark.parametrize("maker, data", [(make_mlp, mlp_data), (make_bn_net, img_data)])
+def test_loss_barrier_matches_hand_loop(maker, data):
+    a, b = maker(0), maker(1)
+    x, y = data()
+    alphas = np.linspace(0, 1, 30)
+    ref_losses = hand_losses(a, b, x, y, alphas)
+    got_alphas, losses, barrier = loss_barrier_path(a, b, x, y)
+    np.testing.assert_array_equal(got_alphas, alphas)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-6, rtol=0)
+    assert barrier == pytest.approx(max(0.0, hand_barrier(ref_losses, alphas)), abs=1e-6)
+    assert loss_barrier(a, b, x, y) == barrier
+
+
+def _relu_pair(c: float = 20.0) -> tuple[nn.Module, nn.Module]:
+    """a: h = relu(x), b: h = relu(-x), both with logits (c h, -c h); the midpoint has h = 0."""
+    def build(sign: float) -> nn.Module:
+        net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2))
+        with torch.no_grad():
+            net[0].weight.fill_(sign)
+            net[0].bias.zero_()
+            net[2].weight.copy_(torch.tensor([[c], [-c]]))
+            net[2].bias.zero_()
+        return net
+
+    return build(1.0), build(-1.0)
+
+
+def test_barrier_positive_on_constructed_pair():
+    """Each endpoint is confident on half the data, the midpoint (weights 0) on none: B = ln 2 - L_end."""
+    a, b = _relu_pair()
+    x = torch.linspace(0.5, 2.0, 40).repeat(2).unsqueeze(1) * torch.tensor([1.0] * 40 + [-1.0] * 40)[:, None]
+    y = torch.zeros(80, dtype=torch.long)
+    la, _ = evaluate(a, x, y)
+    lb, _ = evaluate(b, x, y)
+    assert la == pytest.approx(lb, abs=1e-12)
+    barrier = loss_barrier(a, b, x, y, n_alpha=31)  # 31 points: the grid contains 0.5
+    assert barrier == pytest.approx(math.log(2) - la, abs=1e-6)
+    assert barrier > 0.3
+    alphas, losses, b30 = loss_barrier_path(a, b, x, y)
+    assert b30 == pytest.approx(hand_barrier(hand_losses(a, b, x, y, alphas), alphas), abs=1e-6)
+    assert 0 < b30 < barrier
+    assert parameter_dissimilarity(a, b) > 0.0
+
+
+def test_barrier_from_path():
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert barrier_from_path([0.7] * 5, alphas) == 0.0
+    assert barrier_from_path([1.0, 2.0, 3.0, 4.0, 5.0], alphas) == 0.0  # linear path
+    assert barrier_from_path([1.0, 1.5, 4.0, 2.5, 3.0], alphas) == pytest.approx(4.0 - 2.0)
+    assert barrier_from_path([1.0, 0.0, 0.0, 0.0, 3.0], alphas) == 0.0  # below the chord: clamped
+    # order does not matter; a is alpha = 1
+    assert barrier_from_path([3.0, 4.0, 1.0], [1.0, 0.5, 0.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="endpoints"):
+        barrier_from_path([1.0, 2.0], [0.0, 0.5])
+    with pytest.raises(ValueError):
+        barrier_from_path([1.0, 2.0, 3.0], [0.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- bn="reset"
+
+
+def test_reset_requires_train_x_and_known_mode():
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, y = img_data()
+    with pytest.raises(ValueError, match="train_x"):
+        loss_barrier(a, b, x, y, bn="reset")
+    with pytest.raises(ValueError, match="train_x"):
+        interpolation_losses(a, b, x, y, [0.0, 1.0], bn="reset")
+    with pytest.raises(ValueError, match="unknown bn"):
+        loss_barrier(a, b, x, y, bn="recompute", train_x=x)
+
+
+def test_reset_statistics_equal_hand_computed_at_alpha_one():
+    """One-BN-layer model: recomputed stats are the batch mean / unbiased var of the pre-BN activations."""
+    torch.manual_seed(0)
+
+    def build():
+        return nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+
+    a, b = build(), build()
+    for net in (a, b):
+        with torch.no_grad():
+            net[1].running_mean.uniform_(-3, 3)
+            net[1].running_var.uniform_(2, 5)
+        net.eval()
+    g = torch.Generator().manual_seed(7)
+    train_x = torch.randn(96, 5, generator=g) * 2 + 1
+    x, y = torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g)
+    with torch.no_grad():
+        z = a[0](train_x)
+
+    # one batch covering the first 64 inputs: plain mean and unbiased variance
+    m = interpolate(a, b, 1.0, bn="reset")
+    recompute_bn_stats(m, train_x, bn_batches=1, batch_size=64)
+    assert_close(m[1].running_mean, z[:64].mean(0), rtol=1e-5, atol=1e-6)
+    assert_close(m[1].running_var, z[:64].var(0, unbiased=True), rtol=1e-5, atol=1e-6)
+    assert m[1].momentum == 0.1 and not m.training
+
+    # three batches of 32: cumulative average of the per-batch statistics
+    m3 = interpolate(a, b, 1.0, bn="reset")
+    recompute_bn_stats(m3, train_x, bn_batches=3, batch_size=32)
+    zb = z.reshape(3, 32, 4)
+    assert_close(m3[1].running_mean, zb.mean(1).mean(0), rtol=1e-5, atol=1e-6)
+    assert_close(m3[1].running_var, zb.var(1, unbiased=True).mean(0), rtol=1e-5, atol=1e-6)
+
+    # the endpoint of the reset path is this recomputed model, evaluated by hand
+    ref = copy.deepcopy(a)
+    with torch.no_grad():
+        ref[1].running_mean.copy_(zb.mean(1).mean(0))
+        ref[1].running_var.copy_(zb.var(1, unbiased=True).mean(0))
+        ref_loss = float(F.cross_entropy(ref(x), y))
+    losses = interpolation_losses(a, b, x, y, [0.0, 0.5, 1.0], bn="reset", train_x=train_x,
+                                  bn_batches=3, batch_size=32)
+    assert losses[2] == pytest.approx(ref_loss, abs=1e-5)
+    # and it differs from the interpolate-mode endpoint, which keeps a's (arbitrary) running stats
+    plain = interpolation_losses(a, b, x, y, [1.0])
+    assert plain[0] == pytest.approx(evaluate(a, x, y)[0], abs=0)
+    assert abs(plain[0] - losses[2]) > 1e-3
+
+
+def test_reset_treats_endpoints_like_interior():
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, y = img_data()
+    losses = interpolation_losses(a, b, x, y, [0.0, 1.0], bn="reset", train_x=x, bn_batches=2, batch_size=40)
+    for loss, src in zip(losses, (b, a), strict=True):
+        m = copy.deepcopy(src)
+        recompute_bn_stats(m, x, bn_batches=2, batch_size=40)
+        assert loss == evaluate(m, x, y)[0]
+    assert losses[1] != evaluate(a, x, y)[0]
+
+
+def test_reset_without_batchnorm_equals_interpolate():
+    a, b = make_mlp(0), make_mlp(1)
+    x, y = mlp_data()
+    alphas = np.linspace(0, 1, 7)
+    np.testing.assert_array_equal(
+        interpolation_losses(a, b, x, y, alphas, bn="reset", train_x=x),
+        interpolation_losses(a, b, x, y, alphas),
+    )
+
+
+# ----------------------------------------------------------------------------- D
+
+
+def test_disagreement_rate_matches_hand_count():
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, _ = img_data(n=230)
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        ref = float((a(x).argmax(1) != b(x).argmax(1)).double().mean())
+    assert 0 < ref < 1
+    assert disagreement_rate(a, b, x) == ref
+    assert disagreement_rate(a, b, x, batch_size=17) == ref
+
+
+def test_disagreement_on_constructed_pair():
+    a, b = _relu_pair()
+    x = torch.tensor([[1.0], [2.0], [-1.0], [-3.0], [0.0]])
+    # a predicts class 0 for x > 0 (else a tie -> argmax 0); b for x < 0: they never disagree on argmax
+    assert disagreement_rate(a, b, x) == 0.0
+    with torch.no_grad():
+        b[2].weight.neg_()  # b now predicts class 1 for x < 0
+    assert disagreement_rate(a, b, x) == pytest.approx(2 / 5)
+
+
+# ----------------------------------------------------------------------------- side effects
+
+
+def test_functions_restore_training_flags_and_leave_models_untouched():
+    a, b = make_bn_net(0), make_bn_net(1)
+    a.train()
+    b.eval()
+    b[7].train()  # a mixed-mode submodule must be restored too
+    sa, sb = snapshot(a), snapshot(b)
+    modes_a = [m.training for m in a.modules()]
+    modes_b = [m.training for m in b.modules()]
+    x, y = img_data()
+    parameter_dissimilarity(a, b)
+    interpolate(a, b, 0.4)
+    evaluate(a, x, y)
+    evaluate(b, x, y)
+    loss_barrier(a, b, x, y, n_alpha=4)
+    loss_barrier(a, b, x, y, n_alpha=4, bn="reset", train_x=x)
+    disagreement_rate(a, b, x)
+    assert [m.training for m in a.modules()] == modes_a
+    assert [m.training for m in b.modules()] == modes_b
+    assert same_state(a, sa) and same_state(b, sb)
+    assert all(p.grad is None for p in a.parameters())

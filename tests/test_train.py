@@ -1,0 +1,158 @@
+"""The branching trainer: resumption, same SGD noise, eps = 0 exactness, divergence, corruption."""
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from twophase_core import config as C
+from twophase_core.data import BatchSchedule, crop_flip, get_dataset
+from twophase_core.store import Store
+from twophase_core.train import Run, TrainingDiverged
+
+T = C.TrainConfig(dataset="synthetic", model="cnn", width=0.25, lr=0.05, batch_size=32, iterations=40,
+                  augment=True)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_equals_continuous(tmp_path):
+    one = Run(T, Store(tmp_path / "a"))
+    one.base().ensure([40])
+    two = Run(T, Store(tmp_path / "b"))
+    two.base().ensure([15])
+    two.base().ensure([40])  # resumes from 15: trains only 25 more steps
+    assert one.steps_done == 40 and two.steps_done == 40
+    assert _same(one.base().model(40), two.base().model(40))
+    s1, s2 = one.base().state(40), two.base().state(40)
+    m1 = s1.opt.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(m1, s2.opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_extending_trains_only_the_new_part(store):
+    run = Run(T, store)
+    run.base().ensure([10, 20])
+    assert run.steps_done == 20
+    run.base().ensure([10, 20, 30])
+    assert run.steps_done == 30
+
+
+def test_zero_eps_branch_reproduces_the_base_run_bitwise(store):
+    run = Run(T, store)
+    br = run.branch(10, 0.0, "per-coordinate", 0)
+    br.ensure([25, 40])
+    for t1 in (25, 40):
+        assert _same(br.model(t1), run.base().model(t1))
+    assert run.perturbation_norms(10, 0.0, "per-coordinate", 0)["realized"] == 0.0
+
+
+@pytest.mark.parametrize("mode, eps", [("per-coordinate", 1e-3), ("total-l2", 1e-2), ("relative", 1e-3)])
+def test_perturbation_modes_realize_their_norm(store, mode, eps):
+    run = Run(T, store)
+    n = run.perturbation_norms(5, eps, mode, 1)
+    P = sum(p.numel() for p in run.new_model().parameters())
+    expected = {"per-coordinate": eps * np.sqrt(P), "total-l2": eps, "relative": eps * n["theta_norm"]}[mode]
+    assert n["realized"] == pytest.approx(expected, rel=0.15 if mode == "per-coordinate" else 1e-4)
+    br = run.branch(5, eps, mode, 1)
+    assert not _same(br.model(20), run.base().model(20))
+
+
+def test_tiny_total_norm_is_recorded_as_realized_after_the_cast(store):
+    run = Run(T, store)
+    n = run.perturbation_norms(0, 1e-12, "total-l2", 0)
+    assert n["realized"] < 1e-12 * 0.5  # below half an ulp of most weights: mostly rounded away
+
+
+def test_divergence_names_the_iteration_and_keeps_checkpoints(store):
+    cfg = dataclasses.replace(T, model="mlp", lr=1e4, checkpoint_every=1, augment=False)
+    run = Run(cfg, store)
+    with pytest.raises(TrainingDiverged, match=r"iteration \d+ \(lr=10000\).*lower lr") as e:
+        run.base().ensure([40])
+    assert e.value.iteration >= 1
+    kept = store.checkpoints(cfg.trajectory_key())
+    assert kept and max(kept) <= e.value.iteration
+
+
+def test_corrupt_checkpoint_is_recomputed_not_used(store):
+    run = Run(T, store)
+    good = run.base().model(20)
+    path = store._ckpt_path(run.key, 20)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.load_checkpoint(run.key, 20) is None  # checksum catches it; file dropped
+    again = run.base().model(20)
+    assert _same(good, again)
+
+
+def test_batch_schedule_is_a_pure_function_of_seed_and_iteration():
+    a = BatchSchedule(256, 32, 7, True)
+    b = BatchSchedule(256, 32, 7, True)
+    for t in (0, 9, 123):
+        pa, pb = a.plan(t), b.plan(t)
+        assert np.array_equal(pa.indices, pb.indices) and np.array_equal(pa.shifts, pb.shifts)
+        assert pa.dropout_seed == pb.dropout_seed
+    # one epoch visits every point once
+    seen = np.concatenate([a.plan(t).indices for t in range(8)])
+    assert sorted(seen.tolist()) == list(range(256))
+    assert not np.array_equal(a.plan(0).indices, BatchSchedule(256, 32, 8, True).plan(0).indices)
+
+
+def test_crop_flip_matches_a_per_image_loop():
+    x = torch.randn(5, 3, 6, 6)
+    rng = np.random.default_rng(0)
+    shifts, flips = rng.integers(0, 9, size=(5, 2)), rng.random(5) < 0.5
+    out = crop_flip(x, shifts, flips, 4)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(5):
+        ref = padded[i, :, shifts[i, 0]:shifts[i, 0] + 6, shifts[i, 1]:shifts[i, 1] + 6]
+        if flips[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+
+
+def test_dropout_masks_are_shared_between_copies(store):
+    cfg = C.TrainConfig(dataset="synthetic", model="vgg16_bn_fc", width=0.0625, batch_size=16, iterations=3)
+    run = Run(cfg, store)
+    a, b = run.initial(), run.initial()
+    la = [float(run.step(a.model, a.opt, t)) for t in range(3)]
+    lb = [float(run.step(b.model, b.opt, t)) for t in range(3)]
+    assert la == lb and _same(a.model, b.model)
+
+
+def test_cifar10_loader_reads_a_local_folder(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        return {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n)),
+                "batch_label": "x", "filenames": ["f"] * n}
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(4), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(6), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"c"] * 10, b"num_cases_per_batch": 4, b"num_vis": 3072}, f)
+    from twophase_core.data import load_cifar10_data
+
+    ds = load_cifar10_data(str(tmp_path), download=False)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (6, 3, 32, 32)
+    assert ds.y_train.dtype == torch.long and ds.num_classes == 10
+    # pixel (0, 0, 0) of the first training image, normalised by hand
+    with open(folder / "data_batch_1", "rb") as f:
+        raw = pickle.load(f)["data"][0, 0]
+    assert float(ds.x_train[0, 0, 0, 0]) == pytest.approx((raw / 255 - 0.4914) / 0.2470, rel=1e-5)
+
+
+def test_cifar10_missing_folder_says_what_to_do(tmp_path):
+    cfg = C.TrainConfig(dataset="cifar10", model="resnet20", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(C.ConfigError, match="cifar-10-batches-py"):
+        get_dataset(cfg)

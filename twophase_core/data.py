@@ -1,0 +1,248 @@
+"""Datasets (a registry) and the SGD noise schedule.
+
+Every dataset is held in memory as float32 tensors. The batch schedule is a pure function of
+(data seed, iteration): minibatch indices, crop offsets, flips and the dropout seed at step t
+never depend on what ran before, so a copy resumed or branched at t sees the identical batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # (N, C, ...) float32, normalised
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    image: bool  # 2-D images: crop/flip augmentation applies
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device) -> Dataset:
+        """Move every split to `device` once, so training and evaluation never copy again."""
+        if self.x_train.device == device:
+            return self
+        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                       self.y_test.to(device), self.num_classes, self.image)
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std of the training split, applied to both splits."""
+    axes = (0,) + tuple(range(2, x_train.ndim))
+    mean = x_train.mean(axis=axes, keepdims=True)
+    std = x_train.std(axis=axes, keepdims=True) + 1e-8
+    f = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))
+    return f(x_train), f(x_test)
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int = 0):
+    perm = np.random.default_rng(seed).permutation(len(x))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def load_digits_data(root: str = "", download: bool = False) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, shipped inside scikit-learn): 1437 train / 360 test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float64)[:, None] / 16.0
+    xtr, ytr, xte, yte = _split(x, d.target, 360)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("digits", xtr_t, torch.from_numpy(ytr).long(), xte_t, torch.from_numpy(yte).long(), 10, True)
+
+
+def load_mnist1d_data(root: str = "", download: bool = False) -> Dataset:
+    """MNIST-1D generated offline with the mnist1d package's make_dataset (4000 train / 1000 test).
+
+    The templates ship inside the package; nothing is downloaded.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    d = make_dataset(args)
+    xtr, xte = d["x"][:, None].astype(np.float64), d["x_test"][:, None].astype(np.float64)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("mnist1d", xtr_t, torch.from_numpy(np.asarray(d["y"])).long(), xte_t,
+                   torch.from_numpy(np.asarray(d["y_test"])).long(), 10, False)
+
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One pickled batch of the cifar-10-batches-py layout (python-2 pickles: latin1)."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    get = lambda k: d[k] if k in d else d[k.encode()]
+    return np.asarray(get("data"), dtype=np.uint8).reshape(-1, 3, 32, 32), list(get("labels"))
+
+
+def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
+    """CIFAR-10 from `root`/cifar-10-batches-py (torchvision layout), downloaded only on request."""
+    root = root or os.environ.get("TWOPHASE_CIFAR_ROOT", "") or str(Path.home() / "data")
+    folder = Path(root) / "cifar-10-batches-py"
+    if not folder.is_dir():
+        if not download:
+            raise ConfigError("data_root", root, f"no CIFAR-10 at {folder}: point data_root at the folder holding "
+                              "cifar-10-batches-py, or set download=True (needs internet)")
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(root, train=True, download=True)
+    try:
+        parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+        xte, yte = _read_cifar_batch(folder / "test_batch")
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        raise ConfigError("data_root", root, f"CIFAR-10 at {folder} is unreadable ({e}); remove it and "
+                          "download again") from e
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = [y for p in parts for y in p[1]]
+    mean = np.array(CIFAR_MEAN).reshape(1, 3, 1, 1)
+    std = np.array(CIFAR_STD).reshape(1, 3, 1, 1)
+    f = lambda a: torch.from_numpy(((a / 255.0 - mean) / std).astype(np.float32))
+    return Dataset("cifar10", f(xtr), torch.tensor(ytr).long(), f(xte), torch.tensor(yte).long(), 10, True)
+
+
+def load_synthetic_data(root: str = "", download: bool = False) -> Dataset:
+    """Tiny 3x8x8 Gaussian-cluster images, 4 classes (256 train / 128 test): for tests only."""
+    rng = np.random.default_rng(1234)
+    centres = rng.normal(size=(4, 3, 8, 8))
+    def draw(n):
+        y = np.arange(n) % 4
+        return centres[y] + 1.5 * rng.normal(size=(n, 3, 8, 8)), y
+    xtr, ytr = draw(256)
+    xte, yte = draw(128)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("synthetic", xtr_t, torch.from_numpy(ytr).long(), xte_t, torch.from_numpy(yte).long(), 4, True)
+
+
+REGISTRY: dict[str, Callable[..., Dataset]] = {
+    "digits": load_digits_data,
+    "mnist1d": load_mnist1d_data,
+    "cifar10": load_cifar10_data,
+    "synthetic": load_synthetic_data,
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str, download: bool) -> Dataset:
+    return REGISTRY[name](root, download)
+
+
+def get_dataset(cfg: TrainConfig) -> Dataset:
+    """The dataset of a training config (loaded once per process), cut to train_size if set."""
+    if cfg.dataset not in REGISTRY:
+        raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(REGISTRY)}")
+    ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download)
+    if cfg.train_size:
+        if cfg.train_size > len(ds.x_train):
+            raise ConfigError("train_size", cfg.train_size, f"{cfg.dataset} has {len(ds.x_train)} training points")
+        ds = Dataset(ds.name, ds.x_train[: cfg.train_size], ds.y_train[: cfg.train_size], ds.x_test, ds.y_test,
+                     ds.num_classes, ds.image)
+    if cfg.batch_size > len(ds.x_train):
+        raise ConfigError("batch_size", cfg.batch_size, f"must be <= the {len(ds.x_train)} training points")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD noise
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything random about SGD iteration t."""
+
+    indices: np.ndarray  # (B,) training indices
+    shifts: np.ndarray | None  # (B, 2) crop offsets in [0, 2*pad], or None without augmentation
+    flips: np.ndarray | None  # (B,) bool
+    dropout_seed: int
+
+
+class BatchSchedule:
+    """SGD noise as a pure function of (data seed, iteration).
+
+    Epoch e is a permutation drawn from SeedSequence([data_seed, e]); the batch at t is slice
+    t mod (N // B) of it (the last partial batch is dropped, so every step has B points).
+    """
+
+    PAD = 4
+
+    def __init__(self, n_train: int, batch_size: int, data_seed: int, augment: bool):
+        self.n = n_train
+        self.b = batch_size
+        self.seed = data_seed
+        self.augment = augment
+        self.steps_per_epoch = max(1, n_train // batch_size)
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one schedule per run; the cache dies with it
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 0]).permutation(self.n)
+
+    def plan(self, t: int) -> BatchPlan:
+        e, k = divmod(t, self.steps_per_epoch)
+        idx = self._perm(e)[k * self.b:(k + 1) * self.b]
+        rng = np.random.default_rng([self.seed, t, 1])
+        shifts = flips = None
+        if self.augment:
+            shifts = rng.integers(0, 2 * self.PAD + 1, size=(self.b, 2))
+            flips = rng.random(self.b) < 0.5
+        dropout_seed = int(rng.integers(0, 2**62))
+        return BatchPlan(idx, shifts, flips, dropout_seed)
+
+    def batch(self, ds: Dataset, t: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(x, y, dropout seed) of iteration t, on the dataset's device."""
+        p = self.plan(t)
+        idx = torch.from_numpy(p.indices).to(ds.x_train.device)
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        if p.shifts is not None:
+            x = crop_flip(x, p.shifts, p.flips, self.PAD)
+        return x, y, p.dropout_seed
+
+
+def crop_flip(x: torch.Tensor, shifts: np.ndarray, flips: np.ndarray, pad: int) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and horizontal flip, vectorised over the batch."""
+    b, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    sh = torch.from_numpy(shifts).to(dev)
+    rows = sh[:, 0:1] + torch.arange(h, device=dev)  # (B, H)
+    cols = sh[:, 1:2] + torch.arange(w, device=dev)  # (B, W)
+    fl = torch.from_numpy(flips).to(dev)
+    cols = torch.where(fl[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n indices with classes as balanced as possible (round-robin over shuffled classes)."""
+    rng = np.random.default_rng([seed, 2])
+    yn = y.cpu().numpy()
+    pools = [rng.permutation(np.flatnonzero(yn == c)).tolist() for c in np.unique(yn)]
+    out: list[int] = []
+    while len(out) < n:
+        progressed = False
+        for p in pools:
+            if p and len(out) < n:
+                out.append(p.pop())
+                progressed = True
+        if not progressed:
+            raise ConfigError("n_samples", n, f"the training set has only {len(yn)} points")
+    return torch.tensor(sorted(out), dtype=torch.long)

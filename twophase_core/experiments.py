@@ -1,0 +1,341 @@
+"""The three experiments: config in, `Result` out, served from the store when already computed.
+
+Each takes a progress callback (fraction in [0, 1], stage text), a cancel token and a callback for
+partial results, so the app can drive it from a worker process. Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from . import config as C
+from .data import stratified_subset
+from .store import Store
+from .train import CancelToken, Run
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class Result:
+    """Arrays plus metadata; `meta` holds config, hash, version, timings and realized norms."""
+
+    kind: str
+    config: dict[str, Any]
+    hash: str
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return TO_JSON[self.kind](self)
+
+
+def result_key(kind: str, h: str, partial: bool = False) -> str:
+    return f"{'partial' if partial else 'result'}/{kind}/{h}"
+
+
+def save_result(store: Store, r: Result, partial: bool = False) -> None:
+    meta = {**r.meta, "kind": r.kind, "config": r.config, "hash": r.hash}
+    store.put_arrays(result_key(r.kind, r.hash, partial), r.arrays, meta)
+
+
+def load_result(store: Store, kind: str, h: str, partial: bool = False) -> Result | None:
+    """The stored result, or None (a corrupt entry has been removed and must be recomputed)."""
+    got = store.get_arrays(result_key(kind, h, partial))
+    if got is None:
+        return None
+    arrays, meta = got
+    return Result(kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
+
+
+class _Progress:
+    """Maps work units (SGD steps, evaluations) to a fraction and a stage."""
+
+    def __init__(self, cb: ProgressCallback | None, total: float):
+        self.cb, self.total, self.done, self.stage = cb, max(total, 1.0), 0.0, ""
+        self._last = 0.0
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        self._emit(force=True)
+
+    def add(self, units: float) -> None:
+        self.done += units
+        self._emit()
+
+    def _emit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.cb is not None and (force or now - self._last > 0.1):
+            self._last = now
+            self.cb(min(self.done / self.total, 0.999), self.stage)
+
+
+def _meta(cfg: Any, started: float, run: Run, **extra: Any) -> dict[str, Any]:
+    return {"version": __version__, "seconds": round(time.time() - started, 3), "device": str(run.device),
+            "sgd_steps": run.steps_done, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+
+
+def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = run.ds.x_test, run.ds.y_test
+    return (x[:n], y[:n]) if n else (x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chaos
+
+
+def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+    """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control."""
+    from . import metrics
+
+    C.validate(cfg)
+    store = store or Store()
+    h = C.config_hash(cfg)
+    cached = load_result(store, "chaos", h)
+    if cached is not None:
+        if progress:
+            progress(1.0, "served from cache")
+        return cached
+    started = time.time()
+    run = Run(cfg.train, store)
+    t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
+    base = run.base()
+    branches = {(t0, s): run.branch(t0, cfg.eps, cfg.eps_mode, s) for t0 in t0s for s in seeds}
+    later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
+    n_cells = sum(len(v) for v in later.values()) * len(seeds)
+    eval_units = 2.0 + cfg.n_alpha / 10
+    total = (base.steps_needed(t0s + t1s) + sum(b.steps_needed(later[t0]) for (t0, _), b in branches.items())
+             + n_cells * eval_units)
+    prog = _Progress(progress, total)
+    prog.set_stage("base run")
+    base.ensure(t0s + t1s, prog.add, cancel)
+
+    x, y = _eval_set(run, cfg.eval_size)
+    train_x = run.ds.x_train if cfg.bn == "reset" else None
+    shape = (len(seeds), len(t0s), len(t1s))
+    out = {k: np.full(shape, np.nan) for k in ("C", "B", "D", "acc_branch")}
+    path = np.full(shape + (cfg.n_alpha,), np.nan)
+    alphas = np.linspace(0.0, 1.0, cfg.n_alpha)
+    realized = np.zeros(shape[:2])
+    acc_base = np.zeros(len(t1s))
+    base_models = {t1: base.model(t1) for t1 in t1s}
+    for j, t1 in enumerate(t1s):
+        acc_base[j] = metrics.evaluate(base_models[t1], x, y)[1]
+    for i, t0 in enumerate(t0s):
+        for si, seed in enumerate(seeds):
+            br = branches[(t0, seed)]
+            prog.set_stage(f"branch t0={t0} seed={seed}")
+            br.ensure(later[t0], prog.add, cancel)
+            realized[si, i] = run.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
+            prog.set_stage(f"metrics t0={t0}")
+            for t1 in later[t0]:
+                if cancel is not None:
+                    cancel.check()
+                j = t1s.index(t1)
+                a, b = base_models[t1], br.model(t1)
+                out["C"][si, i, j] = metrics.parameter_dissimilarity(a, b)
+                _, losses, barrier = metrics.loss_barrier_path(a, b, x, y, cfg.n_alpha, cfg.bn, train_x)
+                path[si, i, j] = losses
+                out["B"][si, i, j] = barrier
+                out["D"][si, i, j] = metrics.disagreement_rate(a, b, x)
+                out["acc_branch"][si, i, j] = metrics.evaluate(b, x, y)[1]
+                prog.add(eval_units)
+        if partial is not None:
+            partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
+                                  _meta(cfg, started, run, partial=True, rows_done=i + 1)))
+    r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, _meta(cfg, started, run))
+    save_result(store, r)
+    if progress:
+        progress(1.0, "done")
+    return r
+
+
+def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
+    arrays = {"t0": np.array(t0s), "t1": np.array(t1s), "seeds": np.array(seeds), "alphas": alphas,
+              "path": path, "realized_eps_norm": realized, "acc_base": acc_base, **out}
+    return Result("chaos", C.to_dict(cfg), h, arrays, meta)
+
+
+def _nested(a: np.ndarray) -> list:
+    """Nested lists with None for NaN (JSON has no NaN)."""
+    if a.ndim == 0:
+        v = float(a)
+        return None if math.isnan(v) else v  # type: ignore[return-value]
+    return [_nested(x) for x in a]
+
+
+def _chaos_json(r: Result) -> dict[str, Any]:
+    a = r.arrays
+    mean = lambda k: np.nanmean(a[k], axis=0) if a[k].shape[0] > 1 else a[k][0]
+    with np.errstate(all="ignore"):
+        return {
+            "t0": a["t0"].tolist(), "t1": a["t1"].tolist(),
+            "C": _nested(mean("C")), "B": _nested(mean("B")), "D": _nested(mean("D")),
+            "config": r.config, "hash": r.hash,
+            "realized_eps_norm": a["realized_eps_norm"].mean(axis=0).tolist(),
+            "acc_base": a["acc_base"].tolist(),
+            "per_seed": {"seeds": a["seeds"].tolist(), "C": _nested(a["C"]), "B": _nested(a["B"]),
+                         "D": _nested(a["D"]), "realized_eps_norm": a["realized_eps_norm"].tolist()},
+            "meta": r.meta,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Cone
+
+
+def run_cone(cfg: C.ConeConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+    """Kernels at every checkpoint, their Gram matrix once, and every view derived from it."""
+    from . import ntk
+
+    C.validate(cfg)
+    store = store or Store()
+    h = C.config_hash(cfg)
+    cached = load_result(store, "cone", h)
+    if cached is not None:
+        if progress:
+            progress(1.0, "served from cache")
+        return cached
+    started = time.time()
+    run = Run(cfg.train, store)
+    its = sorted(cfg.checkpoints)
+    base = run.base()
+    kernel_units = 10.0
+    prog = _Progress(progress, base.steps_needed(its) + kernel_units * len(its))
+    prog.set_stage("base run")
+    base.ensure(its, prog.add, cancel)
+    idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
+    x = run.ds.x_train[idx]
+    xt, yt = run.ds.x_test, run.ds.y_test
+    from .metrics import evaluate
+
+    kernels, acc = [], []
+    prog.set_stage("kernels")
+    t_kernel = 0.0
+    for t in its:
+        if cancel is not None:
+            cancel.check()
+        m = base.model(t)
+        tk = time.time()
+        kernels.append(ntk.empirical_ntk(m, x, cfg.kind))
+        t_kernel += time.time() - tk
+        acc.append(evaluate(m, xt, yt)[1])
+        prog.add(kernel_units)
+    R = ntk.gram(kernels)
+    del kernels
+    G = ntk.normalized_gram(R)
+    S = ntk.distance_matrix(G)
+    arrays: dict[str, np.ndarray] = {
+        "iters": np.array(its), "R": R, "G": G, "S": S, "test_acc": np.array(acc),
+        "references": np.array(cfg.references), "ref_curves": ntk.reference_curves(S, its, cfg.references),
+        "dts": np.array(cfg.dts),
+    }
+    for dt, (ts, vals) in zip(cfg.dts, ntk.neighbour_curves(S, its, cfg.dts), strict=True):
+        arrays[f"neigh_t_{dt}"] = np.asarray(ts)
+        arrays[f"neigh_s_{dt}"] = np.asarray(vals)
+    for method in ("pca", "mds"):
+        for dim in (2, 3):
+            arrays[f"{method}{dim}"] = ntk.project(G, method, dim, seed=cfg.subset_seed)
+    window = cfg.cone_window if cfg.cone_window != (0, 0) else (its[len(its) // 2], its[-1])
+    early = (its[1], window[0]) if window[0] > its[1] else (its[1], its[1])
+    win_idx = [i for i, t in enumerate(its) if window[0] <= t <= window[1] and t != 0]
+    early_idx = [i for i, t in enumerate(its) if early[0] <= t <= early[1] and t != 0]
+    arrays["cone_window"] = np.array(window)
+    arrays["early_window"] = np.array(early)
+    meta = _meta(cfg, started, run, kernel_seconds=round(t_kernel, 3),
+                 cone_angle_deg=ntk.cone_angle(G, win_idx, 0),
+                 early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
+                 subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
+    r = Result("cone", C.to_dict(cfg), h, arrays, meta)
+    save_result(store, r)
+    if progress:
+        progress(1.0, "done")
+    return r
+
+
+def _cone_json(r: Result) -> dict[str, Any]:
+    a = r.arrays
+    dts = a["dts"].tolist()
+    return {
+        "iters": a["iters"].tolist(), "S": a["S"].tolist(), "test_acc": a["test_acc"].tolist(),
+        "references": a["references"].tolist(), "ref_curves": a["ref_curves"].tolist(),
+        "neighbours": {str(dt): {"t": a[f"neigh_t_{dt}"].tolist(), "S": a[f"neigh_s_{dt}"].tolist()} for dt in dts},
+        "projections": {k: a[k].tolist() for k in ("pca2", "pca3", "mds2", "mds3")},
+        "cone_window": a["cone_window"].tolist(), "cone_angle_deg": r.meta.get("cone_angle_deg"),
+        "early_window": a["early_window"].tolist(), "early_angle_deg": r.meta.get("early_angle_deg"),
+        "config": r.config, "hash": r.hash, "meta": r.meta,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Linearised training
+
+
+def run_linear(cfg: C.LinearConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+    """Test accuracy at T of the model linearised at each switch time t, beside full training."""
+    from .linear import linear_accuracy, train_linearised
+    from .metrics import evaluate
+
+    C.validate(cfg)
+    store = store or Store()
+    h = C.config_hash(cfg)
+    cached = load_result(store, "linear", h)
+    if cached is not None:
+        if progress:
+            progress(1.0, "served from cache")
+        return cached
+    started = time.time()
+    run = Run(cfg.train, store)
+    T = cfg.train.iterations
+    ts = sorted(cfg.switch)
+    base = run.base()
+    lin_units = 3.0  # a linearised step costs about three plain ones
+    prog = _Progress(progress, base.steps_needed(ts + [T]) + lin_units * sum(T - t for t in ts))
+    prog.set_stage("base run")
+    base.ensure(ts + [T], prog.add, cancel)
+    x, y = _eval_set(run, cfg.eval_size)
+    acc_full = evaluate(base.model(T), x, y)[1]
+    acc_switch = np.array([evaluate(base.model(t), x, y)[1] for t in ts])
+    acc_lin = np.full(len(ts), np.nan)
+    for i, t in enumerate(ts):
+        prog.set_stage(f"linearised from t={t}")
+        lin, params = train_linearised(run, base.state(t), T, cfg.bn_stats, lambda n: prog.add(lin_units * n), cancel)
+        acc_lin[i] = linear_accuracy(lin, params, x, y)
+        if partial is not None:
+            partial(Result("linear", C.to_dict(cfg), h, {"switch": np.array(ts), "acc_linear": acc_lin.copy(),
+                           "acc_at_switch": acc_switch, "acc_full": np.array(acc_full)},
+                           _meta(cfg, started, run, partial=True)))
+    arrays = {"switch": np.array(ts), "acc_linear": acc_lin, "acc_at_switch": acc_switch,
+              "acc_full": np.array(acc_full)}
+    r = Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run))
+    save_result(store, r)
+    if progress:
+        progress(1.0, "done")
+    return r
+
+
+def _linear_json(r: Result) -> dict[str, Any]:
+    a = r.arrays
+    return {"switch": a["switch"].tolist(), "acc_linear": _nested(a["acc_linear"]),
+            "acc_at_switch": a["acc_at_switch"].tolist(), "acc_full": float(a["acc_full"]),
+            "config": r.config, "hash": r.hash, "meta": r.meta}
+
+
+TO_JSON = {"chaos": _chaos_json, "cone": _cone_json, "linear": _linear_json}
+RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
+
+
+def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+    return RUNNERS[C.kind_of(cfg)](cfg, store, progress, cancel, partial)

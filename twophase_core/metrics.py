@@ -1,0 +1,311 @@
+"""Chaos-Effect metrics between two models: dissimilarity C, loss barrier B, disagreement D.
+
+Models in, floats out. Every function is built so that two bitwise-identical models give exactly 0.0
+(not merely a small number): a nonzero value at eps = 0 would mean the measurement itself leaks
+nondeterminism, which is the control the whole experiment rests on (SCIENCE.md, "The Chaos Effect").
+No function modifies its input models or leaves their training flags changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BN_MODES = ("interpolate", "reset")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _preserve_modes(*models: nn.Module) -> Iterator[None]:
+    """Restore every submodule's training flag afterwards (a model may mix train and eval submodules)."""
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def _check_bn(bn: str, train_x: Tensor | None = None, need_data: bool = False) -> None:
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown bn mode {bn!r}; choose one of {', '.join(BN_MODES)}")
+    if need_data and bn == "reset" and train_x is None:
+        raise ValueError('bn="reset" recomputes BatchNorm statistics and needs training inputs: pass train_x')
+
+
+def _bn_layers(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- C
+
+
+def parameter_dissimilarity(a: nn.Module, b: nn.Module) -> float:
+    """C = 1 - cos(vec theta_a, vec theta_b) over trainable parameters (BN buffers excluded).
+
+    Computed in float64 as (|a-b|^2 - (|a|-|b|)^2) / (2|a||b|) with |a|-|b| = <a-b, a+b> / (|a|+|b|):
+    the naive 1 - <a,b>/(|a||b|) in float32 is pure rounding noise at eps ~ 1e-7, while this form is
+    exactly 0.0 for identical models and keeps full relative precision for tiny differences.
+    If exactly one model has all-zero parameters the cosine is undefined; we return 1.0 (cos := 0).
+    """
+    pa, pb = _trainable(a), _trainable(b)
+    if [n for n, _ in pa] != [n for n, _ in pb]:
+        raise ValueError("models have different trainable parameters; cannot compare them")
+    dev = _device(a)
+    na2 = nb2 = d2 = dsum = 0.0
+    for (name, ta), (_, tb) in zip(pa, pb, strict=True):
+        if ta.shape != tb.shape:
+            raise ValueError(f"parameter {name!r} has shape {tuple(ta.shape)} vs {tuple(tb.shape)}")
+        xa = ta.detach().to(dev, torch.float64).flatten()
+        xb = tb.detach().to(dev, torch.float64).flatten()
+        diff = xa - xb  # exact: float32 (or lower) differences are representable in float64
+        na2 += float(xa @ xa)
+        nb2 += float(xb @ xb)
+        d2 += float(diff @ diff)
+        dsum += float(diff @ (xa + xb))
+    if d2 == 0.0:
+        return 0.0
+    na, nb = math.sqrt(na2), math.sqrt(nb2)
+    if na == 0.0 or nb == 0.0:
+        return 1.0
+    dn = dsum / (na + nb)  # = |a| - |b| without cancellation
+    return max(0.0, (d2 - dn * dn) / (2.0 * na * nb))
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+def interpolate(a: nn.Module, b: nn.Module, alpha: float, bn: str = "interpolate") -> nn.Module:
+    """A new model alpha*theta_a + (1-alpha)*theta_b (a deepcopy of a; a and b untouched).
+
+    Uses torch.lerp(theta_b, theta_a, alpha), which is exact at the endpoints (alpha=1 gives a bit for
+    bit, alpha=0 gives b) and gives exactly theta for identical models at every alpha. Floating
+    parameters and floating buffers (BN running mean/var) are interpolated; integer buffers
+    (num_batches_tracked) are copied from a. With bn="reset" the BN running statistics are reset to
+    their defaults afterwards, since interpolated statistics are meaningless in that habit: the caller
+    must recompute them with `recompute_bn_stats` before evaluating.
+    """
+    _check_bn(bn)
+    sd_a, sd_b = _matching_state_dicts(a, b)
+    out = copy.deepcopy(a)
+    _lerp_into(out, sd_a, sd_b, float(alpha), reset=bn == "reset")
+    return out
+
+
+def _matching_state_dicts(a: nn.Module, b: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    sd_a, sd_b = a.state_dict(), b.state_dict()
+    if sd_a.keys() != sd_b.keys():
+        raise ValueError("models have different state dict keys; cannot interpolate them")
+    for name, ta in sd_a.items():
+        tb = sd_b[name]
+        if isinstance(ta, Tensor) and ta.shape != tb.shape:
+            raise ValueError(f"{name!r} has shape {tuple(ta.shape)} vs {tuple(tb.shape)}")
+    return sd_a, sd_b
+
+
+def _lerp_into(out: nn.Module, sd_a: dict[str, Tensor], sd_b: dict[str, Tensor], alpha: float,
+               reset: bool) -> None:
+    """Overwrite out's whole state with the interpolant, so a reused model depends on alpha alone."""
+    with torch.no_grad():
+        for name, t in out.state_dict().items():  # tensors share storage with out's parameters/buffers
+            if not isinstance(t, Tensor):
+                continue
+            ta = sd_a[name].to(t.device, t.dtype)
+            if t.is_floating_point():
+                t.copy_(torch.lerp(sd_b[name].to(t.device, t.dtype), ta, alpha))
+            else:
+                t.copy_(ta)
+        if reset:
+            for m in _bn_layers(out):
+                m.reset_running_stats()
+
+
+def recompute_bn_stats(
+    model: nn.Module, train_x: Tensor, bn_batches: int = 10, batch_size: int = 256
+) -> None:
+    """Recompute BN running statistics in place on the first bn_batches batches of train_x.
+
+    The REPAIR / butterfly-effect habit: interpolated weights no longer match interpolated statistics.
+    Statistics are the cumulative average over batches (momentum=None), so each batch weighs equally.
+    Only BN layers run in train mode: dropout stays off, so the statistics are deterministic and
+    identical models get identical statistics. Training flags and BN momenta are restored afterwards.
+    """
+    layers = _bn_layers(model)
+    if not layers:
+        return
+    if bn_batches < 1 or batch_size < 1:
+        raise ValueError("bn_batches and batch_size must be >= 1")
+    if len(train_x) == 0:
+        raise ValueError("train_x is empty")
+    dev = _device(model)
+    momenta = [m.momentum for m in layers]
+    with _preserve_modes(model), torch.no_grad():
+        try:
+            model.eval()
+            for m in layers:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for i in range(bn_batches):
+                xb = train_x[i * batch_size:(i + 1) * batch_size]
+                if len(xb) == 0:
+                    break
+                model(xb.to(dev))
+        finally:
+            for m, mom in zip(layers, momenta, strict=True):
+                m.momentum = mom
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode without grad.
+
+    Per-sample losses are summed in float64 and divided by n, so the value does not depend on the
+    batch size beyond float error.
+    """
+    n = len(x)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    if len(y) != n:
+        raise ValueError(f"x has {n} samples but y has {len(y)}")
+    dev = _device(model)
+    total, correct = 0.0, 0
+    with _preserve_modes(model), torch.no_grad():
+        model.eval()
+        for i in range(0, n, batch_size):
+            out = model(x[i:i + batch_size].to(dev))
+            yb = y[i:i + batch_size].to(out.device)
+            total += float(F.cross_entropy(out.double(), yb, reduction="sum"))
+            correct += int((out.argmax(dim=1) == yb).sum())
+    return total / n, correct / n
+
+
+def interpolation_losses(
+    a: nn.Module,
+    b: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    alphas: Sequence[float],
+    bn: str = "interpolate",
+    train_x: Tensor | None = None,
+    bn_batches: int = 10,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Test loss L(alpha*theta_a + (1-alpha)*theta_b) for each alpha.
+
+    bn="interpolate": the whole state dict (running statistics included) is interpolated and evaluated
+    in eval mode. bn="reset": every interpolated model, the endpoints included, gets its BN statistics
+    recomputed on train_x (bn_batches batches of batch_size), so the endpoints are treated exactly like
+    the interior. Without BN layers both modes agree.
+    """
+    _check_bn(bn, train_x, need_data=True)
+    reset = bn == "reset" and bool(_bn_layers(a))
+    sd_a, sd_b = _matching_state_dicts(a, b)
+    m = copy.deepcopy(a)  # one working copy, fully overwritten for each alpha (deepcopy is the slow part)
+    losses = np.empty(len(alphas), dtype=np.float64)
+    for k, alpha in enumerate(alphas):
+        _lerp_into(m, sd_a, sd_b, float(alpha), reset=reset)
+        if reset:
+            assert train_x is not None
+            recompute_bn_stats(m, train_x, bn_batches, batch_size)
+        losses[k] = evaluate(m, x, y)[0]
+    return losses
+
+
+def barrier_from_path(losses: Sequence[float], alphas: Sequence[float]) -> float:
+    """B = max_alpha { L(alpha) - [alpha L(1) + (1-alpha) L(0)] }, >= 0; alphas must include 0 and 1.
+
+    L(1) is the loss of a, L(0) that of b. The linear term is L0 + alpha*(L1 - L0), so a constant path
+    gives exactly 0.0; the endpoint terms are 0 by definition.
+    """
+    lo = np.asarray(losses, dtype=np.float64).ravel()
+    al = np.asarray(alphas, dtype=np.float64).ravel()
+    if lo.shape != al.shape:
+        raise ValueError(f"got {lo.size} losses for {al.size} alphas")
+    i0, i1 = np.flatnonzero(al == 0.0), np.flatnonzero(al == 1.0)
+    if i0.size == 0 or i1.size == 0:
+        raise ValueError("alphas must include the endpoints 0 and 1")
+    if np.isnan(lo).any():
+        return float("nan")
+    l0, l1 = lo[i0[0]], lo[i1[0]]
+    excess = lo - (l0 + al * (l1 - l0))
+    excess[(al == 0.0) | (al == 1.0)] = 0.0
+    return max(0.0, float(excess.max()))
+
+
+def loss_barrier_path(
+    a: nn.Module,
+    b: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    n_alpha: int = 30,
+    bn: str = "interpolate",
+    train_x: Tensor | None = None,
+    bn_batches: int = 10,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(alphas, losses, barrier) on an even grid of n_alpha points in [0, 1], for storing the path."""
+    if n_alpha < 2:
+        raise ValueError("n_alpha must be >= 2 (the grid must contain both endpoints)")
+    alphas = np.linspace(0.0, 1.0, n_alpha)
+    losses = interpolation_losses(a, b, x, y, alphas, bn=bn, train_x=train_x, bn_batches=bn_batches,
+                                  batch_size=batch_size)
+    return alphas, losses, barrier_from_path(losses, alphas)
+
+
+def loss_barrier(
+    a: nn.Module,
+    b: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    n_alpha: int = 30,
+    bn: str = "interpolate",
+    train_x: Tensor | None = None,
+) -> float:
+    """Loss barrier B on (x, y) with n_alpha evenly spaced alphas (30: the paper's and LMC's habit)."""
+    return loss_barrier_path(a, b, x, y, n_alpha=n_alpha, bn=bn, train_x=train_x)[2]
+
+
+# ---------------------------------------------------------------- D
+
+
+def disagreement_rate(a: nn.Module, b: nn.Module, x: Tensor, batch_size: int = 1000) -> float:
+    """D = fraction of inputs whose predicted class (argmax, eval mode) differs between a and b."""
+    n = len(x)
+    if n == 0:
+        raise ValueError("cannot compute disagreement on an empty set")
+    dev_a, dev_b = _device(a), _device(b)
+    differ = 0
+    with _preserve_modes(a, b), torch.no_grad():
+        a.eval()
+        b.eval()
+        for i in range(0, n, batch_size):
+            xb = x[i:i + batch_size]
+            pa = a(xb.to(dev_a)).argmax(dim=1)
+            pb = b(xb.to(dev_b)).argmax(dim=1).to(pa.device)
+            differ += int((pa != pb).sum())
+    return differ / n

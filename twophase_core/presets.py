@@ -1,0 +1,67 @@
+"""Named presets: the same config objects for the CLI, the app and the tests.
+
+`demo` is the embedded default (no download, no GPU, a live demo on a 2-core laptop); its data
+and sizes were chosen by measurement (README, "Choosing the demo"). The CIFAR-10 presets follow
+the paper recipe of SCIENCE.md and are meant for a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import config as C
+
+# -- the embedded demo --------------------------------------------------------------------------
+DEMO_TRAIN = C.TrainConfig(dataset="mnist1d", model="mlp", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                           batch_size=128, iterations=1200)
+DEMO = {
+    "chaos": C.ChaosConfig(train=DEMO_TRAIN, t0=(0, 25, 100, 300, 800), t1=(100, 200, 400, 600, 800, 1200)),
+    "cone": C.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 400, 500, 600,
+                                                        700, 800, 900, 1000, 1100, 1200),
+                         n_samples=40, kind="full", references=(0, 100, 400), dts=(100, 200)),
+    "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 25, 100, 300, 800)),
+}
+
+# -- tiny: seconds, for tests and the browser test ---------------------------------------------
+TINY_TRAIN = C.TrainConfig(dataset="synthetic", model="mlp", width=0.25, lr=0.05, momentum=0.9, weight_decay=0.0,
+                           batch_size=32, iterations=60)
+TINY = {
+    "chaos": C.ChaosConfig(train=TINY_TRAIN, t0=(0, 20), t1=(30, 60), n_alpha=5),
+    "cone": C.ConeConfig(train=TINY_TRAIN, checkpoints=(0, 10, 20, 40, 60), n_samples=8, references=(0,),
+                         dts=(20,)),
+    "linear": C.LinearConfig(train=TINY_TRAIN, switch=(0, 30)),
+}
+
+# -- paper scale (SCIENCE.md recipe): CIFAR-10, batch 128, 391 it/epoch, 160 epochs -------------
+IPE = 391
+
+
+def _cifar(model: str) -> dict[str, Any]:
+    train = C.TrainConfig(dataset="cifar10", model=model, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          lr_milestones=(80 * IPE, 120 * IPE), lr_gamma=0.1, batch_size=128,
+                          iterations=160 * IPE, augment=True, device="cuda")
+    t1 = (1000, 2000, 5000, 10000, 20000, 40000, 160 * IPE)
+    return {
+        "chaos": C.ChaosConfig(train=train, t0=(0, 100, 200, 500, 1000, 2000, 5000, 10000), t1=t1),
+        "cone": C.ConeConfig(train=train, checkpoints=(0, 50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 5000, 7500,
+                                                       10000, 15000, 20000, 30000, 40000, 50000, 160 * IPE),
+                             n_samples=100, kind="full", references=(0, 1000, 5000), dts=(500, 10000)),
+        "linear": C.LinearConfig(train=C.replace(C.LinearConfig(train=train), iterations=10000).train,
+                                 switch=(0, 100, 200, 500, 1000, 2000, 5000)),
+    }
+
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "demo": ("embedded MNIST-1D, small MLP, CPU: both effects in under a minute", DEMO),
+    "tiny": ("synthetic 3x8x8 data, seconds: for tests", TINY),
+    "cifar10-resnet20": ("paper recipe, ResNet-20 on CIFAR-10 (GPU; data_root or --download)", _cifar("resnet20")),
+    "cifar10-vgg16": ("paper recipe, VGG-16-BN on CIFAR-10 (GPU; data_root or --download)", _cifar("vgg16_bn")),
+}
+
+
+def preset(name: str, kind: str) -> Any:
+    if name not in PRESETS:
+        raise C.ConfigError("preset", name, f"choose one of {', '.join(PRESETS)}")
+    if kind not in C.KINDS:
+        raise C.ConfigError("kind", kind, f"choose one of {', '.join(C.KINDS)}")
+    return PRESETS[name][1][kind]
