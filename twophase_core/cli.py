@@ -125,10 +125,15 @@ class _Bar:
     """A one-line progress bar on stderr."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.t = quiet, time.time()
+        self.quiet, self.t, self.tty, self.stage = quiet, time.time(), sys.stderr.isatty(), ""
 
     def __call__(self, frac: float, stage: str) -> None:
         if self.quiet:
+            return
+        if not self.tty:  # a log file gets one line per stage, not carriage returns
+            if stage != self.stage:
+                self.stage = stage
+                sys.stderr.write(f"{time.time() - self.t:7.1f}s {frac * 100:5.1f}% {stage}\n")
             return
         n = int(frac * 30)
         el = time.time() - self.t
@@ -172,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .store import Store
+    from .train import configure_threads
 
+    configure_threads()
     try:
         if args.cmd == "presets":
             for name, (desc, _) in PRESETS.items():

@@ -1,0 +1,119 @@
+"""The experiments end to end on tiny configs: exactness, reproducibility, the cache."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from twophase_core import config as C
+from twophase_core.experiments import load_result, result_key, run_chaos, run_experiment, run_linear
+from twophase_core.presets import preset
+from twophase_core.store import Store
+from twophase_core.train import Run
+
+CHAOS = preset("tiny", "chaos")
+CNN_CHAOS = C.replace(CHAOS, model="cnn", width=0.25, augment=True)
+
+
+@pytest.mark.parametrize("cfg", [CHAOS, CNN_CHAOS, C.replace(CNN_CHAOS, bn="reset")],
+                         ids=["mlp", "cnn-bn-interpolate", "cnn-bn-reset"])
+def test_zero_eps_gives_exactly_zero(store, cfg):
+    r = run_chaos(C.replace(cfg, eps=0.0), store)
+    valid = ~np.isnan(r.arrays["C"])
+    assert valid.sum() == 4  # every (t0, t1) cell has t1 > t0
+    for k in ("C", "B", "D"):
+        assert np.all(r.arrays[k][valid] == 0.0), k
+    assert np.all(r.arrays["realized_eps_norm"] == 0.0)
+
+
+def test_nonzero_eps_moves_the_copy_and_records_the_realized_norm(store):
+    r = run_chaos(C.replace(CNN_CHAOS, eps=1e-3), store)
+    valid = ~np.isnan(r.arrays["C"])
+    assert np.all(r.arrays["C"][valid] > 0)
+    P = sum(p.numel() for p in Run(CNN_CHAOS.train, store).new_model().parameters())
+    assert r.arrays["realized_eps_norm"][0, 0] == pytest.approx(1e-3 * np.sqrt(P), rel=0.1)
+
+
+def test_same_config_twice_gives_identical_arrays(tmp_path):
+    a = run_chaos(CNN_CHAOS, Store(tmp_path / "a"))
+    b = run_chaos(CNN_CHAOS, Store(tmp_path / "b"))
+    assert a.hash == b.hash
+    for k in a.arrays:
+        assert np.array_equal(a.arrays[k], b.arrays[k], equal_nan=True), k
+
+
+def test_second_request_is_served_from_the_cache_without_training(store, monkeypatch):
+    steps = {"n": 0}
+    real = Run.step
+
+    def counting(self, *a, **k):
+        steps["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Run, "step", counting)
+    first = run_chaos(CHAOS, store)
+    assert steps["n"] == 60 + (60 - 0) + (60 - 20)  # base run + one branch per t0: the physical floor
+    second = run_chaos(CHAOS, store)
+    assert steps["n"] == 160
+    assert np.array_equal(first.arrays["C"], second.arrays["C"], equal_nan=True)
+    # a different metric setting reuses every checkpoint: no SGD step at all
+    run_chaos(C.replace(CHAOS, n_alpha=7), store)
+    assert steps["n"] == 160
+
+
+def test_corrupt_result_is_recomputed_never_returned(store):
+    first = run_chaos(CHAOS, store)
+    key = result_key("chaos", first.hash)
+    rec = store.cache.get(key)
+    blob = bytearray(rec["blob"])
+    blob[len(blob) // 3] ^= 0x55
+    store.cache.set(key, {"sha": rec["sha"], "blob": bytes(blob)})
+    assert load_result(store, "chaos", first.hash) is None
+    again = run_chaos(CHAOS, store)
+    assert np.array_equal(first.arrays["B"], again.arrays["B"], equal_nan=True)
+    assert load_result(store, "chaos", first.hash) is not None
+
+
+def test_chaos_json_layout(store):
+    j = run_chaos(CHAOS, store).to_json()
+    assert j["t0"] == [0, 20] and j["t1"] == [30, 60]
+    assert len(j["C"]) == 2 and len(j["C"][0]) == 2
+    assert all(v is not None for v in j["C"][0])  # t1 > 0
+    assert j["config"]["eps"] == CHAOS.eps and len(j["realized_eps_norm"]) == 2
+
+
+def test_chaos_marks_cells_with_t1_not_after_t0(store):
+    cfg = C.replace(CHAOS, t0=(0, 30), t1=(30, 60))
+    j = run_chaos(cfg, store).to_json()
+    assert j["C"][1][0] is None and j["C"][1][1] is not None
+
+
+def test_linear_runs_and_matches_the_model_at_zero_steps(store):
+    r = run_linear(preset("tiny", "linear"), store)
+    acc = r.arrays["acc_linear"]
+    assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 1))
+    assert 0 <= float(r.arrays["acc_full"]) <= 1
+
+
+def test_taylor_model_is_exact_at_theta_t_and_first_order_nearby(store):
+    from twophase_core.linear import Linearised
+
+    run = Run(preset("tiny", "linear").train, store)
+    model = run.base().model(30)
+    lin = Linearised(model)
+    x = run.ds.x_test[:16]
+    with torch.no_grad():
+        assert torch.equal(lin(lin.theta0, x), model(x))
+    direction = {k: torch.randn_like(v) for k, v in lin.theta0.items()}
+    errs = []
+    for h in (1e-2, 5e-3):
+        p = {k: (v.double() + h * direction[k].double()).float() for k, v in lin.theta0.items()}
+        with torch.no_grad():
+            true = torch.func.functional_call(model, p, (x,))
+            errs.append(float((lin(p, x) - true).abs().max()))
+    assert errs[1] < errs[0] * 0.5  # the Taylor error shrinks quadratically in h
+
+
+def test_run_experiment_dispatches_and_validates(store):
+    with pytest.raises(C.ConfigError):
+        run_experiment(C.replace(CHAOS, eps=-1.0), store)
