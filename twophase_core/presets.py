@@ -12,14 +12,14 @@ from typing import Any
 from . import config as C
 
 # -- the embedded demo --------------------------------------------------------------------------
-DEMO_TRAIN = C.TrainConfig(dataset="mnist1d", model="mlp", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                           batch_size=128, iterations=1200)
+DEMO_TRAIN = C.TrainConfig(dataset="mnist1d", model="cnn", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                           batch_size=128, iterations=600)
 DEMO = {
-    "chaos": C.ChaosConfig(train=DEMO_TRAIN, t0=(0, 25, 100, 300, 800), t1=(100, 200, 400, 600, 800, 1200)),
-    "cone": C.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 400, 500, 600,
-                                                        700, 800, 900, 1000, 1100, 1200),
-                         n_samples=40, kind="full", references=(0, 100, 400), dts=(100, 200)),
-    "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 25, 100, 300, 800)),
+    "chaos": C.ChaosConfig(train=DEMO_TRAIN, t0=(0, 30, 100, 300), t1=(100, 200, 300, 400, 600)),
+    "cone": C.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500,
+                                                        600),
+                         n_samples=40, kind="full", references=(0, 100, 300), dts=(50, 100)),
+    "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 30, 100, 300)),
 }
 
 # -- tiny: seconds, for tests and the browser test ---------------------------------------------
@@ -52,7 +52,7 @@ def _cifar(model: str) -> dict[str, Any]:
 
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "demo": ("embedded MNIST-1D, small MLP, CPU: both effects in under a minute", DEMO),
+    "demo": ("embedded MNIST-1D, small CNN, CPU: both effects in about a minute", DEMO),
     "tiny": ("synthetic 3x8x8 data, seconds: for tests", TINY),
     "cifar10-resnet20": ("paper recipe, ResNet-20 on CIFAR-10 (GPU; data_root or --download)", _cifar("resnet20")),
     "cifar10-vgg16": ("paper recipe, VGG-16-BN on CIFAR-10 (GPU; data_root or --download)", _cifar("vgg16_bn")),
