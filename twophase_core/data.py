@@ -71,12 +71,23 @@ def load_digits_data(root: str = "", download: bool = False) -> Dataset:
 def load_mnist1d_data(root: str = "", download: bool = False) -> Dataset:
     """MNIST-1D generated offline with the mnist1d package's make_dataset (4000 train / 1000 test).
 
-    The templates ship inside the package; nothing is downloaded.
+    The templates ship inside the package; nothing is downloaded. Generation takes seconds, so
+    the arrays are kept in the result store's data/ folder (regenerated if unreadable).
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    from .store import default_root
 
-    args = get_dataset_args()
-    d = make_dataset(args)
+    path = default_root() / "data" / "mnist1d-default.npz"
+    try:
+        with np.load(path) as z:
+            d = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError):
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
+        os.replace(tmp, path)
     xtr, xte = d["x"][:, None].astype(np.float64), d["x_test"][:, None].astype(np.float64)
     xtr_t, xte_t = _standardise(xtr, xte)
     return Dataset("mnist1d", xtr_t, torch.from_numpy(np.asarray(d["y"])).long(), xte_t,

@@ -74,13 +74,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_determinism(device: torch.device) -> None:
-    """Bitwise-reproducible kernels: eps = 0 must give exactly 0 (SCIENCE.md)."""
+    """Bitwise-reproducible kernels on CUDA: eps = 0 must give exactly 0 (SCIENCE.md).
+
+    On the CPU every op the engine uses is already deterministic on a fixed thread count (the
+    eps = 0 and resume tests check it bit for bit), and torch.use_deterministic_algorithms costs
+    seconds of imports per process, so it is only switched on for CUDA.
+    """
+    if device.type != "cuda":
+        return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.benchmark = False
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def configure_threads() -> int:

@@ -1,0 +1,264 @@
+"""The job runner with real worker processes: progress, cancel, kill -9 and resume, dedupe, queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twophase_core import config as C
+from twophase_core.experiments import run_experiment
+from twophase_core.jobs import JobManager, JobRecord, save_record
+from twophase_core.presets import preset
+from twophase_core.store import Store
+from twophase_core.train import Run
+from twophase_core.worker import run_job
+
+TIMEOUT = 60.0
+
+
+def wait_for(what: str, cond, timeout: float = TIMEOUT, every: float = 0.05):
+    """Poll `cond()` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts as gone; reaping is left to the manager)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def worker_pids(job_id: str) -> list[int]:
+    """Live worker processes running `job_id` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"twophase_core.worker" in cmd and job_id.encode() in cmd and not gone(int(d.name)):
+            out.append(int(d.name))
+    return out
+
+
+def finished(jm: JobManager, job_id: str) -> JobRecord | None:
+    rec = jm.get(job_id)
+    return rec if rec is not None and rec.finished else None
+
+
+def fresh_steps(cfg: C.ChaosConfig, root: Path) -> int:
+    """SGD steps a chaos run needs with nothing stored (the engine's own count, on an empty store)."""
+    s = Store(root)
+    try:
+        run = Run(cfg.train, s)
+        t0s, t1s = sorted(cfg.t0), sorted(cfg.t1)
+        n = run.base().steps_needed(t0s + t1s)
+        for t0 in t0s:
+            later = [t1 for t1 in t1s if t1 > t0]
+            n += sum(run.branch(t0, cfg.eps, cfg.eps_mode, seed).steps_needed(later) for seed in cfg.perturb_seeds)
+        return n
+    finally:
+        s.close()
+
+
+def long_chaos(iterations: int, **kw) -> C.ChaosConfig:
+    return C.replace(preset("tiny", "chaos"), iterations=iterations, t1=(30, iterations), **kw)
+
+
+def assert_same_result(a, b) -> None:
+    assert a.kind == b.kind and a.hash == b.hash and a.config == b.config
+    assert sorted(a.arrays) == sorted(b.arrays)
+    for k in a.arrays:
+        np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
+    assert a.meta["sgd_steps"] == b.meta["sgd_steps"]
+
+
+def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, tmp_path):
+    cfg = preset("tiny", "chaos")
+    jm = JobManager(store, max_running=2)
+    rec = jm.submit(cfg)
+    assert rec.id == jm.job_id(cfg) == f"chaos-{C.config_hash(cfg)}"
+    assert rec.status == "running" and rec.pid is not None and rec.pid != os.getpid()
+    assert rec.config == C.to_dict(cfg)
+    # the same config again, from this page and from another process's manager: attached, not rerun
+    same = [jm.submit(cfg), JobManager(Store(store.root), max_running=2).submit(cfg)]
+    assert all(r.id == rec.id and r.status == "running" and r.pid == rec.pid for r in same)
+    assert len(store.keys("job/")) == 1
+    wait_for("the worker to show in /proc", lambda: worker_pids(rec.id))
+    assert worker_pids(rec.id) == [rec.pid]
+
+    seen: list[JobRecord] = []
+
+    def poll():
+        r = jm.get(rec.id)
+        seen.append(r)
+        return r if r.finished else None
+
+    final = wait_for("the tiny chaos job to finish", poll)
+    assert final.status == "done", final.error
+    assert final.progress == 1.0 and final.error is None and final.pid == rec.pid
+    progress = [r.progress for r in seen]
+    assert progress == sorted(progress), "progress must never go back"
+    running = [r for r in seen if r.status == "running" and 0 < r.progress < 1]
+    assert running, "progress was never reported between 0 and 1"
+    assert any(r.stage.startswith(("base run", "branch", "metrics")) for r in running)
+    assert any(r.eta_s is not None and r.eta_s >= 0 for r in running)
+    assert wait_for("the worker process to exit", lambda: gone(rec.pid), timeout=10)
+
+    got = jm.result(rec.id)
+    assert got is not None
+    want = run_experiment(cfg, Store(tmp_path / "reference"))
+    assert_same_result(got, want)  # includes sgd_steps: trained exactly once
+    assert got.meta["sgd_steps"] == fresh_steps(cfg, tmp_path / "empty")
+    assert jm.partial(rec.id) is None  # cleaned up once the final result is stored
+    assert f"{rec.id} done" in Path(final.log).read_text()
+
+    # survives a new manager (app restart); a finished config attaches instead of running again
+    jm2 = JobManager(Store(store.root))
+    assert [r.id for r in jm2.list()] == [rec.id]
+    again = jm2.submit(cfg)
+    assert again.id == rec.id and again.status == "done" and again.pid == rec.pid
+    assert worker_pids(rec.id) == []
+
+
+def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
+    # six rows (one per t0): the first partial result comes after a third of the work
+    long_cfg = C.replace(preset("tiny", "chaos"), iterations=600, t0=(0, 1, 2, 3, 4, 5), t1=(600,))
+    next_cfg = preset("tiny", "chaos")
+    jm = JobManager(store, max_running=1)
+    first = jm.submit(long_cfg)
+    second = jm.submit(next_cfg)
+    third = jm.submit(C.replace(next_cfg, data_seed=2))
+    assert first.status == "running" and second.status == "queued" and second.pid is None
+    assert third.status == "queued"
+    assert [r.id for r in jm.list()] == [third.id, second.id, first.id]  # newest first
+    jm.cancel(third.id)  # a queued job is cancelled at once, without a worker
+    assert jm.get(third.id).status == "cancelled" and jm.get(third.id).pid is None
+
+    def training():
+        a, b = jm.get(first.id), jm.get(second.id)
+        assert b.status == "queued", f"the second job must wait for the first (max_running=1), is {b.status}"
+        return a.status == "running" and a.progress > 0
+
+    wait_for("the first job to report progress", training)
+    jm.pump()  # what a polling page does: still nothing to start
+    assert jm.get(second.id).status == "queued"
+    part = wait_for("a partial result (first row)", lambda: training() and jm.partial(first.id))
+    assert part.meta["partial"] is True and part.meta["rows_done"] >= 1
+    assert part.arrays["C"].shape == (1, 6, 1)
+    assert np.isfinite(part.arrays["C"][0, 0, 0]) and np.isnan(part.arrays["C"][0, -1, 0])
+
+    jm.cancel(first.id)
+    a = wait_for("the cancel to be acknowledged", lambda: finished(jm, first.id), timeout=20)
+    assert a.status == "cancelled" and a.error is None
+    assert wait_for("the cancelled worker to exit", lambda: gone(first.pid), timeout=10)
+    assert worker_pids(first.id) == []
+    assert jm.result(first.id) is None
+    assert jm.partial(first.id).meta["rows_done"] < 6  # the rows it finished stay available
+
+    # nobody here calls pump(): the cancelled worker starts the queued job on its way out
+    b = wait_for("the queued job to finish", lambda: finished(jm, second.id))
+    assert b.status == "done", b.error
+    assert b.pid is not None and b.pid != first.pid
+    assert b.started >= a.finished_at - 0.5
+    assert jm.result(second.id) is not None
+    assert jm.get(third.id).status == "cancelled" and worker_pids(third.id) == []
+
+
+def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
+    cfg = long_chaos(500, checkpoint_every=100)
+    key = cfg.train.trajectory_key()
+    need_fresh = fresh_steps(cfg, store.root.parent / "empty")
+    jm = JobManager(store)
+    rec = jm.submit(cfg)
+    # kill -9 while the base run is under way, past the grid's own checkpoints (0, 20, 30)
+    wait_for("base checkpoint 200", lambda: max(store.checkpoints(key), default=0) >= 200, every=0.01)
+    os.kill(rec.pid, signal.SIGKILL)
+    assert wait_for("the killed worker to exit", lambda: gone(rec.pid), timeout=10)
+    failed = wait_for("the dead worker to be reported", lambda: finished(jm, rec.id), timeout=20)
+    assert failed.status == "failed"
+    assert f"worker process {rec.pid} died without reporting" in failed.error
+    assert "killed or out of memory" in failed.error and "submit again to resume" in failed.error
+    kept = store.checkpoints(key)
+    assert kept and max(kept) >= 200, kept
+    assert max(kept) < 500, "the kill came too late: the base run had already finished"
+    assert jm.result(rec.id) is None
+
+    again = jm.submit(cfg)
+    assert again.id == rec.id and again.status == "running" and again.pid != rec.pid
+    assert again.error is None
+    final = wait_for("the resumed job to finish", lambda: finished(jm, rec.id))
+    assert final.status == "done", final.error
+    steps = jm.result(rec.id).meta["sgd_steps"]
+    # the base run resumes from its last checkpoint: none of its saved prefix is trained again
+    assert steps == need_fresh - max(kept), (steps, need_fresh, kept)
+    assert steps < need_fresh
+
+
+def test_diverging_training_fails_with_one_clear_line(store):
+    """The worker's job body, run in this process (no torch import to wait for): status failed."""
+    cfg = C.replace(preset("tiny", "chaos"), lr=1e4)
+    jm = JobManager(store)
+    job_id = jm.job_id(cfg)
+    save_record(store, JobRecord(job_id, "chaos", C.config_hash(cfg), C.to_dict(cfg), created=time.time(),
+                                 updated=time.time()))
+    handler = signal.getsignal(signal.SIGINT)
+    assert run_job(store, job_id) == 1
+    assert signal.getsignal(signal.SIGINT) is handler  # the worker's handlers are undone
+    rec = jm.get(job_id)
+    assert rec.status == "failed" and rec.pid == os.getpid()
+    assert rec.error.startswith("training loss became non-finite at iteration") and "\n" not in rec.error
+    assert "TrainingDiverged" in rec.traceback and "Traceback" in rec.traceback
+    assert jm.result(job_id) is None
+    # a resubmission re-queues it and pumps: here through an executor that cannot start anything
+    rec2 = JobManager(store, executor=NoCapacity()).submit(cfg)
+    assert rec2.status == "failed" and rec2.error == "could not start a worker: no capacity"
+    assert rec2.traceback is None and rec2.pid is None
+
+
+class NoCapacity:
+    """An executor whose launches fail (tests the Executor seam, not processes)."""
+
+    def launch(self, job_id: str, cache_dir: str) -> int:
+        raise RuntimeError("no capacity")
+
+    def alive(self, pid: int) -> bool:
+        return False
+
+    def kill(self, pid: int) -> None:
+        pass
+
+
+def test_invalid_config_raises_and_creates_no_record(store):
+    bad = C.replace(preset("tiny", "chaos"), t1=(30, 999))
+    jm = JobManager(store)
+    with pytest.raises(C.ConfigError):
+        jm.submit(bad)
+    assert store.keys("job/") == [] and jm.list() == []
+    assert not (store.root / "jobs").exists()
+
+
+def test_max_running_from_env(store, monkeypatch):
+    monkeypatch.setenv("TWOPHASE_MAX_JOBS", "3")
+    assert JobManager(store).max_running == 3
+    assert JobManager(store, max_running=2).max_running == 2
+    monkeypatch.delenv("TWOPHASE_MAX_JOBS")
+    assert JobManager(store).max_running == 1
+    with pytest.raises(C.ConfigError):
+        JobManager(store, max_running=0)
+    assert JobManager(store).get("chaos-unknown") is None

@@ -1,0 +1,182 @@
+"""`twophase bench`: speed measured side by side in one run, as ratios (machines here are noisy).
+
+Every ratio compares two things timed in the same process, minutes apart at most; absolute
+seconds are printed for context only. Targets (2-core CPU): entk_speedup_vs_loop >= 3,
+entk_floor_ratio <= 1.3, auto_vs_best <= 1.05, overhead_ratio <= 1.3, demo cold < 60 s,
+warm < 1 s, page render < 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TARGETS = {
+    "entk_speedup_vs_loop": (">=", 3.0),
+    "entk_floor_ratio": ("<=", 1.3),
+    "auto_vs_best": ("<=", 1.05),
+    "overhead_ratio": ("<=", 1.3),
+    "demo_cold_seconds": ("<", 60.0),
+    "demo_warm_seconds": ("<", 1.0),
+    "page_render_seconds": ("<", 1.0),
+}
+
+
+def best_of(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Minimum wall time over repeats (the least-disturbed run), after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_entk(repeats: int) -> dict[str, float]:
+    """ResNet-20 (widths 16/32/64), n = 32 CIFAR-shaped inputs, full kind."""
+    from . import ntk
+    from .models import ResNet20
+
+    torch.manual_seed(0)
+    model = ResNet20((3, 32, 32), 10, 1.0).eval()
+    x = torch.randn(32, 3, 32, 32)
+    t_loop = best_of(lambda: ntk.ntk_reference(model, x, "full"), max(1, repeats // 2))
+    t_einsum = best_of(lambda: ntk.ntk_einsum_baseline(model, x, "full"), repeats)
+    t_ours = best_of(lambda: ntk.empirical_ntk(model, x, "full"), repeats)
+    t_jac = best_of(lambda: ntk.jacobian(model, x), repeats)
+    jac = ntk.jacobian(model, x)
+    flat = torch.cat([j.reshape(32 * 10, -1) for j in jac.values()], dim=1)
+    t_gemm = best_of(lambda: flat @ flat.T, repeats)
+    return {
+        "entk_loop_s": t_loop, "entk_einsum_s": t_einsum, "entk_ours_s": t_ours, "entk_jacobian_s": t_jac,
+        "entk_gemm_s": t_gemm, "entk_speedup_vs_loop": t_loop / t_ours, "entk_speedup_vs_einsum": t_einsum / t_ours,
+        "entk_floor_ratio": t_ours / (t_jac + t_gemm), "entk_params": int(flat.shape[1]),
+    }
+
+
+def bench_step(steps: int) -> float:
+    """Seconds per SGD step of the demo model (the unit of overhead_ratio)."""
+    from .presets import preset
+    from .store import Store
+    from .train import Run
+
+    with tempfile.TemporaryDirectory() as d:
+        run = Run(preset("demo", "chaos").train, Store(d))
+        s = run.initial()
+        for t in range(5):
+            run.step(s.model, s.opt, t)
+        t0 = time.perf_counter()
+        for t in range(5, 5 + steps):
+            run.step(s.model, s.opt, t)
+        return (time.perf_counter() - t0) / steps
+
+
+def bench_lockstep(steps: int) -> dict[str, Any]:
+    """Loop vs one stacked model for K = 8 copies of the demo model, same steps."""
+    try:
+        from . import lockstep
+    except ImportError:
+        return {"lockstep_speedup": None, "auto_vs_best": None, "lockstep_note": "lockstep path not built"}
+    return lockstep.benchmark(k=8, steps=steps)
+
+
+def bench_demo() -> dict[str, Any]:
+    """The demo preset's chaos and cone from an empty store (cold), then again (warm)."""
+    from . import data
+    from .experiments import run_chaos, run_cone
+    from .presets import preset
+    from .store import Store
+
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(d)
+        data._load_cached.cache_clear()
+        t = time.perf_counter()
+        chaos = run_chaos(preset("demo", "chaos"), store)
+        t_chaos = time.perf_counter() - t
+        run_cone(preset("demo", "cone"), store)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        run_chaos(preset("demo", "chaos"), store)
+        run_cone(preset("demo", "cone"), store)
+        warm = time.perf_counter() - t
+        store.close()
+    return {"demo_cold_seconds": cold, "demo_chaos_cold_seconds": t_chaos, "demo_warm_seconds": warm,
+            "demo_chaos_sgd_steps": int(chaos.meta["sgd_steps"])}
+
+
+def bench_page() -> float | None:
+    """Server-side render of the Chaos page showing a stored result (AppTest)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "app.py").exists():
+        return None
+    from streamlit.testing.v1 import AppTest
+
+    from .experiments import run_chaos
+    from .jobs import JobManager
+    from .presets import preset
+
+    with tempfile.TemporaryDirectory() as d:
+        old = os.environ.get("TWOPHASE_CACHE_DIR")
+        os.environ["TWOPHASE_CACHE_DIR"] = d
+        try:
+            from .store import Store
+
+            store = Store(d)
+            cfg = preset("tiny", "chaos")
+            run_chaos(cfg, store)
+            job_id = JobManager(store).job_id(cfg)
+            at = AppTest.from_file(str(root / "pages" / "chaos.py"), default_timeout=60)
+            at.query_params["run"] = job_id
+            at.run()  # warm-up: imports, first script run
+            t = time.perf_counter()
+            at.run()
+            return time.perf_counter() - t
+        finally:
+            if old is None:
+                os.environ.pop("TWOPHASE_CACHE_DIR", None)
+            else:
+                os.environ["TWOPHASE_CACHE_DIR"] = old
+
+
+def _verdict(key: str, v: Any) -> str:
+    if key not in TARGETS or v is None:
+        return ""
+    op, target = TARGETS[key]
+    ok = {">=": v >= target, "<=": v <= target, "<": v < target}[op]
+    return f"{'ok ' if ok else 'MISS'} ({op} {target:g})"
+
+
+def main(json_out: str | None = None, quick: bool = False) -> int:
+    from .train import configure_threads
+
+    threads = configure_threads()
+    reps = 2 if quick else 5
+    out: dict[str, Any] = {"device": f"cpu x{os.cpu_count()} ({threads} torch thread(s))"}
+    print("timing eNTK (ResNet-20, n=32, full) ...", flush=True)
+    out.update(bench_entk(reps))
+    print("timing lockstep (K=8, demo model) ...", flush=True)
+    out.update(bench_lockstep(10 if quick else 30))
+    print("timing the demo, cold and warm ...", flush=True)
+    out.update(bench_demo())
+    out["sgd_step_seconds"] = bench_step(50 if quick else 200)
+    out["overhead_ratio"] = out["demo_chaos_cold_seconds"] / (out["demo_chaos_sgd_steps"] * out["sgd_step_seconds"])
+    print("timing a page render ...", flush=True)
+    out["page_render_seconds"] = bench_page()
+    print(f"\n{'measure':28s} {'value':>12s}  target")
+    for k, v in out.items():
+        shown = f"{v:12.4g}" if isinstance(v, float) else f"{v!s:>12s}"
+        print(f"{k:28s} {shown}  {_verdict(k, v)}")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"\nwrote {json_out}")
+    return 0
