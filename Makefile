@@ -21,17 +21,17 @@ $(VENV)/.installed: pyproject.toml
 .venv: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless false
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check twophase_core pages tests app.py
+	$(BIN)/ruff check twophase_core pages tests app.py app_common.py
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/twophase bench --json bench.json
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check twophase_core pages tests app.py
+	$(BIN)/ruff check twophase_core pages tests app.py app_common.py
 
 clean-cache:
 	rm -rf cache/index cache/runs

@@ -1,0 +1,34 @@
+"""twophase: the Streamlit app. `streamlit run app.py` (or `make run`).
+
+This file only builds the navigation; each page in pages/ reads state, asks the engine and draws.
+A link may name its page by path (/chaos?run=<job id>) or by parameter (?page=chaos&run=<job id>).
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # app_common, when started from elsewhere
+
+st.set_page_config(page_title="twophase: two-phase learning dynamics", page_icon=":material/science:",
+                   layout="wide")
+
+PAGES = {
+    "home": st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    "chaos": st.Page("pages/chaos.py", title="Chaos Effect", icon=":material/scatter_plot:", url_path="chaos"),
+    "cone": st.Page("pages/cone.py", title="Cone Effect", icon=":material/change_history:", url_path="cone"),
+    "linear": st.Page("pages/linear.py", title="Linearised training", icon=":material/show_chart:",
+                      url_path="linear"),
+    "runs": st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+}
+
+page = st.navigation(list(PAGES.values()))
+
+wanted = st.query_params.get("page")
+if wanted in PAGES and PAGES[wanted].url_path != page.url_path:
+    st.switch_page(PAGES[wanted], query_params={k: v for k, v in st.query_params.items() if k != "page"})
+elif "page" in st.query_params:
+    del st.query_params["page"]  # the path names the page now; a stale ?page= must not pull users back
+
+page.run()

@@ -1,0 +1,73 @@
+"""Chaos Effect: C, B and D over (t0, t1), cross-sections, and the loss along one interpolation path."""
+
+import streamlit as st
+
+import app_common as ui
+from twophase_core import figures as F
+
+KIND = "chaos"
+st.title("Chaos Effect")
+st.caption("Perturb a copy of the network at iteration t0, train both copies on the same minibatches, "
+           "compare them at t1. Before the transition the copies end up apart; after it they stay together.")
+
+run_id = ui.current_run(KIND)
+ui.settings_form(KIND, expanded=run_id is None)
+if run_id is None:
+    ui.no_run_yet(KIND)
+    st.stop()
+
+view = ui.load_run(KIND, run_id)
+cmd = ui.run_header(view)
+if view.result is None:
+    ui.waiting_hint(view)
+    st.stop()
+
+a = view.result.arrays
+if view.partial:
+    st.info(f"Partial result: {view.result.meta.get('rows_done', '?')} of {len(a['t0'])} rows of t0 so far; "
+            "the figures grow as the run goes on.", icon=":material/hourglass_top:")
+
+c = st.columns([2, 2, 3])
+log = c[0].toggle("log colour / log axis", value=True, key="chaos_log",
+                  help="C spans many orders of magnitude; hover always shows the value")
+seed = None
+if len(a["seeds"]) > 1:
+    pick = c[1].selectbox("perturbation seed", ["mean"] + [str(k) for k in range(len(a["seeds"]))],
+                          key="chaos_seed",
+                          format_func=lambda s: "mean over seeds" if s == "mean" else f"seed {int(a['seeds'][int(s)])}")
+    seed = None if pick == "mean" else int(pick)
+
+st.subheader("Heatmaps over (t0, t1)")
+cols = st.columns(3)
+for col, m in zip(cols, F.METRICS, strict=True):
+    with col:
+        fig = F.chaos_heatmap(a, m, log=log, seed=seed, title={"C": "C: parameter distance", "B": "B: loss barrier",
+                                                                 "D": "D: disagreement"}[m])
+        ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
+                        show_command=m == "C")
+
+st.subheader("Cross-sections: the metric versus t1, one line per t0")
+metric = st.radio("metric", list(F.METRICS), horizontal=True, key="chaos_section_metric",
+                  format_func=lambda m: F.METRICS[m])
+ui.figure_block(F.chaos_sections(a, metric, log=log, seed=seed), F.chaos_sections_table(a, metric, seed),
+                f"sections_{metric}", view, cmd, "sections")
+
+st.subheader("Loss along the interpolation path")
+cells = F.chaos_cells(a)
+if not cells:
+    st.info("No cell computed yet.")
+    st.stop()
+b = F.seed_reduce(a["B"])
+default = max(range(len(cells)), key=lambda k: b[cells[k][0], cells[k][1]])
+k = st.selectbox("cell (t0, t1)", range(len(cells)), index=default, key="chaos_cell",
+                 format_func=lambda k: f"t0={cells[k][2]}, t1={cells[k][3]}  (B={b[cells[k][0], cells[k][1]]:.3g})",
+                 help="the largest barrier is selected first")
+i, j = cells[k][0], cells[k][1]
+ui.figure_block(F.chaos_path(a, i, j), F.chaos_path_table(a, i, j), f"path_t0_{cells[k][2]}_t1_{cells[k][3]}",
+                view, cmd, "path")
+
+with st.expander("Details: realized perturbation norms, accuracies, config"):
+    st.write({"realized |theta' - theta|_2 per (seed, t0)": a["realized_eps_norm"].tolist(),
+              "test accuracy of the control at t1": dict(zip(a["t1"].tolist(), a["acc_base"].tolist(), strict=True)),
+              "meta": view.result.meta})
+    st.json(view.result.config, expanded=False)

@@ -1,0 +1,54 @@
+"""Home: what the two phases are, and the demo one click away."""
+
+import streamlit as st
+
+import app_common as ui
+from twophase_core.presets import preset
+
+st.title("Two-phase learning dynamics")
+st.markdown("An interactive lab for *New Evidence of the Two-Phase Learning Dynamics of Neural Networks* "
+            "(Zhou, Yang, Sugiyama, Yan, [arXiv 2505.13900](https://arxiv.org/abs/2505.13900)).")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.markdown(
+        "Training a neural network with SGD goes through **two phases**. "
+        "In the first, **chaotic** phase, a tiny nudge matters: add noise of size about 1e-7 to every weight "
+        "at iteration *t0*, train the nudged copy and an untouched copy on exactly the same minibatches, and "
+        "they end up as two different networks, with a loss barrier between them and different answers on "
+        "many test points (the **Chaos Effect**). "
+        "After a short transition, a few hundred iterations for a ResNet-20 on CIFAR-10, the same nudge no "
+        "longer matters: the two copies stay together. "
+        "The **Cone Effect** shows the same change in the neural tangent kernel, the matrix that says how a "
+        "gradient step on one input moves the predictions on another. "
+        "Early on the kernel moves fast and far from where it started; in the second, **stable** phase it "
+        "keeps moving, but inside a narrow cone seen from its starting point H(theta_0). "
+        "**Linearised training** makes this practical: freezing the kernel at time *t* and training the "
+        "linear model only works well once *t* is past the chaotic phase. "
+        "The demo trains a small network on MNIST-1D on this computer's CPU (about a minute on a free two-core "
+        "machine) and draws both effects as they are computed."
+    )
+with right:
+    st.subheader("Try it")
+    st.markdown("Runs the **demo** Chaos and Cone experiments in the background and opens the Chaos page, "
+                "where a progress bar shows how far they are.")
+    if st.button("Run the demo", type="primary", icon=":material/play_arrow:", key="run_demo",
+                 use_container_width=True):
+        jm = ui.job_manager()
+        recs = {kind: jm.submit(preset("demo", kind)) for kind in ("chaos", "cone")}
+        for kind, rec in recs.items():
+            st.session_state[f"run_{kind}"] = rec.id
+            st.session_state[f"preset_of_{rec.id}"] = "demo"
+        ui.open_run("chaos", recs["chaos"].id)
+    st.caption("Nothing is downloaded; results are stored, so a second click shows them at once.")
+
+st.divider()
+c = st.columns(4)
+c[0].page_link(ui.PAGE_FILES["chaos"], label="Chaos Effect", icon=":material/scatter_plot:")
+c[0].caption("Perturb at t0, compare at t1: parameter distance C, loss barrier B, disagreement D.")
+c[1].page_link(ui.PAGE_FILES["cone"], label="Cone Effect", icon=":material/change_history:")
+c[1].caption("The empirical NTK along training: distances, velocity, and the cone in 3-D.")
+c[2].page_link(ui.PAGE_FILES["linear"], label="Linearised training", icon=":material/show_chart:")
+c[2].caption("Train the Taylor model from theta_t: accuracy versus the switch time t.")
+c[3].page_link(ui.PAGE_FILES["runs"], label="Runs", icon=":material/list:")
+c[3].caption("Every job: progress, errors, open, cancel or resubmit.")

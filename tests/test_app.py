@@ -1,0 +1,210 @@
+"""The Streamlit app through AppTest: every page renders empty and with real stored results, the form
+refuses bad values without starting a job, and a link (?page=...&run=...) opens the same view."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from twophase_core.experiments import run_experiment
+from twophase_core.jobs import JobManager
+from twophase_core.presets import preset
+from twophase_core.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/home.py", "pages/chaos.py", "pages/cone.py", "pages/linear.py", "pages/runs.py"]
+TIMEOUT = 60  # the first run imports torch
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """Real tiny results of the three experiments in one store: {kind: run id}."""
+    root = tmp_path_factory.mktemp("app") / "cache"
+    store = Store(root)
+    ids = {kind: f"{kind}-{run_experiment(preset('tiny', kind), store).hash}" for kind in ("chaos", "cone", "linear")}
+    store.close()
+    return root, ids
+
+
+@pytest.fixture
+def with_results(stored, monkeypatch):
+    root, ids = stored
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    return ids
+
+
+@pytest.fixture
+def empty(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    yield root
+    _stop_workers(root)
+
+
+def _stop_workers(root: Path) -> None:
+    """A failing test may have started a worker: stop the ones recorded in this test's store."""
+    for rec in JobManager(Store(root)).list():
+        if rec.pid and rec.status == "running":
+            try:
+                os.killpg(rec.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _text(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "title", "subheader")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_every_page_renders_empty(empty):
+    at = _app()
+    assert not at.exception
+    assert any(b.label == "Run the demo" for b in at.button)
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        assert not at.exception, page
+    assert JobManager(Store(empty)).list() == []  # looking starts nothing
+
+
+@pytest.mark.parametrize("kind", ["chaos", "cone", "linear"])
+def test_result_pages_draw_a_stored_result(with_results, kind):
+    rid = with_results[kind]
+    at = _app(page=kind, run=rid)
+    assert not at.exception
+    assert rid in _text(at) and "status **done**" in _text(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) >= {"chaos": 5, "cone": 5, "linear": 1}[kind]
+    assert any("twophase " + kind in c.value for c in at.code)  # the command that reproduces the figures
+    assert len(at.get("download_button")) == 3 * len(charts)  # CSV, JSON and HTML for every figure
+
+
+def test_chaos_controls_redraw(with_results):
+    at = _app(page="chaos", run=with_results["chaos"])
+    at.toggle(key="chaos_log").set_value(False).run()
+    assert not at.exception
+    cells = at.selectbox(key="chaos_cell")
+    cells.select_index(len(cells.options) - 1).run()
+    assert not at.exception
+    at.radio(key="chaos_section_metric").set_value("D").run()
+    assert not at.exception
+
+
+def test_cone_projection_switches(with_results):
+    at = _app(page="cone", run=with_results["cone"])
+    assert "Cone angle" in " ".join(m.label for m in at.metric)
+    for method in ("pca", "mds"):
+        for dim in (3, 2):
+            at.radio(key="cone_method").set_value(method)
+            at.radio(key="cone_dim").set_value(dim).run()
+            assert not at.exception, (method, dim)
+
+
+def test_runs_page_lists_jobs_and_stored_results(with_results):
+    root = Store().root
+    jm = JobManager(Store(root))
+    rec = jm.submit(preset("tiny", "linear"))  # the result is stored: "done" at once, no worker
+    assert rec.status == "done" and rec.pid is None
+    at = _app()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    text = _text(at)
+    assert rec.id in text and with_results["chaos"] in text  # a job, and a result made outside the app
+    [open_button] = [b for b in at.button if b.key == f"open_{rec.id}"]
+    open_button.click().run()
+    assert not at.exception
+    assert at.query_params.get("run") == rec.id and "Linearised training" in [t.value for t in at.title]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("t0", "abc", "t0='abc' is invalid"),
+    ("eps", "-1", "eps=-1.0 is invalid"),
+    ("t1", "30, 10ep", "got 80"),  # 10 epochs of 8 steps is past T=60: the engine says so
+])
+def test_bad_form_value_shows_the_message_and_starts_nothing(empty, field, value, message):
+    at = _app()
+    at.switch_page("pages/chaos.py").run()
+    at.selectbox(key="preset_chaos").set_value("tiny").run()
+    at.text_input(key=f"chaos.tiny.{field}").set_value(value)
+    [run] = [b for b in at.button if b.label == "Run"]
+    run.click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith(f"{field}=") and message in errors[0]
+    assert any(field in w.value for w in at.warning)
+    assert JobManager(Store(empty)).list() == []
+    assert "run" not in at.query_params
+
+
+def test_failed_job_shows_its_error_and_offers_resubmit(empty):
+    class Broken:
+        def launch(self, job_id, cache_dir):
+            raise OSError("no room for a worker")
+
+        def alive(self, pid):
+            return False
+
+        def kill(self, pid):
+            pass
+
+    rec = JobManager(Store(empty), executor=Broken()).submit(preset("tiny", "chaos"))
+    assert rec.status == "failed"
+    at = _app(page="chaos", run=rec.id)
+    assert not at.exception
+    assert any("no room for a worker" in e.value for e in at.error)
+    assert any(b.label.startswith("Resubmit") for b in at.button)
+
+
+def test_link_round_trips_page_and_run(with_results):
+    rid = with_results["cone"]
+    at = _app(page="cone", run=rid)
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Cone Effect"]
+    assert at.query_params.get("run") == rid and "page" not in at.query_params  # the path names the page now
+    assert f"?run={rid}" in _text(at)
+    # the same user going to another page and back finds the same run, and the URL says so again
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/cone.py").run()
+    assert at.query_params.get("run") == rid and rid in _text(at)
+    # a run of another kind in the link is not shown on the wrong page
+    at2 = _app(page="chaos", run=rid)
+    assert not at2.exception and rid not in _text(at2)
+
+
+def test_unknown_run_says_so(empty):
+    at = _app(page="chaos", run="chaos-0123456789abcdef0123")
+    assert not at.exception
+    assert any("No run or stored result" in w.value for w in at.warning)
+
+
+def test_valid_form_starts_a_job_with_progress_and_cancel(empty):
+    at = _app()
+    at.switch_page("pages/chaos.py").run()
+    at.selectbox(key="preset_chaos").set_value("tiny").run()
+    [run] = [b for b in at.button if b.label == "Run"]
+    run.click().run()
+    assert not at.exception and not at.error
+    jm = JobManager(Store(empty))
+    [rec] = jm.list()
+    assert at.query_params.get("run") == rec.id == jm.job_id(preset("tiny", "chaos"))
+    assert rec.status in ("queued", "running", "done")
+    if rec.status != "done":  # the worker is slower than this script run, almost always
+        assert at.get("progress") and any(b.label == "Cancel" for b in at.button)
+        [cancel] = [b for b in at.button if b.key == f"cancel_{rec.id}"]
+        cancel.click().run()
+        assert not at.exception
+        after = jm.get(rec.id)
+        assert after.cancel_requested is not None or after.finished
+    # submitting the same settings again attaches to the same job
+    [run] = [b for b in at.button if b.label == "Run"]
+    run.click().run()
+    assert [r.id for r in jm.list()] == [rec.id]

@@ -1,0 +1,137 @@
+"""A real browser against a real app: Home -> Chaos, run the tiny preset, wait for the heatmap.
+
+Uses the system Chromium (/usr/bin/chromium); Playwright never downloads a browser here.
+The screenshot lands in tests/artifacts/ (git-ignored).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def _stop_workers(cache: Path) -> None:
+    """Workers run in their own sessions and outlive the server: stop the ones this test started."""
+    from twophase_core.jobs import JobManager
+    from twophase_core.store import Store
+
+    store = Store(cache)
+    try:
+        for rec in JobManager(store).list():
+            if rec.pid and not rec.finished:
+                try:
+                    os.killpg(rec.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    cache = tmp_path / "cache"
+    port = _free_port()
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+        _stop_workers(cache)
+
+
+def test_home_to_chaos_runs_tiny_and_draws_the_heatmap(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(app_url, wait_until="domcontentloaded")
+            expect(page.get_by_role("button", name="Run the demo")).to_be_visible(timeout=60_000)
+            # Home -> Chaos through the page link in the body
+            page.get_by_role("main").get_by_role("link", name="Chaos Effect").click()
+            expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
+            # choose the tiny preset (Streamlit's selectbox is a combobox) and run it
+            page.get_by_role("combobox", name="Preset").click()
+            page.get_by_role("option", name="tiny", exact=False).first.click()
+            expect(page.get_by_role("textbox", name="iterations T")).to_have_value("60", timeout=30_000)
+            page.get_by_role("button", name="Run", exact=True).click()
+            heatmap = page.locator(".js-plotly-plot .heatmaplayer").first
+            expect(heatmap).to_be_visible(timeout=120_000)
+            assert "run=chaos-" in page.url  # the URL names the run: a copied link opens this view
+            expect(page.get_by_text("status done", exact=False).first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)  # let plotly finish its transitions before the picture
+            page.screenshot(path=str(ARTIFACTS / "browser_chaos_tiny.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_a_shared_link_as_the_first_request_gets_the_whole_app(app_url):
+    """The first request after a start is a deep link: the page must still come with app.py's navigation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    rid = "cone-0123456789abcdef0123"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{app_url}/cone?run={rid}", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Cone Effect")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(f"No run or stored result called {rid}")).to_be_visible(timeout=30_000)
+            nav = page.get_by_test_id("stSidebarNav")
+            expect(nav.get_by_role("link", name="Linearised training")).to_be_visible(timeout=30_000)
+            expect(nav.get_by_role("link", name="app")).to_have_count(0)  # not the old pages/ directory mode
+            assert f"run={rid}" in page.url and "/cone" in page.url
+        finally:
+            browser.close()

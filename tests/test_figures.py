@@ -1,0 +1,167 @@
+"""Figure builders on real tiny results: the right traces and shapes; exports round-trip the values."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from twophase_core import figures as F
+from twophase_core.experiments import run_experiment
+from twophase_core.presets import preset
+from twophase_core.store import Store
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("figures") / "cache")
+    out = {kind: run_experiment(preset("tiny", kind), store) for kind in ("chaos", "cone", "linear")}
+    yield out
+    store.close()
+
+
+def _same(a, b):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
+        a[~np.isnan(a)], b[~np.isnan(b)])
+
+
+@pytest.mark.parametrize("metric", ["C", "B", "D"])
+@pytest.mark.parametrize("log", [False, True])
+def test_chaos_heatmap_has_the_grid_and_the_values(results, metric, log):
+    a = results["chaos"].arrays
+    fig = F.chaos_heatmap(a, metric, log=log)
+    assert len(fig.data) == 1 and fig.data[0].type == "heatmap"
+    h = fig.data[0]
+    assert list(h.x) == [str(t) for t in a["t1"]] and list(h.y) == [str(t) for t in a["t0"]]
+    assert _same(h.customdata, a[metric][0])  # hover shows the value itself, on the log scale too
+    if not log:
+        assert _same(h.z, a[metric][0])
+    else:
+        z = np.asarray(h.z, dtype=float)
+        pos = a[metric][0] > 0
+        assert np.allclose(z[pos], np.log10(a[metric][0][pos]))
+
+
+def test_chaos_heatmap_leaves_t1_before_t0_blank(results):
+    a = results["chaos"].arrays
+    z = np.asarray(F.chaos_heatmap(a, "C").data[0].z, dtype=float)
+    for i, t0 in enumerate(a["t0"]):
+        for j, t1 in enumerate(a["t1"]):
+            assert math.isnan(z[i, j]) == (t1 <= t0)
+
+
+def test_chaos_sections_one_line_per_t0(results):
+    a = results["chaos"].arrays
+    fig = F.chaos_sections(a, "B")
+    assert [tr.name for tr in fig.data] == [f"t0={t}" for t in a["t0"]]
+    for i, tr in enumerate(fig.data):
+        ok = a["t1"] > a["t0"][i]
+        assert list(tr.x) == a["t1"][ok].tolist()
+        assert np.allclose(tr.y, a["B"][0, i][ok])
+    assert F.chaos_sections(a, "B", log=True).layout.yaxis.type == "log"
+
+
+def test_chaos_path_draws_the_stored_losses(results):
+    a = results["chaos"].arrays
+    i, j, t0, t1 = F.chaos_cells(a)[0]
+    fig = F.chaos_path(a, i, j)
+    path = fig.data[0]
+    assert np.allclose(path.x, a["alphas"]) and np.allclose(path.y, a["path"][0, i, j])
+    chord = np.asarray(fig.data[1].y)
+    assert chord[0] == pytest.approx(a["path"][0, i, j, 0]) and chord[-1] == pytest.approx(a["path"][0, i, j, -1])
+    # the barrier is the largest gap between path and chord
+    assert np.max(a["path"][0, i, j] - chord) == pytest.approx(a["B"][0, i, j], abs=1e-9)
+    assert f"t0={t0}" in fig.layout.title.text and f"t1={t1}" in fig.layout.title.text
+
+
+def test_chaos_cells_are_the_computed_ones(results):
+    a = results["chaos"].arrays
+    cells = F.chaos_cells(a)
+    assert {(t0, t1) for _, _, t0, t1 in cells} == {(int(t0), int(t1)) for t0 in a["t0"] for t1 in a["t1"]
+                                                    if t1 > t0}
+
+
+def test_cone_figures(results):
+    r = results["cone"]
+    a = r.arrays
+    m = len(a["iters"])
+    S = F.cone_S_heatmap(a).data[0]
+    assert np.asarray(S.z).shape == (m, m) and _same(S.customdata, a["S"])
+    ref = F.cone_ref_curves(a)
+    assert len(ref.data) == len(a["references"]) and np.allclose(ref.data[0].y, a["ref_curves"][0])
+    neigh = F.cone_neighbours(a)
+    assert [tr.name for tr in neigh.data] == [f"dt={dt}" for dt in a["dts"]]
+    dt = int(a["dts"][0])
+    assert list(neigh.data[0].x) == a[f"neigh_t_{dt}"].tolist() and np.allclose(neigh.data[0].y, a[f"neigh_s_{dt}"])
+    acc = F.cone_test_acc(a)
+    assert np.allclose(acc.data[0].y, a["test_acc"])
+    ang = F.cone_angles(r)
+    assert ang["cone_angle_deg"] == r.meta["cone_angle_deg"] and ang["cone_window"] == a["cone_window"].tolist()
+
+
+@pytest.mark.parametrize("method", ["pca", "mds"])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_cone_projection_marks_the_initial_kernel(results, method, dim):
+    a = results["cone"].arrays
+    fig = F.cone_projection(a, method, dim)
+    traj, start = fig.data
+    assert traj.type == ("scatter3d" if dim == 3 else "scatter")
+    xyz = a[f"{method}{dim}"]
+    assert np.allclose(traj.x, xyz[:, 0]) and np.allclose(traj.y, xyz[:, 1])
+    if dim == 3:
+        assert np.allclose(traj.z, xyz[:, 2])
+    assert list(traj.customdata) == a["iters"].tolist()  # hover and colour follow the iteration
+    assert start.name == "H(theta_0)" and start.x[0] == pytest.approx(xyz[0, 0])
+    with pytest.raises(ValueError):
+        F.cone_projection(a, "tsne", dim)
+
+
+def test_linear_figure(results):
+    a = results["linear"].arrays
+    fig = F.linear_figure(a, iterations=60)
+    lin, at_switch, full = fig.data
+    assert list(lin.x) == a["switch"].tolist() and np.allclose(lin.y, a["acc_linear"])
+    assert np.allclose(at_switch.y, a["acc_at_switch"])
+    assert np.allclose(full.y, float(a["acc_full"]))  # a horizontal line
+
+
+def test_csv_round_trips_every_table(results):
+    a_ch, a_co, a_li = (results[k].arrays for k in ("chaos", "cone", "linear"))
+    tables = [F.chaos_heatmap_table(a_ch), F.chaos_heatmap_table(a_ch, "B"), F.chaos_sections_table(a_ch, "C"),
+              F.chaos_path_table(a_ch, 0, 0), F.cone_S_table(a_co), F.cone_ref_table(a_co), F.cone_neigh_table(a_co),
+              F.cone_projection_table(a_co, "pca", 3), F.cone_acc_table(a_co), F.linear_table(a_li)]
+    for t in tables:
+        back = F.from_csv(F.to_csv(t))
+        assert list(back) == list(t)
+        for col in t:
+            assert [v if v is None else float(v) for v in back[col]] == \
+                   [v if v is None else float(v) for v in t[col]], col  # exact: floats are written with repr
+    # NaN cells (t1 <= t0, or not computed yet) are empty in CSV and null in JSON
+    holed = {**a_ch, "C": a_ch["C"].copy()}
+    holed["C"][0, -1, 0] = np.nan
+    heat = F.chaos_heatmap_table(holed)
+    assert heat["C"][-2] is None and ",,"in F.to_csv(heat)
+    assert F.from_csv(F.to_csv(heat))["C"] == heat["C"]
+    j = json.loads(F.to_json(heat, run="x", config={"a": 1}))
+    assert j["columns"] == ["t0", "t1", "C", "B", "D"] and len(j["rows"]) == len(heat["t0"])
+    assert any(row["C"] is None for row in j["rows"]) and j["config"] == {"a": 1}
+
+
+def test_html_export_and_command(results):
+    r = results["chaos"]
+    cfg = F.config_from_result(r)
+    cmd = F.reproduce_command(cfg)
+    assert cmd.startswith("twophase chaos --preset tiny")  # the nearest preset gives the shortest line
+    html = F.to_html(F.chaos_heatmap(r.arrays, "C"), cmd)
+    assert "<html>" in html and "plotly" in html and "twophase chaos" in html
+
+
+def test_log_colour_keeps_exact_zeros_visible(results):
+    a = dict(results["chaos"].arrays)
+    a["D"] = np.zeros_like(a["D"])  # e.g. the eps = 0 control: all zeros, drawn, labelled "0"
+    h = F.chaos_heatmap(a, "D", log=True).data[0]
+    assert list(h.colorbar.ticktext) == ["0"] and np.all(np.asarray(h.z, dtype=float) == h.zmin)
+    h = F.cone_S_heatmap(results["cone"].arrays, log=True).data[0]  # S is 0 on the diagonal
+    z = np.asarray(h.z, dtype=float)
+    assert h.colorbar.ticktext[0] == "0" and np.all(np.diag(z) == z.min()) and np.isfinite(z).all()

@@ -1,0 +1,499 @@
+"""Plotly figures of stored results, and their data as tables (CSV / JSON) and standalone HTML.
+
+Pure functions of a `Result` (or of its arrays): no Streamlit, no torch. Every view of the app has
+a `*_figure` builder and a `*_table` that holds exactly the numbers the figure draws, so what a
+user downloads is what they saw. A table is a dict of equal-length columns (name -> list).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from . import config as C
+
+Table = dict[str, list[Any]]
+
+METRICS = {
+    "C": "parameter dissimilarity C (cosine distance)",
+    "B": "loss barrier B",
+    "D": "disagreement rate D",
+}
+PROJECTION_LABELS = {"pca": "PCA", "mds": "MDS"}
+_LINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf"]
+_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=420)
+
+
+def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), **{**_LAYOUT, **kw})
+    fig.update_yaxes(exponentformat="e")  # 1e-12, not plotly's SI "1p"
+    return fig
+
+
+def _f(v: Any) -> float | None:
+    """A float for a table cell; None for NaN (CSV: empty cell, JSON: null)."""
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Chaos: C, B, D over (t0, t1)
+
+
+def seed_reduce(a: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """(seeds, ...) -> (...): one seed's slice, or the mean over seeds ignoring NaN (None)."""
+    if seed is not None:
+        return np.asarray(a[seed], dtype=float)
+    if a.shape[0] == 1:
+        return np.asarray(a[0], dtype=float)
+    with warnings.catch_warnings():  # all-NaN cells (t1 <= t0) stay NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=0)
+
+
+def chaos_cells(arrays: dict[str, np.ndarray]) -> list[tuple[int, int, int, int]]:
+    """(i, j, t0, t1) of every computed cell (t1 > t0 with a value), in row order."""
+    C_ = seed_reduce(arrays["C"])
+    out = []
+    for i, t0 in enumerate(arrays["t0"]):
+        for j, t1 in enumerate(arrays["t1"]):
+            if not math.isnan(C_[i, j]):
+                out.append((i, j, int(t0), int(t1)))
+    return out
+
+
+def chaos_heatmap_table(arrays: dict[str, np.ndarray], metric: str | None = None, seed: int | None = None) -> Table:
+    """Every (t0, t1) cell (empty where t1 <= t0) with one metric, or all three when metric is None."""
+    ms = [metric] if metric else list(METRICS)
+    t: Table = {"t0": [], "t1": [], **{k: [] for k in ms}}
+    vals = {k: seed_reduce(arrays[k], seed) for k in ms}
+    for i, t0 in enumerate(arrays["t0"]):
+        for j, t1 in enumerate(arrays["t1"]):
+            t["t0"].append(int(t0))
+            t["t1"].append(int(t1))
+            for k in ms:
+                t[k].append(_f(vals[k][i, j]))
+    return t
+
+
+def _log_colour(z: np.ndarray) -> tuple[np.ndarray, list[float], list[str]]:
+    """log10 of z for the colour, with exact zeros (e.g. the eps=0 control) drawn one decade below the
+    smallest positive value and labelled "0" on the colour bar; NaN stays blank."""
+    z = np.asarray(z, dtype=float)
+    pos = z[np.isfinite(z) & (z > 0)]
+    lo = math.floor(math.log10(pos.min())) if pos.size else -16
+    hi = math.ceil(math.log10(pos.max())) if pos.size else lo + 1
+    has_zero = bool(np.any(z == 0))
+    floor = lo - 1
+    with np.errstate(all="ignore"):
+        colour = np.where(z > 0, np.log10(np.where(z > 0, z, 1.0)), np.where(z == 0, floor, np.nan))
+    if not pos.size:  # nothing above zero: one tick, "0"
+        return (colour, [float(floor)], ["0"]) if has_zero else (colour, [], [])
+    if hi <= lo:
+        hi = lo + 1
+    step = max(1, (hi - lo) // 6)
+    vals = list(range(lo, hi + 1, step))
+    tv, tt = [float(v) for v in vals], [f"1e{v}" for v in vals]
+    if has_zero:
+        tv, tt = [float(floor)] + tv, ["0"] + tt
+    return colour, tv, tt
+
+
+def _log_range(tv: list[float], colour: np.ndarray) -> tuple[float, float]:
+    """Colour range of a log heatmap: from its lowest tick (or value) to the highest value, never empty,
+    so an all-zero grid is drawn in the colour of 0, not in the middle of the scale."""
+    finite = colour[np.isfinite(colour)]
+    lo = min([*tv[:1], *finite.tolist()]) if tv or finite.size else 0.0
+    hi = float(finite.max()) if finite.size else lo + 1
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False, seed: int | None = None,
+                  title: str | None = None) -> go.Figure:
+    """Heatmap of C, B or D: rows t0 (perturbation time), columns t1 (comparison time).
+
+    Axes are categorical (the iterations are rarely evenly spaced); empty cells have t1 <= t0.
+    With log=True the colour is log10 of the value (zeros, which cannot be shown on a log scale,
+    stay blank); hover always gives the value itself.
+    """
+    z = seed_reduce(arrays[metric], seed)
+    x = [str(int(v)) for v in arrays["t1"]]
+    y = [str(int(v)) for v in arrays["t0"]]
+    colour = z
+    colorbar: dict[str, Any] = dict(title=metric, exponentformat="e")
+    zmin, zmax = 0.0, None  # C, B and D are >= 0
+    if log:
+        colour, tv, tt = _log_colour(z)
+        colorbar.update(tickvals=tv, ticktext=tt, title=f"{metric} (log)")
+        zmin, zmax = _log_range(tv, colour)
+    small = z.size <= 80
+    text = [["" if math.isnan(v) else f"{v:.2g}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=colour, x=x, y=y, customdata=z, text=text, colorscale="Viridis", colorbar=colorbar, xgap=1, ygap=1,
+        zmin=zmin, zmax=zmax,
+        hovertemplate=f"t0=%{{y}}<br>t1=%{{x}}<br>{metric}=%{{customdata:.4g}}<extra></extra>",
+        texttemplate="%{text}" if small else None, hoverongaps=False,
+    ))
+    fig.update_xaxes(title="t1 (iteration where the copies are compared)", type="category")
+    fig.update_yaxes(title="t0 (iteration of the perturbation)", type="category")
+    return _layout(fig, title or METRICS[metric])
+
+
+def chaos_sections_table(arrays: dict[str, np.ndarray], metric: str, seed: int | None = None) -> Table:
+    z = seed_reduce(arrays[metric], seed)
+    t: Table = {"t0": [], "t1": [], metric: []}
+    for i, t0 in enumerate(arrays["t0"]):
+        for j, t1 in enumerate(arrays["t1"]):
+            if not math.isnan(z[i, j]):
+                t["t0"].append(int(t0))
+                t["t1"].append(int(t1))
+                t[metric].append(_f(z[i, j]))
+    return t
+
+
+def chaos_sections(arrays: dict[str, np.ndarray], metric: str, log: bool = False, seed: int | None = None,
+                   title: str | None = None) -> go.Figure:
+    """The metric versus t1, one line per t0 (the heatmap's rows as curves)."""
+    z = seed_reduce(arrays[metric], seed)
+    fig = go.Figure()
+    for i, t0 in enumerate(arrays["t0"]):
+        ok = ~np.isnan(z[i])
+        if not ok.any():
+            continue
+        fig.add_trace(go.Scatter(
+            x=arrays["t1"][ok].astype(int), y=z[i][ok], mode="lines+markers", name=f"t0={int(t0)}",
+            line=dict(color=_LINE_COLOURS[i % len(_LINE_COLOURS)]),
+            hovertemplate=f"t0={int(t0)}<br>t1=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>",
+        ))
+    fig.update_xaxes(title="t1 (iteration)")
+    fig.update_yaxes(title=metric, type="log" if log else "linear", exponentformat="e")
+    return _layout(fig, title or f"{METRICS[metric]} versus t1, one line per t0", legend_title_text="perturbed at")
+
+
+def chaos_path_table(arrays: dict[str, np.ndarray], i: int, j: int) -> Table:
+    t: Table = {"seed": [], "alpha": [], "loss": []}
+    for s, seed in enumerate(arrays["seeds"]):
+        for a, loss in zip(arrays["alphas"], arrays["path"][s, i, j], strict=True):
+            t["seed"].append(int(seed))
+            t["alpha"].append(float(a))
+            t["loss"].append(_f(loss))
+    return t
+
+
+def chaos_path(arrays: dict[str, np.ndarray], i: int, j: int, title: str | None = None) -> go.Figure:
+    """Test loss along the straight line between the control theta (alpha=1) and the perturbed copy
+    theta' (alpha=0) at t1, for the cell (t0[i], t1[j]); dotted: the chord between the end points,
+    whose largest gap to the path is the barrier B."""
+    alphas = arrays["alphas"]
+    t0, t1 = int(arrays["t0"][i]), int(arrays["t1"][j])
+    fig = go.Figure()
+    for s, seed in enumerate(arrays["seeds"]):
+        path = arrays["path"][s, i, j]
+        colour = _LINE_COLOURS[s % len(_LINE_COLOURS)]
+        fig.add_trace(go.Scatter(x=alphas, y=path, mode="lines+markers", name=f"path, seed {int(seed)}",
+                                 line=dict(color=colour),
+                                 hovertemplate="alpha=%{x:.3f}<br>loss=%{y:.4f}<extra></extra>"))
+        if not np.isnan(path).any():
+            chord = path[0] + alphas * (path[-1] - path[0])
+            fig.add_trace(go.Scatter(x=alphas, y=chord, mode="lines", name=f"chord, seed {int(seed)}",
+                                     line=dict(color=colour, dash="dot"), hoverinfo="skip"))
+    b = seed_reduce(arrays["B"])[i, j]
+    fig.update_xaxes(title="alpha  (0: perturbed copy theta', 1: control theta)", range=[-0.02, 1.02])
+    fig.update_yaxes(title="test loss")
+    return _layout(fig, title or f"Loss along the interpolation path, t0={t0}, t1={t1} (B={b:.4g})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cone: the empirical NTK along training
+
+
+def cone_S_table(arrays: dict[str, np.ndarray]) -> Table:
+    t: Table = {"t_i": [], "t_j": [], "S": []}
+    its = arrays["iters"]
+    for a, ti in enumerate(its):
+        for b, tj in enumerate(its):
+            t["t_i"].append(int(ti))
+            t["t_j"].append(int(tj))
+            t["S"].append(_f(arrays["S"][a, b]))
+    return t
+
+
+def cone_S_heatmap(arrays: dict[str, np.ndarray], log: bool = False, title: str | None = None) -> go.Figure:
+    """S[i, j] = kernel distance between the checkpoints t_i and t_j (paper Fig. 4)."""
+    S = np.asarray(arrays["S"], dtype=float)
+    labels = [str(int(v)) for v in arrays["iters"]]
+    colour = S
+    colorbar: dict[str, Any] = dict(title="S", exponentformat="e")
+    if log:
+        colour, tv, tt = _log_colour(S)
+        colorbar.update(tickvals=tv, ticktext=tt, title="S (log)")
+    fig = go.Figure(go.Heatmap(
+        z=colour, x=labels, y=labels, customdata=S, colorscale="Viridis", colorbar=colorbar,
+        hovertemplate="t_i=%{y}<br>t_j=%{x}<br>S=%{customdata:.4g}<extra></extra>", hoverongaps=False,
+    ))
+    fig.update_xaxes(title="checkpoint t_j (iteration)", type="category")
+    fig.update_yaxes(title="checkpoint t_i (iteration)", type="category", autorange="reversed")
+    return _layout(fig, title or "Kernel distance S(H(theta_ti), H(theta_tj))", height=520)
+
+
+def cone_ref_table(arrays: dict[str, np.ndarray]) -> Table:
+    t: Table = {"reference": [], "t": [], "S": []}
+    for r, tau in enumerate(arrays["references"]):
+        for k, it in enumerate(arrays["iters"]):
+            t["reference"].append(int(tau))
+            t["t"].append(int(it))
+            t["S"].append(_f(arrays["ref_curves"][r, k]))
+    return t
+
+
+def cone_ref_curves(arrays: dict[str, np.ndarray], log: bool = False, title: str | None = None) -> go.Figure:
+    """S(H(theta_t), H(theta_tau)) versus t, one line per reference tau (paper Fig. 5a)."""
+    fig = go.Figure()
+    its = arrays["iters"].astype(int)
+    for r, tau in enumerate(arrays["references"]):
+        fig.add_trace(go.Scatter(x=its, y=arrays["ref_curves"][r], mode="lines+markers", name=f"tau={int(tau)}",
+                                 line=dict(color=_LINE_COLOURS[r % len(_LINE_COLOURS)]),
+                                 hovertemplate=f"tau={int(tau)}<br>t=%{{x}}<br>S=%{{y:.4g}}<extra></extra>"))
+    fig.update_xaxes(title="t (iteration)")
+    fig.update_yaxes(title="S(H(theta_t), H(theta_tau))", type="log" if log else "linear")
+    return _layout(fig, title or "Kernel distance to a reference checkpoint tau", legend_title_text="reference")
+
+
+def cone_neigh_table(arrays: dict[str, np.ndarray]) -> Table:
+    t: Table = {"dt": [], "t": [], "S": []}
+    for dt in arrays["dts"]:
+        for it, s in zip(arrays[f"neigh_t_{int(dt)}"], arrays[f"neigh_s_{int(dt)}"], strict=True):
+            t["dt"].append(int(dt))
+            t["t"].append(int(it))
+            t["S"].append(_f(s))
+    return t
+
+
+def cone_neighbours(arrays: dict[str, np.ndarray], log: bool = False, title: str | None = None) -> go.Figure:
+    """S(H(theta_t), H(theta_t+dt)) versus t, one line per dt: the kernel velocity (paper Fig. 5b)."""
+    fig = go.Figure()
+    for k, dt in enumerate(arrays["dts"]):
+        dt = int(dt)
+        fig.add_trace(go.Scatter(x=arrays[f"neigh_t_{dt}"].astype(int), y=arrays[f"neigh_s_{dt}"],
+                                 mode="lines+markers", name=f"dt={dt}",
+                                 line=dict(color=_LINE_COLOURS[k % len(_LINE_COLOURS)]),
+                                 hovertemplate=f"dt={dt}<br>t=%{{x}}<br>S=%{{y:.4g}}<extra></extra>"))
+    fig.update_xaxes(title="t (iteration)")
+    fig.update_yaxes(title="S(H(theta_t), H(theta_t+dt))", type="log" if log else "linear")
+    return _layout(fig, title or "Kernel velocity: distance between neighbouring checkpoints",
+                   legend_title_text="step")
+
+
+def cone_projection_table(arrays: dict[str, np.ndarray], method: str, dim: int) -> Table:
+    xyz = np.asarray(arrays[f"{method}{dim}"], dtype=float)
+    t: Table = {"t": [int(v) for v in arrays["iters"]]}
+    for d in range(dim):
+        t[f"{method}{d + 1}"] = [float(v) for v in xyz[:, d]]
+    return t
+
+
+def _iteration_colorbar(its: np.ndarray) -> dict[str, Any]:
+    """Colour by checkpoint index (checkpoints are dense early), labelled with iterations."""
+    m = len(its)
+    idx = sorted({0, m - 1, *np.linspace(0, m - 1, min(m, 6)).round().astype(int).tolist()})
+    return dict(title="iteration", tickvals=idx, ticktext=[str(int(its[i])) for i in idx])
+
+
+def cone_projection(arrays: dict[str, np.ndarray], method: str = "pca", dim: int = 3,
+                    title: str | None = None) -> go.Figure:
+    """The kernels along training as points (PCA or MDS of the normalised Gram matrix), joined in
+    the order of training and coloured by iteration; H(theta_0) is the red diamond (paper Fig. 5c)."""
+    if dim not in (2, 3) or method not in PROJECTION_LABELS:
+        raise ValueError(f"no projection {method}{dim}")
+    xyz = np.asarray(arrays[f"{method}{dim}"], dtype=float)
+    its = arrays["iters"].astype(int)
+    idx = np.arange(len(its))
+    marker = dict(color=idx, colorscale="Viridis", colorbar=_iteration_colorbar(its), size=6 if dim == 3 else 9,
+                  line=dict(width=0))
+    hover = "t=%{customdata}<extra></extra>"
+    lab = PROJECTION_LABELS[method]
+    if dim == 3:
+        fig = go.Figure(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="lines+markers", marker=marker,
+                                     line=dict(color="rgba(120,120,120,0.6)", width=3), customdata=its,
+                                     hovertemplate=hover, name="H(theta_t)"))
+        fig.add_trace(go.Scatter3d(x=[xyz[0, 0]], y=[xyz[0, 1]], z=[xyz[0, 2]], mode="markers+text",
+                                   marker=dict(color="#d62728", size=7, symbol="diamond", opacity=0.9), text=["H(θ₀)"],
+                                   textposition="top center", name="H(theta_0)", customdata=[its[0]],
+                                   hovertemplate="H(θ₀), t=%{customdata}<extra></extra>"))
+        fig.update_layout(scene=dict(xaxis_title=f"{lab} 1", yaxis_title=f"{lab} 2", zaxis_title=f"{lab} 3",
+                                     aspectmode="cube", camera=dict(eye=dict(x=1.7, y=1.7, z=1.1))),
+                          margin=dict(l=0, r=0, t=50, b=0))
+    else:
+        fig = go.Figure(go.Scatter(x=xyz[:, 0], y=xyz[:, 1], mode="lines+markers", marker=marker,
+                                   line=dict(color="rgba(120,120,120,0.6)", width=1.5), customdata=its,
+                                   hovertemplate=hover, name="H(theta_t)"))
+        fig.add_trace(go.Scatter(x=[xyz[0, 0]], y=[xyz[0, 1]], mode="markers+text",
+                                 marker=dict(color="#d62728", size=14, symbol="diamond"), text=["H(θ₀)"],
+                                 textposition="top center", name="H(theta_0)", customdata=[its[0]],
+                                 hovertemplate="H(θ₀), t=%{customdata}<extra></extra>"))
+        fig.update_xaxes(title=f"{lab} 1")
+        fig.update_yaxes(title=f"{lab} 2", scaleanchor="x", scaleratio=1)
+    return _layout(fig, title or f"Kernels along training, {lab} {dim}-D", height=560, showlegend=False)
+
+
+def cone_acc_table(arrays: dict[str, np.ndarray]) -> Table:
+    return {"t": [int(v) for v in arrays["iters"]], "test_acc": [_f(v) for v in arrays["test_acc"]]}
+
+
+def cone_test_acc(arrays: dict[str, np.ndarray], title: str | None = None) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=arrays["iters"].astype(int), y=arrays["test_acc"], mode="lines+markers",
+                               name="test accuracy", hovertemplate="t=%{x}<br>acc=%{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title="t (iteration)")
+    fig.update_yaxes(title="test accuracy", rangemode="tozero")
+    return _layout(fig, title or "Test accuracy along training", height=320)
+
+
+def cone_angles(result: Any) -> dict[str, Any]:
+    """The cone angles (degrees) and their windows, for showing as numbers."""
+    a, m = result.arrays, result.meta
+    cw = [int(v) for v in a["cone_window"]] if "cone_window" in a else None
+    ew = [int(v) for v in a["early_window"]] if "early_window" in a else None
+    return {"cone_angle_deg": m.get("cone_angle_deg"), "cone_window": cw,
+            "early_angle_deg": m.get("early_angle_deg"), "early_window": ew}
+
+
+# ---------------------------------------------------------------------------------------------
+# Linearised training
+
+
+def linear_table(arrays: dict[str, np.ndarray]) -> Table:
+    full = float(np.asarray(arrays["acc_full"]))
+    return {"switch": [int(v) for v in arrays["switch"]], "acc_linear": [_f(v) for v in arrays["acc_linear"]],
+            "acc_at_switch": [_f(v) for v in arrays["acc_at_switch"]],
+            "acc_full": [full] * len(arrays["switch"])}
+
+
+def linear_figure(arrays: dict[str, np.ndarray], iterations: int | None = None, title: str | None = None) -> go.Figure:
+    """Test accuracy at T of the model linearised at t, versus t; beside it the accuracy of the
+    network at t itself, and full (non-linearised) training to T as a horizontal line."""
+    sw = arrays["switch"].astype(int)
+    full = float(np.asarray(arrays["acc_full"]))
+    end = f" (T={iterations})" if iterations else ""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=sw, y=arrays["acc_linear"], mode="lines+markers",
+                             name=f"linearised at t, trained to T{end}",
+                             line=dict(color=_LINE_COLOURS[0], width=3),
+                             hovertemplate="switch t=%{x}<br>acc at T=%{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=sw, y=arrays["acc_at_switch"], mode="lines+markers",
+                             name="network at t (no more training)",
+                             line=dict(color=_LINE_COLOURS[1], dash="dash"),
+                             hovertemplate="t=%{x}<br>acc=%{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[int(sw.min()), int(sw.max())] if len(sw) else [], y=[full, full], mode="lines",
+                             name=f"full training to T: {full:.3f}", line=dict(color="#444", dash="dot"),
+                             hovertemplate=f"full training: {full:.4f}<extra></extra>"))
+    fig.update_xaxes(title="switch time t (iteration)")
+    fig.update_yaxes(title="test accuracy", rangemode="tozero")
+    return _layout(fig, title or "Linearised training from theta_t versus full training",
+                   legend=dict(orientation="h", y=-0.25))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def table_rows(table: Table) -> int:
+    lens = {len(v) for v in table.values()}
+    if len(lens) > 1:
+        raise ValueError(f"columns differ in length: {lens}")
+    return lens.pop() if lens else 0
+
+
+def to_csv(table: Table) -> str:
+    """CSV with a header; floats written with repr precision (they read back exactly); NaN: empty."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = list(table)
+    w.writerow(cols)
+    for r in range(table_rows(table)):
+        w.writerow(["" if table[c][r] is None else repr(table[c][r]) if isinstance(table[c][r], float)
+                    else table[c][r] for c in cols])
+    return buf.getvalue()
+
+
+def from_csv(text: str) -> Table:
+    """Inverse of `to_csv` for numeric tables (ints stay ints, empty cells become None)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return {}
+    cols, body = rows[0], rows[1:]
+
+    def num(s: str) -> Any:
+        if s == "":
+            return None
+        try:
+            return int(s)
+        except ValueError:
+            try:
+                return float(s)
+            except ValueError:
+                return s
+
+    return {c: [num(r[k]) for r in body] for k, c in enumerate(cols)}
+
+
+def to_json(table: Table, **context: Any) -> str:
+    """{"columns": ..., "rows": [...], plus context (config, hash, command)}; NaN is null."""
+    n = table_rows(table)
+    rows = [{c: table[c][r] for c in table} for r in range(n)]
+    return json.dumps({**context, "columns": list(table), "rows": rows}, indent=1, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return _f(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def to_html(fig: go.Figure, command: str | None = None) -> str:
+    """A standalone HTML page of the figure (plotly.js from its CDN), with the reproducing command."""
+    html = fig.to_html(include_plotlyjs="cdn", full_html=True)
+    if command:
+        import html as _html
+
+        html = html.replace("<body>", f"<body>\n<pre style='font-size:12px'>{_html.escape(command)}</pre>", 1)
+    return html
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproduction
+
+
+def reproduce_command(cfg: Any, preset_name: str | None = None) -> str:
+    """The `twophase ...` command line that reproduces `cfg`, against the given preset, or against
+    the preset that gives the shortest command when none is given."""
+    from .cli import command_for
+    from .presets import PRESETS
+
+    if preset_name is not None:
+        return command_for(cfg, preset_name)
+    best = None
+    for name in PRESETS:
+        try:
+            cmd = command_for(cfg, name)
+        except Exception:  # a preset without this kind
+            continue
+        if best is None or len(cmd) < len(best):
+            best = cmd
+    return best or ""
+
+
+def config_from_result(result: Any) -> Any:
+    """The typed config of a stored result."""
+    return C.from_dict(C.KINDS[result.kind], result.config)
