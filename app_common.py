@@ -133,17 +133,7 @@ def _split(text: str) -> list[str]:
 
 
 def _iterations_per_epoch(train: C.TrainConfig) -> int:
-    """SGD steps per epoch of `train` (loads the dataset once; only needed for 'ep' values)."""
-    return _ipe_cached(train.dataset, train.data_root, train.batch_size, train.train_size)
-
-
-@st.cache_data(show_spinner="Reading the dataset size ...")
-def _ipe_cached(dataset: str, data_root: str, batch_size: int, train_size: int) -> int:
-    from twophase_core.data import BatchSchedule, get_dataset
-
-    ds = get_dataset(C.TrainConfig(dataset=dataset, data_root=data_root, batch_size=batch_size,
-                                   train_size=train_size, model="mlp"))
-    return BatchSchedule(len(ds.x_train), batch_size, 0, False).steps_per_epoch
+    return C.iterations_per_epoch(train)
 
 
 def parse_steps(field: str, text: str, train: C.TrainConfig) -> tuple[int, ...]:

@@ -77,3 +77,12 @@ def test_parse_step(text, it):
 def test_parse_step_rejects_garbage():
     with pytest.raises(C.ConfigError):
         C.parse_step("two epochs", 391)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist1d", "synthetic"])
+def test_iterations_per_epoch_matches_the_loaded_data(dataset):
+    from twophase_core.data import BatchSchedule, get_dataset
+
+    cfg = C.TrainConfig(dataset=dataset, model="mlp", batch_size=50)
+    n = len(get_dataset(cfg).x_train)
+    assert C.iterations_per_epoch(cfg) == BatchSchedule(n, 50, 0, False).steps_per_epoch == n // 50

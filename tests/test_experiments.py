@@ -117,3 +117,15 @@ def test_taylor_model_is_exact_at_theta_t_and_first_order_nearby(store):
 def test_run_experiment_dispatches_and_validates(store):
     with pytest.raises(C.ConfigError):
         run_experiment(C.replace(CHAOS, eps=-1.0), store)
+
+
+def test_stacked_and_loop_paths_agree_and_stay_exact_at_zero_eps(tmp_path):
+    cfg = C.replace(CHAOS, perturb_seeds=(0, 1), eps=1e-7)
+    loop = run_chaos(C.replace(cfg, lockstep="loop"), Store(tmp_path / "loop"))
+    stack = run_chaos(C.replace(cfg, lockstep="stack"), Store(tmp_path / "stack"))
+    assert loop.meta["lockstep"] == "loop" and stack.meta["lockstep"] == "stack"
+    for k in ("C", "B", "D"):
+        assert np.nanmax(np.abs(loop.arrays[k] - stack.arrays[k])) < 1e-6, k
+    zero = run_chaos(C.replace(cfg, eps=0.0, lockstep="stack"), Store(tmp_path / "stack"))
+    for k in ("C", "B", "D"):
+        assert np.all(zero.arrays[k][~np.isnan(zero.arrays[k])] == 0.0), k

@@ -39,8 +39,6 @@ EXP_FLAGS: dict[str, tuple[str, type]] = {
 def build_config(kind: str, args: argparse.Namespace) -> Any:
     """Preset, then overrides; step values accept '500', '500it', '2ep', '2ep50it'."""
     cfg = preset(args.preset, kind)
-    from .data import BatchSchedule, get_dataset
-
     changes: dict[str, Any] = {}
     for flag, (name, _) in TRAIN_FLAGS.items():
         v = getattr(args, flag[2:].replace("-", "_"))
@@ -53,12 +51,7 @@ def build_config(kind: str, args: argparse.Namespace) -> Any:
         from .train import resolve_device
 
         train = C.replace(train, device=resolve_device("auto").type)
-    needs_epochs = any(isinstance(v, str) and "ep" in v for v in changes.values()) or any(
-        getattr(args, f[2:].replace("-", "_")) and "ep" in getattr(args, f[2:].replace("-", "_")) for f in LIST_FLAGS)
-    ipe = 1
-    if needs_epochs:
-        ds = get_dataset(C.replace(train, iterations=1, checkpoint_every=0))
-        ipe = BatchSchedule(len(ds.x_train), train.batch_size, 0, False).steps_per_epoch
+    ipe = C.iterations_per_epoch(train)
     for name in ("iterations", "checkpoint_every"):
         v = getattr(train, name)
         if isinstance(v, str):
@@ -224,12 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(r: Any) -> str:
     """A few lines a person reads after a run."""
-    import numpy as np
 
     a = r.arrays
     sec = r.meta.get("seconds")
     if r.kind == "chaos":
-        last = {k: np.nanmean(a[k], axis=0)[:, -1] for k in ("C", "B", "D")}
+        last = {k: a[k].mean(axis=0)[:, -1] for k in ("C", "B", "D")}
         lines = [f"chaos {r.hash} ({sec}s): at t1={int(a['t1'][-1])}"]
         for i, t0 in enumerate(a["t0"]):
             lines.append(f"  t0={int(t0):6d}  C={last['C'][i]:.3e}  B={last['B'][i]:.4f}  D={last['D'][i]:.4f}"

@@ -166,6 +166,17 @@ def config_hash(cfg: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Steps: users think in epochs, the science counts iterations
 
+TRAIN_SIZES = {"digits": 1437, "mnist1d": 4000, "cifar10": 50000, "synthetic": 256}
+
+
+def iterations_per_epoch(cfg: TrainConfig) -> int:
+    """SGD steps per epoch (the last partial batch is dropped), without loading the data."""
+    n = cfg.train_size or TRAIN_SIZES.get(cfg.dataset, 0)
+    if not n:
+        raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(DATASETS)}")
+    return max(1, n // cfg.batch_size)
+
+
 _STEP = re.compile(r"^\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*(?:it)?)?\s*$")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, lockstep
 from . import config as C
 from .data import stratified_subset
 from .store import Store
@@ -111,10 +111,14 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
     base = run.base()
     branches = {(t0, s): run.branch(t0, cfg.eps, cfg.eps_mode, s) for t0 in t0s for s in seeds}
     later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
+    how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(seeds), with_control=True)
+    stacked = how == "stack"
     n_cells = sum(len(v) for v in later.values()) * len(seeds)
     eval_units = 2.0 + cfg.n_alpha / 10
     total = (base.steps_needed(t0s + t1s) + sum(b.steps_needed(later[t0]) for (t0, _), b in branches.items())
              + n_cells * eval_units)
+    if stacked:  # the stack trains its own control: the base run went through the plain path
+        total += sum(lockstep.control_branch(run, t0).steps_needed(later[t0]) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
     base.ensure(t0s + t1s, prog.add, cancel)
@@ -130,18 +134,28 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
     base_models = {t1: base.model(t1) for t1 in t1s}
     for j, t1 in enumerate(t1s):
         acc_base[j] = metrics.evaluate(base_models[t1], x, y)[1]
+    last_partial = 0.0
     for i, t0 in enumerate(t0s):
+        controls = base_models
+        if stacked:
+            prog.set_stage(f"branches t0={t0} ({len(seeds) + 1} copies stacked)")
+            twins = lockstep.ensure_branches_stacked(run, [branches[(t0, s)] for s in seeds], later[t0], True,
+                                                     prog.add, cancel)
+            branches.update({(t0, s): tw for s, tw in zip(seeds, twins, strict=True)})
+            control = lockstep.control_branch(run, t0)
+            controls = {t1: control.model(t1) for t1 in later[t0]}
         for si, seed in enumerate(seeds):
             br = branches[(t0, seed)]
-            prog.set_stage(f"branch t0={t0} seed={seed}")
-            br.ensure(later[t0], prog.add, cancel)
+            if not stacked:
+                prog.set_stage(f"branch t0={t0} seed={seed}")
+                br.ensure(later[t0], prog.add, cancel)
             realized[si, i] = run.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
             prog.set_stage(f"metrics t0={t0}")
             for t1 in later[t0]:
                 if cancel is not None:
                     cancel.check()
                 j = t1s.index(t1)
-                a, b = base_models[t1], br.model(t1)
+                a, b = controls[t1], br.model(t1)
                 out["C"][si, i, j] = metrics.parameter_dissimilarity(a, b)
                 _, losses, barrier = metrics.loss_barrier_path(a, b, x, y, cfg.n_alpha, cfg.bn, train_x)
                 path[si, i, j] = losses
@@ -149,10 +163,13 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
                 out["D"][si, i, j] = metrics.disagreement_rate(a, b, x)
                 out["acc_branch"][si, i, j] = metrics.evaluate(b, x, y)[1]
                 prog.add(eval_units)
-        if partial is not None:
-            partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
-                                  _meta(cfg, started, run, partial=True, rows_done=i + 1)))
-    r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, _meta(cfg, started, run))
+                row_done = si == len(seeds) - 1 and t1 == later[t0][-1]
+                if partial is not None and (row_done or time.time() - last_partial > 1.0):
+                    last_partial = time.time()  # cells appear as they finish
+                    meta = _meta(cfg, started, run, partial=True, rows_done=i + int(row_done), lockstep=how)
+                    partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
+    r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
+                      _meta(cfg, started, run, lockstep=how))
     save_result(store, r)
     if progress:
         progress(1.0, "done")

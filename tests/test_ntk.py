@@ -1,0 +1,328 @@
+"""Tests for twophase_core.ntk: the eNTK against a per-sample autograd oracle, and the kernel geometry
+against explicit numpy / scikit-learn computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from torch import nn
+
+from twophase_core import ntk
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Dropout(0.5), nn.Linear(7, 3))
+
+
+def _convnet(seed: int = 0) -> nn.Module:
+    """Conv + BN with non-trivial running statistics, so train-mode BN would give a different kernel."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 4),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+CASES = [(_mlp, (6, 5)), (_convnet, (5, 2, 6, 6))]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    a, b = a.double(), b.double()
+    return torch.allclose(a, b, rtol=rtol, atol=rtol * b.abs().max().item())
+
+
+@pytest.mark.parametrize("build,shape", CASES)
+def test_full_matches_reference_and_baseline(build, shape):
+    model = build()
+    x = torch.randn(*shape)
+    h = ntk.empirical_ntk(model, x, "full")
+    ref = ntk.ntk_reference(model, x, "full")
+    n, o = shape[0], 3 if build is _mlp else 4
+    assert h.shape == (n * o, n * o) and h.dtype == torch.float32
+    assert _close(h, ref)
+    assert _close(ntk.ntk_einsum_baseline(model, x, "full"), ref)
+    assert torch.equal(h, h.T)
+
+
+@pytest.mark.parametrize("build,shape", CASES)
+def test_trace_is_sum_over_logit_diagonal_blocks(build, shape):
+    model = build().eval()
+    x = torch.randn(*shape)
+    n = shape[0]
+    full = ntk.empirical_ntk(model, x, "full").double()
+    o = full.shape[0] // n
+    by_hand = sum(full[a::o, a::o] for a in range(o))  # rows k*O + a, columns l*O + a
+    tr = ntk.empirical_ntk(model, x, "trace")
+    assert tr.shape == (n, n)
+    assert _close(tr, by_hand)
+    assert _close(tr, ntk.ntk_reference(model, x, "trace"))
+    assert _close(ntk.ntk_einsum_baseline(model, x, "trace"), by_hand)
+
+
+def test_full_kernel_layout_is_sample_major():
+    """Entry (k*O + o, l*O + p) is the inner product of the two explicit per-logit gradients."""
+    model = _convnet().eval()
+    x = torch.randn(3, 2, 6, 6)
+    h = ntk.empirical_ntk(model, x, "full")
+    params = list(model.parameters())
+
+    def grad(k: int, o: int) -> torch.Tensor:
+        g = torch.autograd.grad(model(x[k : k + 1])[0, o], params)
+        return torch.cat([t.reshape(-1) for t in g])
+
+    k, o, k2, o2 = 2, 1, 0, 3
+    assert math.isclose(
+        h[k * 4 + o, k2 * 4 + o2].item(), torch.dot(grad(k, o), grad(k2, o2)).item(), rel_tol=1e-4
+    )
+
+
+@pytest.mark.parametrize("kind", ["full", "trace"])
+@pytest.mark.parametrize("build,shape", CASES)
+def test_chunked_equals_unchunked(build, shape, kind):
+    model = build()
+    x = torch.randn(*shape)
+    whole = ntk.empirical_ntk(model, x, kind)
+    o = 3 if build is _mlp else 4
+    p = sum(t.numel() for t in model.parameters())
+    per_sample = o * p * 4
+    for budget in (1, 4 * per_sample, 2 * shape[0] * per_sample - 1):  # chunks of 1, 2, n-1 samples
+        chunked = ntk.empirical_ntk(model, x, kind, memory_budget_bytes=budget)
+        assert _close(chunked, whole, rtol=1e-5)
+        assert torch.equal(chunked, chunked.T)
+
+
+def test_tiled_diagonal_block_equals_one_gemm(monkeypatch):
+    model = _convnet()
+    x = torch.randn(5, 2, 6, 6)
+    whole = ntk.empirical_ntk(model, x, "full")
+    monkeypatch.setattr(ntk, "_MIN_TILE_ROWS", 6)  # 20 rows -> 3 tiles of 6-7
+    assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
+    monkeypatch.setattr(ntk, "_MIN_TILE_ROWS", 1)
+    monkeypatch.setattr(ntk, "_MAX_TILES", 20)  # one tile per row
+    assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
+    monkeypatch.setattr(ntk, "_SMALL_BLOCK", 1)  # every block its own GEMM
+    assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
+
+
+def test_float64_flag_and_no_grad_context():
+    model = _mlp()
+    x = torch.randn(4, 5)
+    with torch.no_grad():  # callers in an evaluation loop; torch.func ignores the outer no_grad
+        h = ntk.empirical_ntk(model, x, float64=True)
+    assert h.dtype == torch.float64
+    assert _close(h, ntk.ntk_reference(model, x), rtol=1e-5)
+    # A float64 model end to end agrees with the float64 oracle to float64 precision.
+    model64, x64 = model.double(), x.double()
+    h64 = ntk.empirical_ntk(model64, x64, float64=True)
+    ref = ntk.ntk_reference(model64, x64)
+    assert torch.allclose(h64, ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
+    assert ntk.empirical_ntk(model64, x64).dtype == torch.float32
+
+
+def test_frozen_parameters_get_no_jacobian():
+    model = _convnet()
+    for q in model[0].parameters():
+        q.requires_grad_(False)
+    x = torch.randn(4, 2, 6, 6)
+    h = ntk.empirical_ntk(model, x)
+    assert _close(h, ntk.ntk_reference(model, x))
+    names = set(ntk.jacobian(model, x))
+    assert "0.weight" not in names and "3.weight" in names
+
+
+def test_modes_restored_and_buffers_untouched():
+    model = _convnet()
+    model.train()
+    model[4].eval()  # a deliberately frozen BN must stay frozen, the rest must stay in training
+    before = {name: m.training for name, m in model.named_modules()}
+    stats = [b.clone() for b in model.buffers()]
+    ntk.empirical_ntk(model, torch.randn(3, 2, 6, 6))
+    ntk.ntk_reference(model, torch.randn(2, 2, 6, 6))
+    ntk.jacobian(model, torch.randn(2, 2, 6, 6))
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers(), strict=True))
+
+
+def test_kind_is_validated():
+    with pytest.raises(ValueError):
+        ntk.empirical_ntk(_mlp(), torch.randn(2, 5), "diagonal")
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel geometry
+# ----------------------------------------------------------------------------------------------
+
+
+def test_kernel_distance():
+    model = _convnet()
+    x = torch.randn(4, 2, 6, 6)
+    h1 = ntk.empirical_ntk(model, x)
+    assert abs(ntk.kernel_distance(h1, 3.7 * h1)) < 1e-6
+    with torch.no_grad():
+        for q in model.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    h2 = ntk.empirical_ntk(model, x)
+    a, b = h1.double().numpy().ravel(), h2.double().numpy().ravel()
+    by_hand = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    s = ntk.kernel_distance(h1, h2)
+    assert s > 1e-4
+    assert math.isclose(s, by_hand, rel_tol=1e-9)
+
+
+def _random_kernels(m: int = 5, n: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(m):
+        a = torch.randn(n, 2 * n, generator=g)
+        out.append(a @ a.T + torch.randn(1, generator=g).abs())  # PSD kernels with shared structure
+    return out
+
+
+def test_gram_normalized_gram_distance_matrix(monkeypatch):
+    ks = _random_kernels()
+    flat = np.stack([k.double().numpy().ravel() for k in ks])
+    r_np = flat @ flat.T
+    r = ntk.gram(ks)
+    assert r.dtype == np.float64 and r.shape == (5, 5)
+    assert np.allclose(r, r_np, rtol=1e-12)
+    monkeypatch.setattr(ntk, "_GRAM_BLOCK", 7)  # forces many column blocks
+    assert np.allclose(ntk.gram(iter(ks)), r_np, rtol=1e-12)
+    assert np.allclose(ntk.gram([k.numpy() for k in ks]), r_np, rtol=1e-12)
+
+    g = ntk.normalized_gram(r)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    assert np.allclose(g, unit @ unit.T, atol=1e-12)
+    assert np.all(np.diag(g) == 1.0)
+
+    s = ntk.distance_matrix(g)
+    assert np.all(np.diag(s) == 0.0) and np.all(s >= 0)
+    assert np.allclose(s, 1 - unit @ unit.T, atol=1e-12)
+    for i, j in [(0, 1), (2, 4)]:
+        assert math.isclose(s[i, j], ntk.kernel_distance(ks[i], ks[j]), rel_tol=1e-9, abs_tol=1e-12)
+    tiny = np.array([[1.0, 1.0 + 1e-13], [1.0 + 1e-13, 1.0]])
+    assert np.all(ntk.distance_matrix(tiny) == 0.0)
+
+
+def _unit_vectors(m: int, d: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(m, d)) + 2.0 * rng.normal(size=d)  # a cluster, as kernels along training are
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_project_pca_matches_sklearn():
+    u = _unit_vectors(9, 12)
+    g = u @ u.T
+    coords = ntk.project(g, "pca", dim=3)
+    expected = PCA(n_components=3).fit_transform(u)
+    assert coords.shape == (9, 3)
+    assert np.allclose(np.abs(coords), np.abs(expected), atol=1e-8)
+    for k in range(3):  # deterministic signs: the largest |entry| of each axis is positive
+        assert coords[np.argmax(np.abs(coords[:, k])), k] > 0
+
+
+def test_project_pads_beyond_rank():
+    u = _unit_vectors(2, 5)
+    c = ntk.project(u @ u.T, "pca", dim=3)
+    assert c.shape == (2, 3)
+    assert np.allclose(c[:, 1:], 0.0)
+    assert math.isclose(abs(c[0, 0] - c[1, 0]), np.linalg.norm(u[0] - u[1]), rel_tol=1e-9)
+    m = ntk.project(u @ u.T, "mds", dim=3)
+    assert m.shape == (2, 3) and np.allclose(m[:, 1:], 0.0)
+    assert math.isclose(abs(m[0, 0] - m[1, 0]), np.linalg.norm(u[0] - u[1]), rel_tol=1e-3)
+
+
+def test_project_mds_preserves_chordal_distances():
+    u = _unit_vectors(10, 4)
+    g = u @ u.T
+    c = ntk.project(g, "mds", dim=3, seed=0)
+    assert c.shape == (10, 3) and np.all(np.isfinite(c))
+    iu = np.triu_indices(10, 1)
+    chord = np.sqrt(np.maximum(2 - 2 * g, 0))[iu]
+    emb = np.linalg.norm(c[:, None] - c[None], axis=-1)[iu]
+    assert np.corrcoef(chord, emb)[0, 1] > 0.9
+    assert np.array_equal(c, ntk.project(g, "mds", dim=3, seed=0))
+    with pytest.raises(ValueError):
+        ntk.project(g, "tsne")
+
+
+def _cone_points(angles_deg: list[float], azimuth_deg: list[float] | None = None) -> np.ndarray:
+    """Unit vectors u_i = u0 + t_i d_i with unit directions d_i at the given polar angles from -u0."""
+    u0 = np.array([0.0, 0.0, 1.0])
+    pts = [u0]
+    az = azimuth_deg or [0.0] * len(angles_deg)
+    for a, phi in zip(np.radians(angles_deg), np.radians(az), strict=True):
+        d = np.array([np.sin(a) * np.cos(phi), np.sin(a) * np.sin(phi), -np.cos(a)])
+        pts.append(u0 - 2 * (u0 @ d) * d)  # the second intersection of the ray u0 + t d with the sphere
+    u = np.stack(pts)
+    assert np.allclose(np.linalg.norm(u, axis=1), 1.0)
+    return u
+
+
+def test_cone_angle_known_angle():
+    u = _cone_points([40.0, 55.0, 70.0])  # directions in one plane: 40 and 70 degrees are 30 apart
+    g = u @ u.T
+    assert math.isclose(ntk.cone_angle(g, [0, 1, 2, 3]), 30.0, abs_tol=1e-6)
+    assert math.isclose(ntk.cone_angle(g, [1, 2]), 15.0, abs_tol=1e-6)
+    assert ntk.cone_angle(g, [0, 2]) == 0.0  # one increment only: no angle
+    # Scale does not matter: the angle is of unit-normalised kernels, recovered from raw R.
+    scaled = u * np.array([1.0, 3.0, 0.2, 7.0])[:, None]
+    g2 = ntk.normalized_gram(scaled @ scaled.T)
+    assert math.isclose(ntk.cone_angle(g2, [1, 2, 3]), 30.0, abs_tol=1e-6)
+
+
+def test_cone_angle_out_of_plane_matches_explicit_vectors():
+    u = _cone_points([30.0, 30.0, 45.0], [0.0, 90.0, 200.0])
+    g = u @ u.T
+    d = u[1:] - u[0]
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    expected = np.degrees(np.arccos(np.clip(d @ d.T, -1, 1))).max()
+    assert math.isclose(ntk.cone_angle(g, [1, 2, 3]), expected, abs_tol=1e-6)
+    # apex elsewhere: computed from G alone equals the explicit increments from u_2
+    d2 = u[[0, 1, 3]] - u[2]
+    d2 = d2 / np.linalg.norm(d2, axis=1, keepdims=True)
+    expected2 = np.degrees(np.arccos(np.clip(d2 @ d2.T, -1, 1))).max()
+    assert math.isclose(ntk.cone_angle(g, [0, 1, 2, 3], apex=2), expected2, abs_tol=1e-6)
+    iters = [0, 100, 200, 400]
+    assert ntk.cone_angles(g, iters, [(100, 400), (150, 400)]) == pytest.approx(
+        [expected, ntk.cone_angle(g, [2, 3])], abs=1e-9
+    )
+
+
+def test_reference_and_neighbour_curves_non_uniform_iters():
+    iters = [0, 10, 20, 50, 100, 110]
+    m = len(iters)
+    s = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            s[i, j] = abs(iters[i] - iters[j]) / 1000 + (0.5 if i != j else 0)
+    refs = ntk.reference_curves(s, iters, [0, 100])
+    assert refs.shape == (2, m)
+    assert np.array_equal(refs[0], s[0]) and np.array_equal(refs[1], s[4])
+    with pytest.raises(ValueError):
+        ntk.reference_curves(s, iters, [30])
+
+    (t10, v10), (t50, v50), (t30, v30), (tbig, vbig) = ntk.neighbour_curves(s, iters, [10, 50, 30, 1000])
+    assert t10.tolist() == [0, 10, 100] and np.allclose(v10, [s[0, 1], s[1, 2], s[4, 5]])
+    assert t50.tolist() == [0, 50] and np.allclose(v50, [s[0, 3], s[3, 4]])
+    assert t30.tolist() == [20] and np.allclose(v30, [s[2, 3]])
+    assert tbig.size == 0 and vbig.size == 0
