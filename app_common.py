@@ -460,5 +460,22 @@ def no_run_yet(kind: str) -> None:
             "or go Home and press **Run the demo**.", icon=":material/info:")
 
 
+def page_run(kind: str, title: str, caption: str) -> tuple[RunView, str]:
+    """The shared top of a result page: title, settings form, run header; stops until a result exists."""
+    st.title(title)
+    st.caption(caption)
+    run_id = current_run(kind)
+    settings_form(kind, expanded=run_id is None)
+    if run_id is None:
+        no_run_yet(kind)
+        st.stop()
+    view = load_run(kind, run_id)
+    cmd = run_header(view)
+    if view.result is None:
+        waiting_hint(view)
+        st.stop()
+    return view, cmd
+
+
 def fmt_time(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""

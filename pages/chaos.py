@@ -6,21 +6,11 @@ import app_common as ui
 from twophase_core import figures as F
 
 KIND = "chaos"
-st.title("Chaos Effect")
-st.caption("Perturb a copy of the network at iteration t0, train both copies on the same minibatches, "
-           "compare them at t1. Before the transition the copies end up apart; after it they stay together.")
-
-run_id = ui.current_run(KIND)
-ui.settings_form(KIND, expanded=run_id is None)
-if run_id is None:
-    ui.no_run_yet(KIND)
-    st.stop()
-
-view = ui.load_run(KIND, run_id)
-cmd = ui.run_header(view)
-if view.result is None:
-    ui.waiting_hint(view)
-    st.stop()
+view, cmd = ui.page_run(
+    KIND, "Chaos Effect",
+    "Perturb a copy of the network at iteration t0, train both copies on the same minibatches, "
+    "compare them at t1. Before the transition the copies end up apart; after it they stay together.",
+)
 
 a = view.result.arrays
 if view.partial:

@@ -6,21 +6,11 @@ import app_common as ui
 from twophase_core import figures as F
 
 KIND = "cone"
-st.title("Cone Effect")
-st.caption("The empirical neural tangent kernel H(theta_t) on a fixed set of inputs, at every checkpoint. "
-           "Early it moves fast; after the transition it keeps moving, but inside a narrow cone seen from H(theta_0).")
-
-run_id = ui.current_run(KIND)
-ui.settings_form(KIND, expanded=run_id is None)
-if run_id is None:
-    ui.no_run_yet(KIND)
-    st.stop()
-
-view = ui.load_run(KIND, run_id)
-cmd = ui.run_header(view)
-if view.result is None:
-    ui.waiting_hint(view)
-    st.stop()
+view, cmd = ui.page_run(
+    KIND, "Cone Effect",
+    "The empirical neural tangent kernel H(theta_t) on a fixed set of inputs, at every checkpoint. "
+    "Early it moves fast; after the transition it keeps moving, but inside a narrow cone seen from H(theta_0).",
+)
 
 a = view.result.arrays
 ang = F.cone_angles(view.result)

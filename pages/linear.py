@@ -6,22 +6,12 @@ import app_common as ui
 from twophase_core import figures as F
 
 KIND = "linear"
-st.title("Linearised training")
-st.caption("Train normally to t, then train the first-order Taylor model around theta_t until T. "
-           "In the paper, switching during the chaotic phase costs much accuracy; switching later comes close to "
-           "full training (Fig. 6).")
-
-run_id = ui.current_run(KIND)
-ui.settings_form(KIND, expanded=run_id is None)
-if run_id is None:
-    ui.no_run_yet(KIND)
-    st.stop()
-
-view = ui.load_run(KIND, run_id)
-cmd = ui.run_header(view)
-if view.result is None:
-    ui.waiting_hint(view)
-    st.stop()
+view, cmd = ui.page_run(
+    KIND, "Linearised training",
+    "Train normally to t, then train the first-order Taylor model around theta_t until T. "
+    "In the paper, switching during the chaotic phase costs much accuracy; switching later comes close to "
+    "full training (Fig. 6).",
+)
 
 a = view.result.arrays
 if view.partial:

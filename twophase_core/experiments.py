@@ -6,6 +6,7 @@ partial results, so the app can drive it from a worker process. Nothing here imp
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -56,6 +57,25 @@ def load_result(store: Store, kind: str, h: str, partial: bool = False) -> Resul
     return Result(kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
 
 
+def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
+    """Validate, answer from the store if the result is there, else compute and store it."""
+
+    @functools.wraps(compute)
+    def run(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
+            cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+        C.validate(cfg)
+        store = store or Store()
+        cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
+        if cached is None:
+            cached = compute(cfg, store, progress, cancel, partial)
+            save_result(store, cached)
+        if progress:
+            progress(1.0, "done")
+        return cached
+
+    return run
+
+
 class _Progress:
     """Maps work units (SGD steps, evaluations) to a fraction and a stage."""
 
@@ -92,19 +112,13 @@ def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 # Chaos
 
 
+@_served_from_store
 def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control."""
     from . import metrics
 
-    C.validate(cfg)
-    store = store or Store()
     h = C.config_hash(cfg)
-    cached = load_result(store, "chaos", h)
-    if cached is not None:
-        if progress:
-            progress(1.0, "served from cache")
-        return cached
     started = time.time()
     run = Run(cfg.train, store)
     t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
@@ -170,9 +184,6 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
                     partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
     r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
                       _meta(cfg, started, run, lockstep=how))
-    save_result(store, r)
-    if progress:
-        progress(1.0, "done")
     return r
 
 
@@ -210,19 +221,13 @@ def _chaos_json(r: Result) -> dict[str, Any]:
 # Cone
 
 
+@_served_from_store
 def run_cone(cfg: C.ConeConfig, store: Store | None = None, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """Kernels at every checkpoint, their Gram matrix once, and every view derived from it."""
     from . import ntk
 
-    C.validate(cfg)
-    store = store or Store()
     h = C.config_hash(cfg)
-    cached = load_result(store, "cone", h)
-    if cached is not None:
-        if progress:
-            progress(1.0, "served from cache")
-        return cached
     started = time.time()
     run = Run(cfg.train, store)
     its = sorted(cfg.checkpoints)
@@ -274,9 +279,6 @@ def run_cone(cfg: C.ConeConfig, store: Store | None = None, progress: ProgressCa
                  early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
                  subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
     r = Result("cone", C.to_dict(cfg), h, arrays, meta)
-    save_result(store, r)
-    if progress:
-        progress(1.0, "done")
     return r
 
 
@@ -298,20 +300,14 @@ def _cone_json(r: Result) -> dict[str, Any]:
 # Linearised training
 
 
+@_served_from_store
 def run_linear(cfg: C.LinearConfig, store: Store | None = None, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """Test accuracy at T of the model linearised at each switch time t, beside full training."""
     from .linear import linear_accuracy, train_linearised
     from .metrics import evaluate
 
-    C.validate(cfg)
-    store = store or Store()
     h = C.config_hash(cfg)
-    cached = load_result(store, "linear", h)
-    if cached is not None:
-        if progress:
-            progress(1.0, "served from cache")
-        return cached
     started = time.time()
     run = Run(cfg.train, store)
     T = cfg.train.iterations
@@ -336,9 +332,6 @@ def run_linear(cfg: C.LinearConfig, store: Store | None = None, progress: Progre
     arrays = {"switch": np.array(ts), "acc_linear": acc_lin, "acc_at_switch": acc_switch,
               "acc_full": np.array(acc_full)}
     r = Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run))
-    save_result(store, r)
-    if progress:
-        progress(1.0, "done")
     return r
 
 
