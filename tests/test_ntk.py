@@ -3,6 +3,7 @@ against explicit numpy / scikit-learn computations."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -53,10 +54,10 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
 
 @pytest.mark.parametrize("build,shape", CASES)
 def test_full_matches_reference_and_baseline(build, shape):
-    model = build()
+    model = build()  # left in training mode: the kernel must still be the eval-mode one
     x = torch.randn(*shape)
     h = ntk.empirical_ntk(model, x, "full")
-    ref = ntk.ntk_reference(model, x, "full")
+    ref = ntk.ntk_reference(copy.deepcopy(model).eval(), x, "full")
     n, o = shape[0], 3 if build is _mlp else 4
     assert h.shape == (n * o, n * o) and h.dtype == torch.float32
     assert _close(h, ref)
