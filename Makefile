@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 .venv: $(VENV)/.installed
 
+# headless: no first-run e-mail prompt; the browser is opened (where there is one) once the server is up
 run: $(VENV)/.installed
-	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless false
+	@echo "twophase: serving on http://localhost:$(PORT)"
+	@(sleep 4; $(BIN)/python -m webbrowser -t http://localhost:$(PORT) >/dev/null 2>&1 || true) &
+	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check twophase_core pages tests app.py app_common.py
