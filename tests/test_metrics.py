@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twophase_core import metrics
 from twophase_core.metrics import (
+    _interpolation_losses_loop,
+    _interpolation_losses_stacked,
     barrier_from_path,
     disagreement_rate,
     evaluate,
@@ -20,6 +23,7 @@ from twophase_core.metrics import (
     interpolation_losses,
     loss_barrier,
     loss_barrier_path,
+    pair_metrics,
     parameter_dissimilarity,
     recompute_bn_stats,
 )
@@ -57,6 +61,20 @@ def make_bn_net(seed: int, k: int = 3) -> nn.Module:
     return net
 
 
+def make_cnn1d(seed: int, k: int = 3) -> nn.Module:
+    """The demo's architecture (models.cnn: Conv1d-BatchNorm1d-ReLU x3, linear) at width 1/4, stats made non-trivial."""
+    from twophase_core.models import cnn
+
+    torch.manual_seed(seed)
+    net = cnn((1, 12), k, 0.25, 0.0)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 1, 12) * 1.5 - 0.3)
+    net.eval()
+    return net
+
+
 def mlp_data(seed: int = 100, n: int = 200, d: int = 6, k: int = 3):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g), torch.randint(0, k, (n,), generator=g)
@@ -65,6 +83,14 @@ def mlp_data(seed: int = 100, n: int = 200, d: int = 6, k: int = 3):
 def img_data(seed: int = 101, n: int = 120, k: int = 3):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 2, 8, 8, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def seq_data(seed: int = 102, n: int = 150, k: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 12, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+MODELS = [(make_mlp, mlp_data), (make_bn_net, img_data), (make_cnn1d, seq_data)]
 
 
 def flat(model: nn.Module) -> np.ndarray:
@@ -109,7 +135,7 @@ def hand_barrier(losses: np.ndarray, alphas: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- exactness at eps = 0
 
 
-@pytest.mark.parametrize("maker, data", [(make_mlp, mlp_data), (make_bn_net, img_data)])
+@pytest.mark.parametrize("maker, data", MODELS)
 def test_identical_models_give_exact_zeros(maker, data):
     a = maker(0)
     b = copy.deepcopy(a)
@@ -117,6 +143,7 @@ def test_identical_models_give_exact_zeros(maker, data):
     assert parameter_dissimilarity(a, b) == 0.0
     assert disagreement_rate(a, b, x) == 0.0
     assert loss_barrier(a, b, x, y) == 0.0
+    assert loss_barrier(a, b, x, y, method="stacked") == 0.0
     assert loss_barrier(a, b, x, y, bn="reset", train_x=x) == 0.0
     _, losses, barrier = loss_barrier_path(a, b, x, y, bn="reset", train_x=x, bn_batches=3, batch_size=32)
     assert barrier == 0.0
@@ -269,17 +296,18 @@ def test_evaluate_matches_cross_entropy_and_is_batch_size_independent():
 # ----------------------------------------------------------------------------- B
 
 
-@pytest.mark.parametrize("maker, data", [(make_mlp, mlp_data), (make_bn_net, img_data)])
-def test_loss_barrier_matches_hand_loop(maker, data):
+@pytest.mark.parametrize("maker, data", MODELS)
+@pytest.mark.parametrize("method", ["loop", "stacked"])
+def test_loss_barrier_matches_hand_loop(maker, data, method):
     a, b = maker(0), maker(1)
     x, y = data()
     alphas = np.linspace(0, 1, 30)
     ref_losses = hand_losses(a, b, x, y, alphas)
-    got_alphas, losses, barrier = loss_barrier_path(a, b, x, y)
+    got_alphas, losses, barrier = loss_barrier_path(a, b, x, y, method=method)
     np.testing.assert_array_equal(got_alphas, alphas)
     np.testing.assert_allclose(losses, ref_losses, atol=1e-6, rtol=0)
     assert barrier == pytest.approx(max(0.0, hand_barrier(ref_losses, alphas)), abs=1e-6)
-    assert loss_barrier(a, b, x, y) == barrier
+    assert loss_barrier(a, b, x, y, method=method) == barrier
 
 
 def _relu_pair(c: float = 20.0) -> tuple[nn.Module, nn.Module]:
@@ -453,8 +481,178 @@ def test_functions_restore_training_flags_and_leave_models_untouched():
     evaluate(b, x, y)
     loss_barrier(a, b, x, y, n_alpha=4)
     loss_barrier(a, b, x, y, n_alpha=4, bn="reset", train_x=x)
+    loss_barrier(a, b, x, y, n_alpha=4, method="stacked")
     disagreement_rate(a, b, x)
+    pair_metrics(a, b, x, y, n_alpha=4)
+    pair_metrics(a, b, x, y, n_alpha=4, method="stacked")
+    pair_metrics(a, b, x, y, n_alpha=4, bn="reset", train_x=x)
     assert [m.training for m in a.modules()] == modes_a
     assert [m.training for m in b.modules()] == modes_b
     assert same_state(a, sa) and same_state(b, sb)
     assert all(p.grad is None for p in a.parameters())
+
+
+# ----------------------------------------------------------------------------- stacked path (vmap over alpha)
+
+
+def stack_budget(a: nn.Module, x: torch.Tensor, alpha_chunk: int, eval_batch_size: int) -> int:
+    """The max_bytes that makes the stacked path evaluate alpha_chunk alphas at a time."""
+    a.eval()
+    with torch.no_grad():
+        per_alpha = min(eval_batch_size, len(x)) * metrics._activation_bytes(a, x[:1])
+    return alpha_chunk * per_alpha + per_alpha // 2
+
+
+@pytest.mark.parametrize("maker, data", MODELS)
+@pytest.mark.parametrize("alpha_chunk, eval_batch_size", [(30, 1000), (1, 45), (7, 64)])
+def test_stacked_path_matches_loop_on_different_models(maker, data, alpha_chunk, eval_batch_size):
+    """One stacked evaluation (or alpha/sample chunks of it) agrees with the sequential path to float error."""
+    a, b = maker(0), maker(1)
+    x, y = data()
+    max_bytes = stack_budget(a, x, alpha_chunk, eval_batch_size)
+    alphas = np.linspace(0, 1, 30)
+    ref = _interpolation_losses_loop(a, b, x, y, alphas, eval_batch_size=eval_batch_size)
+    got = _interpolation_losses_stacked(a, b, x, y, alphas, eval_batch_size=eval_batch_size, max_bytes=max_bytes)
+    assert np.all(np.isfinite(ref)) and np.ptp(ref) > 1e-3  # the models really differ along the path
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+    # endpoints are slices of the stacked evaluation, yet still the losses of b and a
+    assert got[0] == pytest.approx(evaluate(b, x, y)[0], abs=1e-6)
+    assert got[-1] == pytest.approx(evaluate(a, x, y)[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("maker, data", MODELS)
+@pytest.mark.parametrize("alpha_chunk, eval_batch_size", [(30, 1000), (1, 45), (7, 64)])
+def test_stacked_path_identical_models_is_exactly_constant(maker, data, alpha_chunk, eval_batch_size):
+    a = maker(0)
+    x, y = data()
+    max_bytes = stack_budget(a, x, alpha_chunk, eval_batch_size)
+    a.train()  # the path must not depend on the models' flags
+    b = copy.deepcopy(a)
+    alphas = np.linspace(0, 1, 30)
+    losses = _interpolation_losses_stacked(a, b, x, y, alphas, eval_batch_size=eval_batch_size, max_bytes=max_bytes)
+    assert np.all(losses == losses[0])
+    assert barrier_from_path(losses, alphas) == 0.0
+    assert losses[0] == pytest.approx(evaluate(a, x, y)[0], abs=1e-6)
+    assert a.training and b.training
+
+
+def test_stacked_method_through_public_api():
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, y = img_data()
+    alphas, losses, barrier = loss_barrier_path(a, b, x, y, method="stacked")
+    np.testing.assert_allclose(losses, loss_barrier_path(a, b, x, y)[1], atol=1e-6, rtol=0)
+    assert barrier == barrier_from_path(losses, alphas)
+    assert loss_barrier(a, b, x, y, method="stacked") == barrier
+    # bn="reset" recomputes statistics model by model: the stacked method falls back to the loop, exactly
+    np.testing.assert_array_equal(
+        interpolation_losses(a, b, x, y, alphas[:5], bn="reset", train_x=x, bn_batches=2, batch_size=40,
+                             method="stacked"),
+        interpolation_losses(a, b, x, y, alphas[:5], bn="reset", train_x=x, bn_batches=2, batch_size=40),
+    )
+    with pytest.raises(ValueError, match="method"):
+        loss_barrier_path(a, b, x, y, method="vmap")
+
+
+def test_loop_path_is_the_default_and_batch_size_independent():
+    a, b = make_cnn1d(0), make_cnn1d(1)
+    x, y = seq_data()
+    alphas = np.linspace(0, 1, 9)
+    ref = _interpolation_losses_loop(a, b, x, y, alphas)
+    np.testing.assert_array_equal(interpolation_losses(a, b, x, y, alphas), ref)
+    np.testing.assert_allclose(_interpolation_losses_loop(a, b, x, y, alphas, eval_batch_size=11), ref,
+                               atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- pair_metrics
+
+
+def _individual(a, b, x, y, **kw):
+    alphas, losses, barrier = loss_barrier_path(a, b, x, y, **kw)
+    return {"C": parameter_dissimilarity(a, b), "B": barrier, "D": disagreement_rate(a, b, x),
+            "alphas": alphas, "losses": losses, "ev_a": evaluate(a, x, y), "ev_b": evaluate(b, x, y)}
+
+
+def _assert_same(pm, ind):
+    assert pm["C"] == ind["C"]
+    assert pm["B"] == ind["B"]
+    assert pm["D"] == ind["D"]
+    np.testing.assert_array_equal(pm["alphas"], ind["alphas"])
+    np.testing.assert_array_equal(pm["losses"], ind["losses"])
+    assert (pm["loss_a"], pm["acc_a"]) == ind["ev_a"]
+    assert (pm["loss_b"], pm["acc_b"]) == ind["ev_b"]
+
+
+@pytest.mark.parametrize("maker, data", MODELS)
+@pytest.mark.parametrize("bn", ["interpolate", "reset"])
+@pytest.mark.parametrize("method", ["loop", "stacked"])
+def test_pair_metrics_equals_individual_functions(maker, data, bn, method):
+    a, b = maker(0), maker(1)
+    x, y = data()
+    kw = dict(n_alpha=7, bn=bn, method=method)
+    if bn == "reset":
+        kw.update(train_x=x, bn_batches=2, batch_size=40)
+    pm = pair_metrics(a, b, x, y, **kw)
+    ind = _individual(a, b, x, y, **kw)
+    _assert_same(pm, ind)
+    assert pm["C"] > 0 and pm["B"] >= 0 and 0 <= pm["D"] <= 1
+    assert set(pm) == {"C", "B", "D", "alphas", "losses", "loss_a", "acc_a", "loss_b", "acc_b"}
+
+
+@pytest.mark.parametrize("maker, data", MODELS)
+@pytest.mark.parametrize("method", ["loop", "stacked"])
+def test_pair_metrics_identical_models_give_exact_zeros(maker, data, method):
+    a = maker(0)
+    b = copy.deepcopy(a)
+    x, y = data()
+    for kw in (dict(), dict(bn="reset", train_x=x, bn_batches=3, batch_size=32)):
+        pm = pair_metrics(a, b, x, y, method=method, **kw)
+        assert pm["C"] == pm["B"] == pm["D"] == 0.0
+        assert np.all(pm["losses"] == pm["losses"][0])
+        assert pm["acc_a"] == pm["acc_b"] and pm["loss_a"] == pm["loss_b"]
+
+
+def test_pair_metrics_runs_each_forward_once(monkeypatch):
+    """Loop path with bn="interpolate": the endpoints are a and b, so D and the accuracies cost no extra pass."""
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, y = img_data()
+    calls = []
+    real = metrics._run
+
+    def counting(model, *args):
+        calls.append(model)
+        return real(model, *args)
+
+    monkeypatch.setattr(metrics, "_run", counting)
+    pair_metrics(a, b, x, y, n_alpha=6)
+    assert len(calls) == 6 and a not in calls and b not in calls
+    calls.clear()
+    pair_metrics(a, b, x, y, n_alpha=6, bn="reset", train_x=x, bn_batches=1)  # recomputed endpoints are not a, b
+    assert len(calls) == 8 and calls[-2] is a and calls[-1] is b
+
+
+def test_pair_metrics_evaluates_endpoints_that_are_not_the_models():
+    """Integer buffers come from a, and a different architecture is not b: then a and b are evaluated directly."""
+    a, b = make_bn_net(0), make_bn_net(1)
+    x, y = img_data()
+    with torch.no_grad():
+        b[1].num_batches_tracked.fill_(77)
+    _assert_same(pair_metrics(a, b, x, y, n_alpha=5), _individual(a, b, x, y, n_alpha=5))
+    c, d = make_mlp(0), make_mlp(1)
+    d[1] = nn.Tanh()  # same state dict, different function
+    xm, ym = mlp_data()
+    _assert_same(pair_metrics(c, d, xm, ym, n_alpha=5), _individual(c, d, xm, ym, n_alpha=5))
+
+
+def test_pair_metrics_validates_arguments():
+    a, b = make_mlp(0), make_mlp(1)
+    x, y = mlp_data()
+    with pytest.raises(ValueError, match="n_alpha"):
+        pair_metrics(a, b, x, y, n_alpha=1)
+    with pytest.raises(ValueError, match="train_x"):
+        pair_metrics(a, b, x, y, bn="reset")
+    with pytest.raises(ValueError, match="method"):
+        pair_metrics(a, b, x, y, method="fast")
+    with pytest.raises(ValueError, match="empty"):
+        pair_metrics(a, b, x[:0], y[:0])
+    with pytest.raises(ValueError, match="samples"):
+        pair_metrics(a, b, x, y[:-1])

@@ -170,12 +170,11 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
                     cancel.check()
                 j = t1s.index(t1)
                 a, b = controls[t1], br.model(t1)
-                out["C"][si, i, j] = metrics.parameter_dissimilarity(a, b)
-                _, losses, barrier = metrics.loss_barrier_path(a, b, x, y, cfg.n_alpha, cfg.bn, train_x)
-                path[si, i, j] = losses
-                out["B"][si, i, j] = barrier
-                out["D"][si, i, j] = metrics.disagreement_rate(a, b, x)
-                out["acc_branch"][si, i, j] = metrics.evaluate(b, x, y)[1]
+                pm = metrics.pair_metrics(a, b, x, y, cfg.n_alpha, cfg.bn, train_x)
+                for k in ("C", "B", "D"):
+                    out[k][si, i, j] = pm[k]
+                out["acc_branch"][si, i, j] = pm["acc_b"]
+                path[si, i, j] = pm["losses"]
                 prog.add(eval_units)
                 row_done = si == len(seeds) - 1 and t1 == later[t0][-1]
                 if partial is not None and (row_done or time.time() - last_partial > 1.0):
