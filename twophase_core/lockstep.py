@@ -130,7 +130,7 @@ class _Stack:
         self.lr = lr_at(run.cfg, t)
         for g in self.opt.param_groups:
             g["lr"] = self.lr
-        torch.manual_seed(dropout_seed)
+        run.generator.manual_seed(dropout_seed)
         self.base.train()
         self.opt.zero_grad(set_to_none=True)
         losses = self._losses(self.params, self.buffers, x, y)  # BN buffers are updated in place, per copy
