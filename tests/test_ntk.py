@@ -327,3 +327,18 @@ def test_reference_and_neighbour_curves_non_uniform_iters():
     assert t50.tolist() == [0, 50] and np.allclose(v50, [s[0, 3], s[3, 4]])
     assert t30.tolist() == [20] and np.allclose(v30, [s[2, 3]])
     assert tbig.size == 0 and vbig.size == 0
+
+
+def test_ntk_vector_product_equals_the_kernel_times_the_vector():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.train()
+    x = torch.randn(6, 2, 5, 5)
+    v = torch.randn(6, 3)
+    h = ntk.empirical_ntk(model, x, "full")
+    hv = ntk.ntk_vector_product(model, x, v)
+    assert hv.shape == v.shape and model.training
+    assert torch.allclose(hv.reshape(-1), h @ v.reshape(-1), rtol=1e-4, atol=1e-4)

@@ -243,6 +243,28 @@ def empirical_ntk(
 # --------------------------------------------------------------------------------------------
 
 
+def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor) -> Tensor:
+    """H v for the full kernel without forming H or the Jacobian: J (J^T v) by one vjp and one jvp.
+
+    v: (N, O) (or flat N O), sample-major like the full kernel; returns the same shape.
+    Cost: one batched [FP] + [BP] (vjp) plus one [FP] with tangents (jvp) over the N samples,
+    memory O(P + activations), independent of O. Cheaper than `empirical_ntk` when only a few
+    products are needed (kernel regression by conjugate gradients, power iteration, or P so large
+    that even one chunk's Jacobian does not fit); building the whole (N O)^2 kernel this way would
+    take N O products, which is where Jacobian contraction wins.
+    """
+    with eval_mode(model):
+        params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+        consts = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
+        consts.update(dict(model.named_buffers()))
+        x = x.to(_device(model))
+        f = lambda p: functional_call(model, (p, consts), (x,))
+        out, pullback = torch.func.vjp(f, params)
+        (jt_v,) = pullback(v.reshape(out.shape).to(out.dtype))
+        _, hv = torch.func.jvp(f, (params,), (jt_v,))
+    return hv.reshape(v.shape)
+
+
 def ntk_reference(model: nn.Module, x: Tensor, kind: str = "full") -> Tensor:
     """The independent oracle: per-sample, per-logit torch.autograd.grad, then the Gram matrix.
 
