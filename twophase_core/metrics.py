@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .models import device_of
+
 BN_MODES = ("interpolate", "reset")
 PATH_METHODS = ("loop", "stacked")
 # Test points per forward pass. Measured on the demo model (MNIST-1D CNN, 1 thread, 2 shared cores): 500 is as fast
@@ -30,14 +32,6 @@ STACK_BYTES = 256 * 2**20
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 @contextmanager
@@ -80,7 +74,7 @@ def parameter_dissimilarity(a: nn.Module, b: nn.Module) -> float:
     pa, pb = _trainable(a), _trainable(b)
     if [n for n, _ in pa] != [n for n, _ in pb]:
         raise ValueError("models have different trainable parameters; cannot compare them")
-    dev = _device(a)
+    dev = device_of(a)
     na2 = nb2 = d2 = dsum = 0.0
     for (name, ta), (_, tb) in zip(pa, pb, strict=True):
         if ta.shape != tb.shape:
@@ -166,7 +160,7 @@ def recompute_bn_stats(
         raise ValueError("bn_batches and batch_size must be >= 1")
     if len(train_x) == 0:
         raise ValueError("train_x is empty")
-    dev = _device(model)
+    dev = device_of(model)
     momenta = [m.momentum for m in layers]
     with _preserve_modes(model), torch.no_grad():
         try:
@@ -206,7 +200,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor | None, batch_size: int) -> tupl
     same logits for the same model, batch for batch, and agree exactly.
     """
     n = len(x)
-    dev = _device(model)
+    dev = device_of(model)
     total, preds = 0.0, []
     with _preserve_modes(model), torch.no_grad():
         model.eval()
@@ -317,9 +311,9 @@ def _path_loop(
     ends: dict[str, tuple[float, Tensor]] = {}
     candidates: dict[float, tuple[str, nn.Module]] = {}
     if keep_ends and not reset:
-        dev = _device(m)
+        dev = device_of(m)
         candidates = {al: (name, model) for al, name, model in ((1.0, "a", a), (0.0, "b", b))
-                      if _device(model) == dev and _same_architecture(m, model)}
+                      if device_of(model) == dev and _same_architecture(m, model)}
     losses = np.empty(len(alphas), dtype=np.float64)
     for k, alpha in enumerate(alphas):
         _lerp_into(m, sd_a, sd_b, float(alpha), reset=reset)
@@ -376,7 +370,7 @@ def _interpolation_losses_stacked(
     losses = np.zeros(k, dtype=np.float64)
     if k == 0:
         return losses
-    dev = _device(a)
+    dev = device_of(a)
     nb = min(eval_batch_size, n)
     with _preserve_modes(a), torch.no_grad():
         a.eval()

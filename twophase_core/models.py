@@ -163,6 +163,15 @@ def build_model(cfg: TrainConfig, in_shape: tuple[int, ...], classes: int,
     return model.to(device)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model lives (its first parameter or buffer; CPU for an empty module)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def trainable(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from .models import device_of
+
 KINDS = ("full", "trace")
 
 # Parameter blocks with fewer entries than this (BN scales and shifts, biases, early convs) are
@@ -59,14 +61,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _functional(model: nn.Module) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor], Tensor], Tensor]]:
     """(trainable parameters, f(params, one sample) -> flat logits) for torch.func.
 
@@ -96,7 +90,7 @@ def jacobian(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """
     with eval_mode(model):
         params, f = _functional(model)
-        return _jac(f, params, x.to(_device(model)))
+        return _jac(f, params, x.to(device_of(model)))
 
 
 def _matrices(jac: dict[str, Tensor], kind: str, dtype: torch.dtype) -> list[Tensor]:
@@ -192,7 +186,7 @@ def empirical_ntk(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    device = _device(model)
+    device = device_of(model)
     x = x.to(device)
     n = x.shape[0]
     if n == 0:
@@ -257,7 +251,7 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor) -> Tensor:
         params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
         consts = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
         consts.update(dict(model.named_buffers()))
-        x = x.to(_device(model))
+        x = x.to(device_of(model))
         f = lambda p: functional_call(model, (p, consts), (x,))
         out, pullback = torch.func.vjp(f, params)
         (jt_v,) = pullback(v.reshape(out.shape).to(out.dtype))
@@ -274,7 +268,7 @@ def ntk_reference(model: nn.Module, x: Tensor, kind: str = "full") -> Tensor:
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    device = _device(model)
+    device = device_of(model)
     x = x.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     rows: list[Tensor] = []
