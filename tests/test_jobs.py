@@ -89,7 +89,8 @@ def assert_same_result(a, b) -> None:
 
 
 def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, tmp_path):
-    cfg = preset("tiny", "chaos")
+    # long enough (a few seconds) that the 5-per-second progress reports catch it mid-run with an ETA
+    cfg = C.replace(preset("tiny", "chaos"), iterations=400, t1=(30, 400))
     jm = JobManager(store, max_running=2)
     rec = jm.submit(cfg)
     assert rec.id == jm.job_id(cfg) == f"chaos-{C.config_hash(cfg)}"
