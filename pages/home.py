@@ -25,8 +25,8 @@ with left:
         "keeps moving, but inside a narrow cone seen from its starting point H(theta_0). "
         "**Linearised training** makes this practical: freezing the kernel at time *t* and training the "
         "linear model only works well once *t* is past the chaotic phase. "
-        "The demo trains a small network on MNIST-1D on this computer's CPU (about a minute on a free two-core "
-        "machine) and draws both effects as they are computed."
+        "The demo trains a small network on MNIST-1D on this computer's CPU (on a free two-core machine the first "
+        "heatmap cells appear after about half a minute, both effects within two) and draws them as they are computed."
     )
 with right:
     st.subheader("Try it")

@@ -54,7 +54,7 @@ def _cifar(model: str) -> dict[str, Any]:
 
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "demo": ("embedded MNIST-1D, small CNN, CPU: both effects in about a minute", DEMO),
+    "demo": ("embedded MNIST-1D, small CNN, CPU: chaos and cone in about 40 s of compute", DEMO),
     "tiny": ("synthetic 3x8x8 data, seconds: for tests", TINY),
     "cifar10-resnet20": ("paper recipe, ResNet-20 on CIFAR-10 (GPU; data_root or --download)", _cifar("resnet20")),
     "cifar10-vgg16": ("paper recipe, VGG-16-BN on CIFAR-10 (GPU; data_root or --download)", _cifar("vgg16_bn")),
