@@ -436,7 +436,8 @@ def figure_block(fig: Any, table: F.Table, name: str, view: RunView, command: st
 
 WAITING = {
     "chaos": "The base run trains first; then, for each t0, a perturbed copy trains next to it on the same "
-             "minibatches. The heatmaps appear when the first row (the smallest t0) is done and fill in row by row. "
+             "minibatches. The heatmaps appear with the first finished cells (smallest t0 first) and fill in "
+             "as the run goes on. "
              "What to look for: copies perturbed early end up apart (bright cells), copies perturbed late stay "
              "together (dark cells).",
     "cone": "The base run trains and the kernel is computed at every checkpoint; the figures appear when all "

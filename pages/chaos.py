@@ -14,8 +14,8 @@ view, cmd = ui.page_run(
 
 a = view.result.arrays
 if view.partial:
-    st.info(f"Partial result: {view.result.meta.get('rows_done', '?')} of {len(a['t0'])} rows of t0 so far; "
-            "the figures grow as the run goes on.", icon=":material/hourglass_top:")
+    st.info(f"Partial result: {view.result.meta.get('rows_done', '?')} of {len(a['t0'])} rows of t0 complete; "
+            "cells fill in as they finish.", icon=":material/hourglass_top:")
 
 c = st.columns([2, 2, 3])
 log = c[0].toggle("log colour / log axis", value=True, key="chaos_log",
