@@ -73,6 +73,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
             progress(1.0, "done")
         return cached
 
+    del run.__wrapped__  # the public signature is the wrapper's: store defaults to Store()
     return run
 
 
@@ -113,7 +114,7 @@ def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @_served_from_store
-def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control."""
     from . import metrics
@@ -181,9 +182,8 @@ def run_chaos(cfg: C.ChaosConfig, store: Store | None = None, progress: Progress
                     last_partial = time.time()  # cells appear as they finish
                     meta = _meta(cfg, started, run, partial=True, rows_done=i + int(row_done), lockstep=how)
                     partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
-    r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
-                      _meta(cfg, started, run, lockstep=how))
-    return r
+    return _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
+                         _meta(cfg, started, run, lockstep=how))
 
 
 def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
@@ -221,7 +221,7 @@ def _chaos_json(r: Result) -> dict[str, Any]:
 
 
 @_served_from_store
-def run_cone(cfg: C.ConeConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """Kernels at every checkpoint, their Gram matrix once, and every view derived from it."""
     from . import ntk
@@ -277,8 +277,7 @@ def run_cone(cfg: C.ConeConfig, store: Store | None = None, progress: ProgressCa
                  cone_angle_deg=ntk.cone_angle(G, win_idx, 0),
                  early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
                  subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
-    r = Result("cone", C.to_dict(cfg), h, arrays, meta)
-    return r
+    return Result("cone", C.to_dict(cfg), h, arrays, meta)
 
 
 def _cone_json(r: Result) -> dict[str, Any]:
@@ -300,7 +299,7 @@ def _cone_json(r: Result) -> dict[str, Any]:
 
 
 @_served_from_store
-def run_linear(cfg: C.LinearConfig, store: Store | None = None, progress: ProgressCallback | None = None,
+def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """Test accuracy at T of the model linearised at each switch time t, beside full training."""
     from .linear import linear_accuracy, train_linearised
@@ -320,18 +319,19 @@ def run_linear(cfg: C.LinearConfig, store: Store | None = None, progress: Progre
     acc_full = evaluate(base.model(T), x, y)[1]
     acc_switch = np.array([evaluate(base.model(t), x, y)[1] for t in ts])
     acc_lin = np.full(len(ts), np.nan)
+
+    def result(**meta: Any) -> Result:
+        arrays = {"switch": np.array(ts), "acc_linear": acc_lin.copy(), "acc_at_switch": acc_switch,
+                  "acc_full": np.array(acc_full)}
+        return Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run, **meta))
+
     for i, t in enumerate(ts):
         prog.set_stage(f"linearised from t={t}")
         lin, params = train_linearised(run, base.state(t), T, cfg.bn_stats, lambda n: prog.add(lin_units * n), cancel)
         acc_lin[i] = linear_accuracy(lin, params, x, y)
         if partial is not None:
-            partial(Result("linear", C.to_dict(cfg), h, {"switch": np.array(ts), "acc_linear": acc_lin.copy(),
-                           "acc_at_switch": acc_switch, "acc_full": np.array(acc_full)},
-                           _meta(cfg, started, run, partial=True)))
-    arrays = {"switch": np.array(ts), "acc_linear": acc_lin, "acc_at_switch": acc_switch,
-              "acc_full": np.array(acc_full)}
-    r = Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run))
-    return r
+            partial(result(partial=True))
+    return result()
 
 
 def _linear_json(r: Result) -> dict[str, Any]:
