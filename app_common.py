@@ -197,7 +197,7 @@ def build_config(kind: str, preset_name: str, values: dict[str, Any]) -> Any:
               "perturb_seeds": tuple(_int("perturb_seeds", s) for s in _split(values["perturb_seeds"]))}
     elif kind == "cone":
         ex = {"checkpoints": parse_steps("checkpoints", values["checkpoints"], train),
-              "n_samples": _int("n_samples", values["n_samples"]), "kind": values["kind"],
+              "n_samples": _int("n_samples", values["n_samples"]), "kernel": values["kernel"],
               "references": parse_steps("references", values["references"], train),
               "dts": parse_steps("dts", values["dts"], train)}
         w = parse_steps("cone_window", values["cone_window"], train) if values["cone_window"].strip() else (0, 0)
@@ -273,7 +273,7 @@ def _widgets(kind: str, base: Any, pkey: str) -> tuple[dict[str, Any], dict[str,
             help=steps_help)
         c = st.columns(5)
         put("n_samples", c[0], "int", "inputs n", base.n_samples)
-        put("kind", c[1], "select", "kernel", base.kind, options=C.NTK_KINDS,
+        put("kernel", c[1], "select", "kernel", base.kernel, options=C.KERNELS,
             help="full: (n*O)x(n*O); trace: n x n, summed over logits")
         put("references", c[2], "text", "references tau", _steps_text(base.references), help=steps_help)
         put("dts", c[3], "text", "neighbour steps dt", _steps_text(base.dts), help=steps_help)

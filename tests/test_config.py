@@ -33,7 +33,7 @@ T = C.TrainConfig(dataset="synthetic", model="mlp", iterations=100)
         (C.ChaosConfig(train=dataclasses.replace(T, dataset="mnist1d", model="resnet20"), t0=(0,), t1=(50,)), "model"),
         (C.ConeConfig(train=T, checkpoints=(10, 20, 30)), "checkpoints"),  # no 0
         (C.ConeConfig(train=T, checkpoints=(0, 10)), "checkpoints"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), kind="diag"), "kind"),
+        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), kernel="diag"), "kernel"),
         (C.ConeConfig(train=T, checkpoints=(0, 10, 20), references=(5,), dts=(10,)), "references"),
         (C.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(7,)), "dts"),
         (C.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(10,), n_samples=1), "n_samples"),

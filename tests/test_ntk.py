@@ -97,17 +97,17 @@ def test_full_kernel_layout_is_sample_major():
     )
 
 
-@pytest.mark.parametrize("kind", ["full", "trace"])
+@pytest.mark.parametrize("kernel", ["full", "trace"])
 @pytest.mark.parametrize("build,shape", CASES)
-def test_chunked_equals_unchunked(build, shape, kind):
+def test_chunked_equals_unchunked(build, shape, kernel):
     model = build()
     x = torch.randn(*shape)
-    whole = ntk.empirical_ntk(model, x, kind)
+    whole = ntk.empirical_ntk(model, x, kernel)
     o = 3 if build is _mlp else 4
     p = sum(t.numel() for t in model.parameters())
     per_sample = o * p * 4
     for budget in (1, 4 * per_sample, 2 * shape[0] * per_sample - 1):  # chunks of 1, 2, n-1 samples
-        chunked = ntk.empirical_ntk(model, x, kind, memory_budget_bytes=budget)
+        chunked = ntk.empirical_ntk(model, x, kernel, memory_budget_bytes=budget)
         assert _close(chunked, whole, rtol=1e-5)
         assert torch.equal(chunked, chunked.T)
 
@@ -164,7 +164,7 @@ def test_modes_restored_and_buffers_untouched():
     assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers(), strict=True))
 
 
-def test_kind_is_validated():
+def test_kernel_is_validated():
     with pytest.raises(ValueError):
         ntk.empirical_ntk(_mlp(), torch.randn(2, 5), "diagonal")
 

@@ -42,7 +42,7 @@ def best_of(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 
 
 def bench_entk(repeats: int) -> dict[str, float]:
-    """ResNet-20 (widths 16/32/64), n = 32 CIFAR-shaped inputs, full kind, on every core.
+    """ResNet-20 (widths 16/32/64), n = 32 CIFAR-shaped inputs, full kernel, on every core.
 
     Kernels are GEMM-bound, so unlike the small training steps they use all cores; every variant
     is timed with the same thread count.

@@ -32,7 +32,7 @@ LIST_FLAGS = {"--t0": "t0", "--t1": "t1", "--checkpoints": "checkpoints", "--ref
 EXP_FLAGS: dict[str, tuple[str, type]] = {
     "--eps": ("eps", float), "--eps-mode": ("eps_mode", str), "--n-alpha": ("n_alpha", int), "--bn": ("bn", str),
     "--eval-size": ("eval_size", int), "--lockstep": ("lockstep", str), "--n-samples": ("n_samples", int),
-    "--kind": ("kind", str), "--subset-seed": ("subset_seed", int), "--bn-stats": ("bn_stats", str),
+    "--kernel": ("kernel", str), "--subset-seed": ("subset_seed", int), "--bn-stats": ("bn_stats", str),
 }
 
 

@@ -22,7 +22,7 @@ DATASETS = ("digits", "mnist1d", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "resnet20", "vgg16_bn", "vgg16_bn_fc")
 EPS_MODES = ("per-coordinate", "total-l2", "relative")
 BN_MODES = ("interpolate", "reset")
-NTK_KINDS = ("full", "trace")
+KERNELS = ("full", "trace")  # eNTK kernel: (N O x N O) or summed over logits (N x N)
 PROJECTIONS = ("pca", "mds")
 DEVICES = ("cpu", "cuda", "auto")
 LINEAR_BN_STATS = ("recompute", "checkpoint")
@@ -93,7 +93,7 @@ class ConeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoints: tuple[int, ...] = (0, 100, 200, 500, 1000)
     n_samples: int = 50
-    kind: str = "full"
+    kernel: str = "full"
     subset_seed: int = 0
     references: tuple[int, ...] = (0,)
     dts: tuple[int, ...] = (100,)
@@ -281,8 +281,8 @@ def validate(cfg: Any) -> None:
         _positive_int("n_samples", cfg.n_samples, 2)
         if cfg.n_samples > 5000:
             raise ConfigError("n_samples", cfg.n_samples, "must be <= 5000")
-        if cfg.kind not in NTK_KINDS:
-            raise ConfigError("kind", cfg.kind, f"choose one of {', '.join(NTK_KINDS)}")
+        if cfg.kernel not in KERNELS:
+            raise ConfigError("kernel", cfg.kernel, f"choose one of {', '.join(KERNELS)}")
         _positive_int("subset_seed", cfg.subset_seed, 0)
         for tau in cfg.references:
             if tau not in cfg.checkpoints:

@@ -248,7 +248,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
             cancel.check()
         m = base.model(t)
         tk = time.time()
-        kernels.append(ntk.empirical_ntk(m, x, cfg.kind))
+        kernels.append(ntk.empirical_ntk(m, x, cfg.kernel))
         t_kernel += time.time() - tk
         acc.append(evaluate(m, xt, yt)[1])
         prog.add(kernel_units)

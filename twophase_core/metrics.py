@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .config import BN_MODES
 from .models import device_of
 
-BN_MODES = ("interpolate", "reset")
 PATH_METHODS = ("loop", "stacked")
 # Test points per forward pass. Measured on the demo model (MNIST-1D CNN, 1 thread, 2 shared cores): 500 is as fast
 # as 1000 on a quiet machine and ~1.7x faster when another process competes for cache and memory bandwidth.

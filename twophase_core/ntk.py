@@ -21,9 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from .config import KERNELS
 from .models import device_of
-
-KINDS = ("full", "trace")
 
 # Parameter blocks with fewer entries than this (BN scales and shifts, biases, early convs) are
 # concatenated into one matrix before the GEMM: many thin GEMMs cost call overhead, while copying
@@ -93,7 +92,7 @@ def jacobian(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         return _jac(f, params, x.to(device_of(model)))
 
 
-def _matrices(jac: dict[str, Tensor], kind: str, dtype: torch.dtype) -> list[Tensor]:
+def _matrices(jac: dict[str, Tensor], kernel: str, dtype: torch.dtype) -> list[Tensor]:
     """One chunk's Jacobian as a few 2-D matrices whose row Grams sum to the kernel.
 
     full: rows are (sample, logit) pairs, (n O, p); trace: rows are samples, (n, O p), since
@@ -107,7 +106,7 @@ def _matrices(jac: dict[str, Tensor], kind: str, dtype: torch.dtype) -> list[Ten
     if small:
         big.insert(0, torch.cat(small, dim=-1) if len(small) > 1 else small[0])
     n, o = big[0].shape[:2]
-    rows = n * o if kind == "full" else n
+    rows = n * o if kernel == "full" else n
     return [m.reshape(rows, -1).to(dtype) for m in big]
 
 
@@ -164,14 +163,14 @@ def _default_budget(device: torch.device) -> int:
 def empirical_ntk(
     model: nn.Module,
     x: Tensor,
-    kind: str = "full",
+    kernel: str = "full",
     *,
     memory_budget_bytes: int | None = None,
     float64: bool = False,
 ) -> Tensor:
     """Empirical NTK H[(k,o),(l,p)] = <d f_o(x_k)/d theta, d f_p(x_l)/d theta> by Jacobian contraction.
 
-    kind "full": (N O, N O), sample-major (row k*O + o). kind "trace": (N, N), summed (not
+    kernel "full": (N O, N O), sample-major (row k*O + o). kernel "trace": (N, N), summed (not
     averaged) over logits, H_tr[k,l] = sum_o H[(k,o),(l,o)], without forming the full kernel.
     Model in eval mode for the call (BN running stats, no dropout), each module's flag restored.
 
@@ -184,8 +183,8 @@ def empirical_ntk(
 
     Returns float32 on the model's device (float64 with float64=True, for precision studies).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     device = device_of(model)
     x = x.to(device)
     n = x.shape[0]
@@ -202,11 +201,11 @@ def empirical_ntk(
         budget = _default_budget(device) if memory_budget_bytes is None else int(memory_budget_bytes)
         c = n if n * per_sample <= budget else max(1, budget // (2 * per_sample))
         bounds = [(s, min(s + c, n)) for s in range(0, n, c)]
-        r = o if kind == "full" else 1
+        r = o if kernel == "full" else 1
 
         def chunk(i: int) -> list[Tensor]:
             s, e = bounds[i]
-            return _matrices(_jac(f, params, x[s:e]), kind, acc)
+            return _matrices(_jac(f, params, x[s:e]), kernel, acc)
 
         if len(bounds) == 1:
             return _self_product(chunk(0))
@@ -259,15 +258,15 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor) -> Tensor:
     return hv.reshape(v.shape)
 
 
-def ntk_reference(model: nn.Module, x: Tensor, kind: str = "full") -> Tensor:
+def ntk_reference(model: nn.Module, x: Tensor, kernel: str = "full") -> Tensor:
     """The independent oracle: per-sample, per-logit torch.autograd.grad, then the Gram matrix.
 
     Deliberately naive (no torch.func, no chunking, no symmetry) so it shares no code path with
     empirical_ntk. Gradients are stacked and contracted in float64; returns float64.
     Cost: N [FP] + N O [BP] run one at a time; contraction N^2 O^2 P; memory N O P (float64).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     device = device_of(model)
     x = x.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -283,30 +282,30 @@ def ntk_reference(model: nn.Module, x: Tensor, kind: str = "full") -> Tensor:
                 rows.append(torch.cat([g.reshape(-1) for g in flat]).double())
     jmat = torch.stack(rows)
     h = jmat @ jmat.T
-    if kind == "trace":
+    if kernel == "trace":
         n = x.shape[0]
         o = h.shape[0] // n
         h = h.reshape(n, o, n, o).diagonal(dim1=1, dim2=3).sum(-1)
     return h
 
 
-def ntk_einsum_baseline(model: nn.Module, x: Tensor, kind: str = "full") -> Tensor:
+def ntk_einsum_baseline(model: nn.Module, x: Tensor, kernel: str = "full") -> Tensor:
     """vmap(jacrev) then one einsum per parameter block, summed (the neural-tangents tutorial way).
 
     A benchmark baseline: no symmetry, one contraction per block.
     Cost: N [FP] + N O [BP]; contraction N^2 O^2 P (full) or N^2 O P (trace); memory N O P.
     Returns float32, same layout as empirical_ntk.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     jac = jacobian(model, x)
     h: Tensor | None = None
     for j in jac.values():
         j3 = j.reshape(j.shape[0], j.shape[1], -1)
-        term = torch.einsum("Naf,Mbf->NaMb" if kind == "full" else "Naf,Maf->NM", j3, j3)
+        term = torch.einsum("Naf,Mbf->NaMb" if kernel == "full" else "Naf,Maf->NM", j3, j3)
         h = term if h is None else h + term
     assert h is not None
-    if kind == "full":
+    if kernel == "full":
         n, o = h.shape[:2]
         h = h.reshape(n * o, n * o)
     return h

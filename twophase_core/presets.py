@@ -20,7 +20,7 @@ DEMO = {
     "chaos": C.ChaosConfig(train=DEMO_TRAIN, t0=(0, 30, 100, 300), t1=(100, 200, 300, 400, 600), eval_size=500),
     "cone": C.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500,
                                                         600),
-                         n_samples=40, kind="full", references=(0, 100, 300), dts=(50, 100)),
+                         n_samples=40, kernel="full", references=(0, 100, 300), dts=(50, 100)),
     "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 30, 100, 300)),
 }
 
@@ -47,7 +47,7 @@ def _cifar(model: str) -> dict[str, Any]:
         "chaos": C.ChaosConfig(train=train, t0=(0, 100, 200, 500, 1000, 2000, 5000, 10000), t1=t1),
         "cone": C.ConeConfig(train=train, checkpoints=(0, 50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 5000, 7500,
                                                        10000, 15000, 20000, 30000, 40000, 50000, 160 * IPE),
-                             n_samples=100, kind="full", references=(0, 1000, 5000), dts=(500, 10000)),
+                             n_samples=100, kernel="full", references=(0, 1000, 5000), dts=(500, 10000)),
         "linear": C.LinearConfig(train=C.replace(C.LinearConfig(train=train), iterations=10000).train,
                                  switch=(0, 100, 200, 500, 1000, 2000, 5000)),
     }
