@@ -15,9 +15,9 @@ import streamlit as st
 
 from twophase_core import config as C
 from twophase_core import figures as F
-from twophase_core.experiments import Result, load_result
 from twophase_core.jobs import JobManager, JobRecord
 from twophase_core.presets import PRESETS, preset
+from twophase_core.results import Result, load_result
 from twophase_core.store import Store, default_root
 
 

@@ -33,7 +33,7 @@ def test_overrides_accept_epochs_and_iterations():
 
 @pytest.mark.parametrize("kind, extra", [
     ("chaos", ["--preset", "demo", "--t0", "0,50", "--t1", "600", "--eps", "0", "--model", "mlp"]),
-    ("cone", ["--preset", "tiny", "--checkpoints", "0,10,20,30", "--dts", "10", "--kind", "trace"]),
+    ("cone", ["--preset", "tiny", "--checkpoints", "0,10,20,30", "--dts", "10", "--kernel", "trace"]),
     ("linear", ["--preset", "tiny", "--switch", "0,10", "--iterations", "50"]),
 ])
 def test_command_for_reproduces_the_config(kind, extra):
@@ -50,7 +50,7 @@ def test_command_for_reproduces_the_config(kind, extra):
     (["chaos", "--preset", "tiny", "--eps", "-1"], "eps="),
     (["chaos", "--preset", "tiny", "--model", "gpt"], "model="),
     (["chaos", "--preset", "nope"], "preset="),
-    (["cone", "--preset", "tiny", "--kind", "diag"], "kind="),
+    (["cone", "--preset", "tiny", "--kernel", "diag"], "kernel="),
     (["chaos", "--preset", "tiny", "--t0", "soon"], "step="),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from twophase_core import config as C
-from twophase_core.experiments import load_result, result_key, run_chaos, run_experiment, run_linear
+from twophase_core.experiments import run_chaos, run_experiment, run_linear
 from twophase_core.presets import preset
+from twophase_core.results import load_result, result_key
 from twophase_core.store import Store
 from twophase_core.train import Run
 

@@ -7,10 +7,8 @@ partial results, so the app can drive it from a worker process. Nothing here imp
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,42 +17,11 @@ import torch
 from . import __version__, lockstep
 from . import config as C
 from .data import stratified_subset
+from .results import Result, load_result, save_result
 from .store import Store
 from .train import CancelToken, Run
 
 ProgressCallback = Callable[[float, str], None]
-
-
-@dataclass
-class Result:
-    """Arrays plus metadata; `meta` holds config, hash, version, timings and realized norms."""
-
-    kind: str
-    config: dict[str, Any]
-    hash: str
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return TO_JSON[self.kind](self)
-
-
-def result_key(kind: str, h: str, partial: bool = False) -> str:
-    return f"{'partial' if partial else 'result'}/{kind}/{h}"
-
-
-def save_result(store: Store, r: Result, partial: bool = False) -> None:
-    meta = {**r.meta, "kind": r.kind, "config": r.config, "hash": r.hash}
-    store.put_arrays(result_key(r.kind, r.hash, partial), r.arrays, meta)
-
-
-def load_result(store: Store, kind: str, h: str, partial: bool = False) -> Result | None:
-    """The stored result, or None (a corrupt entry has been removed and must be recomputed)."""
-    got = store.get_arrays(result_key(kind, h, partial))
-    if got is None:
-        return None
-    arrays, meta = got
-    return Result(kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
 
 
 def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
@@ -192,30 +159,6 @@ def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base
     return Result("chaos", C.to_dict(cfg), h, arrays, meta)
 
 
-def _nested(a: np.ndarray) -> list:
-    """Nested lists with None for NaN (JSON has no NaN)."""
-    if a.ndim == 0:
-        v = float(a)
-        return None if math.isnan(v) else v  # type: ignore[return-value]
-    return [_nested(x) for x in a]
-
-
-def _chaos_json(r: Result) -> dict[str, Any]:
-    a = r.arrays
-    mean = lambda k: np.nanmean(a[k], axis=0) if a[k].shape[0] > 1 else a[k][0]
-    with np.errstate(all="ignore"):
-        return {
-            "t0": a["t0"].tolist(), "t1": a["t1"].tolist(),
-            "C": _nested(mean("C")), "B": _nested(mean("B")), "D": _nested(mean("D")),
-            "config": r.config, "hash": r.hash,
-            "realized_eps_norm": a["realized_eps_norm"].mean(axis=0).tolist(),
-            "acc_base": a["acc_base"].tolist(),
-            "per_seed": {"seeds": a["seeds"].tolist(), "C": _nested(a["C"]), "B": _nested(a["B"]),
-                         "D": _nested(a["D"]), "realized_eps_norm": a["realized_eps_norm"].tolist()},
-            "meta": r.meta,
-        }
-
-
 # ---------------------------------------------------------------------------------------------
 # Cone
 
@@ -280,20 +223,6 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     return Result("cone", C.to_dict(cfg), h, arrays, meta)
 
 
-def _cone_json(r: Result) -> dict[str, Any]:
-    a = r.arrays
-    dts = a["dts"].tolist()
-    return {
-        "iters": a["iters"].tolist(), "S": a["S"].tolist(), "test_acc": a["test_acc"].tolist(),
-        "references": a["references"].tolist(), "ref_curves": a["ref_curves"].tolist(),
-        "neighbours": {str(dt): {"t": a[f"neigh_t_{dt}"].tolist(), "S": a[f"neigh_s_{dt}"].tolist()} for dt in dts},
-        "projections": {k: a[k].tolist() for k in ("pca2", "pca3", "mds2", "mds3")},
-        "cone_window": a["cone_window"].tolist(), "cone_angle_deg": r.meta.get("cone_angle_deg"),
-        "early_window": a["early_window"].tolist(), "early_angle_deg": r.meta.get("early_angle_deg"),
-        "config": r.config, "hash": r.hash, "meta": r.meta,
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Linearised training
 
@@ -334,14 +263,6 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     return result()
 
 
-def _linear_json(r: Result) -> dict[str, Any]:
-    a = r.arrays
-    return {"switch": a["switch"].tolist(), "acc_linear": _nested(a["acc_linear"]),
-            "acc_at_switch": a["acc_at_switch"].tolist(), "acc_full": float(a["acc_full"]),
-            "config": r.config, "hash": r.hash, "meta": r.meta}
-
-
-TO_JSON = {"chaos": _chaos_json, "cone": _cone_json, "linear": _linear_json}
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 

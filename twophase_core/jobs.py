@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import config as C
-from .experiments import Result, load_result
+from .results import Result, load_result
 from .store import Store
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")

@@ -20,13 +20,24 @@ from typing import Any
 
 import diskcache
 import numpy as np
-import torch
 
 ENV = "TWOPHASE_CACHE_DIR"
 
 
 def default_root() -> Path:
-    return Path(os.environ.get(ENV) or "cache").resolve()
+    """Where results live unless told otherwise: the same folder whatever the working directory.
+
+    $TWOPHASE_CACHE_DIR if set; else `cache/` of the source checkout the package runs from (an
+    editable install: `make run`, the CLI, a notebook and the Docker image all share it); else
+    (a plain install) the user's cache folder, $XDG_CACHE_HOME/twophase or ~/.cache/twophase.
+    """
+    env = os.environ.get(ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "twophase_core").is_dir():
+        return checkout / "cache"
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twophase").resolve()
 
 
 def _sha(b: bytes) -> str:
@@ -110,6 +121,8 @@ class Store:
     def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
         """Atomic write; the checksum goes to the index only after the file is in place."""
         path = self._ckpt_path(run, t)
+        import torch  # here, not at the top: the app's process reads results and never needs torch
+
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -132,6 +145,8 @@ class Store:
         if _sha(data) != sha:
             self.drop_checkpoint(run, t)
             return None
+        import torch
+
         try:
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception:

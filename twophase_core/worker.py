@@ -134,7 +134,8 @@ def run_job(store: Store, job_id: str) -> int:
         print(f"worker: {ENV_THREADS}={os.environ[ENV_THREADS]!r} is not a whole number; using 1", file=sys.stderr)
         threads = 1
     torch.set_num_threads(threads)
-    from .experiments import load_result, result_key, run_experiment, save_result
+    from .experiments import run_experiment
+    from .results import load_result, result_key, save_result
     from .train import Cancelled, CancelToken
 
     terminated: list[int] = []
