@@ -51,7 +51,7 @@ def test_command_for_reproduces_the_config(kind, extra):
     (["chaos", "--preset", "tiny", "--model", "gpt"], "model="),
     (["chaos", "--preset", "nope"], "preset="),
     (["cone", "--preset", "tiny", "--kernel", "diag"], "kernel="),
-    (["chaos", "--preset", "tiny", "--t0", "soon"], "step="),
+    (["chaos", "--preset", "tiny", "--t0", "soon"], "t0="),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
     assert main(argv) == 2
@@ -70,3 +70,143 @@ def test_chaos_json_and_module_entry_point(tmp_path):
     assert all(v == 0.0 for row in d["C"] + d["B"] + d["D"] for v in row if v is not None)
     assert d["realized_eps_norm"] == [0.0, 0.0]
     assert "chaos" in r.stdout and "C=0.000e+00" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Every setting round-trips: random non-default values -> command_for -> --print-config -> same config
+
+def _random_value(name: str, spec, current, rng, T: int):
+    """A valid value of the setting that differs from `current` (bounds from the spec itself)."""
+    t = spec.type
+    for _ in range(100):
+        if t == "choice":
+            v = spec.choices[rng.integers(len(spec.choices))]
+        elif t == "bool":
+            v = not current
+        elif t == "text":
+            v = f"/data/x{rng.integers(1000)} y"
+        elif t == "int":
+            hi = min(spec.hi, 200)  # small: sizes are bounded by the data (256 synthetic points)
+            v = int(rng.integers(spec.lo, hi + 1))
+        elif t == "float":
+            lo, hi = spec.lo, min(spec.hi, 10.0)
+            v = float(rng.uniform(lo, hi)) if not spec.lo_open else float(rng.uniform(lo, hi)) or hi / 2
+            v = min(v, hi * 0.999) if spec.hi_open else v
+        elif t == "step":
+            v = int(rng.integers(max(int(spec.lo), 1), T))
+        elif t == "window":
+            v = current
+        else:  # steps, ints
+            k = int(rng.integers(1, 4))
+            v = tuple(sorted({int(x) for x in rng.integers(max(int(spec.lo), 1), T, size=k)}))
+        if v != current:
+            return v
+    return current
+
+
+@pytest.mark.parametrize("kind", ["chaos", "cone", "linear"])
+@pytest.mark.parametrize("draw", range(4))
+def test_every_setting_round_trips_through_command_for_and_print_config(kind, draw, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng([draw, list(C.KINDS).index(kind)])
+    base = preset("tiny", kind)
+    T = 200
+    cfg = C.replace(base, iterations=T)
+    changed = set()
+    for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+        for _ in range(20):  # draw until the whole config is still valid (fields constrain each other)
+            v = _random_value(name, spec, C.flat(cfg)[name], rng, T)
+            if name == "device":
+                v = "cpu"  # cuda is not on this machine; auto resolves to a concrete device
+            if name in ("dataset", "model"):
+                continue  # tied to each other and to the data on disk; the other fields vary
+            ck = sorted(C.flat(cfg).get("checkpoints", ()))
+            if name == "checkpoints":
+                v = tuple(sorted({0, *(int(x) for x in rng.integers(1, T, size=4))}))
+            elif name == "references":
+                v = tuple(int(x) for x in rng.choice(ck, size=2, replace=False))
+            elif name == "dts":
+                v = (int(ck[2] - ck[1]),)
+            elif name == "cone_window":
+                v = (int(ck[1]), int(ck[-1]))
+            try:
+                trial = C.replace(cfg, **{name: v})
+                C.validate(trial)
+            except C.ConfigError:
+                continue
+            cfg = trial
+            changed.add(name) if v != C.flat(base)[name] else None
+            break
+    fixed = {"dataset", "model", "device"}
+    names = set(C.settings_of(C.KINDS[kind]))
+    assert len(changed) >= len(names) - len(fixed) - 1, names - changed
+    line = command_for(cfg, "tiny")
+    argv = shlex.split(line)[1:]
+    argv = [p for p in argv if p not in ("--json", "out.json")] + ["--print-config"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out) == C.to_dict(cfg)
+
+
+def test_every_setting_has_a_flag_in_help(capsys):
+    for kind in C.KINDS:
+        with pytest.raises(SystemExit):
+            main([kind, "--help"])
+        out = capsys.readouterr().out
+        for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+            assert spec.flag(name) in out, (kind, name)
+
+
+def test_readme_settings_table_is_current():
+    from pathlib import Path
+
+    from twophase_core.cli import settings_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
+    assert start in readme and end in readme, "README lacks the generated settings table"
+    block = readme.split(start, 1)[1].split(end, 1)[0]
+    assert block.strip() == settings_table().strip(), "regenerate with: twophase settings"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-size", "0"], "batch_size="),
+    (["--batch-size", "100000"], "training set"),
+    (["--perturb-seeds", "a,b"], "perturb_seeds="),
+    (["--perturb-seeds", "1.5"], "perturb_seeds="),
+    (["--seed", "1180591620717411303424"], "init_seed="),
+    (["--n-alpha", "1000000000000"], "n_alpha="),
+    (["--eps", "-1e-7"], "eps="),
+    (["--eps", "inf"], "eps="),
+    (["--eps", "1e308"], "eps="),
+    (["--t0", ""], "t0="),
+    (["--t1", ""], "t1="),
+    (["--perturb-seeds", ""], "perturb_seeds="),
+    (["--t0", "x" * 100_000], "chars"),
+    (["--json", "/nonexistent/dir/out.json"], "--json"),
+    (["--json", "/tmp"], "--json"),
+    (["--json", "/dev/full"], "--json"),
+    (["--cache-dir", "/etc/hostname"], "--cache-dir"),
+    (["--iterations", "99999999999"], "iterations="),
+])
+def test_hostile_chaos_flags_fail_before_any_work(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["chaos", "--preset", "tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("twophase: error:") and needle in err[0], err
+    assert len(err[0]) < 400
+    assert not (tmp_path / "cache").exists()  # nothing was written
+
+
+def test_lists_split_on_spaces_and_commas_alike(capsys):
+    assert main(["chaos", "--preset", "tiny", "--t0", "0 10", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["t0"] == [0, 10]
+    assert main(["chaos", "--preset", "tiny", "--t0", "1 2", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["t0"] == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["cone"])
+def test_cone_window_needs_two_steps(kind, capsys):
+    for w in ("1,2,3", "5"):
+        assert main([kind, "--preset", "tiny", "--cone-window", w]) == 2
+        assert "cone_window=" in capsys.readouterr().err

@@ -1,117 +1,119 @@
-"""`twophase chaos|cone|linear|presets|cache|bench`: the same configs as the app, from a terminal.
+"""`twophase chaos|cone|linear|presets|settings|cache|bench`: the same configs as the app, from a terminal.
 
-Bad input exits with status 2 and one line that says what to change.
+Every setting's flag is generated from its spec (settings.py), so the CLI, the app's form and the
+reproduce command (`command_for`) can never drift apart. Bad input exits with status 2 and one line
+that says what to change, before anything is trained or written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import config as C
 from .presets import PRESETS, preset
+from .settings import ConfigError, bounds_text, format_value
+
+METAVARS = {"choice": "NAME", "int": "N", "float": "X", "text": "TEXT", "step": "STEP", "steps": "STEPS",
+            "ints": "N,N,...", "window": "START,END"}
 
 
-def _ints(text: str) -> tuple[str, ...]:
-    return tuple(s for s in text.replace(" ", "").split(",") if s)
+def flag_help(spec: Any) -> str:
+    """A setting's help with its allowed values: the same words in --help and the README table."""
+    extra = []
+    if spec.choices:
+        extra.append("one of " + ", ".join(spec.choices))
+    rng = bounds_text(spec)
+    if rng and spec.type not in ("steps", "window"):
+        extra.append(rng)
+    if spec.type in ("step", "steps", "window"):
+        extra.append("steps: 500, 500it, 2ep, 2ep50it")
+    if spec.type in ("steps", "ints"):
+        extra.append("a list: comma or space separated")
+    return spec.help + (f" ({'; '.join(extra)})" if extra else "")
 
 
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
-    "--model": ("model", str), "--dataset": ("dataset", str), "--width": ("width", float),
-    "--lr": ("lr", float), "--momentum": ("momentum", float), "--weight-decay": ("weight_decay", float),
-    "--batch-size": ("batch_size", int), "--iterations": ("iterations", str), "--seed": ("init_seed", int),
-    "--data-seed": ("data_seed", int), "--device": ("device", str), "--data-root": ("data_root", str),
-    "--train-size": ("train_size", int), "--checkpoint-every": ("checkpoint_every", str),
-}
-LIST_FLAGS = {"--t0": "t0", "--t1": "t1", "--checkpoints": "checkpoints", "--references": "references",
-              "--dts": "dts", "--switch": "switch", "--lr-milestones": "lr_milestones"}
-EXP_FLAGS: dict[str, tuple[str, type]] = {
-    "--eps": ("eps", float), "--eps-mode": ("eps_mode", str), "--n-alpha": ("n_alpha", int), "--bn": ("bn", str),
-    "--eval-size": ("eval_size", int), "--lockstep": ("lockstep", str), "--n-samples": ("n_samples", int),
-    "--kernel": ("kernel", str), "--subset-seed": ("subset_seed", int), "--bn-stats": ("bn_stats", str),
-}
+def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
+    """One flag per setting of `kind` (nested training fields included), generated from its spec."""
+    for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+        flags = [spec.flag(name), *spec.aliases]
+        if spec.type == "bool":
+            p.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction, help=spec.help)
+        else:
+            p.add_argument(*flags, dest=name, default=None, metavar=METAVARS[spec.type], help=flag_help(spec))
 
 
 def build_config(kind: str, args: argparse.Namespace) -> Any:
-    """Preset, then overrides; step values accept '500', '500it', '2ep', '2ep50it'."""
+    """The preset, then every flag given; validated. Values are parsed as the app's form parses them."""
     cfg = preset(args.preset, kind)
-    changes: dict[str, Any] = {}
-    for flag, (name, _) in TRAIN_FLAGS.items():
-        v = getattr(args, flag[2:].replace("-", "_"))
-        if v is not None:
-            changes[name] = v
-    if args.download:
-        changes["download"] = True
-    train = C.replace(cfg, **changes).train if changes else cfg.train
-    if train.device == "auto":
+    given = {n: getattr(args, n) for n in C.settings_of(C.KINDS[kind]) if getattr(args, n, None) is not None}
+    if given.get("device") == "auto":
         from .train import resolve_device
 
-        train = C.replace(train, device=resolve_device("auto").type)
-    ipe = C.iterations_per_epoch(train)
-    for name in ("iterations", "checkpoint_every"):
-        v = getattr(train, name)
-        if isinstance(v, str):
-            train = C.replace(train, **{name: C.parse_step(v, ipe)})
-    ms = args.lr_milestones
-    if ms:
-        train = C.replace(train, lr_milestones=tuple(C.parse_step(s, ipe) for s in _ints(ms)))
-    cfg = C.replace(cfg, train=train)
-    exp: dict[str, Any] = {}
-    for flag, name in LIST_FLAGS.items():
-        v = getattr(args, flag[2:].replace("-", "_"))
-        if v and name != "lr_milestones":
-            exp[name] = tuple(C.parse_step(s, ipe) for s in _ints(v))
-    for flag, (name, _) in EXP_FLAGS.items():
-        v = getattr(args, flag[2:].replace("-", "_"))
-        if v is not None:
-            exp[name] = v
-    if args.perturb_seeds:
-        exp["perturb_seeds"] = tuple(int(s) for s in _ints(args.perturb_seeds))
-    if args.cone_window:
-        lo, hi = _ints(args.cone_window)
-        exp["cone_window"] = (C.parse_step(lo, ipe), C.parse_step(hi, ipe))
-    for k in exp:
-        if k not in {f.name for f in C.fields(type(cfg))}:
-            raise C.ConfigError(k, exp[k], f"is not a setting of the {kind} experiment")
-    cfg = C.replace(cfg, **exp)
-    C.validate(cfg)
-    return cfg
+        given["device"] = resolve_device("auto").type
+    return C.with_settings(cfg, given)
 
 
-def command_for(cfg: Any, preset_name: str = "demo", json_out: str = "out.json") -> str:
-    """The CLI line that reproduces `cfg` (shown next to every figure in the app)."""
+def _nearest_preset(cfg: Any) -> str:
+    """The preset that differs from `cfg` in the fewest settings (the shortest reproduce command)."""
+    kind, mine = C.kind_of(cfg), C.flat(cfg)
+
+    def differences(name: str) -> int:
+        ref = C.flat(preset(name, kind))
+        return sum(mine[k] != ref[k] for k in mine)
+
+    return min(PRESETS, key=differences)
+
+
+def command_for(cfg: Any, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
+    """The CLI line that reproduces `cfg` exactly (shown next to every figure in the app): the preset
+    (given, or the nearest one) and a flag for every setting that differs from it."""
     kind = C.kind_of(cfg)
-    ref = preset(preset_name, kind)
+    preset_name = preset_name or _nearest_preset(cfg)
+    ref = C.flat(preset(preset_name, kind))
     parts = ["twophase", kind, "--preset", preset_name]
-    inv_train = {name: flag for flag, (name, _) in TRAIN_FLAGS.items()}
-    inv_exp = {name: flag for flag, (name, _) in EXP_FLAGS.items()}
-    inv_list = {name: flag for flag, name in LIST_FLAGS.items()}
-    for name, v in C.to_dict(cfg.train).items():
-        if v != C.to_dict(ref.train)[name]:
-            if name in inv_list:
-                parts += [inv_list[name], ",".join(map(str, v))]
-            elif name == "download" and v:
-                parts.append("--download")
-            elif name in inv_train:
-                parts += [inv_train[name], str(v)]
-    ref_d = C.to_dict(ref)
-    for name, v in C.to_dict(cfg).items():
-        if name == "train" or v == ref_d[name]:
+    for name, v in C.flat(cfg).items():
+        if v == ref[name]:
             continue
-        if name in inv_list:
-            parts += [inv_list[name], ",".join(map(str, v))]
-        elif name == "perturb_seeds":
-            parts += ["--perturb-seeds", ",".join(map(str, v))]
-        elif name == "cone_window":
-            parts += ["--cone-window", ",".join(map(str, v))]
-        elif name in inv_exp:
-            parts += [inv_exp[name], str(v)]
-    parts += ["--json", json_out]
+        spec = C.settings_of(C.KINDS[kind])[name][0]
+        if spec.type == "bool":
+            parts.append(spec.flag(name) if v else "--no-" + spec.flag(name)[2:])
+        else:
+            parts += [spec.flag(name), format_value(spec, v)]
+    if json_out:
+        parts += ["--json", json_out]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the specs (a test keeps the README current)."""
+    rows = ["| setting | flag | experiments | default (demo) | allowed | what it does |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    seen: dict[str, list[str]] = {}
+    for kind in C.KINDS:
+        for name in C.settings_of(C.KINDS[kind]):
+            seen.setdefault(name, []).append(kind)
+    for name, kinds in seen.items():
+        spec, _ = C.settings_of(C.KINDS[kinds[0]])[name]
+        default = format_value(spec, C.flat(preset("demo", kinds[0]))[name])
+        allowed = ", ".join(spec.choices) if spec.choices else bounds_text(spec)
+        if spec.type == "step":
+            allowed = f"a step {allowed}"
+        elif spec.type in ("steps", "window"):
+            allowed = "steps within the run" + (", may be empty" if spec.allow_empty else "")
+        elif spec.type == "ints":
+            allowed = f"whole numbers {allowed}"
+        which = "all" if len(kinds) == len(C.KINDS) else ", ".join(kinds)
+        flags = " ".join(f"`{f}`" for f in (spec.flag(name), *spec.aliases))
+        cells = [f"`{name}`", flags, which, f"`{default}`" if default else "(empty)", allowed or spec.type, spec.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 class _Bar:
@@ -138,20 +140,79 @@ class _Bar:
 
 
 def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str) -> None:
-    p = sub.add_parser(kind, help=help_)
+    p = sub.add_parser(kind, help=help_, description=f"{help_}. Every setting of the preset can be overridden; "
+                       "lists are comma or space separated; steps accept 500, 500it, 2ep, 2ep50it.")
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--cache-dir", help="result store (default $TWOPHASE_CACHE_DIR or ./cache)")
-    for flag in TRAIN_FLAGS:
-        p.add_argument(flag, default=None, type=str if TRAIN_FLAGS[flag][1] is str else TRAIN_FLAGS[flag][1])
-    p.add_argument("--download", action="store_true", help="cifar10: download if missing (needs internet)")
-    for flag in LIST_FLAGS:
-        p.add_argument(flag, default=None, help="comma-separated steps: 500, 500it, 2ep, 2ep50it")
-    for flag, (_, typ) in EXP_FLAGS.items():
-        p.add_argument(flag, default=None, type=typ)
-    p.add_argument("--perturb-seeds", default=None, help="comma-separated perturbation seeds")
-    p.add_argument("--cone-window", default=None, help="start,end iterations of the cone-angle window")
+    p.add_argument("--cache-dir", help="result store (default $TWOPHASE_CACHE_DIR, else the checkout's cache/)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit")
+    add_setting_flags(p, kind)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """'--eps -1e-7' -> '--eps=-1e-7': argparse would take the value for a flag and say 'expected one
+    argument'; joined, the value reaches validation and gets the real message (eps must be >= 0)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (tok.startswith("--") and "=" not in tok and nxt is not None and nxt.startswith("-") and len(nxt) > 1
+                and (nxt[1].isdigit() or nxt[1] == ".")):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def check_output_path(path: str | None) -> None:
+    """Refuse an output file that cannot be written, before anything is computed."""
+    if not path or path == "-":
+        return
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        raise ConfigError("--json", path, "is not a regular file: give a file path (or '-' for stdout)")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError("--json", path, f"folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError("--json", path, "is not writable")
+
+
+def open_store(cache_dir: str | None) -> Any:
+    """The store at `cache_dir` (default location if None), or a one-line ConfigError saying why not."""
+    from .store import Store, default_root
+
+    root = Path(cache_dir) if cache_dir else default_root()
+    if root.exists() and not root.is_dir():
+        raise ConfigError("--cache-dir", str(root), "is a file, not a folder")
+    try:
+        return Store(root)
+    except OSError as e:
+        raise ConfigError("--cache-dir", str(root), f"cannot be used as a store: {e.strerror or e}") from None
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path == "-":
+        print(json.dumps(payload))
+    elif path:
+        try:
+            with open(path, "w") as f:
+                json.dump(payload, f)
+        except OSError as e:
+            raise ConfigError("--json", path, f"could not be written: {e.strerror or e}") from None
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def _flag_hint(name: str) -> str:
+    for cls in C.KINDS.values():
+        specs = C.settings_of(cls)
+        if name in specs:
+            return f" (flag {specs[name][0].flag(name)})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,52 +222,54 @@ def main(argv: list[str] | None = None) -> int:
     _experiment_parser(sub, "cone", "Cone Effect: the eNTK along training")
     _experiment_parser(sub, "linear", "linearised training from theta_t")
     sub.add_parser("presets", help="list the presets")
+    sub.add_parser("settings", help="print the table of every setting (as in the README)")
     pc = sub.add_parser("cache", help="inspect or clear the result store")
     pc.add_argument("action", choices=["info", "clear"])
     pc.add_argument("--cache-dir")
     pb = sub.add_parser("bench", help="measure speed against baselines in the same run")
     pb.add_argument("--json", metavar="OUT")
     pb.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
 
-    from .store import Store
-    from .train import configure_threads
-
-    configure_threads()
     try:
         if args.cmd == "presets":
             for name, (desc, _) in PRESETS.items():
                 print(f"{name:18s} {desc}")
             return 0
+        if args.cmd == "settings":
+            print(settings_table(), end="")
+            return 0
         if args.cmd == "cache":
-            store = Store(args.cache_dir)
+            store = open_store(args.cache_dir)
             if args.action == "clear":
                 store.clear()
                 print(f"cleared {store.root}")
             else:
                 print(json.dumps(store.info(), indent=2))
             return 0
+        from .train import configure_threads
+
+        configure_threads()
         if args.cmd == "bench":
             from .bench import main as bench_main
 
             return bench_main(args.json, quick=args.quick)
         cfg = build_config(args.cmd, args)
+        if args.print_config:
+            print(json.dumps(C.to_dict(cfg), indent=2))
+            return 0
+        check_output_path(args.json)
+        store = open_store(args.cache_dir)
         from .experiments import run_experiment
 
-        result = run_experiment(cfg, Store(args.cache_dir), progress=_Bar(args.quiet))
-        payload = result.to_json()
-        if args.json == "-":
-            print(json.dumps(payload))
-        elif args.json:
-            with open(args.json, "w") as f:
-                json.dump(payload, f)
-            print(f"wrote {args.json}", file=sys.stderr)
+        result = run_experiment(cfg, store, progress=_Bar(args.quiet))
+        _write_json(args.json, result.to_json())
         print(summary(result))
         return 0
-    except C.ConfigError as e:
-        print(f"twophase: error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"twophase: error: {e}{_flag_hint(e.field)}", file=sys.stderr)
         return 2
-    except Exception as e:  # TrainingDiverged, Cancelled, I/O: one line, not a traceback
+    except Exception as e:  # TrainingDiverged, Cancelled: one line, not a traceback
         from .train import Cancelled, TrainingDiverged
 
         if isinstance(e, TrainingDiverged | Cancelled):

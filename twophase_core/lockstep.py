@@ -62,7 +62,7 @@ def stacked(traj: Trajectory) -> Trajectory:
     of SCIENCE.md. The twin's key is derived from the branch's, so every stacked trajectory is still
     a pure function of the config.
     """
-    return Trajectory(traj.run, C._digest({"lockstep": "stack", "of": traj.key}), traj.start, traj._start_state)
+    return Trajectory(traj.run, C.digest({"lockstep": "stack", "of": traj.key}), traj.start, traj._start_state)
 
 
 def control_branch(run: Run, t0: int) -> Trajectory:
@@ -272,7 +272,7 @@ def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[i
         if starts is not None:
             break
     if starts is None:
-        starts = [trajs[k]._start_state() for k in keys]
+        starts = [trajs[k].start_state() for k in keys]
     t = starts[0].t
     every = run.cfg.checkpoint_every
     save_at = {m for m in needed if t <= m <= t_end}

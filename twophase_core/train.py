@@ -22,7 +22,7 @@ from . import config as C
 from .data import BatchSchedule, Dataset, get_dataset
 from .models import build_model, trainable
 from .perturb import perturb_, perturbation_seed
-from .store import Store
+from .store import Store, StoreError
 
 StepCallback = Callable[[int], None]  # called with the number of SGD steps just done
 
@@ -173,7 +173,7 @@ class Run:
         return Trajectory(self, self.key, 0, self.initial)
 
     def branch(self, t0: int, eps: float, mode: str, seed: int) -> Trajectory:
-        key = C._digest({"base": self.key, "t0": t0, "eps": eps, "mode": mode, "seed": seed})
+        key = C.digest({"base": self.key, "t0": t0, "eps": eps, "mode": mode, "seed": seed})
 
         def start() -> State:
             s = self.base().state(t0)
@@ -189,10 +189,24 @@ class Run:
 
 
 class Trajectory:
-    """A run from `start` whose checkpoints live in the store under `key`."""
+    """A run from `start` whose checkpoints live in the store under `key`.
+
+    Checkpoints are a cache: one that is missing or fails its checksum is trained again from the
+    nearest earlier good one (on the CPU, bit for bit the one that was lost). Training holds the
+    store's lock on `key`, so two processes needing the same trajectory train it once: the second
+    waits, then reads what the first wrote.
+    """
 
     def __init__(self, run: Run, key: str, start: int, start_state: Callable[[], State]):
-        self.run, self.key, self.start, self._start_state = run, key, start, start_state
+        self.run, self.key, self.start, self._make_start = run, key, start, start_state
+
+    def start_state(self) -> State:
+        """A fresh copy of the state at `start` (theta_0, or the base checkpoint at t0 plus eps)."""
+        return self._make_start()
+
+    def with_key(self, key: str) -> Trajectory:
+        """The same start state under another checkpoint key (lockstep's stacked twins)."""
+        return Trajectory(self.run, key, self.start, self._make_start)
 
     def steps_needed(self, needed: Iterable[int]) -> int:
         """SGD steps `ensure(needed)` would run now (for progress and ETA)."""
@@ -211,12 +225,26 @@ class Trajectory:
         """Make sure checkpoints exist at every needed iteration, training only what is missing.
 
         Each missing checkpoint is reached from the latest stored one at or before it (or the
-        trajectory's start), so extending a grid trains only the new part.
+        trajectory's start), so extending a grid trains only the new part. Before training, the disk
+        must hold every checkpoint it will write (StoreFull otherwise, with nothing trained).
         """
-        store, run = self.run.store, self.run
+        store = self.run.store
+        needed = sorted(set(needed))
         for m in needed:
             if m < self.start:
                 raise ValueError(f"checkpoint {m} precedes the start {self.start} of trajectory {self.key}")
+        if not set(needed) - set(store.checkpoints(self.key)):
+            return
+        with store.trajectory_lock(self.key, wait=cancel.check if cancel is not None else None):
+            self._train_missing(needed, on_step, cancel)  # another process may have trained them meanwhile
+
+    def _saves(self, missing: list[int], have: set[int]) -> int:
+        every = self.run.cfg.checkpoint_every
+        extra = set(range((self.start // every + 1) * every, missing[-1] + 1, every)) if every else set()
+        return len((set(missing) | extra) - have)
+
+    def _train_missing(self, needed: list[int], on_step: StepCallback | None, cancel: CancelToken | None) -> None:
+        store, run = self.run.store, self.run
         have = set(store.checkpoints(self.key))
         missing = sorted(set(needed) - have)
         if not missing:
@@ -229,7 +257,12 @@ class Trajectory:
                 continue
             best = max([h for h in have if h <= m], default=None)
             if s is None or (best is not None and best > s.t):
+                first = s is None
                 s = self._load_or_start(best)
+                if first:
+                    one = store.checkpoint_bytes(self.key) or len(store.serialize(run.pack(s, None)))
+                    n = self._saves(missing, have)
+                    store.require_space(n * one, f"before training {n} checkpoints of {self.key}")
                 if s.t == m:  # the start itself was asked for
                     store.save_checkpoint(self.key, m, run.pack(s, None))
                     have.add(m)
@@ -245,8 +278,8 @@ class Trajectory:
                     window = torch.stack(buf)
                     finite = torch.isfinite(window)
                     if not bool(finite.all()):
-                        first = s.t - len(buf) + int((~finite).nonzero()[0, 0])
-                        raise TrainingDiverged(first, lr_at(run.cfg, first))
+                        first_bad = s.t - len(buf) + int((~finite).nonzero()[0, 0])
+                        raise TrainingDiverged(first_bad, lr_at(run.cfg, first_bad))
                     last_loss = float(window[-1])
                     buf = []
                     if on_step is not None:
@@ -256,26 +289,27 @@ class Trajectory:
                     have.add(s.t)
 
     def _load_or_start(self, t: int | None) -> State:
-        if t is not None:
+        """The state at stored checkpoint t, or at the nearest earlier good one, or the start."""
+        while t is not None:
             ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
             if ckpt is not None:
                 return self.run.unpack(ckpt)
-            # corrupt: it was dropped; fall back to the one before it
-            earlier = [h for h in self.run.store.checkpoints(self.key) if h < t]
-            return self._load_or_start(max(earlier) if earlier else None)
-        return self._start_state()
+            # missing or corrupt (now dropped): fall back to the one before it
+            t = max((h for h in self.run.store.checkpoints(self.key) if h < t), default=None)
+        return self.start_state()
 
     def state(self, t: int, on_step: StepCallback | None = None, cancel: CancelToken | None = None) -> State:
-        """The state at t (trained now if missing; a corrupt file is recomputed, never used)."""
+        """The state at t (trained now if missing; a missing or corrupt file is recomputed, never used)."""
         for _ in range(2):
             self.ensure([t], on_step, cancel)
             ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
             if ckpt is not None:
                 return self.run.unpack(ckpt)
-        raise RuntimeError(f"checkpoint {t} of {self.key} could not be written and read back")
+        path = self.run.store.checkpoint_path(self.key, t)
+        raise StoreError(f"checkpoint {t} of {self.key} was written twice to {path} but did not read back intact "
+                         "either time: the disk may be failing (see `twophase cache check`)")
 
     def model(self, t: int) -> nn.Module:
         m = self.state(t).model
         m.eval()
         return m
-

@@ -1,0 +1,244 @@
+"""How a setting is described, once: type, bounds, allowed values, help, flag and widget.
+
+Every config field (config.py) is declared with `setting(...)`, which stores a `Spec` in the
+dataclass field's metadata, as open_lth's hparams do. Everything that shows or reads a setting is
+generated from it: the CLI flags and the reproduce command (cli.py), the app's settings form
+(app_settings.py), the README's settings table (`markdown_table`), and the per-field half of
+`config.validate` (`check`). One parser turns text into values for both the CLI and the form
+(`split_list`, `parse_text`), so '0, 100 2ep' means the same everywhere.
+
+Imports neither torch nor Streamlit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# The kinds of value a setting holds; each has one parser, one formatter and one check.
+TYPES = ("choice", "int", "float", "bool", "text", "step", "steps", "ints", "window")
+MAX_INT = 10**9  # iterations, sizes: a sane maximum, far above any real run
+MAX_SEED = 2**32 - 1  # every seed feeds numpy's SeedSequence and torch generators
+MAX_TEXT = 4096
+MAX_LIST = 1000
+_SHOWN = 60  # characters of a bad value echoed back in an error
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the field, the value (cut short) and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}={shown(value)} is invalid: {allowed}")
+
+
+def shown(value: Any) -> str:
+    """repr cut to a sane length: a 100,000-character value is not echoed back whole."""
+    r = repr(value)
+    return r if len(r) <= _SHOWN else f"{r[:_SHOWN - 15]}... ({len(r)} chars)"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a setting is. `lo`/`hi` bound numbers (open ends where `*_open`); `steps` settings are
+    iterations, written as '500', '500it', '2ep' or '2ep50it'; `advanced` settings sit in the form's
+    'more settings' part; `aliases` are extra CLI flags kept for old command lines."""
+
+    type: str
+    help: str
+    label: str = ""
+    choices: tuple[str, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    allow_empty: bool = False
+    advanced: bool = False
+    aliases: tuple[str, ...] = ()
+    hi_text: str = ""  # why the maximum is what it is, for the error message
+
+    def flag(self, name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+
+def setting(default: Any, help: str, type: str, **kw: Any) -> Any:
+    """A dataclass field with its `Spec` in the metadata (the one description of the setting)."""
+    if type not in TYPES:
+        raise ValueError(f"unknown setting type {type!r}")
+    spec = Spec(type=type, help=help, **kw)
+    if isinstance(default, tuple | list):
+        return dataclasses.field(default=tuple(default), metadata={"spec": spec})
+    return dataclasses.field(default=default, metadata={"spec": spec})
+
+
+def spec_of(f: dataclasses.Field) -> Spec:
+    return f.metadata["spec"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps: users think in epochs, the science counts iterations
+
+_STEP = re.compile(r"^\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*(?:it)?)?\s*$")
+STEP_HELP = "iterations ('500' or '500it'), epochs ('2ep') or both ('2ep50it')"
+
+
+def parse_step(text: str | int, iterations_per_epoch: int | None, name: str = "step") -> int:
+    """'2000', '2000it', '80ep', '2ep50it' -> iterations. `iterations_per_epoch` None: epochs are an error."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    s = str(text)
+    m = _STEP.match(s) if len(s) <= 40 else None
+    if not m or (m.group(1) is None and m.group(2) is None):
+        raise ConfigError(name, text, f"write {STEP_HELP}")
+    if m.group(1) is not None and iterations_per_epoch is None:
+        raise ConfigError(name, text, "epochs need the dataset and batch size; write iterations instead")
+    return int(m.group(1) or 0) * (iterations_per_epoch or 0) + int(m.group(2) or 0)
+
+
+def split_list(text: str) -> list[str]:
+    """The one list parser: items separated by commas, semicolons or spaces ('0, 100 2ep;5')."""
+    return [s for s in re.split(r"[,;\s]+", str(text).strip()) if s]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text <-> value
+
+
+def _int(name: str, tok: str) -> int:
+    if not re.fullmatch(r"[+-]?\d{1,30}", tok.strip()):
+        raise ConfigError(name, tok, "must be a whole number, e.g. 3")
+    return int(tok)
+
+
+def _float(name: str, tok: str) -> float:
+    try:
+        v = float(tok.strip())
+    except ValueError:
+        raise ConfigError(name, tok, "must be a number, e.g. 0.1 or 1e-7") from None
+    if not math.isfinite(v):
+        raise ConfigError(name, tok, "must be a finite number")
+    return v
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def parse_text(name: str, spec: Spec, text: Any, iterations_per_epoch: int | None = None) -> Any:
+    """A value of the setting from what a user typed (CLI argument or form field). An empty entry is
+    an error: a cleared field must never fall back to a default silently."""
+    if not isinstance(text, str):  # a widget that already gives the value (checkbox, selectbox)
+        return text
+    s = text.strip()
+    if len(s) > MAX_TEXT:
+        raise ConfigError(name, text, f"is longer than {MAX_TEXT} characters")
+    t = spec.type
+    if t == "text":
+        return s
+    if not s and not (t == "steps" and spec.allow_empty):
+        raise ConfigError(name, text, "empty: give a value (a cleared field does not fall back to a default)")
+    if t == "choice":
+        return s
+    if t == "int":
+        return _int(name, s)
+    if t == "float":
+        return _float(name, s)
+    if t == "bool":
+        if s.lower() in _TRUE:
+            return True
+        if s.lower() in _FALSE:
+            return False
+        raise ConfigError(name, text, "must be true or false")
+    if t == "step":
+        return parse_step(s, iterations_per_epoch, name)
+    items = split_list(s)
+    if len(items) > MAX_LIST:
+        raise ConfigError(name, text, f"at most {MAX_LIST} values")
+    if t == "steps":
+        return tuple(parse_step(x, iterations_per_epoch, name) for x in items)
+    if t == "ints":
+        return tuple(_int(name, x) for x in items)
+    if t == "window":
+        if len(items) != 2:
+            raise ConfigError(name, text, "give two steps: start, end")
+        return tuple(parse_step(x, iterations_per_epoch, name) for x in items)
+    raise AssertionError(t)
+
+
+def format_value(spec: Spec, v: Any) -> str:
+    """The text that `parse_text` reads back as `v` exactly (floats by repr: 0.1 stays 0.1)."""
+    if isinstance(v, tuple | list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-field check (types strictly: no truthy strings, no bools for numbers)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 1e4 else f"{x:g}"
+
+
+def bounds_text(spec: Spec) -> str:
+    """'>= 1 and <= 10,000,000': the allowed range in words, for errors, help and the README."""
+    lo = "" if spec.lo is None else ("> " if spec.lo_open else ">= ") + _num(spec.lo)
+    hi = "" if spec.hi is None else ("< " if spec.hi_open else "<= ") + _num(spec.hi)
+    return " and ".join(x for x in (lo, hi) if x)
+
+
+def _in_bounds(spec: Spec, v: float) -> bool:
+    if spec.lo is not None and (v <= spec.lo if spec.lo_open else v < spec.lo):
+        return False
+    return not (spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi))
+
+
+def check(name: str, spec: Spec, v: Any) -> None:
+    """Raise ConfigError unless `v` has the setting's type and lies within its bounds and choices."""
+    t = spec.type
+    why = f" ({spec.hi_text})" if spec.hi_text else ""
+    if t == "choice":
+        if not isinstance(v, str) or v not in spec.choices:
+            raise ConfigError(name, v, f"choose one of {', '.join(spec.choices)}")
+    elif t in ("int", "step"):
+        if not _is_int(v):
+            raise ConfigError(name, v, "must be a whole number")
+        if not _in_bounds(spec, v):
+            raise ConfigError(name, v, f"must be a whole number {bounds_text(spec)}{why}")
+    elif t == "float":
+        if not (isinstance(v, int | float) and not isinstance(v, bool)) or not math.isfinite(v):
+            raise ConfigError(name, v, "must be a finite number")
+        if not _in_bounds(spec, v):
+            raise ConfigError(name, v, f"must be {bounds_text(spec)}{why}")
+    elif t == "bool":
+        if not isinstance(v, bool):
+            raise ConfigError(name, v, "must be true or false (a bool, not a string)")
+    elif t == "text":
+        if not isinstance(v, str) or len(v) > MAX_TEXT:
+            raise ConfigError(name, v, f"must be text of at most {MAX_TEXT} characters")
+    else:  # steps, ints, window: tuples of whole numbers
+        if not isinstance(v, tuple):
+            raise ConfigError(name, v, "must be a list of whole numbers")
+        if t == "window" and len(v) != 2:
+            raise ConfigError(name, v, "must be two steps: (start, end)")
+        if not v and not spec.allow_empty:
+            raise ConfigError(name, v, "must not be empty: give at least one value")
+        if len(v) > MAX_LIST:
+            raise ConfigError(name, v, f"at most {MAX_LIST} values")
+        for x in v:
+            if not _is_int(x) or not _in_bounds(spec, x):
+                raise ConfigError(name, v, f"every value must be a whole number {bounds_text(spec)}, got {shown(x)}")
+        if t != "window" and len(set(v)) != len(v):
+            raise ConfigError(name, v, "values must be distinct")
