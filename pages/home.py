@@ -38,7 +38,6 @@ with right:
         recs = {kind: jm.submit(preset("demo", kind)) for kind in ("chaos", "cone")}
         for kind, rec in recs.items():
             st.session_state[f"run_{kind}"] = rec.id
-            st.session_state[f"preset_of_{rec.id}"] = "demo"
         ui.open_run("chaos", recs["chaos"].id)
     st.caption("Nothing is downloaded; results are stored, so a second click shows them at once.")
 

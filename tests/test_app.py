@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from twophase_core import config as C
 from twophase_core.experiments import run_experiment
 from twophase_core.jobs import JobManager
 from twophase_core.presets import preset
@@ -175,9 +176,39 @@ def test_link_round_trips_page_and_run(with_results):
     at.switch_page("pages/home.py").run()
     at.switch_page("pages/cone.py").run()
     assert at.query_params.get("run") == rid and rid in _text(at)
-    # a run of another kind in the link is not shown on the wrong page
+    # a run of another kind in the link is not shown on the wrong page, and the page says where it opens
     at2 = _app(page="chaos", run=rid)
-    assert not at2.exception and rid not in _text(at2)
+    assert not at2.exception and f"**Run** `{rid}`" not in _text(at2)
+    assert any("is a Cone Effect run" in w.value for w in at2.warning)
+    assert not at2.get("plotly_chart")
+
+
+def test_malformed_link_says_so(empty):
+    at = _app(page="chaos", run="xyz")
+    assert not at.exception
+    assert any("is not a run id" in w.value for w in at.warning)
+
+
+def test_open_run_fills_the_form_and_a_changed_field_starts_a_new_run(with_results):
+    """Edit and rerun: the form starts from the open run's settings; the old run is kept."""
+    rid = with_results["chaos"]
+    at = _app(page="chaos", run=rid)
+    assert at.selectbox(key="preset_chaos").value == "this run"
+    prefix = f"chaos.{rid}"
+    assert at.text_input(key=f"{prefix}.eps").value == repr(preset("tiny", "chaos").eps)
+    at.text_input(key=f"{prefix}.eps").set_value("1e-6")
+    [run] = [b for b in at.button if b.label == "Run"]
+    jm = JobManager(Store())
+    before = {r.id for r in jm.list()}
+    run.click().run()
+    assert not at.exception and not at.error
+    new = at.query_params.get("run")
+    assert new != rid and new not in before
+    rec = jm.get(new)
+    assert rec.config["eps"] == 1e-6 and {k: v for k, v in rec.config.items() if k != "eps"} == \
+        {k: v for k, v in C.to_dict(preset("tiny", "chaos")).items() if k != "eps"}
+    jm.cancel(new)
+    _stop_workers(Store().root)
 
 
 def test_unknown_run_says_so(empty):
@@ -208,3 +239,31 @@ def test_valid_form_starts_a_job_with_progress_and_cancel(empty):
     [run] = [b for b in at.button if b.label == "Run"]
     run.click().run()
     assert [r.id for r in jm.list()] == [rec.id]
+
+
+def test_the_app_process_never_imports_torch(stored):
+    """Pages only draw: app_common, every page and a drawn result leave torch out of the process."""
+    import subprocess
+    import sys
+
+    root, ids = stored
+    script = f"""
+import sys
+import app_common
+assert 'torch' not in sys.modules, 'app_common imported torch'
+from streamlit.testing.v1 import AppTest
+ids = {ids!r}
+for page in ("home", "chaos", "cone", "linear", "runs"):
+    at = AppTest.from_file({APP!r}, default_timeout=60)
+    at.query_params["page"] = page
+    if page in ids:
+        at.query_params["run"] = ids[page]
+    at.run()
+    assert not at.exception, (page, at.exception)
+    assert 'torch' not in sys.modules, page + ' imported torch'
+print('ok')
+"""
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(root)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180,
+                       cwd=str(Path(APP).parent))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The perturbation eps of the Chaos Effect, in the three modes of SCIENCE.md.
+"""The perturbation eps of the Chaos Effect, in the three modes of docs/science.md.
 
 The paper's "||eps||_0 = 1e-7" cannot be literal, so the mode is a visible option. The noise is
 drawn in float64 on the CPU from its own generator (identical on every device), added in

@@ -2,7 +2,7 @@
 
 `demo` is the embedded default (no download, no GPU, a live demo on a 2-core laptop); its data
 and sizes were chosen by measurement (README, "Choosing the demo"). The CIFAR-10 presets follow
-the paper recipe of SCIENCE.md and are meant for a GPU.
+the paper recipe of docs/science.md and are meant for a GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ TINY = {
     "linear": C.LinearConfig(train=TINY_TRAIN, switch=(0, 30)),
 }
 
-# -- paper scale (SCIENCE.md recipe): CIFAR-10, batch 128, 391 it/epoch, 160 epochs -------------
+# -- paper scale (docs/science.md recipe): CIFAR-10, batch 128, 391 it/epoch, 160 epochs -------------
 IPE = 391
 
 

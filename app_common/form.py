@@ -1,0 +1,100 @@
+"""The settings form, generated from the config specs: one widget per setting of the experiment.
+
+The same specs give the CLI its flags, so the form and the CLI accept the same text ('0, 100 2ep'),
+check it the same way (`config.with_settings`), and name the same field in an error. A choice is a
+selectbox, a bool a checkbox, everything else a text field (a cleared field is an error, never a
+silent default). The form starts from a preset or, when a run is open, from that run's settings:
+change one field, press Run, and the new run starts while the old one stays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from twophase_core import config as C
+from twophase_core.presets import PRESETS, preset
+from twophase_core.settings import Spec, format_value
+
+from .runs import job_manager, open_run
+
+THIS_RUN = "this run"
+COLUMNS = 4
+
+
+def _widget(name: str, spec: Spec, value: Any, key: str) -> Any:
+    label = spec.label or name.replace("_", " ")
+    if spec.type == "choice":
+        opts = list(spec.choices)
+        return st.selectbox(label, opts, index=opts.index(value) if value in opts else 0, key=key, help=spec.help)
+    if spec.type == "bool":
+        return st.checkbox(label, value=bool(value), key=key, help=spec.help)
+    hint = " Steps: 500, 500it, 2ep, 2ep50it." if spec.type in ("step", "steps", "window") else ""
+    hint += " Separate values by commas or spaces." if spec.type in ("steps", "ints") else ""
+    return st.text_input(label, value=format_value(spec, value), key=key, help=spec.help + hint)
+
+
+def _grid(names: list[str], specs: dict[str, tuple[Spec, bool]], values: dict[str, Any], prefix: str,
+          out: dict[str, Any], slots: dict[str, Any]) -> None:
+    """Widgets in rows of COLUMNS, each with an empty slot under it for its error."""
+    for start in range(0, len(names), COLUMNS):
+        cols = st.columns(COLUMNS)
+        for col, name in zip(cols, names[start:start + COLUMNS], strict=False):
+            with col:
+                out[name] = _widget(name, specs[name][0], values[name], f"{prefix}.{name}")
+                slots[name] = st.empty()
+
+
+def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    specs = C.settings_of(C.KINDS[kind])
+    values = C.flat(base)
+    out: dict[str, Any] = {}
+    slots: dict[str, Any] = {}
+    train = [n for n, (s, t) in specs.items() if t and not s.advanced]
+    train_more = [n for n, (s, t) in specs.items() if t and s.advanced]
+    exp = [n for n, (s, t) in specs.items() if not t and not s.advanced]
+    exp_more = [n for n, (s, t) in specs.items() if not t and s.advanced]
+    st.markdown("**Training run**")
+    _grid(train, specs, values, prefix, out, slots)
+    with st.expander("More training settings"):
+        _grid(train_more, specs, values, prefix, out, slots)
+    st.markdown(f"**{ {'chaos': 'Perturbation', 'cone': 'Kernels', 'linear': 'Linearisation'}[kind] }**")
+    _grid(exp, specs, values, prefix, out, slots)
+    if exp_more:
+        with st.expander("More settings"):
+            _grid(exp_more, specs, values, prefix, out, slots)
+    return out, slots
+
+
+def settings_form(kind: str, run_config: Any | None = None, run_id: str | None = None,
+                  expanded: bool = True) -> None:
+    """Preset (or this run's settings) plus the form; Run validates with the engine and queues a job
+    (or attaches to the same settings' job)."""
+    names = ([THIS_RUN] if run_config is not None else []) + list(PRESETS)
+    with st.expander("Settings", expanded=expanded):
+        choice = st.selectbox("Start from", names, key=f"preset_{kind}",
+                              format_func=lambda n: f"this run's settings ({run_id})" if n == THIS_RUN
+                              else f"preset {n}: {PRESETS[n][0]}",
+                              help="fills the form below; change what you like, then Run starts a new run "
+                                   "(the open one is kept)")
+        base = run_config if choice == THIS_RUN else preset(choice, kind)
+        prefix = f"{kind}.{run_id if choice == THIS_RUN else choice}"
+        with st.form(f"form_{kind}", border=False):
+            values, slots = _widgets(kind, base, prefix)
+            general = st.empty()
+            submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
+    if not submitted:
+        return
+    try:
+        cfg = C.with_settings(base, values)
+        rec = job_manager().submit(cfg)
+    except C.ConfigError as e:
+        if e.field in slots:
+            slots[e.field].error(str(e), icon=":material/error:")
+            general.warning(f"Nothing was started: fix **{e.field}** above.", icon=":material/warning:")
+        else:
+            general.error(f"Nothing was started: {e}", icon=":material/error:")
+        return
+    open_run(kind, rec.id, switch=False)
+    st.rerun()

@@ -1,0 +1,84 @@
+"""The shared top of a result page: title, settings form, run header with the job panel, and what to
+look for while nothing is drawn yet. A page calls `page_run` and draws what it returns."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from twophase_core.cli import command_for
+
+from .form import settings_form
+from .job_panel import job_status
+from .runs import KIND_TITLES, PAGE_FILES, RunView, config_of, current_run, load_run, split_run_id
+
+
+def run_header(view: RunView) -> str:
+    """Run id, status, shareable link; returns the `twophase ...` command for this run."""
+    cfg = config_of(view)
+    cmd = command_for(cfg) if cfg is not None else ""
+    status = view.record.status if view.record else ("done" if view.result is not None else "unknown")
+    if view.partial:
+        status = "running (partial result below)"
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        st.markdown(f"**Run** `{view.run_id}` · status **{status}**")
+    with c2:
+        base = (st.context.url or "").rstrip("/")
+        st.caption(f"Link to this view: `{base}?run={view.run_id}`" if base else f"Link: `?run={view.run_id}`")
+    job_status(view)
+    return cmd
+
+
+WAITING = {
+    "chaos": "The base run trains first; then, for each t0, a perturbed copy trains next to it on the same "
+             "minibatches. The heatmaps appear with the first finished cells (smallest t0 first) and fill in "
+             "as the run goes on. "
+             "What to look for: copies perturbed early end up apart (bright cells), copies perturbed late stay "
+             "together (dark cells).",
+    "cone": "The base run trains and the kernel is computed at every checkpoint; the figures appear when all "
+            "kernels are done. What to look for: the kernel first moves fast and far from H(theta_0), then "
+            "slowly, inside a narrow cone.",
+    "linear": "The base run trains, then one linearised model per switch time t; points appear one by one. "
+              "What to look for: switching early costs accuracy, switching late much less.",
+}
+
+
+def waiting_hint(view: RunView) -> None:
+    """What is being computed and what to look for, while there is nothing to draw yet."""
+    if view.record is None:
+        st.warning(f"No run or stored result called `{view.run_id}` in this store: it may have been deleted, "
+                   "or computed with another store (TWOPHASE_CACHE_DIR).", icon=":material/search_off:")
+        st.page_link(PAGE_FILES["runs"], label="See every run", icon=":material/list:")
+    elif not view.record.finished:
+        st.info(WAITING[view.kind], icon=":material/hourglass_top:")
+
+
+def no_run_yet(kind: str) -> None:
+    st.info(f"No {KIND_TITLES[kind]} run open yet. Pick a preset under Settings and press **Run**, "
+            "or go Home and press **Run the demo**.", icon=":material/info:")
+
+
+def page_run(kind: str, title: str, caption: str) -> tuple[RunView, str]:
+    """The shared top of a result page: title, settings form, run header; stops until a result exists."""
+    st.title(title)
+    st.caption(caption)
+    run_id, problem = current_run(kind)
+    view = load_run(kind, run_id) if run_id else None
+    settings_form(kind, run_config=config_of(view) if view else None, run_id=run_id, expanded=run_id is None)
+    if problem:
+        bad = st.query_params.get("run", "")
+        parsed = split_run_id(bad)
+        st.warning(f"This link names no {KIND_TITLES[kind]} run: {problem}", icon=":material/link_off:")
+        if parsed is not None:
+            st.page_link(PAGE_FILES[parsed[0]], label=f"Open it on the {KIND_TITLES[parsed[0]]} page",
+                         query_params={"run": bad}, icon=":material/open_in_new:")
+        st.page_link(PAGE_FILES["runs"], label="See every run", icon=":material/list:")
+        st.stop()
+    if view is None:
+        no_run_yet(kind)
+        st.stop()
+    cmd = run_header(view)
+    if view.result is None:
+        waiting_hint(view)
+        st.stop()
+    return view, cmd

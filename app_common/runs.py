@@ -1,0 +1,109 @@
+"""Which run a page shows, and the process-wide job manager.
+
+A run is named by its job id, `<kind>-<config hash>`. The page's run comes from the shareable
+`?run=` query parameter, else from this user's last run of that kind (session state). A link that
+names a malformed id, or a run of another kind, is not silently ignored: `current_run` says why.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from twophase_core import config as C
+from twophase_core.jobs import JobManager, JobRecord
+from twophase_core.results import Result, load_result
+from twophase_core.store import Store, default_root
+
+KINDS = tuple(C.KINDS)
+PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",
+              "linear": "pages/linear.py", "runs": "pages/runs.py"}
+KIND_TITLES = {"chaos": "Chaos Effect", "cone": "Cone Effect", "linear": "Linearised training"}
+POLL_S = 1.0
+
+
+@st.cache_resource(show_spinner=False)
+def _job_manager(root: str) -> JobManager:
+    return JobManager(Store(root))
+
+
+def job_manager() -> JobManager:
+    """One manager per store root (a changed TWOPHASE_CACHE_DIR gets its own)."""
+    return _job_manager(str(default_root()))
+
+
+def split_run_id(run_id: str) -> tuple[str, str] | None:
+    """(kind, hash) of a well-formed run id, else None."""
+    kind, _, h = run_id.partition("-")
+    if kind not in KINDS or not re.fullmatch(r"[0-9a-f]{8,64}", h):
+        return None
+    return kind, h
+
+
+def current_run(kind: str) -> tuple[str | None, str | None]:
+    """(run id to show, problem with the link): the link's run if it is one of this kind, else this
+    user's last run of the kind. A bad link is reported, never silently replaced."""
+    rid = st.query_params.get("run")
+    if rid:
+        parsed = split_run_id(rid)
+        if parsed is None:
+            return None, f"`{rid[:80]}` is not a run id (they look like `{kind}-` followed by 20 hex digits)."
+        if parsed[0] != kind:
+            return None, (f"`{rid}` is a {KIND_TITLES[parsed[0]]} run; it opens on the "
+                          f"{KIND_TITLES[parsed[0]]} page.")
+        st.session_state[f"run_{kind}"] = rid
+        return rid, None
+    rid = st.session_state.get(f"run_{kind}")
+    if rid:
+        st.query_params["run"] = rid
+    return rid, None
+
+
+def open_run(kind: str, run_id: str, switch: bool = True) -> None:
+    """Show `run_id` on its page (sets the URL and this user's last run of that kind)."""
+    st.session_state[f"run_{kind}"] = run_id
+    if switch:
+        st.switch_page(PAGE_FILES[kind], query_params={"run": run_id})
+    st.query_params["run"] = run_id
+
+
+@dataclass
+class RunView:
+    run_id: str
+    kind: str
+    record: JobRecord | None
+    result: Result | None
+    partial: bool
+
+
+def load_run(kind: str, run_id: str) -> RunView:
+    """The record of a job (if it was a job) and its result: final if stored, else the latest partial."""
+    jm = job_manager()
+    parsed = split_run_id(run_id)
+    rec = jm.get(run_id)
+    res, partial = None, False
+    if parsed is not None:
+        res = load_result(jm.store, parsed[0], parsed[1])
+        if res is None and rec is not None and not rec.finished:
+            res = jm.partial(run_id)
+            partial = res is not None
+    return RunView(run_id, kind, rec, res, partial)
+
+
+def config_of(view: RunView) -> Any | None:
+    """The typed config of a run: from its result, else from its job record."""
+    d = view.result.config if view.result is not None else view.record.config if view.record else None
+    if d is None:
+        return None
+    try:
+        return C.from_dict(C.KINDS[view.kind], d)
+    except C.ConfigError:  # a record from an older schema: show it, but it cannot fill the form
+        return None
+
+
+def fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""

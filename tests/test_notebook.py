@@ -1,0 +1,68 @@
+"""The README's notebook example runs as written, and the notebook API's promises hold."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_notebook_example_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- notebook:start -->", 1)[1].split("<!-- notebook:end -->", 1)[0]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    env = {"TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=tmp_path)  # another folder: the package, not the working directory, finds things
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "t1" in r.stdout and "t0" in r.stdout  # the pivot table was printed
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_importing_the_package_does_not_load_torch():
+    code = "import sys, twophase_core; from twophase_core import preset, ChaosConfig, Store, Result; " \
+           "print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_default_store_is_the_same_from_any_folder(tmp_path, monkeypatch):
+    from twophase_core.store import default_root
+
+    monkeypatch.delenv("TWOPHASE_CACHE_DIR", raising=False)
+    here = default_root()
+    monkeypatch.chdir(tmp_path)
+    assert default_root() == here == ROOT / "cache"
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "x"))
+    assert default_root() == tmp_path / "x"
+
+
+def test_chaos_dataframe_matches_the_arrays(store):
+    from twophase_core import preset, run_chaos
+
+    r = run_chaos(preset("tiny", "chaos"), store)
+    df = r.to_dataframe()
+    a = r.arrays
+    t0s, t1s = list(a["t0"]), list(a["t1"])
+    assert list(df.columns[:6]) == ["seed", "t0", "t1", "C", "B", "D"]
+    assert len(df) == sum(t1 > t0 for t0 in t0s for t1 in t1s) * len(a["seeds"])
+    for row in df.itertuples():
+        i, j = t0s.index(row.t0), t1s.index(row.t1)
+        assert row.C == a["C"][0, i, j] and row.B == a["B"][0, i, j] and row.D == a["D"][0, i, j]
+    assert not np.isnan(df[["C", "B", "D"]].to_numpy()).any()
+
+
+def test_cone_and_linear_dataframes(store):
+    from twophase_core import preset, run_cone, run_linear
+
+    cone = run_cone(preset("tiny", "cone"), store)
+    df = cone.to_dataframe()
+    m = len(cone.arrays["iters"])
+    assert list(df.columns) == ["t_i", "t_j", "S", "G"] and len(df) == m * m
+    assert np.array_equal(df["S"].to_numpy().reshape(m, m), cone.arrays["S"])
+    lin = run_linear(preset("tiny", "linear"), store).to_dataframe()
+    assert list(lin["switch"]) == sorted(preset("tiny", "linear").switch)
+    assert lin["acc_linear"].between(0, 1).all()
