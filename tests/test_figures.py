@@ -165,3 +165,112 @@ def test_log_colour_keeps_exact_zeros_visible(results):
     h = F.cone_S_heatmap(results["cone"].arrays, log=True).data[0]  # S is 0 on the diagonal
     z = np.asarray(h.z, dtype=float)
     assert h.colorbar.ticktext[0] == "0" and np.all(np.diag(z) == z.min()) and np.isfinite(z).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The transition figure and the error bands (synthetic replicates: no training needed)
+
+
+def _falling_group(label, t_mid, replicates=5, seed=0):
+    """Replicates of log C falling from -3 to -12 around t_mid, with zeros late for B."""
+    t0 = np.array([0, 5, 10, 20, 40, 80, 160, 320])
+    u = np.log1p(t0)
+    rng = np.random.default_rng(seed)
+    logc = -12 + 9 / (1 + np.exp((u - np.log1p(t_mid)) / 0.5))
+    C = np.exp(logc[None] + rng.normal(0, 0.7, (replicates, t0.size)))
+    B = np.where(t0[None] < t_mid, 0.1 * C, 0.0)
+    return {"label": label, "t0": t0, "values": {"C": C, "B": B}}
+
+
+def test_transition_figure_draws_means_bands_and_t_star():
+    from twophase_core.transition import estimate_transition
+
+    g = _falling_group("lr=0.1", 30.0)
+    fig = F.transition_figure([g], "C", n_boot=200)
+    names = [tr.name for tr in fig.data]
+    mean = fig.data[names.index("lr=0.1")]
+    C = g["values"]["C"]
+    assert np.allclose(mean.x, 1 + g["t0"]) and np.allclose(mean.y, np.exp(np.log(C).mean(axis=0)))
+    band = fig.data[names.index("lr=0.1: 95% band")]
+    n = g["t0"].size
+    hi, lo = np.asarray(band.y[:n]), np.asarray(band.y[n:])[::-1]
+    assert np.all(lo <= mean.y) and np.all(mean.y <= hi) and np.all(lo >= C.min(axis=0)) and np.all(hi <= C.max(0))
+    tr = estimate_transition(g["t0"], C, n_boot=200)
+    line = next(t for t in fig.data if t.name.startswith("lr=0.1: t* ="))
+    assert np.allclose(line.x, [1 + tr.t_star] * 2)
+    shade = fig.data[names.index("lr=0.1: 95% interval of t*")]
+    assert min(shade.x) == pytest.approx(1 + tr.ci_low) and max(shade.x) == pytest.approx(1 + tr.ci_high)
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.ticktext) == [str(t) for t in g["t0"]]
+    assert list(fig.layout.xaxis.tickvals) == [1 + t for t in g["t0"]] and "1 + t" in fig.layout.xaxis.title.text
+    reps = fig.data[names.index("lr=0.1: replicates")]
+    assert len(reps.x) == C.size
+
+
+def test_transition_figure_overlays_groups_and_tables_them():
+    settings = [(0.05, 15.0), (0.1, 30.0), (0.2, 60.0)]
+    groups = [_falling_group(f"lr={lr}", t, seed=k) for k, (lr, t) in enumerate(settings)]
+    fig = F.transition_figure(groups, "C", n_boot=200)
+    means = [tr for tr in fig.data if tr.name in ("lr=0.05", "lr=0.1", "lr=0.2")]
+    assert len(means) == 3 and len({tr.line.color for tr in means}) == 3
+    table = F.transition_summary_table(groups, ("C",), n_boot=200)
+    assert table["group"] == ["lr=0.05", "lr=0.1", "lr=0.2"] and all(table["found"])
+    assert table["t_star"] == sorted(table["t_star"])  # the later the fall, the later t*
+    for lo, t, hi in zip(table["ci_low"], table["t_star"], table["ci_high"], strict=True):
+        assert lo < t < hi
+    back = F.from_csv(F.to_csv(table))
+    assert back["t_star"] == table["t_star"] and back["reason"] == [None] * 3
+    curve = F.transition_curve_table(groups, "C", n_boot=200)
+    assert F.table_rows(curve) == 3 * 8 and set(curve["group"]) == {"lr=0.05", "lr=0.1", "lr=0.2"}
+    j = json.loads(F.to_json(curve))
+    assert j["columns"] == ["group", "t0", "replicates", "mean", "band_low", "band_high", "fit"]
+
+
+def test_transition_figure_with_zeros_given_estimates_and_none_found():
+    from twophase_core.transition import estimate_transition
+
+    g = _falling_group("zeros", 30.0)
+    B = g["values"]["B"]
+    fig = F.transition_figure([g], "B", n_boot=200)
+    mean = next(tr for tr in fig.data if tr.name == "zeros")
+    floor = B[B > 0].min() / 10  # zeros drawn where the estimator puts them
+    assert np.allclose(mean.y, np.exp(np.log(np.where(B == 0, floor, B)).mean(axis=0)))
+    # an estimate given as the sweep JSON's dict is drawn as is; None (none found) draws no t*
+    given = estimate_transition(g["t0"], g["values"]["C"], n_boot=50, seed=3)
+    g2 = {**g, "transitions": {"C": given.to_dict(), "B": None}}
+    fig = F.transition_figure([g2], "C")
+    line = next(t for t in fig.data if t.name.startswith("zeros: t* ="))
+    assert line.x[0] == pytest.approx(1 + given.t_star)
+    assert not any("t* =" in (t.name or "") for t in F.transition_figure([g2], "B").data)
+    one = {**g, "values": {"C": g["values"]["C"][:1]}}  # one replicate: curve drawn, no t*
+    t = F.transition_summary_table([g2, one], ("C",), n_boot=50)
+    assert t["found"] == [True, False] and "replicate" in t["reason"][1]
+    assert F.transition_summary_table([g2], ("B",))["reason"] == ["not found"]
+    assert not any("t* =" in (tr.name or "") for tr in F.transition_figure([one], "C").data)
+
+
+def test_chaos_sections_band_mean_and_band_per_t0():
+    rng = np.random.default_rng(1)
+    t0, t1 = np.array([0, 20, 50]), np.array([30, 60, 100])
+    reps = []
+    for _ in range(4):
+        a = {"t0": t0, "t1": t1}
+        for k in ("C", "B", "D"):
+            v = rng.uniform(0.1, 1.0, (2, 3, 3))  # two perturbation seeds per replicate
+            v[:, t1[None, :] <= t0[:, None]] = np.nan
+            a[k] = v
+        reps.append(a)
+    st = F.stack_replicates(reps)
+    assert st["C"].shape == (4, 3, 3) and np.allclose(st["C"][2], reps[2]["C"].sum(axis=0) / 2, equal_nan=True)
+    fig = F.chaos_sections_band(st, "C", n_boot=200)
+    lines = [tr for tr in fig.data if not tr.name.endswith("band")]
+    assert [tr.name for tr in lines] == ["t0=0", "t0=20", "t0=50"]
+    for i, tr in enumerate(lines):
+        ok = t1 > t0[i]
+        assert list(tr.x) == t1[ok].tolist() and np.allclose(tr.y, st["C"][:, i, ok].mean(axis=0))
+        lo, hi = np.asarray(tr.customdata)[:, 0], np.asarray(tr.customdata)[:, 1]
+        assert np.all(lo <= tr.y) and np.all(tr.y <= hi)
+    table = F.chaos_sections_band_table(st, "C", n_boot=200)
+    assert F.table_rows(table) == int(np.sum(t1[None, :] > t0[:, None])) and set(table["replicates"]) == {4}
+    assert F.chaos_sections_band(st, "C", log=True).layout.yaxis.type == "log"
+    with pytest.raises(ValueError):
+        F.stack_replicates([reps[0], {**reps[1], "t1": t1 + 1}])

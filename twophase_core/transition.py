@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,12 @@ class Transition:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain floats and ints, None for missing; inf (no replicate noise) as None."""
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Transition:
+        """Inverse of `to_dict` (keys it does not know are ignored, so a sweep JSON entry reads back)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def transition_json(estimates: Mapping[str, Transition]) -> dict[str, Any]:
