@@ -69,9 +69,9 @@ def test_tiny_total_norm_is_recorded_as_realized_after_the_cast(store):
 
 
 def test_divergence_names_the_iteration_and_keeps_checkpoints(store):
-    cfg = dataclasses.replace(T, model="mlp", lr=1e4, checkpoint_every=1, augment=False)
+    cfg = dataclasses.replace(T, model="mlp", lr=100.0, checkpoint_every=1, augment=False)
     run = Run(cfg, store)
-    with pytest.raises(TrainingDiverged, match=r"iteration \d+ \(lr=10000\).*lower lr") as e:
+    with pytest.raises(TrainingDiverged, match=r"iteration \d+ \(lr=100\).*lower lr") as e:
         run.base().ensure([40])
     assert e.value.iteration >= 1
     kept = store.checkpoints(cfg.trajectory_key())

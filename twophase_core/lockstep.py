@@ -36,6 +36,7 @@ Cost (per stacked step, K copies, P parameters, A activation memory of one copy 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import time
@@ -62,7 +63,7 @@ def stacked(traj: Trajectory) -> Trajectory:
     of SCIENCE.md. The twin's key is derived from the branch's, so every stacked trajectory is still
     a pure function of the config.
     """
-    return Trajectory(traj.run, C.digest({"lockstep": "stack", "of": traj.key}), traj.start, traj._start_state)
+    return traj.with_key(C.digest({"lockstep": "stack", "of": traj.key}))
 
 
 def control_branch(run: Run, t0: int) -> Trajectory:
@@ -260,10 +261,22 @@ def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[i
     for b in twins + ([control_branch(run, t0)] if include_control else []):
         trajs.setdefault(b.key, b)
     keys = list(trajs)
+    if not any(set(needed) - set(run.store.checkpoints(k)) for k in keys):
+        return twins
+    with contextlib.ExitStack() as locks:  # every copy's lock, in one order: another process waits, then reads
+        for k in sorted(keys):
+            locks.enter_context(run.store.trajectory_lock(k, wait=cancel.check if cancel is not None else None))
+        _train_missing_stacked(run, trajs, keys, needed, on_step, cancel)
+    return twins
+
+
+def _train_missing_stacked(run: Run, trajs: dict[str, Trajectory], keys: list[str], needed: list[int],
+                           on_step: StepCallback | None, cancel: CancelToken | None) -> None:
+    """The body of `ensure_branches_stacked`, run with every copy's trajectory lock held."""
     have = [set(run.store.checkpoints(k)) for k in keys]
     missing = set().union(*(set(needed) - h for h in have))
     if not missing:
-        return twins
+        return
     first, t_end = min(missing), max(missing)
     common = sorted((h for h in set.intersection(*have) if h <= first), reverse=True)
     starts: list[State] | None = None
@@ -281,7 +294,6 @@ def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[i
     if every:
         save_at |= set(range((t // every + 1) * every, t_end + 1, every))
     train_stacked(run, starts, t_end, sorted(save_at), keys, on_step, cancel)
-    return twins
 
 
 # ---------------------------------------------------------------------------------------------

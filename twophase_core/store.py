@@ -1,27 +1,51 @@
 """The result store: keys and blobs, nothing about experiments.
 
-A diskcache `Cache` (eviction policy 'none': a result is never silently dropped) holds results,
-job records and checkpoint checksums; checkpoints are files next to it, written atomically
-(temp file + rename) and loaded with `weights_only=True`. Every blob carries its sha256: an
-entry that fails the check, or does not parse, is deleted and reported missing, so the caller
-recomputes it and never shows it.
+Layout under `root`:
+- `index/`: a diskcache `Cache` (eviction policy 'none': a result is never silently dropped) holding
+  results, partial results and job records as checksummed records. Its `SafeDisk` never unpickles:
+  a record is framed as bytes (magic, its key, its sha256, the blob), checked before anything parses
+  it, and final results always live in their own files, so a lost or damaged `cache.db` can be
+  rebuilt from them. A pickled entry (planted, or from an older version) is refused unread.
+- `runs/<trajectory key>/t<iteration>.pt`: checkpoints, one file each, written atomically (temp file +
+  rename) with their sha256 in a header, so each verifies without the index; loaded with
+  `weights_only=True`. `runs/<key>/.lock` serialises training of one trajectory across processes.
+- `.reserve`: 1 MiB kept free for the last words of a job that hits a full disk.
+
+Every blob is verified before use: one that fails its check, or does not parse, is deleted and
+reported missing, so the caller recomputes it and never shows it. A damaged index is moved aside
+(`index.damaged-<time>-<pid>/`, never emptied in place) and rebuilt from what verifies on disk.
+Nothing here imports torch at module level: the app's process reads results without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import diskcache
 import numpy as np
+from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, UNKNOWN
 
 ENV = "TWOPHASE_CACHE_DIR"
+CKPT_MAGIC = b"TPCKPT1\n"  # then the 32-byte sha256 of the payload, then torch.save bytes
+REC_MAGIC = b"TPREC1\n"  # then a 4-byte header length, the JSON header {key, sha}, then the blob
+FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their size: they survive the db
+RESERVE_BYTES = 1 << 20
+ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
+LOCK_POLL_S = 0.1
 
 
 def default_root() -> Path:
@@ -38,6 +62,58 @@ def default_root() -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / "twophase_core").is_dir():
         return checkout / "cache"
     return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twophase").resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store has no room: named with its root and its free space."""
+
+    def __init__(self, root: Path, doing: str, needed: int | None = None):
+        self.root, self.free, self.needed = root, free_bytes(root), needed
+        need = f"; it needs about {human(needed)}" if needed else ""
+        super().__init__(f"the disk holding the store {root} is full ({human(self.free)} free) {doing}{need}; "
+                         "free some space (or `twophase cache clear`) and try again")
+
+
+class StoreDamaged(StoreError):
+    """The index cannot be read and was not repaired (the store was opened with heal=False)."""
+
+
+class UnsafeEntry(ValueError):
+    """An index entry that would need unpickling (or points outside the index): refused unread."""
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def free_bytes(path: str | Path) -> int:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return 0
+
+
+def _is_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
 
 
 def _sha(b: bytes) -> str:
@@ -57,22 +133,351 @@ def unpack_arrays(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-class Store:
-    """Checksummed blobs in diskcache plus checkpoint files under `root`/runs."""
+# ---------------------------------------------------------------------------------------------
+# Framing: records and checkpoints that verify by themselves
 
-    def __init__(self, root: str | Path | None = None):
+
+def frame_record(key: str, sha: str, blob: bytes) -> bytes:
+    head = json.dumps({"key": key, "sha": sha}).encode()
+    return REC_MAGIC + len(head).to_bytes(4, "big") + head + blob
+
+
+def unframe_record(data: bytes) -> tuple[str, str, bytes]:
+    """(key, sha, blob) of a framed record; ValueError if it is not one. The sha is not checked here."""
+    if not data.startswith(REC_MAGIC) or len(data) < len(REC_MAGIC) + 4:
+        raise ValueError("not a framed record")
+    n = int.from_bytes(data[len(REC_MAGIC):len(REC_MAGIC) + 4], "big")
+    start = len(REC_MAGIC) + 4
+    head = json.loads(data[start:start + n].decode())
+    if not (isinstance(head, dict) and isinstance(head.get("key"), str) and isinstance(head.get("sha"), str)):
+        raise ValueError("bad record header")
+    return head["key"], head["sha"], data[start + n:]
+
+
+def frame_checkpoint(payload: bytes) -> bytes:
+    return CKPT_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def verify_checkpoint(data: bytes) -> bytes | None:
+    """The torch payload of a framed checkpoint if its checksum holds, else None."""
+    n = len(CKPT_MAGIC)
+    if not data.startswith(CKPT_MAGIC) or len(data) < n + 32:
+        return None
+    payload = data[n + 32:]
+    return payload if hashlib.sha256(payload).digest() == data[n:n + 32] else None
+
+
+class UnsafeKey(bytes):
+    """A key diskcache stored pickled: never unpickled, only skipped or deleted."""
+
+
+class SafeDisk(diskcache.Disk):
+    """diskcache serialisation that never unpickles.
+
+    Keys are strings; values are str, int, float, bytes or a checksummed record `{"sha", "blob"}`
+    (framed as bytes with its key, in the database or, for `FILE_PREFIXES` and anything large, in a
+    file of its own). A pickled value or key found on disk raises `UnsafeEntry` / comes back as an
+    `UnsafeKey` instead of being loaded, and a file name pointing outside the index is refused.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"store keys are strings, not {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            return UnsafeKey(bytes(key))
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
+        if type(value) is dict and set(value) == {"sha", "blob"}:
+            data = frame_record(key if type(key) is str else "", str(value["sha"]), bytes(value["blob"]))
+            if (type(key) is str and key.startswith(FILE_PREFIXES)) or len(data) >= self.min_file_size:
+                filename, full_path = self.filename(key, data)
+                self._write(full_path, io.BytesIO(data), "xb")
+                return len(data), MODE_BINARY, filename, None
+            return 0, MODE_RAW, None, sqlite3.Binary(data)
+        if type(value) in (str, int, float, bytes) and not read:
+            return super().store(value, read, key)
+        raise TypeError(f"the store keeps strings, numbers, bytes and checksummed records, not {type(value).__name__}")
+
+    def _inside(self, filename: str) -> str:
+        full = os.path.realpath(os.path.join(self._directory, filename))
+        if not full.startswith(os.path.realpath(self._directory) + os.sep):
+            raise UnsafeEntry(f"an index entry points outside the index: {filename!r}")
+        return full
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == MODE_PICKLE:
+            raise UnsafeEntry("a pickled entry (the store never unpickles)")
+        if filename is not None:
+            self._inside(filename)
+        out = super().fetch(mode, filename, value, read)
+        if type(out) is bytes and out.startswith(REC_MAGIC):
+            _, sha, blob = unframe_record(out)
+            return {"sha": sha, "blob": blob}
+        return out
+
+    def remove(self, file_path: str) -> None:
+        try:
+            self._inside(file_path)
+        except UnsafeEntry:
+            return
+        super().remove(file_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks: one per trajectory (training) and one per store root (opening, repairing, clearing)
+
+_HELD: dict[str, list[Any]] = {}  # path -> [fd, depth]: flock is per open file, so re-entry is counted here
+_HELD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive flock on `path`, re-entrant within this process; `wait()` is called while blocked.
+
+    The kernel drops a flock when its holder dies (kill -9 included), so a dead holder never blocks.
+    `wait` may raise (a cancel) to give up waiting.
+    """
+    key = str(path)
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+    if held is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if wait is not None else 0))
+                    break
+                except BlockingIOError:
+                    wait()  # type: ignore[misc]
+                    time.sleep(LOCK_POLL_S)
+        except BaseException:
+            os.close(fd)
+            raise
+        with _HELD_LOCK:
+            _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _HELD_LOCK:
+            entry = _HELD[key]
+            entry[1] -= 1
+            done = entry[1] == 0
+            if done:
+                del _HELD[key]
+        if done:
+            os.close(entry[0])  # closing the descriptor releases the flock
+
+
+def is_locked(path: Path) -> bool:
+    """Another process holds a flock on `path` (a live writer or trainer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class Store:
+    """Checksummed records in a diskcache index plus self-verifying checkpoint files under `root`/runs.
+
+    With `heal` (the default) opening removes temp files left by killed writers and moves a damaged
+    index aside and rebuilds it; with `heal=False` nothing is changed (for `check`), and anything
+    needing a damaged index raises `StoreDamaged`. If the index file is replaced or deleted under a live
+    Store (a repair or clear by another process, a user's `rm`), the next access reopens the new one;
+    `index_id()` lets a job notice that its index changed while it ran.
+    """
+
+    def __init__(self, root: str | Path | None = None, heal: bool = True):
         self.root = Path(root) if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.cache = diskcache.Cache(str(self.root / "index"), eviction_policy="none", timeout=60)
+        self.index_dir = self.root / "index"
+        self.db_path = self.index_dir / "cache.db"
+        self.problem: str | None = None  # why the index could not be used (heal=False only)
+        self.healed: dict[str, Any] | None = None  # what opening repaired
+        self._cache: diskcache.Cache | None = None
+        self._ident: tuple[int, int] | None = None
+        self._reopen_lock = threading.RLock()
+        with self._root_lock():
+            self.cleaned = self._clean_orphans() if heal else {"files": 0, "bytes": 0}
+            problem = self._index_problem()
+            if problem is not None and heal:
+                self.healed = self._rebuild(problem)
+            elif problem is not None:
+                self.problem = problem
+            else:
+                self._open()
+        self._keep_reserve()
+
+    # -- the index ----------------------------------------------------------------------------
+    def _root_lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / ".lock")
+
+    def _open(self) -> None:
+        """Open (or create) the index; a full disk gives up the reserve once before reporting."""
+        for attempt in range(2):
+            try:
+                self._cache = diskcache.Cache(str(self.index_dir), eviction_policy="none", timeout=60,
+                                              disk=SafeDisk)
+                break
+            except (OSError, sqlite3.OperationalError) as e:
+                if not _is_full(e):
+                    raise
+                if attempt or not self.release_reserve():
+                    raise StoreFull(self.root, "opening its index") from e
+        self._ident = self._db_ident()
+        self.problem = None
+
+    def _db_ident(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.db_path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def index_id(self) -> tuple[int, int] | None:
+        """Identity (device, inode) of the index file now on disk; None if it is gone."""
+        return self._db_ident()
+
+    @property
+    def cache(self) -> diskcache.Cache:
+        """The index, reopened first if its file was replaced or deleted since it was opened."""
+        with self._reopen_lock:
+            if self._cache is None and self.problem is None:
+                with self._root_lock():
+                    self._open()  # not opened yet (a clear() on a full disk left it for later)
+            if self._cache is None:
+                raise StoreDamaged(f"the store index {self.db_path} is damaged ({self.problem}); "
+                                   "run `twophase cache repair` (it is moved aside and rebuilt)")
+            if self._db_ident() != self._ident:
+                old, self._cache = self._cache, None
+                try:
+                    with self._root_lock():
+                        problem = self._index_problem()
+                        if problem is not None:
+                            self.healed = self._rebuild(problem)
+                        else:
+                            self._open()
+                finally:  # closed last: while its file is held open, a new index never reuses its inode
+                    with contextlib.suppress(Exception):
+                        old.close()
+            return self._cache  # type: ignore[return-value]
+
+    def _index_problem(self) -> str | None:
+        """Why the index on disk cannot be trusted, or None (also None when there is none yet)."""
+        db = self.db_path
+        if not db.exists():
+            leftovers = list(self.index_dir.rglob("*.val")) if self.index_dir.is_dir() else []
+            return f"cache.db is missing but {len(leftovers)} entry files remain" if leftovers else None
+        try:
+            size = db.stat().st_size
+            wal = db.with_name("cache.db-wal")
+            if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+                return "cache.db is empty (0 bytes): cut short"
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
+            try:
+                rows = con.execute("PRAGMA quick_check").fetchall()
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            return f"{type(e).__name__}: {e}"
+        except OSError as e:
+            return f"cannot read cache.db: {e}"
+        if rows != [("ok",)]:
+            return "quick_check: " + "; ".join(str(r[0]) for r in rows[:3])
+        if tables and not {"Cache", "Settings"} <= tables:
+            return f"cache.db is not a store index (tables {sorted(tables)})"
+        return None
+
+    def _rebuild(self, problem: str) -> dict[str, Any]:
+        """Move the index aside and rebuild it from what verifies there: records in readable rows and
+        in entry files (each carries its key and checksum). Checkpoints need nothing: they verify by
+        themselves. Called with the root lock held."""
+        if self._cache is not None:
+            with contextlib.suppress(Exception):
+                self._cache.close()
+            self._cache = None
+        aside = self.root / f"index.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        if self.index_dir.exists():
+            os.rename(self.index_dir, aside)
+        self._open()
+        report: dict[str, Any] = {"problem": problem, "moved_aside": str(aside) if aside.exists() else None,
+                                  "recovered": 0, "unverifiable": 0, "refused_pickles": 0}
+        if not aside.exists():
+            return report
+        got: dict[str, tuple[str, bytes] | str] = {}
+        rows, read_error = _salvage_rows(aside / "cache.db")
+        for key, raw, mode, value in rows:
+            if not raw or mode == MODE_PICKLE:
+                report["refused_pickles"] += 1
+            elif mode == MODE_RAW and isinstance(value, str) and key.startswith("ckpt/"):
+                got[key] = value  # a checksum of an older checkpoint file (verified again on load)
+            elif mode == MODE_RAW and isinstance(value, bytes):
+                try:
+                    k, sha, blob = unframe_record(value)
+                except ValueError:
+                    report["unverifiable"] += 1
+                    continue
+                if _sha(blob) == sha and k in (key, ""):
+                    got[key] = (sha, blob)
+                else:
+                    report["unverifiable"] += 1
+        for f in sorted(aside.rglob("*.val")):
+            try:
+                k, sha, blob = unframe_record(f.read_bytes())
+            except (OSError, ValueError):
+                report["unverifiable"] += 1
+                continue
+            if k and _sha(blob) == sha:
+                got.setdefault(k, (sha, blob))
+            else:
+                report["unverifiable"] += 1
+        for key, val in got.items():
+            self._set(key, val if isinstance(val, str) else {"sha": val[0], "blob": val[1]})
+        report["recovered"] = len(got)
+        if read_error:
+            report["read_error"] = read_error
+        return report
+
+    def _set(self, key: str, value: Any) -> None:
+        """cache.set that reports a full disk as StoreFull (after giving up the reserve once)."""
+        for attempt in range(2):
+            try:
+                self.cache.set(key, value)
+                return
+            except (OSError, sqlite3.OperationalError) as e:
+                if not _is_full(e):
+                    raise
+                if attempt or not self.release_reserve():
+                    raise StoreFull(self.root, f"writing {key}") from e
 
     # -- blobs ------------------------------------------------------------------------------
     def put_blob(self, key: str, blob: bytes) -> None:
-        self.cache.set(key, {"sha": _sha(blob), "blob": blob})
+        self._set(key, {"sha": _sha(blob), "blob": blob})
 
     def get_blob(self, key: str) -> bytes | None:
         try:
             rec = self.cache.get(key)
-        except Exception:  # unpicklable record: corrupt
+        except (StoreError, sqlite3.DatabaseError):
+            raise
+        except Exception:  # noqa: BLE001 - pickled, malformed or unreadable: corrupt, drop it
             self.cache.delete(key)
             return None
         if rec is None:
@@ -104,7 +509,7 @@ class Store:
             return None
         try:
             return unpack_arrays(b)
-        except Exception:
+        except Exception:  # noqa: BLE001
             self.cache.delete(key)
             return None
 
@@ -112,70 +517,417 @@ class Store:
         self.cache.delete(key)
 
     def keys(self, prefix: str = "") -> list[str]:
-        return [k for k in self.cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+        return [k for k in self.cache.iterkeys() if type(k) is str and k.startswith(prefix)]
 
     # -- checkpoint files -------------------------------------------------------------------
     def _ckpt_path(self, run: str, t: int) -> Path:
         return self.root / "runs" / run / f"t{t:09d}.pt"
 
-    def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
-        """Atomic write; the checksum goes to the index only after the file is in place."""
-        path = self._ckpt_path(run, t)
+    def checkpoint_path(self, run: str, t: int) -> Path:
+        return self._ckpt_path(run, t)
+
+    @staticmethod
+    def serialize(state: dict[str, Any]) -> bytes:
+        """torch.save bytes of a checkpoint (its size is what one checkpoint costs on disk)."""
         import torch  # here, not at the top: the app's process reads results and never needs torch
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
-        data = buf.getvalue()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self.cache.set(f"ckpt/{run}/{t}", _sha(data))
+        return buf.getvalue()
+
+    def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
+        """Atomic write of a self-verifying file; a full disk leaves no temp file and raises StoreFull."""
+        path = self._ckpt_path(run, t)
+        data = frame_checkpoint(self.serialize(state))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError as e:
+            if _is_full(e):
+                self.release_reserve()
+                raise StoreFull(self.root, f"writing checkpoint {t} of {run}", len(data)) from e
+            raise
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a live writer's temp is never taken for an orphan
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                os.replace(tmp, path)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(e, OSError) and _is_full(e):
+                self.release_reserve()
+                raise StoreFull(self.root, f"writing checkpoint {t} of {run}", len(data)) from e
+            raise
 
     def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """The checkpoint, or None if it is missing or fails its checksum (then it is removed)."""
+        """The checkpoint, or None if it is missing, unreadable or fails its checksum (then it is removed)."""
         path = self._ckpt_path(run, t)
-        sha = self.cache.get(f"ckpt/{run}/{t}")
-        if sha is None or not path.is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             return None
-        data = path.read_bytes()
-        if _sha(data) != sha:
+        except OSError:
+            self.drop_checkpoint(run, t)
+            return None
+        payload = verify_checkpoint(data)
+        if payload is None and not data.startswith(CKPT_MAGIC) and self._cache is not None:
+            sha = self._legacy_sha(run, t)  # a file from before checkpoints carried their checksum
+            payload = data if sha is not None and _sha(data) == sha else None
+        if payload is None:
             self.drop_checkpoint(run, t)
             return None
         import torch
 
         try:
-            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception:
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        except Exception:  # noqa: BLE001
             self.drop_checkpoint(run, t)
             return None
 
+    def _legacy_sha(self, run: str, t: int) -> str | None:
+        try:
+            sha = self.cache.get(f"ckpt/{run}/{t}")
+        except Exception:  # noqa: BLE001
+            return None
+        return sha if isinstance(sha, str) else None
+
     def drop_checkpoint(self, run: str, t: int) -> None:
-        self.cache.delete(f"ckpt/{run}/{t}")
-        self._ckpt_path(run, t).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._ckpt_path(run, t).unlink(missing_ok=True)
+        if self._cache is not None:
+            with contextlib.suppress(Exception):
+                self.cache.delete(f"ckpt/{run}/{t}")
 
     def checkpoints(self, run: str) -> list[int]:
-        """Iterations with a checkpoint recorded for `run` (checksums are verified on load)."""
-        pre = f"ckpt/{run}/"
-        return sorted(int(k[len(pre):]) for k in self.keys(pre))
+        """Iterations with a checkpoint file for `run` (checksums are verified on load)."""
+        d = self.root / "runs" / run
+        out = []
+        for f in d.glob("t*.pt") if d.is_dir() else ():
+            with contextlib.suppress(ValueError):
+                out.append(int(f.stem[1:]))
+        return sorted(out)
+
+    def checkpoint_bytes(self, run: str) -> int | None:
+        """Size of the largest checkpoint file of `run` (what one more costs), None if it has none."""
+        sizes = []
+        for t in self.checkpoints(run):
+            with contextlib.suppress(OSError):
+                sizes.append(self._ckpt_path(run, t).stat().st_size)
+        return max(sizes) if sizes else None
+
+    def trajectory_lock(self, run: str,
+                        wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
+        """Held while a process trains `run`: a second process needing it waits (calling `wait()`) and
+        then reads the checkpoints the first one wrote. A dead holder's lock is gone with it."""
+        return file_lock(self.root / "runs" / run / ".lock", wait if wait is not None else (lambda: None))
+
+    # -- space --------------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        return free_bytes(self.root)
+
+    def require_space(self, needed: int, doing: str) -> None:
+        """Raise StoreFull (before anything is written) if `needed` bytes would not fit."""
+        if needed > 0 and self.free_bytes() < needed:
+            raise StoreFull(self.root, doing, needed)
+
+    def _keep_reserve(self) -> None:
+        p = self.root / ".reserve"
+        with contextlib.suppress(OSError):
+            if p.exists() or self.free_bytes() < 8 * RESERVE_BYTES:
+                return
+            with open(p, "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+
+    def release_reserve(self) -> bool:
+        """Delete the reserve so the last records (a job's failure) can still be written; True if it was there."""
+        try:
+            (self.root / ".reserve").unlink()
+            return True
+        except OSError:
+            return False
 
     # -- housekeeping -----------------------------------------------------------------------
+    def _temp_files(self) -> list[Path]:
+        runs = self.root / "runs"
+        return [p for p in runs.rglob("tmp*.tmp")] if runs.is_dir() else []
+
+    def _clean_orphans(self) -> dict[str, int]:
+        """Remove temp files no live writer holds (left by kill -9 during a checkpoint write)."""
+        n = size = 0
+        now = time.time()
+        for p in self._temp_files():
+            try:
+                st = p.stat()
+                if now - st.st_mtime < ORPHAN_AGE_S or is_locked(p):
+                    continue
+                p.unlink()
+            except OSError:
+                continue
+            n, size = n + 1, size + st.st_size
+        return {"files": n, "bytes": size}
+
     def info(self) -> dict[str, Any]:
         runs = self.root / "runs"
         files = list(runs.rglob("*.pt")) if runs.exists() else []
+        temps = self._temp_files()
         return {
             "root": str(self.root),
             "results": len(self.keys("result/")),
             "checkpoints": len(files),
-            "bytes": self.cache.volume() + sum(f.stat().st_size for f in files),
+            "bytes": self.cache.volume() + sum(_size(f) for f in files),
+            "temp_files": len(temps),  # being written now (orphans are removed when a store opens)
+            "orphan_temp_files_removed": self.cleaned["files"],
+            "orphan_temp_bytes_removed": self.cleaned["bytes"],
+            "damaged_index_copies": [str(p) for p in self._damaged_copies()],
+            "healed": self.healed,
+            "free_bytes": self.free_bytes(),
         }
 
-    def clear(self) -> None:
-        self.cache.clear()
-        shutil.rmtree(self.root / "runs", ignore_errors=True)
+    def _damaged_copies(self) -> list[Path]:
+        return sorted(self.root.glob("index.damaged-*"))
+
+    def check(self) -> dict[str, Any]:
+        """Verify everything without changing anything; a JSON-ready report (`ok`, `problems`, counts).
+
+        Works on any store: the index is read through a read-only connection (a damaged, missing or
+        full-disk index is reported, not opened for writing), every checkpoint file is read and checked.
+        """
+        problems: list[str] = []
+        index = _inspect_index(self.db_path, self.index_dir)
+        if index["problem"] is None:
+            index["problem"] = self._index_problem() if self.db_path.exists() else None
+        if index["problem"]:
+            problems.append(f"index: {index['problem']}")
+        if index["pickled"]:
+            problems.append(f"index: {index['pickled']} pickled entries (refused, never read)")
+        if index["bad_records"]:
+            problems.append(f"index: {index['bad_records']} records fail their checksum")
+        ckpt = {"runs": 0, "files": 0, "verified": 0, "legacy": 0, "bad": []}
+        runs = self.root / "runs"
+        legacy = index.pop("legacy_shas")
+        for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+            ckpt["runs"] += 1
+            for f in sorted(d.glob("t*.pt")):
+                ckpt["files"] += 1
+                try:
+                    data = f.read_bytes()
+                except OSError:
+                    ckpt["bad"].append(str(f))
+                    continue
+                if verify_checkpoint(data) is not None:
+                    ckpt["verified"] += 1
+                elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{d.name}/{_iter_of(f)}") == _sha(data):
+                    ckpt["legacy"] += 1
+                else:
+                    ckpt["bad"].append(str(f))
+        if ckpt["bad"]:
+            problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum or cannot be read")
+        now = time.time()
+        temps = self._temp_files()
+        orphans = [p for p in temps if now - _mtime(p) >= ORPHAN_AGE_S and not is_locked(p)]
+        if orphans:
+            problems.append(f"{len(orphans)} orphan temp files")
+        copies = self._damaged_copies()
+        return {"root": str(self.root), "ok": not problems, "problems": problems, "index": index,
+                "checkpoints": ckpt,
+                "temp_files": {"in_use": len(temps) - len(orphans), "orphans": len(orphans),
+                               "orphan_bytes": sum(_size(p) for p in orphans)},
+                "damaged_index_copies": [str(p) for p in copies], "free_bytes": self.free_bytes()}
+
+    def repair(self) -> dict[str, Any]:
+        """Fix what `check` finds; a JSON-ready report of what was done and the check after it.
+
+        A damaged or missing index is moved aside and rebuilt (never emptied in place); pickled and
+        failing entries are deleted; checkpoints that fail their checksum are removed (recomputed on
+        demand); orphan temp files are removed. Works on a full disk as far as deleting goes.
+        """
+        done: dict[str, Any] = {"root": str(self.root)}
+        with self._root_lock():
+            self.release_reserve()  # room to work on a full disk; recreated at the end
+            done["orphan_temp_files_removed"] = self._clean_orphans()["files"]
+            problem = self._index_problem()
+            if problem is not None:
+                done["rebuilt_index"] = self.healed = self._rebuild(problem)
+            elif self._cache is None or self._db_ident() != self._ident:
+                self._open()
+            done["index_entries_removed"] = self._purge_index()
+            removed = []
+            runs = self.root / "runs"
+            for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+                for t in self.checkpoints(d.name):
+                    f = self._ckpt_path(d.name, t)
+                    try:
+                        data = f.read_bytes()
+                    except OSError:
+                        data = b""
+                    ok = verify_checkpoint(data) is not None or (
+                        not data.startswith(CKPT_MAGIC) and self._legacy_sha(d.name, t) == _sha(data))
+                    if not ok:
+                        self.drop_checkpoint(d.name, t)
+                        removed.append(str(f))
+            done["checkpoints_removed"] = removed
+        self._keep_reserve()
+        done["after"] = self.check()
+        return done
+
+    def _purge_index(self) -> int:
+        """Delete index rows that are pickled, point outside the index or fail their checksum."""
+        con = self.cache._sql  # diskcache's connection for this thread
+        n = 0
+        for rowid, key, raw, mode in con("SELECT rowid, key, raw, mode FROM Cache").fetchall():
+            bad = not raw or mode == MODE_PICKLE
+            if not bad:
+                try:
+                    val = self.cache.get(key)
+                except Exception:  # noqa: BLE001
+                    bad = True
+                else:
+                    bad = isinstance(val, dict) and _sha(val.get("blob", b"")) != val.get("sha")
+            if bad:
+                if raw:
+                    self.cache.delete(key)
+                con("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                n += 1
+        return n
+
+    def clear(self) -> dict[str, Any]:
+        """Remove every result, job record, log and checkpoint; works on a damaged index and a full
+        disk (it deletes files, it never needs to write into the old index). A worker still running
+        finds its index gone and fails loudly."""
+        before = _tree_bytes(self.root)
+        with self._root_lock():
+            if self._cache is not None:
+                with contextlib.suppress(Exception):
+                    self._cache.close()
+                self._cache = None
+            for name in ("index", "runs", "jobs", *(p.name for p in self._damaged_copies())):
+                p = self.root / name
+                if p.exists():
+                    gone = self.root / f".clearing-{name}-{os.getpid()}-{time.monotonic_ns()}"
+                    os.rename(p, gone)  # the old tree vanishes at once, then is deleted
+                    shutil.rmtree(gone, ignore_errors=True)
+            for p in self.root.glob(".clearing-*"):  # left by an earlier clear that was killed
+                shutil.rmtree(p, ignore_errors=True)
+            self.healed = self.problem = None
+            with contextlib.suppress(StoreFull):  # a disk still full: the index is created on first use
+                self._open()
+        self._keep_reserve()
+        return {"root": str(self.root), "bytes_removed": max(before - _tree_bytes(self.root), 0),
+                "free_bytes": self.free_bytes()}
 
     def close(self) -> None:
-        self.cache.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a possibly damaged index without writing to it
+
+
+def _connect_ro(db: Path) -> sqlite3.Connection:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        return con
+    except sqlite3.Error:
+        return sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+
+
+def _salvage_rows(db: Path) -> tuple[list[tuple[Any, int, int, Any]], str | None]:
+    """(key, raw, mode, value) of every row that can still be read; values in files are left to the file scan."""
+    rows: list[tuple[Any, int, int, Any]] = []
+    if not db.is_file() or db.stat().st_size == 0:
+        return rows, None
+    try:
+        con = _connect_ro(db)
+    except sqlite3.Error as e:
+        return rows, str(e)
+    try:
+        for key, raw, mode, value in con.execute("SELECT key, raw, mode, value FROM Cache"):
+            rows.append((key, raw, mode, bytes(value) if isinstance(value, bytes | memoryview) else value))
+    except sqlite3.Error as e:
+        return rows, str(e)
+    finally:
+        con.close()
+    return rows, None
+
+
+def _inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": str(db), "state": "ok", "problem": None, "entries": 0, "results": 0,
+                           "jobs": 0, "pickled": 0, "bad_records": 0, "legacy_shas": {}}
+    if not db.exists():
+        out["state"] = "missing"
+        leftovers = list(index_dir.rglob("*.val")) if index_dir.is_dir() else []
+        if leftovers:
+            out["problem"] = f"cache.db is missing but {len(leftovers)} entry files remain"
+        return out
+    rows, err = _salvage_rows(db)
+    if err:
+        out["state"], out["problem"] = "damaged", err
+    out["entries"] = len(rows)
+    disk = SafeDisk(str(index_dir))
+    for key, raw, mode, value in rows:
+        if not raw or mode == MODE_PICKLE:
+            out["pickled"] += 1
+            continue
+        if isinstance(key, str) and key.startswith("result/"):
+            out["results"] += 1
+        if isinstance(key, str) and key.startswith("job/"):
+            out["jobs"] += 1
+        if isinstance(key, str) and key.startswith("ckpt/") and isinstance(value, str):
+            out["legacy_shas"][key] = value
+        if mode in (MODE_RAW, MODE_BINARY) and not isinstance(value, str | int | float):
+            try:
+                data = value if mode == MODE_RAW else None
+                if data is None:
+                    continue  # a file: read below
+                _, sha, blob = unframe_record(data)
+                if _sha(blob) != sha:
+                    out["bad_records"] += 1
+            except ValueError:
+                out["bad_records"] += 1
+    with contextlib.suppress(sqlite3.Error):
+        con = _connect_ro(db)
+        try:
+            query = "SELECT filename FROM Cache WHERE filename IS NOT NULL AND raw = 1 AND mode = ?"
+            for (filename,) in con.execute(query, (MODE_BINARY,)):
+                try:
+                    _, sha, blob = unframe_record(Path(disk._inside(filename)).read_bytes())
+                    ok = _sha(blob) == sha
+                except (OSError, ValueError):
+                    ok = False
+                out["bad_records"] += not ok
+        finally:
+            con.close()
+    if out["state"] == "ok" and db.stat().st_size == 0:
+        out["state"], out["problem"] = "empty", "cache.db is empty (0 bytes): cut short"
+    return out
+
+
+def _iter_of(f: Path) -> int:
+    return int(f.stem[1:])
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            total += _size(Path(dirpath) / f)
+    return total

@@ -1,0 +1,321 @@
+"""The store under faults: lost checkpoints, a damaged index, planted pickles, orphan temp files, a full disk."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from twophase_core import config as C
+from twophase_core.experiments import run_chaos, run_linear
+from twophase_core.jobs import JobManager, JobRecord, save_record
+from twophase_core.presets import preset
+from twophase_core.results import load_result, result_key
+from twophase_core.store import Store, StoreError, StoreFull
+from twophase_core.train import Run
+
+TINY = preset("tiny", "chaos").train
+
+
+def _same_state(a: dict, b: dict) -> None:
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
+    assert a["iteration"] == b["iteration"] and a["train_loss"] == b["train_loss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Missing and unreadable checkpoints
+
+
+def test_missing_checkpoint_is_recomputed_bitwise_from_the_nearest_earlier_one(store):
+    run = Run(TINY, store)
+    run.base().ensure([10, 20, 30, 40])
+    key = run.key
+    lost = store.load_checkpoint(key, 30)
+    store.checkpoint_path(key, 30).unlink()  # the issue's `rm cache/runs/<key>/t000000030.pt`
+    assert store.checkpoints(key) == [10, 20, 40]
+    again = Run(TINY, store)
+    state = again.base().state(30)
+    assert again.steps_done == 10  # from checkpoint 20, not from 0
+    assert state.t == 30
+    _same_state(lost, store.load_checkpoint(key, 30))  # CPU training is bitwise deterministic
+
+
+def test_unreadable_checkpoint_is_recomputed_through_the_experiment(store):
+    """`twophase linear --preset tiny --switch 30` after losing checkpoint 30: the same result, 10 steps."""
+    cfg = C.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
+    first = run_linear(cfg, store)
+    key = cfg.train.trajectory_key()
+    store.checkpoint_path(key, 30).write_bytes(b"not a checkpoint")  # unreadable: fails its checksum
+    store.delete(result_key("linear", first.hash))
+    second = run_linear(cfg, store)
+    assert second.meta["sgd_steps"] == 10  # from checkpoint 20
+    for k in first.arrays:
+        np.testing.assert_array_equal(first.arrays[k], second.arrays[k], err_msg=k)
+
+
+def test_a_checkpoint_that_never_reads_back_says_so(store, monkeypatch):
+    run = Run(TINY, store)
+    monkeypatch.setattr(store, "load_checkpoint", lambda *a, **k: None)
+    with pytest.raises(StoreError, match=r"checkpoint 10 of \w+ was written twice to .*t000000010\.pt.*cache check"):
+        run.base().state(10)
+
+
+def test_checkpoint_files_verify_without_the_index(store):
+    run = Run(TINY, store)
+    run.base().ensure([10])
+    path = store.checkpoint_path(run.key, 10)
+    data = bytearray(path.read_bytes())
+    assert data.startswith(b"TPCKPT1\n")
+    store.cache.clear()  # the index knows nothing about checkpoints
+    assert store.load_checkpoint(run.key, 10) is not None
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.load_checkpoint(run.key, 10) is None and not path.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged index
+
+
+def _damage(db: Path, how: str) -> None:
+    data = db.read_bytes()
+    if how == "offset16":
+        db.write_bytes(data[:16] + b"\xde\xad\xbe\xef" + data[20:])
+    elif how == "half":
+        db.write_bytes(data[: len(data) // 2])
+    else:
+        db.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["offset16", "half", "empty"])
+def test_damaged_index_is_moved_aside_and_rebuilt_from_what_verifies(tmp_path, how):
+    root = tmp_path / "cache"
+    cfg = preset("tiny", "chaos")
+    store = Store(root)
+    first = run_chaos(cfg, store)
+    for i in range(50):  # enough rows that half a file is a real cut
+        store.put_json(f"job/filler-{i}", {"i": i, "pad": "x" * 200})
+    store.close()
+    db = root / "index" / "cache.db"
+    size = db.stat().st_size
+    _damage(db, how)
+    damaged = db.read_bytes()
+
+    looked = Store(root, heal=False)
+    report = looked.check()
+    assert report["ok"] is False and report["problems"][0].startswith("index: ")
+    assert db.read_bytes() == damaged  # check changes nothing
+    with pytest.raises(StoreError, match="cache repair"):
+        looked.keys()
+
+    healed = Store(root)
+    assert healed.healed is not None and healed.healed["problem"]
+    aside = Path(healed.healed["moved_aside"])
+    assert aside.name.startswith("index.damaged-") and (aside / "cache.db").read_bytes() == damaged  # kept
+    assert healed.healed["recovered"] >= 1
+    got = load_result(healed, "chaos", first.hash)  # final results live in files that verify themselves
+    assert got is not None and np.array_equal(got.arrays["C"], first.arrays["C"], equal_nan=True)
+    assert healed.check()["ok"] is True
+    healed.delete(result_key("chaos", first.hash))
+    again = run_chaos(cfg, healed)  # checkpoints verify without the index: nothing is trained again
+    assert again.meta["sgd_steps"] == 0
+    assert np.array_equal(again.arrays["B"], first.arrays["B"], equal_nan=True)
+    assert size > 0 and healed.info()["damaged_index_copies"] == [str(aside)]
+    healed.close()
+
+
+def test_repair_and_clear_work_on_a_damaged_store(tmp_path):
+    root = tmp_path / "cache"
+    store = Store(root)
+    run_chaos(preset("tiny", "chaos"), store)
+    key = TINY.trajectory_key()
+    bad = store.checkpoint_path(key, 20)
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    store.close()
+    _damage(root / "index" / "cache.db", "offset16")
+
+    s = Store(root, heal=False)
+    report = s.check()
+    assert [p.split(":")[0] for p in report["problems"]] == ["index", "checkpoints"]
+    assert report["checkpoints"]["bad"] == [str(bad)]
+    fixed = s.repair()
+    assert fixed["rebuilt_index"]["moved_aside"] and fixed["checkpoints_removed"] == [str(bad)]
+    assert fixed["after"]["ok"] is True and fixed["after"]["checkpoints"]["verified"] >= 4
+    assert s.keys("result/")  # usable again
+
+    _damage(root / "index" / "cache.db", "half")
+    cleared = Store(root, heal=False).clear()
+    assert cleared["bytes_removed"] > 0
+    fresh = Store(root)
+    assert fresh.keys() == [] and fresh.checkpoints(key) == [] and fresh.info()["damaged_index_copies"] == []
+    assert fresh.check()["ok"] is True
+
+
+def test_deleted_index_is_rebuilt_under_a_live_store(tmp_path):
+    """`rm cache/index/cache.db*` while the app holds a Store: its next access finds the rebuilt index."""
+    root = tmp_path / "cache"
+    app = Store(root)
+    first = run_chaos(preset("tiny", "chaos"), app)
+    before = app.index_id()
+    for f in (root / "index").glob("cache.db*"):
+        f.unlink()
+    assert load_result(app, "chaos", first.hash) is not None
+    assert app.index_id() != before and app.healed["recovered"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing in the store is ever unpickled
+
+
+class Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_pickle_is_never_executed(store, tmp_path):
+    marker, proof = tmp_path / "pwned", tmp_path / "proof"
+    payload = pickle.dumps(Planted(marker))
+    pickle.loads(pickle.dumps(Planted(proof)))
+    assert proof.exists()  # the payload is live: unpickling it runs code
+    jm = JobManager(store)
+    cfg = preset("tiny", "chaos")
+    rec = JobRecord(jm.job_id(cfg), "chaos", C.config_hash(cfg), C.to_dict(cfg), status="done")
+    save_record(store, rec)
+    store.put_blob("result/chaos/big", b"x" * 100_000)  # a value in its own file
+    db = store.root / "index" / "cache.db"
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (payload, f"job/{rec.id}"))
+        con.execute("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, "
+                    "mode, filename, value) VALUES (?, 0, 0, NULL, 0, 0, NULL, 0, 4, NULL, ?)",
+                    (payload, payload))  # a pickled key too
+        (fname,) = con.execute("SELECT filename FROM Cache WHERE key = 'result/chaos/big'").fetchone()
+        con.execute("UPDATE Cache SET mode = 4 WHERE key = 'result/chaos/big'")
+    con.close()
+    (store.index_dir / fname).write_bytes(payload)
+
+    assert jm.get(rec.id) is None  # refused unread, dropped
+    assert store.get_blob("result/chaos/big") is None
+    assert jm.list() == [] and store.keys() == []
+    report = Store(store.root, heal=False).check()
+    assert report["index"]["pickled"] == 1 and report["ok"] is False  # the pickled key is still there
+    assert store.repair()["index_entries_removed"] == 1
+    assert store.check()["ok"] is True
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Temp files left by kills
+
+
+def test_orphan_temp_files_are_cleaned_at_start_and_counted(tmp_path):
+    root = tmp_path / "cache"
+    Store(root).close()
+    d = root / "runs" / "somekey"
+    d.mkdir(parents=True)
+    orphan, live = d / "tmpdead.tmp", d / "tmplive.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y" * 10)
+    old = time.time() - 60
+    for p in (orphan, live):
+        os.utime(p, (old, old))
+    with open(live, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a writer still at work: never removed
+        before = Store(root, heal=False).check()["temp_files"]
+        assert before == {"in_use": 1, "orphans": 1, "orphan_bytes": 1000}
+        s = Store(root)
+        info = s.info()
+    assert not orphan.exists() and live.exists()
+    assert info["orphan_temp_files_removed"] == 1 and info["orphan_temp_bytes_removed"] == 1000
+    assert info["temp_files"] == 1
+
+
+def test_a_killed_checkpoint_writer_leaves_only_an_orphan_the_next_store_removes(tmp_path):
+    root = tmp_path / "cache"
+    Store(root).close()
+    d = root / "runs" / "k"
+    d.mkdir(parents=True)
+    script = ("import fcntl, os, tempfile, time, sys\n"
+              f"fd, p = tempfile.mkstemp(dir={str(d)!r}, suffix='.tmp')\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'z' * 5000); print(p, flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    tmp = Path(p.stdout.readline().strip())
+    os.utime(tmp, (time.time() - 60,) * 2)
+    Store(root).close()
+    assert tmp.exists()  # its writer is alive
+    p.kill()
+    p.wait()
+    assert Store(root).info()["orphan_temp_files_removed"] == 1 and not tmp.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB tmpfs (root only); skipped where it cannot be mounted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a 20 MB tmpfs here ({(r.stderr or r.stdout).strip()}): full-disk test skipped")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path, leave: int) -> Path:
+    """Fill the filesystem holding `path` until `leave` bytes are free."""
+    filler = path / "filler"
+    free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+def test_full_disk_is_reported_as_a_full_disk_and_clear_still_works(small_disk):
+    root = small_disk / "cache"
+    store = Store(root)
+    cfg = C.replace(preset("tiny", "chaos"), checkpoint_every=1)  # 60+ checkpoints of ~13 KB: more than is left
+    _fill(small_disk, 300_000)
+    with pytest.raises(StoreFull) as e:
+        run_chaos(cfg, store)
+    msg = str(e.value)
+    assert f"the disk holding the store {root} is full" in msg and "free" in msg and "\n" not in msg
+    assert list((root / "runs").rglob("*.tmp")) == []  # nothing half-written left behind
+    assert store.check()["free_bytes"] >= 0
+    cleared = store.clear()  # works on a full disk: it only deletes
+    assert cleared["root"] == str(root)
+    assert Store(root).keys() == [] and store.checkpoints(cfg.train.trajectory_key()) == []
+
+
+def test_full_disk_mid_write_leaves_no_temp_and_names_the_disk(small_disk):
+    root = small_disk / "cache"
+    store = Store(root)
+    run = Run(TINY, store)
+    state = run.pack(run.initial(), None)
+    one = len(store.serialize(state))
+    store.release_reserve()
+    _fill(small_disk, one // 2)
+    with pytest.raises(StoreFull, match=rf"store {root} is full \(.* free\) writing checkpoint 5 of"):
+        store.save_checkpoint(run.key, 5, state)
+    assert list((root / "runs").rglob("*.tmp")) == [] and store.checkpoints(run.key) == []
+    store.clear()
