@@ -139,9 +139,17 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str) -> None:
+def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, sweep: bool = False) -> None:
     p = sub.add_parser(kind, help=help_, description=f"{help_}. Every setting of the preset can be overridden; "
                        "lists are comma or space separated; steps accept 500, 500it, 2ep, 2ep50it.")
+    if sweep:
+        p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="a setting and its values (repeatable); a list setting takes alternatives split by |")
+        p.add_argument("--seeds", action="append", default=[], metavar="FIELD",
+                       help="settings that are replicate seeds, not settings (default: data_seed and init_seed "
+                            "together, one value per replicate)")
+        p.add_argument("--replicates", default="1", metavar="K",
+                       help="replicates per setting when the seeds are not varied: seed, seed+1, ... (default 1)")
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -221,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     _experiment_parser(sub, "chaos", "Chaos Effect: C, B, D over (t0, t1)")
     _experiment_parser(sub, "cone", "Cone Effect: the eNTK along training")
     _experiment_parser(sub, "linear", "linearised training from theta_t")
+    ps = sub.add_parser("sweep", help="a grid of experiments: settings given as lists, seeds as replicates")
+    sweep_sub = ps.add_subparsers(dest="sweep_kind", required=True)
+    for kind, help_ in (("chaos", "sweep Chaos Effect runs"), ("cone", "sweep Cone Effect runs"),
+                        ("linear", "sweep linearised-training runs")):
+        _experiment_parser(sweep_sub, kind, help_, sweep=True)
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("settings", help="print the table of every setting (as in the README)")
     pc = sub.add_parser("cache", help="inspect or clear the result store")
@@ -254,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(args.json, quick=args.quick)
+        if args.cmd == "sweep":
+            return _sweep(args)
         cfg = build_config(args.cmd, args)
         if args.print_config:
             print(json.dumps(C.to_dict(cfg), indent=2))
@@ -276,6 +291,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"twophase: error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """`twophase sweep KIND ...`: everything is expanded and validated before the first point runs."""
+    from .settings import Spec, check, parse_text, split_list
+    from .sweep import DEFAULT_SEEDS, MAX_POINTS, Sweep, expand, parse_vary, run_sweep
+
+    kind = args.sweep_kind
+    base = build_config(kind, args)
+    seeds = tuple(x.replace("-", "_") for s in args.seeds for x in split_list(s)) or DEFAULT_SEEDS
+    rep_spec = Spec("int", "replicates", lo=1, hi=MAX_POINTS)
+    replicates = parse_text("--replicates", rep_spec, args.replicates)
+    check("--replicates", rep_spec, replicates)
+    sweep = Sweep(base, parse_vary(kind, args.vary), seeds, replicates)
+    points = expand(sweep)
+    if args.print_config:
+        print(json.dumps({**sweep.to_dict(), "points": len(points)}, indent=2))
+        return 0
+    check_output_path(args.json)
+    store = open_store(args.cache_dir)
+    res = run_sweep(sweep, store, progress=_Bar(args.quiet))
+    payload = res.to_json()
+    _write_json(args.json, payload)
+    print(sweep_summary(payload))
+    return 0
+
+
+def sweep_summary(payload: dict[str, Any]) -> str:
+    """One line per group: its varied settings, replicates, and t* with its interval per metric."""
+    lines = [f"sweep {payload['kind']}: {len(payload['runs'])} runs in {payload['meta'].get('seconds')}s, "
+             f"{len(payload['groups'])} groups"]
+    for g in payload["groups"]:
+        name = ", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "(base)"
+        tr = g.get("transition") or {}
+        parts = []
+        for m, est in tr.items():
+            if m == "not_found":
+                continue
+            parts.append(f"{m}: t*={est['t_star']:.0f} [{est['ci_low']:.0f}, {est['ci_high']:.0f}]" if est
+                         else f"{m}: none ({tr['not_found'].get(m, '')[:60]})")
+        lines.append(f"  {name}  R={g['replicates']}  " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def summary(r: Any) -> str:

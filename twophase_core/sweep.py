@@ -1,0 +1,294 @@
+"""Sweeps: an experiment with some settings given as lists, expanded to their cartesian product.
+
+Every point is an ordinary experiment config, so it is cached like any other run: a point computed
+before costs nothing, and points that differ only in what cannot change the base trajectory (eps,
+t0, the barrier's settings, ...) share one base run through the checkpoint store. Fields named as
+`seeds` (default `data_seed` and `init_seed` together) are replicates of one setting, not settings:
+for each group of replicates the sweep reports, per cell, the mean and a 95% bootstrap interval,
+and the transition t* with its interval (twophase_core.transition).
+
+`expand` and `summarize` import neither torch nor Streamlit (the app's process calls them);
+`run_sweep` runs the points in this process (the CLI), `submit_sweep` queues them as jobs (the app).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import config as C
+from .results import Result, load_result
+from .settings import ConfigError, Spec, check, format_value, parse_text, split_list
+from .transition import estimate_kernel_transition, estimate_transitions, replicate_band, transition_json
+
+DEFAULT_SEEDS = ("data_seed", "init_seed")
+MAX_POINTS = 999  # a sweep of 1,000 points is a typo more often than a plan
+LIST_TYPES = ("steps", "ints", "window")
+METRICS = {"chaos": ("C", "B", "D"), "cone": ("S",), "linear": ("acc_linear",)}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What to run: a base config, the varied settings (name -> values, in the order given), which
+    settings are replicate seeds, and how many replicates when the seeds are not listed."""
+
+    base: Any
+    vary: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    seeds: tuple[str, ...] = DEFAULT_SEEDS
+    replicates: int = 1
+
+    @property
+    def kind(self) -> str:
+        return C.kind_of(self.base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "base": C.to_dict(self.base), "vary": {k: list(v) for k, v in self.vary},
+                "seeds": list(self.seeds), "replicates": self.replicates}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sweep:
+        base = C.from_dict(C.KINDS[d["kind"]], d["base"])
+        vary = tuple((k, tuple(tuple(x) if isinstance(x, list) else x for x in v)) for k, v in d["vary"].items())
+        return cls(base, vary, tuple(d["seeds"]), int(d["replicates"]))
+
+    def id(self) -> str:
+        return f"sweep-{C.digest(self.to_dict())}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One experiment of the sweep: its config, the settings it varies, and its replicate."""
+
+    config: Any
+    varied: dict[str, Any]  # every varied setting, seeds included
+    group: tuple[tuple[str, Any], ...]  # the varied settings without the seeds: its group of replicates
+    replicate: int
+
+    @property
+    def hash(self) -> str:
+        return C.config_hash(self.config)
+
+    @property
+    def run_id(self) -> str:
+        return f"{C.kind_of(self.config)}-{self.hash}"
+
+
+def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """'lr=0.05,0.1' -> (("lr", (0.05, 0.1)),). A list-valued setting takes alternatives separated by
+    '|' ('t1=300,600|600'). Values are parsed and checked as the CLI and the form do; steps in epochs
+    are resolved against each point's own training run."""
+    specs = C.settings_of(C.KINDS[kind])
+    out: dict[str, tuple[Any, ...]] = {}
+    for text in texts:
+        name, eq, values = str(text).partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq:
+            raise ConfigError("--vary", text, "write FIELD=v1,v2,... (e.g. lr=0.05,0.1)")
+        if name not in specs:
+            raise ConfigError("--vary", text, f"{name!r} is not a setting of {kind}; see `twophase settings`")
+        if name in out:
+            raise ConfigError("--vary", text, f"{name} is varied twice")
+        spec = specs[name][0]
+        items = [v for v in values.split("|")] if spec.type in LIST_TYPES else split_list(values)
+        if not [v for v in items if v.strip()]:
+            raise ConfigError("--vary", text, "give at least one value")
+        out[name] = tuple(_value(name, spec, v) for v in items)
+    return tuple(out.items())
+
+
+def _value(name: str, spec: Spec, text: str) -> Any:
+    """A typed value; steps written in epochs stay text until the point's run is known."""
+    if spec.type in ("step", *LIST_TYPES) and "ep" in text:
+        return text.strip()
+    v = parse_text(name, spec, text)
+    check(name, spec, v)
+    return v
+
+
+def expand(sweep: Sweep) -> list[Point]:
+    """The points, validated, without duplicates; a ConfigError (naming the point) for the first bad one."""
+    kind = sweep.kind
+    specs = C.settings_of(C.KINDS[kind])
+    for s in sweep.seeds:
+        if s not in specs:
+            raise ConfigError("--seeds", s, f"is not a setting of {kind}")
+        if specs[s][0].type != "int":
+            raise ConfigError("--seeds", s, "replicates vary whole-number seed settings (e.g. data_seed)")
+    if not isinstance(sweep.replicates, int) or isinstance(sweep.replicates, bool) or not 1 <= sweep.replicates:
+        raise ConfigError("--replicates", sweep.replicates, "must be a whole number >= 1")
+    vary = dict(sweep.vary)
+    for name, values in vary.items():
+        if not values:
+            raise ConfigError("--vary", name, "give at least one value")
+    listed = [s for s in sweep.seeds if s in vary]
+    if listed:  # the seeds' own values are the replicates, zipped across seed fields
+        lengths = {len(vary[s]) for s in listed}
+        if len(lengths) > 1:
+            raise ConfigError("--vary", ", ".join(listed), "seed settings varied together need as many values each")
+        n_rep = lengths.pop()
+        if sweep.replicates not in (1, n_rep):
+            raise ConfigError("--replicates", sweep.replicates, f"the seeds are listed with {n_rep} values")
+    else:
+        n_rep = sweep.replicates
+    base_flat = C.flat(sweep.base)
+    replicas = [{s: (vary[s][r] if s in vary else base_flat[s] + r) for s in sweep.seeds} for r in range(n_rep)]
+    settings = [(k, v) for k, v in sweep.vary if k not in sweep.seeds]
+    n = n_rep
+    for _, values in settings:
+        n *= len(values)
+    if n > MAX_POINTS:
+        raise ConfigError("--vary", f"{n} points", f"a sweep may have at most {MAX_POINTS} points; vary fewer values")
+    points: list[Point] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*[values for _, values in settings]):
+        group = tuple((k, v) for (k, _), v in zip(settings, combo, strict=True))
+        for r, seeds in enumerate(replicas):
+            changes = {**dict(group), **seeds}
+            try:
+                cfg = C.with_settings(sweep.base, changes)
+            except ConfigError as e:
+                where = ", ".join(f"{k}={format_value(specs[k][0], v)}" for k, v in changes.items())
+                raise ConfigError(e.field, e.value, f"{e.allowed} (sweep point {where})") from None
+            h = C.config_hash(cfg)
+            if h in seen:
+                continue
+            seen.add(h)
+            points.append(Point(cfg, changes, group, r))
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], None] | None = None,
+              cancel: Any = None) -> SweepResult:
+    """Every point in this process, points sharing a base run one after another; then the summary."""
+    from .experiments import run_experiment
+    from .store import Store
+
+    store = store if store is not None else Store()
+    points = expand(sweep)
+    order = sorted(range(len(points)), key=lambda i: points[i].config.train.trajectory_key())
+    results: dict[str, Result] = {}
+    started = time.time()
+    for k, i in enumerate(order):
+        p = points[i]
+        label = ", ".join(f"{a}={b}" for a, b in p.varied.items()) or "base"
+
+        def sub(frac: float, stage: str, k: int = k, label: str = label) -> None:
+            if progress is not None:
+                progress((k + min(frac, 1.0)) / len(points), f"point {k + 1}/{len(points)} ({label}): {stage}")
+
+        results[p.hash] = run_experiment(p.config, store, progress=sub, cancel=cancel)
+    if progress is not None:
+        progress(1.0, "done")
+    return SweepResult(sweep, points, results, {"seconds": round(time.time() - started, 3),
+                                                "points": len(points)})
+
+
+@dataclass
+class SweepResult:
+    sweep: Sweep
+    points: list[Point]
+    results: dict[str, Result]  # by config hash; points without a result yet are missing
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def groups(self, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+        return summarize(self.sweep, self.points, self.results, n_boot=n_boot, seed=seed)
+
+    def to_json(self, n_boot: int = 1000) -> dict[str, Any]:
+        return {**self.sweep.to_dict(),
+                "runs": [{"varied": _plain(p.varied), "replicate": p.replicate, "hash": p.hash,
+                          "kind": self.sweep.kind, "done": p.hash in self.results} for p in self.points],
+                "groups": self.groups(n_boot=n_boot), "meta": self.meta}
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def load_results(store: Any, points: Sequence[Point]) -> dict[str, Result]:
+    """The stored results of the points that have one (a sweep view while jobs still run)."""
+    out = {}
+    for p in points:
+        r = load_result(store, C.kind_of(p.config), p.hash)
+        if r is not None:
+            out[p.hash] = r
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries: replicates collapsed, per cell and as a transition
+
+
+def _replicate_arrays(kind: str, results: Sequence[Result]) -> dict[str, np.ndarray]:
+    """(replicates, ...) per metric; chaos averages its perturbation seeds within a replicate first."""
+    out: dict[str, np.ndarray] = {}
+    for m in METRICS[kind]:
+        rows = []
+        for r in results:
+            a = np.asarray(r.arrays[m], dtype=float)
+            if kind == "chaos":
+                with np.errstate(all="ignore"):
+                    a = np.nanmean(a, axis=0) if a.shape[0] > 1 else a[0]
+            rows.append(a)
+        out[m] = np.stack(rows)
+    return out
+
+
+def _band(values: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    mean, lo, hi = replicate_band(values, n_boot=n_boot, seed=seed)
+    return {"mean": _nested(mean), "ci_low": _nested(lo), "ci_high": _nested(hi)}
+
+
+def _nested(a: np.ndarray) -> Any:
+    a = np.asarray(a, dtype=float)
+    return [_nested(x) for x in a] if a.ndim else (None if np.isnan(a) else float(a))
+
+
+def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result], n_boot: int = 1000,
+              seed: int = 0) -> list[dict[str, Any]]:
+    """One entry per group of replicates that has results: the varied settings (seeds left out), the
+    replicates, the grid, each metric's mean and 95% bootstrap interval per cell, and the transition."""
+    kind = sweep.kind
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.group, []).append(p)
+    out = []
+    for group, members in groups.items():
+        done = [results[p.hash] for p in members if p.hash in results]
+        entry: dict[str, Any] = {"varied": _plain(dict(group)), "replicates": len(done),
+                                 "runs": [p.run_id for p in members]}
+        if not done:
+            out.append({**entry, "transition": None})
+            continue
+        arrays = _replicate_arrays(kind, done)
+        a0 = done[0].arrays
+        if kind == "chaos":
+            t0 = np.asarray(a0["t0"])
+            entry.update({"t0": t0.tolist(), "t1": np.asarray(a0["t1"]).tolist()})
+            for m, v in arrays.items():
+                entry[m] = _band(v, n_boot, seed)
+            final = {m: v[:, :, -1] for m, v in arrays.items()}
+            entry["transition"] = transition_json(estimate_transitions(t0, final, n_boot=n_boot, seed=seed))
+        elif kind == "cone":
+            entry["iters"] = np.asarray(a0["iters"]).tolist()
+            entry["S"] = _band(arrays["S"], n_boot, seed)
+            dt = int(min(a0["dts"]))
+            t = np.asarray(a0[f"neigh_t_{dt}"])
+            s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
+            entry["velocity"] = {"dt": dt, "t": t.tolist(), **_band(s, n_boot, seed)}
+            est = estimate_kernel_transition(t, s, n_boot=n_boot, seed=seed)
+            entry["transition"] = transition_json({"S": est})
+        else:
+            entry["switch"] = np.asarray(a0["switch"]).tolist()
+            entry["acc_linear"] = _band(arrays["acc_linear"], n_boot, seed)
+            entry["transition"] = None
+        out.append(entry)
+    return out
