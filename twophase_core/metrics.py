@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .config import BN_MODES
-from .models import device_of
+from .models import device_of, eval_mode
 
 PATH_METHODS = ("loop", "stacked")
 # Test points per forward pass. Measured on the demo model (MNIST-1D CNN, 1 thread, 2 shared cores): 500 is as fast
@@ -32,17 +31,6 @@ STACK_BYTES = 256 * 2**20
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _preserve_modes(*models: nn.Module) -> Iterator[None]:
-    """Restore every submodule's training flag afterwards (a model may mix train and eval submodules)."""
-    saved = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 def _check_bn(bn: str, train_x: Tensor | None = None, need_data: bool = False) -> None:
@@ -105,7 +93,7 @@ def interpolate(a: nn.Module, b: nn.Module, alpha: float, bn: str = "interpolate
     bit, alpha=0 gives b) and gives exactly theta for identical models at every alpha. Floating
     parameters and floating buffers (BN running mean/var) are interpolated; integer buffers
     (num_batches_tracked) are copied from a. With bn="reset" the BN running statistics are reset to
-    their defaults afterwards, since interpolated statistics are meaningless in that habit: the caller
+    their defaults afterwards, since interpolated statistics are meaningless in that mode: the caller
     must recompute them with `recompute_bn_stats` before evaluating.
     """
     _check_bn(bn)
@@ -148,8 +136,10 @@ def recompute_bn_stats(
 ) -> None:
     """Recompute BN running statistics in place on the first bn_batches batches of train_x.
 
-    The REPAIR / butterfly-effect habit: interpolated weights no longer match interpolated statistics.
-    Statistics are the cumulative average over batches (momentum=None), so each batch weighs equally.
+    Used by bn="reset": interpolated weights no longer match interpolated statistics. Statistics are
+    the cumulative average over batches (momentum=None), so each batch weighs equally, for every
+    BatchNorm layer that tracks running statistics. (The butterfly-effect code differs: a 0.1 running average over its
+    loader, BatchNorm2d layers only.)
     Only BN layers run in train mode: dropout stays off, so the statistics are deterministic and
     identical models get identical statistics. Training flags and BN momenta are restored afterwards.
     """
@@ -162,7 +152,7 @@ def recompute_bn_stats(
         raise ValueError("train_x is empty")
     dev = device_of(model)
     momenta = [m.momentum for m in layers]
-    with _preserve_modes(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             model.eval()
             for m in layers:
@@ -202,7 +192,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor | None, batch_size: int) -> tupl
     n = len(x)
     dev = device_of(model)
     total, preds = 0.0, []
-    with _preserve_modes(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         model.eval()
         for i in range(0, n, batch_size):
             out = model(x[i:i + batch_size].to(dev))
@@ -372,7 +362,7 @@ def _interpolation_losses_stacked(
         return losses
     dev = device_of(a)
     nb = min(eval_batch_size, n)
-    with _preserve_modes(a), torch.no_grad():
+    with eval_mode(a), torch.no_grad():
         a.eval()
         per_alpha = nb * _activation_bytes(a, x[:1].to(dev))
         chunk = int(min(k, max(1, max_bytes // per_alpha)))
@@ -477,7 +467,10 @@ def loss_barrier(
     train_x: Tensor | None = None,
     method: str = "loop",
 ) -> float:
-    """Loss barrier B on (x, y) with n_alpha evenly spaced alphas (30: the paper's and LMC's habit)."""
+    """Loss barrier B on (x, y) with n_alpha evenly spaced alphas in [0, 1].
+
+    The default 30 is this project's choice (SCIENCE.md); the lmc repository's code defaults to 11.
+    """
     return loss_barrier_path(a, b, x, y, n_alpha=n_alpha, bn=bn, train_x=train_x, method=method)[2]
 
 

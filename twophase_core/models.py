@@ -6,7 +6,8 @@ its own seed, so theta_0 is a pure function of the config.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -170,6 +171,23 @@ def device_of(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode (BN running stats, no dropout) and restore each flag afterwards.
+
+    Flags are restored per module, not with model.train(previous), so a model whose BN layers were
+    deliberately frozen in eval mode while the rest trains comes back exactly as it was, and code
+    inside may switch single submodules (BN layers to train mode to recompute statistics) freely.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def trainable(model: nn.Module) -> list[torch.Tensor]:
