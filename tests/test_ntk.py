@@ -12,7 +12,8 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from twophase_core import ntk
+from twophase_core import ntk, ntk_blocks, ntk_geometry, ntk_structured
+from twophase_core.models import ResNet20, cnn, eval_mode
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -97,18 +98,25 @@ def test_full_kernel_layout_is_sample_major():
     )
 
 
+def _per_sample_bytes(model: nn.Module, x: torch.Tensor, kernel: str, method: str) -> int:
+    with eval_mode(model):
+        if method == "structured":
+            return ntk_structured.per_sample_bytes(ntk_structured.plan(model, x[:1], len(x), kernel), 8)
+        o = model(x[:1]).numel()
+    return o * sum(t.numel() for t in model.parameters()) * 8
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
 @pytest.mark.parametrize("kernel", ["full", "trace"])
 @pytest.mark.parametrize("build,shape", CASES)
-def test_chunked_equals_unchunked(build, shape, kernel):
-    model = build()
-    x = torch.randn(*shape)
-    whole = ntk.empirical_ntk(model, x, kernel)
-    o = 3 if build is _mlp else 4
-    p = sum(t.numel() for t in model.parameters())
-    per_sample = o * p * 4
+def test_chunked_equals_unchunked(build, shape, kernel, method):
+    model = build().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    whole = ntk.empirical_ntk(model, x, kernel, method, float64=True)
+    per_sample = _per_sample_bytes(model, x, kernel, method)
     for budget in (1, 4 * per_sample, 2 * shape[0] * per_sample - 1):  # chunks of 1, 2, n-1 samples
-        chunked = ntk.empirical_ntk(model, x, kernel, memory_budget_bytes=budget)
-        assert _close(chunked, whole, rtol=1e-5)
+        chunked = ntk.empirical_ntk(model, x, kernel, method, memory_budget_bytes=budget, float64=True)
+        assert _close(chunked, whole, rtol=1e-12)
         assert torch.equal(chunked, chunked.T)
 
 
@@ -116,12 +124,14 @@ def test_tiled_diagonal_block_equals_one_gemm(monkeypatch):
     model = _convnet()
     x = torch.randn(5, 2, 6, 6)
     whole = ntk.empirical_ntk(model, x, "full")
-    monkeypatch.setattr(ntk, "_MIN_TILE_ROWS", 6)  # 20 rows -> 3 tiles of 6-7
+    monkeypatch.setattr(ntk_blocks, "MIN_TILE_ROWS", 6)  # 20 rows -> 3 tiles of 6-7
     assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
-    monkeypatch.setattr(ntk, "_MIN_TILE_ROWS", 1)
-    monkeypatch.setattr(ntk, "_MAX_TILES", 20)  # one tile per row
+    monkeypatch.setattr(ntk_blocks, "MIN_TILE_ROWS", 1)
+    monkeypatch.setattr(ntk_blocks, "MAX_TILES", 20)  # one tile per row
     assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
-    monkeypatch.setattr(ntk, "_SMALL_BLOCK", 1)  # every block its own GEMM
+    monkeypatch.setattr(ntk_blocks, "SMALL_BLOCK", 1)  # every block its own GEMM
+    assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
+    monkeypatch.setattr(ntk_blocks, "SLICE", 5)  # float32 products over many column slices
     assert _close(ntk.empirical_ntk(model, x, "full"), whole, rtol=1e-5)
 
 
@@ -170,6 +180,158 @@ def test_kernel_is_validated():
 
 
 # ----------------------------------------------------------------------------------------------
+# The three paths and the automatic choice
+# ----------------------------------------------------------------------------------------------
+
+
+def _bn_stats(net: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+def _cnn1d() -> nn.Module:
+    torch.manual_seed(0)
+    return _bn_stats(cnn((2, 12), 5, 0.25, 0.0))  # conv-BN-ReLU x3 (strides 1, 2, 2), linear
+
+
+def _cnn2d() -> nn.Module:
+    torch.manual_seed(0)
+    return _bn_stats(cnn((2, 6, 6), 4, 0.25, 0.0))
+
+
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return _bn_stats(ResNet20((3, 8, 8), 10, 0.25))  # widths 4/8/16, 1x1-conv + BN shortcuts
+
+
+MODELS = [(_mlp, (4, 5)), (_cnn1d, (3, 2, 12)), (_cnn2d, (3, 2, 6, 6)), (_resnet, (3, 3, 8, 8))]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("strategy", ["cost model", "factored", "gradients"])
+@pytest.mark.parametrize("build,shape", MODELS)
+def test_every_path_equals_the_reference_in_float64(build, shape, strategy, monkeypatch):
+    """structured (each contraction order for every weight), jacobian and ntvp against the oracle, 1e-10."""
+    if strategy != "cost model":
+        pick = 0.0 if strategy == "factored" else float("inf")
+        monkeypatch.setattr(ntk_structured, "factored_cost", lambda *a: pick)
+    model = build().double().train()  # the kernel is the eval-mode one whatever the flags
+    x = torch.randn(*shape, dtype=torch.float64)
+    for kernel in ("full", "trace"):
+        ref = ntk.ntk_reference(model, x, kernel)
+        for method in ntk.METHODS if strategy == "cost model" else ["structured"]:
+            h = ntk.empirical_ntk(model, x, kernel, method, float64=True)
+            assert h.shape == ref.shape and h.dtype == torch.float64
+            assert _rel(h, ref) < 1e-10, (kernel, method)
+            assert torch.equal(h, h.T)
+    assert all(m.training for m in model.modules())
+
+
+def test_structured_handles_shared_modules_fallback_parameters_and_frozen_weights():
+    """A module called twice, a parameter outside any supported layer, a frozen weight with a trainable bias."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(2, 3, 3, padding=1)
+            self.mix = nn.Linear(3, 3)
+            self.scale = nn.Parameter(torch.tensor([1.5, -0.5, 2.0]))  # no supported module: per-sample Jacobian
+            self.norm = nn.LayerNorm(3)  # likewise
+            self.head = nn.Linear(3 * 7, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.conv(x)).transpose(1, 2)  # (n, 7, 3)
+            h = self.mix(torch.tanh(self.mix(h)))  # the same Linear twice, on 7 positions each
+            return self.head((self.norm(h) * self.scale).flatten(1))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    model.head.weight.requires_grad_(False)
+    x = torch.randn(4, 2, 7, dtype=torch.float64)
+    with eval_mode(model):
+        pl = ntk_structured.plan(model, x[:1], 4, "full")
+    assert set(pl.fallback) == {"scale", "norm.weight", "norm.bias"}
+    assert {layer.weight for layer in pl.layers} == {"conv.weight", "mix.weight", None}
+    for kernel in ("full", "trace"):
+        h = ntk.empirical_ntk(model, x, kernel, "structured", float64=True)
+        assert _rel(h, ntk.ntk_reference(model, x, kernel)) < 1e-10
+
+
+def test_float32_kernels_are_accumulated_in_float64():
+    """ResNet-20 at full width on CIFAR-shaped input: float32 within 5e-7 of the float64 truth."""
+    torch.manual_seed(0)
+    model = ResNet20((3, 32, 32), 10, 1.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    model64 = copy.deepcopy(model).double()
+    for kernel in ("full", "trace"):
+        truth = ntk.empirical_ntk(model64, x.double(), kernel, "structured", float64=True)
+        for method in ("structured", "jacobian"):
+            h = ntk.empirical_ntk(model, x, kernel, method)
+            assert h.dtype == torch.float32
+            assert _rel(h, truth) < 5e-7, (kernel, method, _rel(h, truth))
+
+
+def test_auto_reports_its_choice_and_returns_that_paths_kernel():
+    model = _cnn2d()
+    x = torch.randn(5, 2, 6, 6)
+    for kernel in ("full", "trace"):
+        h = ntk.empirical_ntk(model, x, kernel)  # method="auto"
+        chosen = ntk.choose_method(model, x, kernel)
+        assert chosen in ntk.METHODS
+        assert _close(h, ntk.empirical_ntk(model, x, kernel, chosen), rtol=1e-6)
+        assert _close(h, ntk.ntk_reference(model, x, kernel))
+    n_choices = len(ntk.TIMINGS)
+    ntk.choose_method(model, x, "full")  # cached: nothing is timed again
+    assert len(ntk.TIMINGS) == n_choices
+    with pytest.raises(ValueError):
+        ntk.empirical_ntk(model, x, "full", "einsum")
+
+
+def test_auto_refuses_a_structured_kernel_that_misses_a_use_of_a_weight():
+    """A weight also used through torch.nn.functional is invisible to hooks: auto checks and falls back."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.tanh(self.fc(x)) + nn.functional.linear(x, self.fc.weight))
+
+    torch.manual_seed(0)
+    model = Tied()
+    x = torch.randn(6, 4)
+    ref = ntk.ntk_reference(model, x)
+    assert _rel(ntk.empirical_ntk(model, x, method="structured"), ref) > 1e-3  # the hook's blind spot
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        h = ntk.empirical_ntk(model, x)
+    assert ntk.choose_method(model, x) != "structured"
+    assert _close(h, ref)
+
+
+def test_bn_without_running_statistics_is_not_structured():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
+                          nn.Linear(3 * 16, 2))
+    x = torch.randn(3, 2, 6, 6)
+    with pytest.raises(ntk_structured.NotStructured):
+        ntk.empirical_ntk(model, x, method="structured")
+    assert ntk.choose_method(model, x) != "structured"
+    assert _close(ntk.empirical_ntk(model, x), ntk.empirical_ntk(model, x, method="jacobian"), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
 # Kernel geometry
 # ----------------------------------------------------------------------------------------------
 
@@ -178,7 +340,7 @@ def test_kernel_distance():
     model = _convnet()
     x = torch.randn(4, 2, 6, 6)
     h1 = ntk.empirical_ntk(model, x)
-    assert abs(ntk.kernel_distance(h1, 3.7 * h1)) < 1e-6
+    assert 0.0 <= ntk.kernel_distance(h1, 3.7 * h1) < 1e-6
     with torch.no_grad():
         for q in model.parameters():
             q.add_(0.3 * torch.randn_like(q))
@@ -188,6 +350,22 @@ def test_kernel_distance():
     s = ntk.kernel_distance(h1, h2)
     assert s > 1e-4
     assert math.isclose(s, by_hand, rel_tol=1e-9)
+    assert ntk.kernel_distance(h1, -h1) == 2.0
+
+
+def test_kernel_distance_is_exactly_zero_for_identical_kernels_and_never_negative():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        h = torch.randn(320, 320, generator=g)
+        h = h @ h.T
+        assert ntk.kernel_distance(h, h) == 0.0
+        assert ntk.kernel_distance(h, h.clone()) == 0.0
+        assert ntk.kernel_distance(h.numpy(), h.double()) == 0.0
+        assert ntk.kernel_distance(h, 1.0000001 * h) >= 0.0  # same direction: rounding, clipped at 0
+        tiny = h + 1e-6 * torch.randn(320, 320, generator=g)
+        assert ntk.kernel_distance(h, tiny) >= 0.0
+    with pytest.raises(ValueError):
+        ntk.kernel_distance(torch.zeros(3, 3), torch.eye(3))
 
 
 def _random_kernels(m: int = 5, n: int = 6, seed: int = 0) -> list[torch.Tensor]:
@@ -206,7 +384,7 @@ def test_gram_normalized_gram_distance_matrix(monkeypatch):
     r = ntk.gram(ks)
     assert r.dtype == np.float64 and r.shape == (5, 5)
     assert np.allclose(r, r_np, rtol=1e-12)
-    monkeypatch.setattr(ntk, "_GRAM_BLOCK", 7)  # forces many column blocks
+    monkeypatch.setattr(ntk_geometry, "_GRAM_BLOCK", 7)  # forces many column blocks
     assert np.allclose(ntk.gram(iter(ks)), r_np, rtol=1e-12)
     assert np.allclose(ntk.gram([k.numpy() for k in ks]), r_np, rtol=1e-12)
 

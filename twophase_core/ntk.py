@@ -1,84 +1,73 @@
-"""Empirical neural tangent kernels and the geometry of kernels along training (the Cone Effect).
+"""Empirical neural tangent kernels: three named ways to compute them, and an automatic choice.
 
 Kernel routines state their cost, neural-tangents style, in N samples, O outputs (logits) and P
-trainable parameters; [FP] / [BP] is one forward / backward pass of one sample.
+trainable parameters; [FP] / [BP] is one forward / backward pass of one sample, F the
+multiply-adds of one sample's forward.
 
-The eNTK is computed by Jacobian contraction: per-sample Jacobians from torch.func
-(vmap over samples of jacrev over outputs), then the contraction as plain matrix products,
-because a GEMM is the fastest thing either a CPU or a GPU does. The geometry helpers
-(Gram, distances, curves, projections, cone angle) work from the Gram matrix of the kernels
-alone, so a trajectory of m kernels is reduced to one m x m matrix once and every view reads it.
+- "structured": per-layer factors (`ntk_structured`): for layers linear in their weights the kernel
+  is built from Grams of layer inputs and output cotangents, never from whole per-sample Jacobians.
+  Fastest on small and mid-sized networks.
+- "jacobian": per-sample Jacobians from torch.func (vmap over samples of jacrev over outputs),
+  contracted as plain matrix products, because a GEMM is the fastest thing a CPU or GPU does.
+- "ntvp": NTK-vector products (one vjp and one jvp per kernel column), memory O(P + activations)
+  per column; for models whose Jacobian does not fit even in chunks.
+
+`empirical_ntk(..., method="auto")` picks one per model, kernel and N (`choose_method`, cached).
+The structured and Jacobian paths accumulate float32 products in float64 (`ntk_blocks`); ntvp
+sums over parameters inside its jvp, in the model's dtype. The geometry of kernels along
+training lives in `ntk_geometry` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, jvp, vjp, vmap
 
+from . import ntk_structured as structured
 from .config import KERNELS
-from .models import device_of
+from .models import device_of, eval_mode
+from .ntk_blocks import (
+    as_matrices,
+    assemble,
+    chunk_bounds,
+    default_budget,
+    functional,
+    per_sample_jacobian,
+    product,
+    self_product,
+)
+from .ntk_geometry import (  # noqa: F401  (the public kernel-geometry API, importable from ntk)
+    cone_angle,
+    cone_angles,
+    distance_matrix,
+    gram,
+    kernel_distance,
+    neighbour_curves,
+    normalized_gram,
+    project,
+    reference_curves,
+)
 
-# Parameter blocks with fewer entries than this (BN scales and shifts, biases, early convs) are
-# concatenated into one matrix before the GEMM: many thin GEMMs cost call overhead, while copying
-# the large blocks would cost memory traffic and a second Jacobian-sized buffer for nothing.
-# Diagonal kernel blocks are cut into t <= _MAX_TILES row tiles of >= _MIN_TILE_ROWS rows and only
-# the upper-triangle tile products computed (torch exposes no SYRK): (t+1)/(2t) of the flops; more
-# tiles save little more while the GEMMs get thin. Measured, ResNet-20 (P = 272k), N = 32, O = 10,
-# 2-core CPU, contraction alone: concatenate all + one GEMM 0.52 s, addmm per block 0.38 s,
-# einsum per block 0.38 s, this hybrid 0.38 s with 1 tile, 0.32 s with 2, 0.34 s with 4.
-_SMALL_BLOCK = 4096
-_MIN_TILE_ROWS = 128
-_MAX_TILES = 4
-_CPU_BUDGET = 2 << 30
-_GRAM_BLOCK = 1 << 25  # float64 elements per column block in gram(): 256 MiB
+METHODS = ("structured", "jacobian", "ntvp")
+# Methods whose modelled cost is within this factor of the cheapest are timed on the first call
+# for an architecture and N; the rest are never run.
+CALIBRATE_WITHIN = 2.0
+# Calibration times each candidate twice (interleaved, the order reversed) and keeps the minimum,
+# unless one round took longer than this many seconds (then first-call costs matter little).
+CALIBRATION_ONE_ROUND_S = 5.0
+_CHOICE: dict[tuple[Any, ...], str] = {}
+TIMINGS: dict[tuple[Any, ...], dict[str, float]] = {}
 
 
 # --------------------------------------------------------------------------------------------
 # Jacobians
 # --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode (BN running stats, no dropout) and restore each flag.
-
-    Flags are restored per module, not with model.train(previous), so a model whose BN layers
-    were deliberately frozen in eval mode while the rest trains comes back exactly as it was.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _functional(model: nn.Module) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor], Tensor], Tensor]]:
-    """(trainable parameters, f(params, one sample) -> flat logits) for torch.func.
-
-    Frozen parameters and buffers are passed as constants, so they get no Jacobian.
-    """
-    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    consts = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
-    consts.update(dict(model.named_buffers()))
-
-    def f(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return functional_call(model, (p, consts), (xi.unsqueeze(0),)).reshape(-1)
-
-    return params, f
-
-
-def _jac(f: Callable, params: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
-    return vmap(jacrev(f), in_dims=(None, 0))(params, x)
 
 
 def jacobian(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -88,147 +77,297 @@ def jacobian(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     Model in eval mode for the call; trainable parameters only.
     """
     with eval_mode(model):
-        params, f = _functional(model)
-        return _jac(f, params, x.to(device_of(model)))
+        params, f = functional(model)
+        return per_sample_jacobian(f, params, x.to(device_of(model)))
 
 
-def _matrices(jac: dict[str, Tensor], kernel: str, dtype: torch.dtype) -> list[Tensor]:
-    """One chunk's Jacobian as a few 2-D matrices whose row Grams sum to the kernel.
-
-    full: rows are (sample, logit) pairs, (n O, p); trace: rows are samples, (n, O p), since
-    H_tr = Jr Jr^T with Jr = J reshaped to (n, O P). Large blocks are reshaped without a copy.
-    """
-    big: list[Tensor] = []
-    small: list[Tensor] = []
-    for j in jac.values():
-        j3 = j.reshape(j.shape[0], j.shape[1], -1)
-        (small if j3.shape[-1] < _SMALL_BLOCK else big).append(j3)
-    if small:
-        big.insert(0, torch.cat(small, dim=-1) if len(small) > 1 else small[0])
-    n, o = big[0].shape[:2]
-    rows = n * o if kernel == "full" else n
-    return [m.reshape(rows, -1).to(dtype) for m in big]
+# --------------------------------------------------------------------------------------------
+# The three paths (model in eval mode; each returns the float64-accumulated kernel)
+# --------------------------------------------------------------------------------------------
 
 
-def _product(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """sum_g a_g @ b_g^T. Cost: 2 rows_a rows_b P flops."""
-    out = torch.mm(a[0], b[0].T)
-    for ag, bg in zip(a[1:], b[1:], strict=True):
-        out.addmm_(ag, bg.T)
-    return out
+def _work(model: nn.Module, float64: bool) -> tuple[torch.dtype, int]:
+    """(dtype of the matrices multiplied, bytes per entry the budget must count)."""
+    work = torch.float64 if float64 else torch.float32
+    return work, max([p.element_size() for p in model.parameters()] + [work.itemsize])
 
 
-def _self_product(a: Sequence[Tensor]) -> Tensor:
-    """sum_g a_g @ a_g^T from its upper-triangle tiles. Cost: about (t+1)/(2t) of 2 rows^2 P flops."""
-    rows = a[0].shape[0]
-    t = max(1, min(_MAX_TILES, rows // _MIN_TILE_ROWS))
-    if t == 1:
-        return _symmetrized(_product(a, a))
-    cuts = [(i * rows) // t for i in range(t + 1)]
-    out = a[0].new_empty(rows, rows)
-    for i in range(t):
-        ri = slice(cuts[i], cuts[i + 1])
-        ai = [g[ri] for g in a]
-        for j in range(i, t):
-            rj = slice(cuts[j], cuts[j + 1])
-            tile = _product(ai, [g[rj] for g in a])
-            if j == i:
-                out[ri, rj] = _symmetrized(tile)
-            else:
-                out[ri, rj] = tile
-                out[rj, ri] = tile.T
-    return out
+def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+    params, f = functional(model)
+    with torch.no_grad():
+        o = f(params, x[0]).numel()
+    p = sum(t.numel() for t in params.values())
+    work, itemsize = _work(model, float64)
+    bounds = chunk_bounds(x.shape[0], o * p * itemsize, budget)
+
+    def chunk(i: int) -> list[Tensor]:
+        s, e = bounds[i]
+        return as_matrices(list(per_sample_jacobian(f, params, x[s:e]).values()), kernel, work)
+
+    return assemble(bounds, o if kernel == "full" else 1, chunk, self_product, product, x.device)
 
 
-def _symmetrized(h: Tensor) -> Tensor:
-    """(H + H^T) / 2: BLAS rounding leaves A A^T asymmetric in the last bit; kernels should be exact."""
-    return h.add_(h.T.clone()).mul_(0.5)
+def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool,
+                       pl: structured.Plan | None = None) -> Tensor:
+    pl = structured.plan(model, x[:1], x.shape[0], kernel) if pl is None else pl
+    work, itemsize = _work(model, float64)
+    bounds = chunk_bounds(x.shape[0], structured.per_sample_bytes(pl, itemsize), budget)
+
+    def chunk(i: int) -> structured.Factors:
+        s, e = bounds[i]
+        return structured.capture(model, pl, x[s:e], kernel)
+
+    return assemble(bounds, pl.outputs if kernel == "full" else 1, chunk,
+                    lambda a: structured.self_block(a, kernel, work),
+                    lambda a, b: structured.cross_block(a, b, kernel, work), x.device)
 
 
-def _default_budget(device: torch.device) -> int:
-    """A quarter of free device memory on CUDA; min(2 GiB, a quarter of available RAM) elsewhere."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free // 4)
+def _ntvp_products(model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tensor], int]:
+    """(V -> H V for a batch of (B, N, O) vectors by vmap over one vjp + one jvp each, O)."""
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    consts = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
+    consts.update(dict(model.named_buffers()))
+
+    def f(p: dict[str, Tensor]) -> Tensor:
+        return functional_call(model, (p, consts), (x,))
+
+    out, pullback = vjp(f, params)
+
+    def column(v: Tensor) -> Tensor:
+        (jt_v,) = pullback(v.reshape(out.shape).to(out.dtype))
+        return jvp(f, (params,), (jt_v,))[1]
+
+    return vmap(column), out[0].numel()
+
+
+def _ntvp_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+    n = x.shape[0]
+    products, o = _ntvp_products(model, x)
+    _, itemsize = _work(model, float64)
+    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    per_column = itemsize * (2 * p + 4 * n * _activations(model, x[:1]))
+    batch = max(1, min(n * o, budget // max(1, per_column)))
+    eye = torch.eye(n * o, dtype=x.dtype, device=x.device)
+    h = torch.empty(n * o, n * o, dtype=torch.float64, device=x.device)
+    for s in range(0, n * o, batch):
+        cols = products(eye[s : s + batch].reshape(-1, n, o))
+        h[:, s : s + batch] = cols.reshape(-1, n * o).T.double()
+    h = h.add_(h.T.clone()).mul_(0.5)
+    if kernel == "trace":
+        h = h.reshape(n, o, n, o).diagonal(dim1=1, dim2=3).sum(-1)
+    return h
+
+
+def _activations(model: nn.Module, x1: Tensor) -> int:
+    """Elements of every leaf module's output for one sample (the memory one forward keeps)."""
+    total = [0]
+
+    def hook(m: nn.Module, i: tuple, out: Any) -> None:
+        if isinstance(out, Tensor):
+            total[0] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return min(_CPU_BUDGET, int(line.split()[1]) * 1024 // 4)
-    except OSError:
-        pass
-    return _CPU_BUDGET
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+_PATHS: dict[str, Callable[..., Tensor]] = {
+    "structured": _structured_kernel, "jacobian": _jacobian_kernel, "ntvp": _ntvp_kernel,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The choice
+# --------------------------------------------------------------------------------------------
+
+
+def modelled_costs(model: nn.Module, x: Tensor, kernel: str = "full",
+                   memory_budget_bytes: int | None = None, float64: bool = False) -> dict[str, float]:
+    """Modelled cost of each path on this model, kernel and N (inf where a path does not apply).
+
+    In multiply-adds of a large GEMM, weighted as in `ntk_structured` (W_PASS for layer passes):
+    structured: `ntk_structured.cost`; jacobian: W_PASS N F (1 + 2 O) per Jacobian build (times
+    (1 + m(m-1)/2) / m for m chunks) plus its Gram, N^2 O^2 P / 2 (full) or N^2 O P / 2 (trace);
+    ntvp: W_PASS N O columns of N (F + 2F + 2F). F: multiply-adds of one sample's forward through
+    the dense and convolutional layers (P where they cannot be found). The model must be in eval mode.
+    """
+    x = x.to(device_of(model))
+    n = x.shape[0]
+    budget = default_budget(x.device) if memory_budget_bytes is None else int(memory_budget_bytes)
+    _, itemsize = _work(model, float64)
+    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    try:
+        pl: structured.Plan | None = structured.plan(model, x[:1], n, kernel)
+    except structured.NotStructured:
+        pl = None
+    if pl is None:
+        with torch.no_grad():
+            o = model(x[:1]).numel()
+        fwd = float(p)
+    else:
+        o, fwd = pl.outputs, float(max(pl.macs, 1))
+    m = len(chunk_bounds(n, o * p * itemsize, budget))
+    builds = (1 + m * (m - 1) / 2) / m
+    w = structured.W_PASS
+    return {
+        "structured": float("inf") if pl is None else structured.cost(pl, n, kernel),
+        "jacobian": w * n * fwd * (1 + 2 * o) * builds + structured.gram_cost(n, o, p, kernel),
+        "ntvp": w * 5.0 * n * n * o * fwd,
+    }
+
+
+def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Any, ...]:
+    """The architecture (module types, parameter and buffer shapes), the input shape, N and the settings."""
+    return (
+        tuple(type(m).__name__ for m in model.modules()),
+        tuple((k, tuple(p.shape), p.dtype, p.requires_grad) for k, p in model.named_parameters()),
+        tuple((k, tuple(b.shape)) for k, b in model.named_buffers()),
+        tuple(x.shape), x.dtype, device_of(model).type, kernel, budget, float64,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _choose(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[str, Tensor | None]:
+    """(method, the kernel if the choice computed it with that method). Model in eval mode."""
+    key = _key(model, x, kernel, budget, float64)
+    if key in _CHOICE:
+        return _CHOICE[key], None
+    b = default_budget(x.device) if budget is None else int(budget)
+    costs = modelled_costs(model, x, kernel, budget, float64)
+    kernels: dict[str, Tensor] = {}
+    candidates = [k for k in METHODS if costs[k] <= CALIBRATE_WITHIN * min(costs.values())]
+    if "structured" in candidates:
+        # Hooks see only what runs through a layer's forward: a weight also used elsewhere (through
+        # torch.nn.functional, say) would be missed silently, so the structured kernel is checked
+        # once against NTK-vector products, which share no code with it.
+        kernels["structured"] = _PATHS["structured"](model, x, kernel, b, float64)
+        if not _agrees_with_ntvp(model, x, kernel, kernels["structured"], float64):
+            warnings.warn(f"structured eNTK disagrees with NTK-vector products on {type(model).__name__}; "
+                          "not using it for this model", RuntimeWarning, stacklevel=3)
+            costs["structured"] = float("inf")
+            del kernels["structured"]
+            candidates = [k for k in METHODS if costs[k] <= CALIBRATE_WITHIN * min(costs.values())]
+    times = {k: float("nan") for k in candidates}
+    if len(candidates) > 1:
+        times = {k: float("inf") for k in candidates}
+        for k in candidates:  # warm-up on two samples: first-call costs must not decide
+            _PATHS[k](model, x[:2], kernel, b, float64)
+        for rnd in range(2):
+            t_round = time.perf_counter()
+            for k in candidates if rnd == 0 else candidates[::-1]:
+                _sync(x.device)
+                t = time.perf_counter()
+                kernels[k] = _PATHS[k](model, x, kernel, b, float64)
+                _sync(x.device)
+                times[k] = min(times[k], time.perf_counter() - t)
+            if time.perf_counter() - t_round > CALIBRATION_ONE_ROUND_S:
+                break
+    choice = min(candidates, key=lambda k: times[k]) if len(candidates) > 1 else candidates[0]
+    _CHOICE[key] = choice
+    TIMINGS[key] = times | {f"modelled_{k}": v for k, v in costs.items()}
+    return choice, kernels.get(choice)
+
+
+def _agrees_with_ntvp(model: nn.Module, x: Tensor, kernel: str, h: Tensor, float64: bool) -> bool:
+    """Whether h times a random vector matches NTK-vector products (1e-3 relative; 1e-8 when the
+    model and the products are float64).
+
+    Cost: one product for the full kernel, O for the trace (H_tr w = sum_o [H (w e_o^T)]_(., o)).
+    """
+    n = x.shape[0]
+    products, o = _ntvp_products(model, x)
+    g = torch.Generator(device=x.device).manual_seed(0)
+    dtype = next(model.parameters()).dtype
+    if kernel == "full":
+        v = torch.randn(n * o, generator=g, device=x.device, dtype=torch.float64)
+        want = products(v.to(dtype).reshape(1, n, o)).reshape(-1).double()
+    else:
+        v = torch.randn(n, generator=g, device=x.device, dtype=torch.float64)
+        eye = torch.eye(o, dtype=torch.float64, device=x.device)
+        cols = products((v[None, :, None] * eye[:, None, :]).to(dtype))  # (O, n, O)
+        want = cols.double().diagonal(dim1=0, dim2=2).sum(-1)
+    got = h.double() @ v
+    tol = 1e-8 if dtype == torch.float64 and float64 else 1e-3
+    return bool(torch.linalg.vector_norm(got - want) <= tol * torch.linalg.vector_norm(want))
+
+
+def choose_method(model: nn.Module, x: Tensor, kernel: str = "full", *,
+                  memory_budget_bytes: int | None = None, float64: bool = False) -> str:
+    """The path `empirical_ntk(..., method="auto")` uses for this model, kernel and N: one of METHODS.
+
+    The flop model `modelled_costs` keeps the paths within CALIBRATE_WITHIN of the cheapest; if more
+    than one remains, each is timed on x after a warm-up on two samples (two interleaved rounds,
+    the minimum; one when a round takes over CALIBRATION_ONE_ROUND_S) and the fastest kept: up to
+    2 m - 1 extra kernels for m candidates, once. Cached per (architecture, input shape, N, device,
+    kernel, settings) for the process, so after the first `empirical_ntk` call with the same
+    arguments this costs nothing; the timings are in `TIMINGS`.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    with eval_mode(model):
+        return _choose(model, x.to(device_of(model)), kernel, memory_budget_bytes, float64)[0]
 
 
 def empirical_ntk(
     model: nn.Module,
     x: Tensor,
     kernel: str = "full",
+    method: str = "auto",
     *,
     memory_budget_bytes: int | None = None,
     float64: bool = False,
 ) -> Tensor:
-    """Empirical NTK H[(k,o),(l,p)] = <d f_o(x_k)/d theta, d f_p(x_l)/d theta> by Jacobian contraction.
+    """Empirical NTK H[(k,o),(l,p)] = <d f_o(x_k)/d theta, d f_p(x_l)/d theta> over trainable parameters.
 
     kernel "full": (N O, N O), sample-major (row k*O + o). kernel "trace": (N, N), summed (not
     averaged) over logits, H_tr[k,l] = sum_o H[(k,o),(l,o)], without forming the full kernel.
     Model in eval mode for the call (BN running stats, no dropout), each module's flag restored.
+    method: "auto" (`choose_method`) or one of METHODS:
 
-    Cost: Jacobian N [FP] + N O [BP]; contraction N^2 O^2 P (full) or N^2 O P (trace)
-    multiply-adds, about halved by symmetry across chunk pairs and tiles.
-    Memory: N O P when the Jacobian (N O P * itemsize bytes) fits memory_budget_bytes, else
-    samples are chunked so two chunk Jacobians fit the budget, at the price of recomputing
-    Jacobians (1 + m(m-1)/2 chunk Jacobians for m chunks). Default budget: a quarter of free GPU
-    memory, or min(2 GiB, a quarter of available RAM). Plus the kernel, (N O)^2.
+    - "structured" (`ntk_structured`): one batched [FP] and O activation-only [BP] over the N
+      samples, then per dense layer on vectors N^2 d_in + N^2 O^2 d_out (full) / N^2 O d_out
+      (trace); per convolution with S output positions the cheaper of the factored order,
+      N^2 S (S d_in + S O d_out + O^2 d_out) (full), and explicit gradients,
+      N O S d_in d_out + N^2 O^2 d_in d_out / 2; BN scales / shifts and biases N^2 O^2 C / 2.
+      Memory: the factors, about O times one forward's activations per sample.
+    - "jacobian": N [FP] + N O [BP] (vmap over samples, jacrev over outputs), then N^2 O^2 P / 2
+      (full) or N^2 O P / 2 (trace) multiply-adds by symmetry across chunk pairs and tiles.
+      Memory N O P.
+    - "ntvp": N O kernel columns H e_j = J (J^T e_j), each one vjp and one jvp over the N samples:
+      about N^2 O [FP + BP + FP]; memory O(P + N activations) per column, columns batched to the budget.
 
-    Returns float32 on the model's device (float64 with float64=True, for precision studies).
+    Chunking (structured, jacobian): when the N samples' factors or Jacobians exceed
+    memory_budget_bytes, samples are chunked so that two chunks fit, at the price of rebuilding
+    them (1 + m(m-1)/2 builds for m chunks). Default budget: a quarter of free GPU memory, or
+    min(2 GiB, a quarter of available RAM). Plus the kernel, (N O)^2 in float64 while it is summed.
+
+    Products of float32 blocks are accumulated in float64 (structured, jacobian). Returns float32 on the model's device
+    (float64 with float64=True: blocks then multiplied in float64, for precision studies).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    device = device_of(model)
-    x = x.to(device)
-    n = x.shape[0]
-    if n == 0:
+    if method != "auto" and method not in METHODS:
+        raise ValueError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
+    x = x.to(device_of(model))
+    if x.shape[0] == 0:
         raise ValueError("empirical_ntk needs at least one sample")
-    acc = torch.float64 if float64 else torch.float32
     with eval_mode(model):
-        params, f = _functional(model)
-        with torch.no_grad():
-            o = f(params, x[0]).numel()
-        p = sum(t.numel() for t in params.values())
-        itemsize = max([t.element_size() for t in params.values()] + [acc.itemsize])
-        per_sample = o * p * itemsize
-        budget = _default_budget(device) if memory_budget_bytes is None else int(memory_budget_bytes)
-        c = n if n * per_sample <= budget else max(1, budget // (2 * per_sample))
-        bounds = [(s, min(s + c, n)) for s in range(0, n, c)]
-        r = o if kernel == "full" else 1
-
-        def chunk(i: int) -> list[Tensor]:
-            s, e = bounds[i]
-            return _matrices(_jac(f, params, x[s:e]), kernel, acc)
-
-        if len(bounds) == 1:
-            return _self_product(chunk(0))
-        out = torch.empty(n * r, n * r, dtype=acc, device=device)
-        a = chunk(0)
-        for i, (si, ei) in enumerate(bounds):
-            ri = slice(si * r, ei * r)
-            out[ri, ri] = _self_product(a)
-            nxt = None
-            # Columns right to left, so the last chunk computed is i+1: the next row block,
-            # reused rather than recomputed, and never more than two chunks alive at once.
-            for j in range(len(bounds) - 1, i, -1):
-                b = chunk(j)
-                rj = slice(bounds[j][0] * r, bounds[j][1] * r)
-                tile = _product(a, b)
-                out[ri, rj] = tile
-                out[rj, ri] = tile.T
-                del tile
-                if j == i + 1:
-                    nxt = b
-                del b
-            a = nxt
-        return out
+        h: Tensor | None = None
+        if method == "auto":
+            method, h = _choose(model, x, kernel, memory_budget_bytes, float64)
+        if h is None:
+            budget = default_budget(x.device) if memory_budget_bytes is None else int(memory_budget_bytes)
+            h = _PATHS[method](model, x, kernel, budget, float64)
+    return h if float64 else h.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,18 +382,13 @@ def ntk_vector_product(model: nn.Module, x: Tensor, v: Tensor) -> Tensor:
     Cost: one batched [FP] + [BP] (vjp) plus one [FP] with tangents (jvp) over the N samples,
     memory O(P + activations), independent of O. Cheaper than `empirical_ntk` when only a few
     products are needed (kernel regression by conjugate gradients, power iteration, or P so large
-    that even one chunk's Jacobian does not fit); building the whole (N O)^2 kernel this way would
-    take N O products, which is where Jacobian contraction wins.
+    that even one chunk's Jacobian does not fit); the whole (N O)^2 kernel this way (method="ntvp")
+    takes N O products, where the other paths usually win.
     """
     with eval_mode(model):
-        params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
-        consts = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
-        consts.update(dict(model.named_buffers()))
         x = x.to(device_of(model))
-        f = lambda p: functional_call(model, (p, consts), (x,))
-        out, pullback = torch.func.vjp(f, params)
-        (jt_v,) = pullback(v.reshape(out.shape).to(out.dtype))
-        _, hv = torch.func.jvp(f, (params,), (jt_v,))
+        products, o = _ntvp_products(model, x)
+        hv = products(v.reshape(1, x.shape[0], o))
     return hv.reshape(v.shape)
 
 
@@ -309,217 +443,3 @@ def ntk_einsum_baseline(model: nn.Module, x: Tensor, kernel: str = "full") -> Te
         n, o = h.shape[:2]
         h = h.reshape(n * o, n * o)
     return h
-
-
-# --------------------------------------------------------------------------------------------
-# Kernel geometry: distances and the Gram matrix of a trajectory
-# --------------------------------------------------------------------------------------------
-
-
-def _flat(h: Tensor | np.ndarray) -> Tensor:
-    return torch.as_tensor(h).detach().reshape(-1)
-
-
-def kernel_distance(h1: Tensor | np.ndarray, h2: Tensor | np.ndarray) -> float:
-    """S = 1 - <H1,H2>_F / (|H1|_F |H2|_F) (Fort et al. 2020), in float64.
-
-    Scale-free: it measures a change of kernel shape, not of magnitude. Cost: N^2 O^2 (full).
-    """
-    a = _flat(h1).double()
-    b = _flat(h2).to(a.device).double()
-    if a.shape != b.shape:
-        raise ValueError(f"kernels differ in size: {tuple(a.shape)} vs {tuple(b.shape)}")
-    den = torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)
-    if den == 0:
-        raise ValueError("kernel_distance of a zero kernel is undefined")
-    return float(1.0 - torch.dot(a, b) / den)
-
-
-def gram(kernels: Iterable[Tensor | np.ndarray]) -> np.ndarray:
-    """R_ij = <H_i, H_j>_F in float64, the m x m matrix every trajectory view is derived from.
-
-    Each kernel is flattened once and kept in its own dtype; the products run in float64 over
-    column blocks of at most 256 MiB, so precision does not cost a float64 copy of everything.
-    Cost: m^2 D multiply-adds for m kernels of D entries (D = N^2 O^2 for full kernels);
-    memory m D in the kernels' dtype.
-    """
-    flat = [_flat(h) for h in kernels]
-    m = len(flat)
-    if m == 0:
-        return np.zeros((0, 0))
-    dev = flat[0].device
-    if any(f.shape != flat[0].shape for f in flat):
-        raise ValueError("all kernels must have the same size")
-    a = torch.stack([f.to(dev) for f in flat])
-    del flat
-    d = a.shape[1]
-    r = torch.zeros(m, m, dtype=torch.float64, device=dev)
-    step = max(1, _GRAM_BLOCK // m)
-    for s in range(0, d, step):
-        blk = a[:, s : s + step].double()
-        r.addmm_(blk, blk.T)
-    return r.cpu().numpy()
-
-
-def normalized_gram(R: np.ndarray) -> np.ndarray:
-    """G_ij = R_ij / sqrt(R_ii R_jj): the Gram matrix of the unit-normalised kernels (diagonal 1)."""
-    r = np.asarray(R, dtype=np.float64)
-    d = np.sqrt(np.diag(r))
-    if np.any(~(d > 0)):
-        raise ValueError("normalized_gram needs every kernel non-zero (positive diagonal)")
-    g = r / np.outer(d, d)
-    g = np.clip(0.5 * (g + g.T), -1.0, 1.0)
-    np.fill_diagonal(g, 1.0)
-    return g
-
-
-def distance_matrix(G: np.ndarray) -> np.ndarray:
-    """S = 1 - G, the kernel distance between every pair of checkpoints (paper Fig. 4).
-
-    Rounding can leave 1 - G slightly negative; those entries are clipped to 0, the diagonal is 0.
-    """
-    g = np.asarray(G, dtype=np.float64)
-    s = np.maximum(1.0 - 0.5 * (g + g.T), 0.0)
-    np.fill_diagonal(s, 0.0)
-    return s
-
-
-def _positions(iters: Sequence[int], m: int) -> dict[int, int]:
-    pos = {int(t): i for i, t in enumerate(iters)}
-    if len(iters) != m or len(pos) != m:
-        raise ValueError(f"iters must be {m} distinct iteration numbers, one per checkpoint")
-    return pos
-
-
-def reference_curves(S: np.ndarray, iters: Sequence[int], refs: Sequence[int]) -> np.ndarray:
-    """S(theta_t, theta_tau) for every checkpoint t, one row per reference iteration tau (Fig. 5a).
-
-    refs are iteration numbers and must be checkpoints. Returns (len(refs), m), columns in the
-    order of iters.
-    """
-    s = np.asarray(S, dtype=np.float64)
-    pos = _positions(iters, s.shape[0])
-    missing = [t for t in refs if int(t) not in pos]
-    if missing:
-        raise ValueError(f"reference iterations {missing} are not checkpoints")
-    return s[[pos[int(t)] for t in refs], :].copy()
-
-
-def neighbour_curves(
-    S: np.ndarray, iters: Sequence[int], dts: Sequence[int]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Kernel velocity S(theta_t, theta_{t+dt}) versus t, for each dt (Fig. 5b).
-
-    Iterations may be non-uniform: a curve uses exactly the checkpoint pairs dt iterations apart.
-    Returns, per dt, (t values ascending, distances); empty arrays when no pair is dt apart.
-    """
-    s = np.asarray(S, dtype=np.float64)
-    pos = _positions(iters, s.shape[0])
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    for dt in dts:
-        if dt <= 0:
-            raise ValueError(f"dt must be positive, got {dt}")
-        ts = sorted(t for t in pos if t + dt in pos)
-        vals = [s[pos[t], pos[t + dt]] for t in ts]
-        out.append((np.asarray(ts, dtype=np.int64), np.asarray(vals, dtype=np.float64)))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Kernel geometry: pictures and the cone
-# --------------------------------------------------------------------------------------------
-
-
-def _fix_signs(c: np.ndarray) -> np.ndarray:
-    """Make the largest-magnitude entry of each column positive, so pictures do not flip between runs."""
-    for k in range(c.shape[1]):
-        i = int(np.argmax(np.abs(c[:, k])))
-        if c[i, k] < 0:
-            c[:, k] = -c[:, k]
-    return c
-
-
-def _pad(c: np.ndarray, dim: int) -> np.ndarray:
-    if c.shape[1] >= dim:
-        return c[:, :dim]
-    return np.hstack([c, np.zeros((c.shape[0], dim - c.shape[1]))])
-
-
-def _mds_kwargs(seed: int) -> dict:
-    from sklearn.manifold import MDS
-
-    names = inspect.signature(MDS.__init__).parameters
-    kw: dict = {"random_state": seed, "n_init": 4, "max_iter": 500}
-    if "metric_mds" in names:  # scikit-learn >= 1.8 renamed the arguments
-        kw.update(metric="precomputed", metric_mds=True, init="random")
-    else:
-        kw.update(dissimilarity="precomputed", metric=True)
-    return kw
-
-
-def project(G: np.ndarray, method: str = "pca", dim: int = 3, seed: int = 0) -> np.ndarray:
-    """(m, dim) coordinates of the unit-normalised kernels, from their Gram matrix G alone (Fig. 5c).
-
-    "pca": exact PCA of the implicit unit vectors: double-centre G, eigendecompose,
-    coordinates = eigenvectors * sqrt(eigenvalues) (what sklearn PCA gives on the vectors).
-    "mds": metric MDS (scikit-learn SMACOF) on the chordal distances sqrt(2 - 2G), then rotated
-    to its principal axes. Signs fixed so the largest |entry| of each axis is positive; axes
-    beyond the rank are zero. Cost: m^3 (pca); SMACOF iterations of m^2 (mds).
-    """
-    g = np.asarray(G, dtype=np.float64)
-    m = g.shape[0]
-    if method == "pca":
-        c = np.eye(m) - 1.0 / m
-        gc = c @ g @ c
-        w, v = np.linalg.eigh(0.5 * (gc + gc.T))
-        w, v = w[::-1][:dim], v[:, ::-1][:, :dim]
-        w = np.where(w > max(w[0], 0.0) * 1e-10 + 1e-14, w, 0.0) if m else w
-        return _pad(_fix_signs(v * np.sqrt(w)), dim)
-    if method == "mds":
-        if m < 2:
-            return np.zeros((m, dim))
-        from sklearn.manifold import MDS
-
-        d = np.sqrt(np.clip(2.0 - (g + g.T), 0.0, None))
-        np.fill_diagonal(d, 0.0)
-        k = min(dim, m - 1)
-        y = MDS(n_components=k, **_mds_kwargs(seed)).fit_transform(d)
-        y = y - y.mean(axis=0)
-        _, _, vt = np.linalg.svd(y, full_matrices=False)
-        return _pad(_fix_signs(y @ vt.T), dim)
-    raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
-
-
-def cone_angle(G: np.ndarray, window: Sequence[int], apex: int = 0) -> float:
-    """Largest angle (degrees) between increments u_i - u_apex over a window of checkpoints.
-
-    u_i are the unit-normalised kernels; seen from H(theta_apex) (default theta_0) the kernels of a
-    window subtend this cone: wide while the kernel still turns (early), narrow after the
-    transition. Uses only G: <d_i, d_j> = G_ij - G_i,apex - G_apex,j + 1. window holds indices
-    into G; the apex and increments of zero length (no direction) are skipped; 0 if fewer than
-    two remain. Cost: w^2 for a window of w checkpoints.
-    """
-    g = np.asarray(G, dtype=np.float64)
-    idx = [int(i) for i in dict.fromkeys(window) if int(i) != apex]
-    if len(idx) < 2:
-        return 0.0
-    ga = g[idx, apex]
-    ip = g[np.ix_(idx, idx)] - ga[:, None] - ga[None, :] + 1.0
-    norm2 = np.diag(ip).copy()
-    keep = norm2 > 1e-15
-    if keep.sum() < 2:
-        return 0.0
-    ip, nrm = ip[np.ix_(keep, keep)], np.sqrt(norm2[keep])
-    cos = np.clip(ip / np.outer(nrm, nrm), -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos.min())))
-
-
-def cone_angles(
-    G: np.ndarray, iters: Sequence[int], windows: Sequence[tuple[int, int]], apex: int = 0
-) -> list[float]:
-    """cone_angle over each window (first_iter, last_iter), inclusive, in iteration numbers.
-
-    apex is an index into G (default 0, theta_0).
-    """
-    it = np.asarray(iters)
-    return [cone_angle(G, np.flatnonzero((it >= a) & (it <= b)).tolist(), apex) for a, b in windows]
