@@ -20,6 +20,7 @@ PAGES = {
     "cone": st.Page("pages/cone.py", title="Cone Effect", icon=":material/change_history:", url_path="cone"),
     "linear": st.Page("pages/linear.py", title="Linearised training", icon=":material/show_chart:",
                       url_path="linear"),
+    "sweeps": st.Page("pages/sweeps.py", title="Sweeps", icon=":material/stacked_line_chart:", url_path="sweeps"),
     "runs": st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
 }
 

@@ -21,7 +21,7 @@ from twophase_core.store import Store, default_root
 
 KINDS = tuple(C.KINDS)
 PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",
-              "linear": "pages/linear.py", "runs": "pages/runs.py"}
+              "linear": "pages/linear.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py"}
 KIND_TITLES = {"chaos": "Chaos Effect", "cone": "Cone Effect", "linear": "Linearised training"}
 POLL_S = 1.0
 

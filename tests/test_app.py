@@ -267,3 +267,45 @@ print('ok')
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180,
                        cwd=str(Path(APP).parent))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_sweeps_page_shows_groups_transition_and_bands(empty):
+    """A sweep whose points are stored (computed here, as the CLI would) draws its transition view."""
+    from twophase_core import sweep as S
+
+    base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
+    sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
+    store = Store(empty)
+    S.run_sweep(sweep, store)
+    rec = S.submit_sweep(JobManager(store), sweep)  # every point is stored: nothing is started
+    assert all(r.status == "done" for r in JobManager(store).list())
+    at = _app(page="sweeps", sweep=rec["id"])
+    assert not at.exception
+    table = at.dataframe[0].value  # t* per group and metric
+    assert set(table["metric"]) == {"C", "B", "D"} and len(table) == 6
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # the transition figure and the banded cross-sections
+    assert any("twophase sweep chaos" in c.value and "--vary eps=1e-07,1e-05" in c.value for c in at.code)
+    at.radio(key="sweep_metric").set_value("D").run()
+    assert not at.exception
+
+
+def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
+    at = _app(page="sweeps")
+    at.radio(key="sweep_kind").set_value("chaos").run()
+    at.selectbox(key="sweep_preset").set_value("tiny").run()
+    at.text_area(key="sweep_vary_chaos_tiny").set_value("epss=1,2")
+    [go] = [b for b in at.button if b.label == "Run sweep"]
+    go.click().run()
+    assert not at.exception
+    assert any("epss" in e.value for e in at.error)
+    assert JobManager(Store(empty)).list() == []
+    at.text_area(key="sweep_vary_chaos_tiny").set_value("eps=1e-7,1e-6")
+    at.text_input(key="sweep_reps_tiny").set_value("2")
+    [go] = [b for b in at.button if b.label == "Run sweep"]
+    go.click().run()
+    assert not at.exception and not at.error
+    recs = JobManager(Store(empty)).list()
+    assert len(recs) == 4 and at.query_params.get("sweep", "").startswith("sweep-")
+    for r in recs:
+        JobManager(Store(empty)).cancel(r.id)

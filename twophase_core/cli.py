@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
-from .presets import PRESETS, preset
+from .presets import PRESETS, preset, sweep_replicates
 from .settings import ConfigError, bounds_text, format_value
 
 METAVARS = {"choice": "NAME", "int": "N", "float": "X", "text": "TEXT", "step": "STEP", "steps": "STEPS",
@@ -148,8 +148,9 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
         p.add_argument("--seeds", action="append", default=[], metavar="FIELD",
                        help="settings that are replicate seeds, not settings (default: data_seed and init_seed "
                             "together, one value per replicate)")
-        p.add_argument("--replicates", default="1", metavar="K",
-                       help="replicates per setting when the seeds are not varied: seed, seed+1, ... (default 1)")
+        p.add_argument("--replicates", default=None, metavar="K",
+                       help="replicates per setting when the seeds are not varied: seed, seed+1, ... (default: the "
+                            "preset's, else 1)")
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -302,7 +303,7 @@ def _sweep(args: argparse.Namespace) -> int:
     base = build_config(kind, args)
     seeds = tuple(x.replace("-", "_") for s in args.seeds for x in split_list(s)) or DEFAULT_SEEDS
     rep_spec = Spec("int", "replicates", lo=1, hi=MAX_POINTS)
-    replicates = parse_text("--replicates", rep_spec, args.replicates)
+    replicates = parse_text("--replicates", rep_spec, args.replicates or str(sweep_replicates(args.preset)))
     check("--replicates", rep_spec, replicates)
     sweep = Sweep(base, parse_vary(kind, args.vary), seeds, replicates)
     points = expand(sweep)

@@ -61,6 +61,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# Replicates a sweep on a preset runs by default (`twophase sweep --preset NAME`); others: 1.
+SWEEP_REPLICATES: dict[str, int] = {}
+
+
+def sweep_replicates(name: str) -> int:
+    return SWEEP_REPLICATES.get(name, 1)
+
+
 def preset(name: str, kind: str) -> Any:
     if name not in PRESETS:
         raise C.ConfigError("preset", name, f"choose one of {', '.join(PRESETS)}")

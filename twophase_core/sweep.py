@@ -276,19 +276,116 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
             for m, v in arrays.items():
                 entry[m] = _band(v, n_boot, seed)
             final = {m: v[:, :, -1] for m, v in arrays.items()}
-            entry["transition"] = transition_json(estimate_transitions(t0, final, n_boot=n_boot, seed=seed))
+            entry["at_final_t1"] = {m: _nested(v) for m, v in final.items()}  # (replicates, t0): what t* is fit to
+            est = estimate_transitions(t0, final, n_boot=n_boot, seed=seed)
+            entry["transition"] = transition_json(est)
+            entry["estimates"] = {m: e.to_dict() for m, e in est.items()}  # found or not, with the fit
         elif kind == "cone":
             entry["iters"] = np.asarray(a0["iters"]).tolist()
             entry["S"] = _band(arrays["S"], n_boot, seed)
             dt = int(min(a0["dts"]))
             t = np.asarray(a0[f"neigh_t_{dt}"])
             s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
-            entry["velocity"] = {"dt": dt, "t": t.tolist(), **_band(s, n_boot, seed)}
+            entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": _nested(s), **_band(s, n_boot, seed)}
             est = estimate_kernel_transition(t, s, n_boot=n_boot, seed=seed)
             entry["transition"] = transition_json({"S": est})
+            entry["estimates"] = {"S": est.to_dict()}
         else:
             entry["switch"] = np.asarray(a0["switch"]).tolist()
             entry["acc_linear"] = _band(arrays["acc_linear"], n_boot, seed)
             entry["transition"] = None
         out.append(entry)
     return out
+
+
+def figure_groups(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sweep JSON groups -> the groups `figures.transition_figure` draws (label, grid, replicate values,
+    and the transitions already estimated, so the figure shows exactly the JSON's t*)."""
+    out = []
+    for g in groups:
+        label = ", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "base"
+        tr = g.get("estimates") or {}
+        if "at_final_t1" in g:
+            values = {m: np.asarray(v, dtype=float) for m, v in g["at_final_t1"].items()}
+            out.append({"label": label, "t0": g["t0"], "values": values, "transitions": tr})
+        elif "velocity" in g:
+            out.append({"label": label, "t0": g["velocity"]["t"], "transitions": tr,
+                        "values": {"S": np.asarray(g["velocity"]["replicates"], dtype=float)}})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# As jobs (the app): one record per sweep, one ordinary job per point
+
+
+def sweep_key(sweep_id: str) -> str:
+    return f"sweep/{sweep_id}"
+
+
+def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
+    """Record the sweep and queue its points on the job runner (points sharing a base run queued
+    together); a point already computed or queued is attached to, not run again."""
+    points = expand(sweep)
+    sid = sweep.id()
+    old = jm.store.get_json(sweep_key(sid))
+    rec = {"id": sid, "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
+           "created": old["created"] if isinstance(old, dict) and "created" in old else time.time()}
+    jm.store.put_json(sweep_key(sid), rec)
+    for p in sorted(points, key=lambda p: p.config.train.trajectory_key()):
+        jm.submit(p.config)
+    return rec
+
+
+def load_sweep(store: Any, sweep_id: str) -> dict[str, Any] | None:
+    rec = store.get_json(sweep_key(sweep_id))
+    return rec if isinstance(rec, dict) and {"id", "sweep", "runs"} <= set(rec) else None
+
+
+def list_sweeps(store: Any) -> list[dict[str, Any]]:
+    recs = [load_sweep(store, k[len("sweep/"):]) for k in store.keys("sweep/")]
+    return sorted((r for r in recs if r is not None), key=lambda r: r.get("created", 0), reverse=True)
+
+
+def sweep_progress(jm: Any, rec: dict[str, Any]) -> dict[str, Any]:
+    """Overall progress of a sweep's jobs: the mean of their progress, and how many are in each state."""
+    counts = {s: 0 for s in ("queued", "running", "done", "failed", "cancelled", "missing")}
+    total = 0.0
+    for rid in rec["runs"]:
+        r = jm.get(rid)
+        if r is None:
+            kind, _, h = rid.partition("-")
+            done = load_result(jm.store, kind, h) is not None
+            counts["done" if done else "missing"] += 1
+            total += 1.0 if done else 0.0
+        else:
+            counts[r.status] += 1
+            total += 1.0 if r.status == "done" else r.progress
+    return {"progress": total / max(len(rec["runs"]), 1), "points": len(rec["runs"]), **counts}
+
+
+def sweep_result(store: Any, rec: dict[str, Any]) -> SweepResult:
+    """The sweep with whatever results are stored so far (its groups fill in as points finish)."""
+    sweep = Sweep.from_dict(rec["sweep"])
+    points = expand(sweep)
+    return SweepResult(sweep, points, load_results(store, points), {"points": len(points)})
+
+
+def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = "sweep.json") -> str:
+    """The `twophase sweep ...` line that reproduces the sweep (its base as `command_for` writes it)."""
+    import shlex
+
+    from .cli import command_for
+
+    base = shlex.split(command_for(sweep.base, preset_name, json_out=None))
+    specs = C.settings_of(type(sweep.base))
+    parts = ["twophase", "sweep", *base[1:]]
+    for name, values in sweep.vary:
+        sep = "|" if specs[name][0].type in LIST_TYPES else ","
+        parts += ["--vary", f"{name}={sep.join(format_value(specs[name][0], v) for v in values)}"]
+    if tuple(sweep.seeds) != DEFAULT_SEEDS:
+        for s in sweep.seeds:
+            parts += ["--seeds", s]
+    if sweep.replicates != 1:
+        parts += ["--replicates", str(sweep.replicates)]
+    parts += ["--json", json_out]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,134 @@
+"""Sweeps: many runs of one experiment over settings and seeds; where the chaos ends, with an interval."""
+
+import pandas as pd
+import streamlit as st
+
+import app_common as ui
+from twophase_core import config as C
+from twophase_core import figures as F
+from twophase_core import sweep as S
+from twophase_core.presets import PRESETS, preset, sweep_replicates
+from twophase_core.settings import split_list
+
+st.title("Sweeps")
+st.caption("A sweep runs one experiment over several settings (any setting, several values) and several "
+           "seeds. Seeds are replicates: each group of replicates gets a mean with a 95% bootstrap band, and the "
+           "transition t*, where the metric at the final t1 falls halfway on a log scale, with its interval.")
+jm = ui.job_manager()
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+with st.expander("New sweep", expanded=not S.list_sweeps(jm.store)):
+    c = st.columns(3)
+    kind = c[0].radio("experiment", list(ui.KINDS), horizontal=True, key="sweep_kind",
+                      format_func=lambda k: ui.KIND_TITLES[k])
+    names = list(PRESETS)
+    start = c[1].selectbox("preset", names, index=names.index("demo-sweep") if "demo-sweep" in names else 0,
+                           key="sweep_preset", format_func=lambda n: f"{n}: {PRESETS[n][0]}")
+    with st.form("sweep_form", border=False):
+        f = st.columns([3, 3, 2, 1])
+        vary = f[0].text_area("vary: one setting per line, FIELD=v1,v2,...", key=f"sweep_vary_{kind}_{start}",
+                              value="lr=0.05,0.1,0.2" if start != "demo-sweep" else "",
+                              help="any setting by name (see the README's table); a list setting takes "
+                                   "alternatives split by |, e.g. t1=300,600|600")
+        overrides = f[1].text_area("other settings: FIELD=value per line", key=f"sweep_over_{kind}_{start}",
+                                   help="applied to every point, e.g. iterations=400")
+        seeds = f[2].text_input("replicate seeds", ", ".join(S.DEFAULT_SEEDS), key="sweep_seeds",
+                                help="settings that are replicates, not settings; unless varied, replicate r "
+                                     "adds r to each")
+        reps = f[3].text_input("replicates", str(sweep_replicates(start)), key=f"sweep_reps_{start}")
+        error = st.empty()
+        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
+    if go:
+        try:
+            over = dict(ln.split("=", 1) for ln in _lines(overrides) if "=" in ln)
+            bad = [ln for ln in _lines(overrides) if "=" not in ln]
+            if bad:
+                raise C.ConfigError("other settings", bad[0], "write FIELD=value, one per line")
+            base = C.with_settings(preset(start, kind), {k.strip(): v for k, v in over.items()})
+            n = reps.strip()
+            if not n.isdigit() or int(n) < 1:
+                raise C.ConfigError("replicates", reps, "must be a whole number >= 1")
+            sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
+                            int(n))
+            rec = S.submit_sweep(jm, sweep)
+        except C.ConfigError as e:
+            error.error(f"Nothing was started: {e}", icon=":material/error:")
+        else:
+            st.query_params["sweep"] = rec["id"]
+            st.rerun()
+
+sweeps = S.list_sweeps(jm.store)
+if not sweeps:
+    st.info("No sweeps yet. Fill in the form above; with the demo-sweep preset the defaults show the "
+            "transition with its interval.", icon=":material/info:")
+    st.stop()
+
+sid = st.query_params.get("sweep")
+ids = [r["id"] for r in sweeps]
+if sid and sid not in ids:
+    st.warning(f"No sweep called `{sid[:80]}` in this store; pick one below.", icon=":material/search_off:")
+pick = st.selectbox("Sweep", ids, index=ids.index(sid) if sid in ids else 0, key="sweep_pick",
+                    format_func=lambda i: next(f"{r['sweep']['kind']} · {len(r['runs'])} runs · "
+                                               f"{', '.join(r['sweep']['vary']) or 'seeds only'} · "
+                                               f"{ui.fmt_time(r.get('created'))}" for r in sweeps if r["id"] == i))
+st.query_params["sweep"] = pick
+rec = S.load_sweep(jm.store, pick)
+sweep = S.Sweep.from_dict(rec["sweep"])
+
+
+@st.fragment(run_every=ui.POLL_S)
+def progress() -> None:
+    jm.pump()
+    p = S.sweep_progress(jm, rec)
+    st.progress(min(p["progress"], 1.0), text=f"{p['done']} of {p['points']} runs done · {p['running']} running · "
+                f"{p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else ""))
+    mark = (p["done"], p["failed"])
+    if st.session_state.get(f"sweep_mark_{pick}") not in (None, mark):
+        st.session_state[f"sweep_mark_{pick}"] = mark
+        st.rerun()
+    st.session_state[f"sweep_mark_{pick}"] = mark
+
+
+progress()
+cmd = S.sweep_command(sweep)
+res = S.sweep_result(jm.store, rec)
+groups = res.groups(n_boot=1000)
+done = [g for g in groups if g["replicates"]]
+if not done:
+    st.info("The first points are training; groups appear here as their runs finish.",
+            icon=":material/hourglass_top:")
+    st.code(cmd, language="bash", wrap_lines=True)
+    st.stop()
+
+fgroups = S.figure_groups(done)
+metrics = list(fgroups[0]["values"]) if fgroups else []
+if fgroups:
+    st.subheader("The transition: t* and its 95% interval per group")
+    table = F.transition_summary_table(fgroups)
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    metric = st.radio("metric", metrics, horizontal=True, key="sweep_metric",
+                      format_func=lambda m: F.TRANSITION_METRICS.get(m, m))
+    view = ui.RunView(pick, sweep.kind, None, None, False)
+    ui.figure_block(F.transition_figure(fgroups, metric), F.transition_curve_table(fgroups, metric),
+                    f"transition_{metric}", view, cmd, "sweep_transition")
+
+if sweep.kind == "chaos":
+    st.subheader("Cross-sections with their 95% band over replicates")
+    labels = [", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "base" for g in done]
+    k = st.selectbox("group", range(len(done)), format_func=lambda i: labels[i], key="sweep_group")
+    m = st.radio("metric", list(F.METRICS), horizontal=True, key="sweep_band_metric")
+    members = [res.results[p.hash] for p in res.points if p.group == tuple(
+        (a, tuple(b) if isinstance(b, list) else b) for a, b in done[k]["varied"].items()) and p.hash in res.results]
+    arrays = F.stack_replicates([r.arrays for r in members])
+    ui.figure_block(F.chaos_sections_band(arrays, m, log=True), F.chaos_sections_band_table(arrays, m),
+                    f"sections_band_{m}", ui.RunView(pick, "chaos", None, None, False), cmd, "sweep_bands",
+                    show_command=False)
+
+with st.expander("Runs of this sweep"):
+    st.dataframe(pd.DataFrame([{"run": p.run_id, "replicate": p.replicate,
+                                **{k: str(v) for k, v in p.varied.items()},
+                                "done": p.hash in res.results} for p in res.points]), hide_index=True)
