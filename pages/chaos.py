@@ -39,8 +39,21 @@ for col, m in zip(cols, F.METRICS, strict=True):
 st.subheader("Cross-sections: the metric versus t1, one line per t0")
 metric = st.radio("metric", list(F.METRICS), horizontal=True, key="chaos_section_metric",
                   format_func=lambda m: F.METRICS[m])
-ui.figure_block(F.chaos_sections(a, metric, log=log, seed=seed), F.chaos_sections_table(a, metric, seed),
-                f"sections_{metric}", view, cmd, "sections")
+if len(a["seeds"]) > 1 and seed is None:  # several perturbation seeds: the mean with its 95% band
+    ui.figure_block(F.chaos_sections_band(a, metric, log=log), F.chaos_sections_band_table(a, metric),
+                    f"sections_{metric}", view, cmd, "sections")
+else:
+    ui.figure_block(F.chaos_sections(a, metric, log=log, seed=seed), F.chaos_sections_table(a, metric, seed),
+                    f"sections_{metric}", view, cmd, "sections")
+
+st.subheader("Where the chaos ends: each metric at the final t1 versus t0")
+st.caption("t* is where the metric falls halfway between its early and late levels on a log scale, with a 95% "
+           "interval from the bootstrap over replicates. One run has only its perturbation seeds as replicates; "
+           "a sweep over data and init seeds (Sweeps page) gives the real interval.")
+group = F.chaos_transition_group(a)
+ui.figure_block(F.transition_figure([group], metric), F.transition_curve_table([group], metric),
+                f"transition_{metric}", view, cmd, "transition", show_command=False)
+st.dataframe(F.transition_summary_table([group]), hide_index=True)
 
 st.subheader("Loss along the interpolation path")
 cells = F.chaos_cells(a)

@@ -309,3 +309,14 @@ def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
     assert len(recs) == 4 and at.query_params.get("sweep", "").startswith("sweep-")
     for r in recs:
         JobManager(Store(empty)).cancel(r.id)
+
+
+def test_chaos_page_draws_the_transition_and_bands_over_perturbation_seeds(empty):
+    cfg = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
+    r = run_experiment(cfg, Store(empty))
+    at = _app(page="chaos", run=f"chaos-{r.hash}")
+    assert not at.exception
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Where the chaos ends" in s for s in titles)  # the transition figure
+    assert any("95% band over replicates" in s for s in titles)  # cross-sections with their band
+    assert set(at.dataframe[0].value["metric"]) == {"C", "B", "D"}

@@ -716,3 +716,10 @@ def chaos_sections_band(arrays: dict[str, np.ndarray], metric: str, log: bool = 
                      exponentformat="e")
     return _layout(fig, title or f"{METRICS.get(metric, metric)} versus t1, one line per t0, 95% band over replicates",
                    legend_title_text="perturbed at")
+
+
+def chaos_transition_group(arrays: dict[str, np.ndarray], label: str = "this run") -> dict[str, Any]:
+    """One chaos result as a transition group: each metric at its final t1, one row per perturbation seed
+    (the only replicates a single run has; a sweep over data and init seeds gives the real ones)."""
+    return {"label": label, "t0": np.asarray(arrays["t0"]),
+            "values": {m: np.asarray(arrays[m], dtype=float)[:, :, -1] for m in METRICS}}
