@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -213,7 +215,7 @@ def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
 
 def test_diverging_training_fails_with_one_clear_line(store):
     """The worker's job body, run in this process (no torch import to wait for): status failed."""
-    cfg = C.replace(preset("tiny", "chaos"), lr=1e4)
+    cfg = C.replace(preset("tiny", "chaos"), lr=100.0, width=1.0)  # diverges within the allowed lr
     jm = JobManager(store)
     job_id = jm.job_id(cfg)
     save_record(store, JobRecord(job_id, "chaos", C.config_hash(cfg), C.to_dict(cfg), created=time.time(),
@@ -263,3 +265,97 @@ def test_max_running_from_env(store, monkeypatch):
     with pytest.raises(C.ConfigError):
         JobManager(store, max_running=0)
     assert JobManager(store).get("chaos-unknown") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a resubmission right after a kill, shared trajectories, an index that vanishes mid-run
+
+
+def test_resubmitting_right_after_a_kill_starts_a_new_worker(store):
+    cfg = long_chaos(500, checkpoint_every=100)
+    jm = JobManager(store)
+    rec = jm.submit(cfg)
+    wait_for("the worker to train", lambda: jm.get(rec.id).progress > 0)
+    os.kill(rec.pid, signal.SIGKILL)
+    assert wait_for("the killed worker to exit", lambda: gone(rec.pid), timeout=10)
+    killed = time.monotonic()
+    # from another manager (the CLI, another page), well within the old 5 s heartbeat grace
+    again = JobManager(Store(store.root)).submit(cfg)
+    assert time.monotonic() - killed < 5.0
+    assert again.status == "running" and again.pid not in (None, rec.pid), again
+    assert wait_for("the new worker to show in /proc", lambda: worker_pids(rec.id)) == [again.pid]
+    final = wait_for("the restarted job to finish", lambda: finished(jm, rec.id))
+    assert final.status == "done" and final.pid == again.pid, final.error
+
+
+def _cone(iterations: int, **kw) -> C.ConeConfig:
+    return C.replace(preset("tiny", "cone"), iterations=iterations, checkpoints=(0, 10, 20, 40, iterations), **kw)
+
+
+def test_a_job_waits_for_the_trajectory_lock_and_reads_what_the_holder_trained(store):
+    cfg = _cone(200)
+    key = cfg.train.trajectory_key()
+    jm = JobManager(store)
+    with store.trajectory_lock(key):  # this process is "the other job" training the base run
+        rec = jm.submit(cfg)
+        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage == "base run")
+        time.sleep(1.0)
+        assert store.checkpoints(key) == [] and jm.get(rec.id).status == "running"  # waiting, not training
+        Run(cfg.train, store).base().ensure(list(cfg.checkpoints))
+    final = wait_for("the waiting job to finish", lambda: finished(jm, rec.id))
+    assert final.status == "done", final.error
+    assert jm.result(rec.id).meta["sgd_steps"] == 0  # it read the checkpoints the holder wrote
+
+
+def test_a_dead_lock_holder_does_not_block(store):
+    cfg = _cone(100)
+    key = cfg.train.trajectory_key()
+    lock = store.root / "runs" / key / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from twophase_core.store import file_lock\n"
+                               "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+                               "    time.sleep(120)\n", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        jm = JobManager(store)
+        rec = jm.submit(cfg)
+        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage == "base run")
+        time.sleep(0.5)
+        assert store.checkpoints(key) == []
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait()
+    final = wait_for("the job to finish once the holder died", lambda: finished(jm, rec.id))
+    assert final.status == "done", final.error
+    assert jm.result(rec.id).meta["sgd_steps"] == 100
+
+
+def test_two_jobs_sharing_a_base_run_train_it_once(store, monkeypatch):
+    monkeypatch.setenv("TWOPHASE_MAX_JOBS", "2")
+    a_cfg, b_cfg = _cone(300), _cone(300, n_samples=6)  # one base run, two kernels
+    jm = JobManager(store)
+    assert jm.max_running == 2
+    a = jm.submit(a_cfg)
+    wait_for("the first job to train", lambda: jm.get(a.id).progress > 0)
+    b = jm.submit(b_cfg)
+    assert b.status == "running" and jm.get(a.id).status == "running"  # at the same time
+    done = [wait_for(f"job {r.id} to finish", lambda r=r: finished(jm, r.id)) for r in (a, b)]
+    assert [r.status for r in done] == ["done", "done"], [r.error for r in done]
+    steps = sorted(jm.result(r.id).meta["sgd_steps"] for r in (a, b))
+    assert sum(steps) == 300, steps  # the base run once, whoever trained which part
+
+
+def test_a_job_whose_index_is_deleted_mid_run_fails_loudly(store):
+    cfg = long_chaos(600)
+    jm = JobManager(store)
+    rec = jm.submit(cfg)
+    wait_for("the worker to train", lambda: jm.get(rec.id).progress > 0)
+    for f in (store.root / "index").glob("cache.db*"):
+        f.unlink()
+    final = wait_for("the job to report the lost index", lambda: finished(jm, rec.id))
+    assert final.status == "failed" and final.pid == rec.pid
+    assert f"the store index {store.db_path} was deleted or replaced while job {rec.id} ran" in final.error
+    assert "submit again to resume" in final.error
+    assert wait_for("the worker to exit", lambda: gone(rec.pid), timeout=10)
+    assert "was deleted or replaced" in Path(final.log).read_text()
+    assert jm.result(rec.id) is None

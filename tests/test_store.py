@@ -319,3 +319,38 @@ def test_full_disk_mid_write_leaves_no_temp_and_names_the_disk(small_disk):
         store.save_checkpoint(run.key, 5, state)
     assert list((root / "runs").rglob("*.tmp")) == [] and store.checkpoints(run.key) == []
     store.clear()
+
+
+def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
+    from twophase_core.worker import run_job
+
+    root = small_disk / "cache"
+    store = Store(root)
+    cfg = C.replace(preset("tiny", "chaos"), checkpoint_every=1)
+    jm = JobManager(store)
+    job_id = jm.job_id(cfg)
+    save_record(store, JobRecord(job_id, "chaos", C.config_hash(cfg), C.to_dict(cfg), created=time.time(),
+                                 updated=time.time()))
+    monkeypatch.setattr(Store, "require_space", lambda *a, **k: None)  # skip the early check: hit ENOSPC for real
+    _fill(small_disk, 200_000)
+    assert run_job(store, job_id) == 1
+    rec = jm.get(job_id)
+    assert rec.status == "failed" and rec.error.startswith(f"the disk holding the store {root} is full (")
+    assert "died without reporting" not in rec.error and "\n" not in rec.error
+    assert list((root / "runs").rglob("*.tmp")) == []
+    assert store.clear()["bytes_removed"] > 0
+    assert Store(root).keys() == []
+
+
+def test_submit_refuses_a_job_that_cannot_fit(small_disk):
+    root = small_disk / "cache"
+    store = Store(root)
+    run_chaos(preset("tiny", "chaos"), store)  # the base run's checkpoints tell the size of one
+    one = store.checkpoint_bytes(TINY.trajectory_key())
+    _fill(small_disk, 20 * one)
+    big = C.replace(preset("tiny", "chaos"), checkpoint_every=1, eps=1e-6)  # ~180 more checkpoints
+    jm = JobManager(store)
+    with pytest.raises(StoreFull, match=rf"store {root} is full \(.* free\) for job chaos-\w+ \(\d+ checkpoints of"):
+        jm.submit(big)
+    assert store.keys("job/") == []  # nothing created, nothing started
+    assert jm.submit(preset("tiny", "chaos")).status == "done"  # served from the store: no space needed

@@ -7,9 +7,15 @@ running or finished attaches to that job instead of starting it again. Its recor
 
 The worker (`python -m twophase_core.worker JOB_ID --cache-dir DIR`, see worker.py) runs in its
 own session, writes progress and a heartbeat (`updated`) to the record, and on exit starts the
-next queued job (`pump`). A "running" job whose process is gone and whose heartbeat stopped is
-reported as failed; submitting it again resumes from the checkpoints it left (the engine never
-retrains a stored checkpoint).
+next queued job (`pump`). A "running" job whose process is gone is reported as failed at once (the
+executor's `alive` is the authority: a heartbeat a few seconds old does not keep a killed worker
+"running"); submitting it again starts a new worker that resumes from the checkpoints it left (the
+engine never retrains a stored checkpoint). Two jobs needing the same trajectory train it once: the
+engine holds a lock per trajectory (see `Store.trajectory_lock`), whatever the executor.
+
+`submit` refuses (StoreFull, nothing created) a job whose checkpoints would not fit on the store's
+disk, estimated from the size of the trajectory's checkpoints already there; a first run of a model
+is checked by the engine before it trains.
 
 Processes are started by an `Executor`; `LocalProcessExecutor` is the only one here, and a
 distributed backend only has to implement `launch`, `alive` and `kill`. Nothing here imports torch.
@@ -30,12 +36,12 @@ from typing import Any, Protocol
 
 from . import config as C
 from .results import Result, load_result
-from .store import Store
+from .store import Store, human
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 ENV_MAX_JOBS = "TWOPHASE_MAX_JOBS"
-STALE_S = 5.0  # no heartbeat for this long (and no process) -> the worker died
+STALE_S = 5.0  # a running record with no pid and no heartbeat for this long: its worker never started
 CANCEL_GRACE_S = 15.0  # a worker that ignores a cancel this long is killed
 RESUME_HINT = "finished checkpoints are kept — submit again to resume"
 
@@ -119,7 +125,9 @@ class Executor(Protocol):
         """Start `python -m twophase_core.worker job_id --cache-dir cache_dir`; return its pid."""
         ...
 
-    def alive(self, pid: int) -> bool: ...
+    def alive(self, pid: int) -> bool:
+        """Whether the worker is still running: False is final (the job is marked failed at once)."""
+        ...
 
     def kill(self, pid: int) -> None: ...
 
@@ -284,7 +292,9 @@ class JobManager:
         job_id = f"{kind}-{h}"
         has_result = load_result(self.store, kind, h) is not None
         now = time.time()
-        self._reconcile(job_id)
+        rec = self._reconcile(job_id)
+        if not has_result and (rec is None or rec.status not in ("queued", "running")):
+            self._check_space(cfg, job_id)
         with self.store.cache.transact():
             rec = load_record(self.store, job_id)
             if rec is not None and rec.status in ("queued", "running"):
@@ -302,6 +312,14 @@ class JobManager:
             save_record(self.store, rec)
         self.pump()
         return load_record(self.store, job_id) or rec
+
+    def _check_space(self, cfg: Any, job_id: str) -> None:
+        """StoreFull if the checkpoints this job would write clearly do not fit (estimated without torch)."""
+        one = self.store.checkpoint_bytes(cfg.train.trajectory_key())
+        if one is None:
+            return  # no checkpoint of this model yet: the engine checks before it trains
+        n = checkpoints_to_write(cfg, self.store)
+        self.store.require_space(n * one, f"for job {job_id} ({n} checkpoints of about {human(one)})")
 
     def cancel(self, job_id: str) -> None:
         """A queued job is cancelled at once; a running worker stops at its next step."""
@@ -375,14 +393,12 @@ class JobManager:
         forced = alive and rec.cancel_requested is not None and now - rec.cancel_requested > CANCEL_GRACE_S
         if forced:  # it ignored the cancel (stuck in a long step): stop it the hard way
             self.executor.kill(rec.pid)  # type: ignore[arg-type]
-        elif alive or (rec.cancel_requested is None and now - rec.updated <= STALE_S):
-            return rec  # (a cancelled job whose process is gone needs no heartbeat grace)
+        elif alive or (rec.pid is None and now - rec.updated <= STALE_S):
+            return rec  # a dead worker is settled at once: its last heartbeat may be a second old
 
         def settle(r: JobRecord) -> bool:
             # re-checked under the lock: the worker may have reported in the meantime
             if r.status != "running" or r.pid != rec.pid:
-                return False
-            if not forced and r.cancel_requested is None and time.time() - r.updated <= STALE_S:
                 return False
             if r.cancel_requested is not None:
                 r.status, r.stage, r.error = "cancelled", "cancelled", None
@@ -393,3 +409,29 @@ class JobManager:
             return True
 
         return update_record(self.store, job_id, settle)
+
+
+def checkpoints_to_write(cfg: Any, store: Store) -> int:
+    """How many checkpoint files a job would write now (an estimate for the free-space check, no torch).
+
+    The base run's missing checkpoints (those the experiment needs and the `checkpoint_every`
+    multiples up to the last), plus, for chaos, every branch checkpoint (one per later t1, per t0 and
+    seed, and the stacked path's control).
+    """
+    t = cfg.train
+    kind = C.kind_of(cfg)
+    if kind == "chaos":
+        base_needs = set(cfg.t0) | set(cfg.t1)
+    elif kind == "cone":
+        base_needs = set(cfg.checkpoints)
+    else:
+        base_needs = set(cfg.switch) | {t.iterations}
+    top = max(base_needs)
+    if t.checkpoint_every:
+        base_needs |= set(range(t.checkpoint_every, top + 1, t.checkpoint_every))
+    n = len(base_needs - set(store.checkpoints(t.trajectory_key())))
+    if kind == "chaos":
+        for t0 in cfg.t0:
+            later = sum(1 for t1 in cfg.t1 if t1 > t0)
+            n += later * (len(cfg.perturb_seeds) + 1)
+    return n

@@ -322,7 +322,8 @@ class Store:
             elif problem is not None:
                 self.problem = problem
             else:
-                self._open()
+                with contextlib.suppress(StoreFull):  # on a full disk the index opens on first use: clear() works
+                    self._open()
         self._keep_reserve()
 
     # -- the index ----------------------------------------------------------------------------
@@ -330,17 +331,13 @@ class Store:
         return file_lock(self.root / ".lock")
 
     def _open(self) -> None:
-        """Open (or create) the index; a full disk gives up the reserve once before reporting."""
-        for attempt in range(2):
-            try:
-                self._cache = diskcache.Cache(str(self.index_dir), eviction_policy="none", timeout=60,
-                                              disk=SafeDisk)
-                break
-            except (OSError, sqlite3.OperationalError) as e:
-                if not _is_full(e):
-                    raise
-                if attempt or not self.release_reserve():
-                    raise StoreFull(self.root, "opening its index") from e
+        """Open (or create) the index (diskcache writes its settings on every open: a full disk fails)."""
+        try:
+            self._cache = diskcache.Cache(str(self.index_dir), eviction_policy="none", timeout=60, disk=SafeDisk)
+        except (OSError, sqlite3.OperationalError) as e:
+            if _is_full(e):
+                raise StoreFull(self.root, "opening its index") from e
+            raise
         self._ident = self._db_ident()
         self.problem = None
 
@@ -457,16 +454,13 @@ class Store:
         return report
 
     def _set(self, key: str, value: Any) -> None:
-        """cache.set that reports a full disk as StoreFull (after giving up the reserve once)."""
-        for attempt in range(2):
-            try:
-                self.cache.set(key, value)
-                return
-            except (OSError, sqlite3.OperationalError) as e:
-                if not _is_full(e):
-                    raise
-                if attempt or not self.release_reserve():
-                    raise StoreFull(self.root, f"writing {key}") from e
+        """cache.set that reports a full disk as StoreFull (the reserve is left for a job's last words)."""
+        try:
+            self.cache.set(key, value)
+        except (OSError, sqlite3.OperationalError) as e:
+            if _is_full(e):
+                raise StoreFull(self.root, f"writing {key}") from e
+            raise
 
     # -- blobs ------------------------------------------------------------------------------
     def put_blob(self, key: str, blob: bytes) -> None:
@@ -642,7 +636,10 @@ class Store:
                 f.write(b"\0" * RESERVE_BYTES)
 
     def release_reserve(self) -> bool:
-        """Delete the reserve so the last records (a job's failure) can still be written; True if it was there."""
+        """Delete the reserve so a job's last record (its failure) can still be written; True if it was there.
+
+        Called when a checkpoint write hits a full disk and by a worker reporting StoreFull; a later
+        Store recreates it once the disk has room."""
         try:
             (self.root / ".reserve").unlink()
             return True

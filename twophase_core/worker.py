@@ -7,12 +7,18 @@ from a daemon thread (so a killed worker is noticed), and the outcome (done / fa
 error and the traceback / cancelled). A cancel is read from the record by the same thread and
 reaches the engine through its `CancelToken`. On the way out it starts the next queued job.
 
+The same thread watches the index file: if it is deleted or replaced while the job runs (a user's
+`rm cache/index/cache.db*`, a `cache clear` or a repair elsewhere), the job stops and is reported
+failed, loudly, in the index now at that path, instead of reporting into a file nobody reads. A full
+disk is reported as such (the store's reserve is given up so that the failure can be written).
+
 Torch threads: env TWOPHASE_THREADS (default 1: measured faster for these small models on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -23,7 +29,7 @@ from typing import Any
 
 from . import config as C
 from .jobs import RESUME_HINT, JobManager, JobRecord, load_record, save_record, update_record
-from .store import Store
+from .store import Store, StoreError, StoreFull
 
 ENV_THREADS = "TWOPHASE_THREADS"
 WRITE_EVERY_S = 0.2  # progress writes: at most ~5 a second
@@ -34,7 +40,7 @@ def _one_line(e: BaseException) -> str:
     from .train import TrainingDiverged
 
     msg = " ".join(str(e).split())
-    if isinstance(e, TrainingDiverged | C.ConfigError) and msg:
+    if isinstance(e, TrainingDiverged | C.ConfigError | StoreError) and msg:
         line = msg
     else:
         line = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
@@ -44,9 +50,12 @@ def _one_line(e: BaseException) -> str:
 class Monitor(threading.Thread):
     """Daemon thread: flushes progress, beats the heartbeat and picks up a cancel from the record."""
 
-    def __init__(self, store: Store, job_id: str, pid: int):
+    def __init__(self, store: Store, job_id: str, pid: int, index_id: tuple[int, int] | None = None):
         super().__init__(name=f"twophase-monitor-{job_id}", daemon=True)
         self.store, self.job_id, self.pid = store, job_id, pid
+        self.index_id = index_id if index_id is not None else store.index_id()
+        self.vanished: str | None = None  # why the index this job reports into is gone
+        self._last_error = ""
         self.cancel = threading.Event()
         self._stop_ev = threading.Event()
         self._lock = threading.Lock()
@@ -65,7 +74,17 @@ class Monitor(threading.Thread):
         elapsed = time.monotonic() - self._t0
         return round(elapsed * (1.0 - fraction) / fraction, 1)
 
+    def index_gone(self) -> bool:
+        """The index file this job claimed its record in was deleted or replaced: stop the job."""
+        if self.vanished is None and self.store.index_id() != self.index_id:
+            self.vanished = (f"the store index {self.store.db_path} was deleted or replaced while job {self.job_id} "
+                             "ran, so its record and progress went with it")
+            self.cancel.set()
+        return self.vanished is not None
+
     def flush(self) -> None:
+        if self.index_gone():
+            return
         with self._lock:
             f, stage, self._dirty = self._progress, self._stage, False
 
@@ -89,8 +108,11 @@ class Monitor(threading.Thread):
                 try:
                     self.flush()
                     last = time.monotonic()
-                except Exception:  # noqa: BLE001 - a busy store must not kill the heartbeat
-                    traceback.print_exc()
+                except Exception as e:  # noqa: BLE001 - a busy or full store must not kill the heartbeat
+                    if str(e) != self._last_error:  # once per cause, not 5 times a second into a full disk
+                        self._last_error = str(e)
+                        with contextlib.suppress(OSError):
+                            traceback.print_exc()
 
     def stop(self) -> None:
         self._stop_ev.set()
@@ -125,6 +147,7 @@ def run_job(store: Store, job_id: str) -> int:
     rec = _claim(store, job_id, pid)
     if rec is None:
         return 2
+    index_id = store.index_id()  # the index the record was claimed in: watched until the end
     print(f"worker {pid}: {job_id} started", flush=True)
     import torch
 
@@ -148,7 +171,7 @@ def run_job(store: Store, job_id: str) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
 
-    mon = Monitor(store, job_id, pid)
+    mon = Monitor(store, job_id, pid, index_id)
     mon.start()
     token = CancelToken(poll=lambda: mon.cancel.is_set() or bool(terminated), every_s=0.1)
     status, error, tb = "failed", None, None
@@ -158,17 +181,24 @@ def run_job(store: Store, job_id: str) -> int:
                        partial=lambda r: save_result(store, r, partial=True))
         status = "done"
     except Cancelled:
-        if terminated:
+        if mon.vanished:
+            error = f"{mon.vanished}; nothing more was saved into it — {RESUME_HINT}"
+        elif terminated:
             error = (f"worker process {pid} was stopped by {signal.Signals(terminated[0]).name}; {RESUME_HINT}")
         else:
             status = "cancelled"
     except BaseException as e:  # noqa: BLE001 - every failure is reported on the job
         error, tb = _one_line(e), traceback.format_exc()
-        print(tb, file=sys.stderr, flush=True)
+        if isinstance(e, StoreFull):
+            store.release_reserve()  # room for this record: the store is never left unable to say why
+        with contextlib.suppress(OSError):
+            print(tb, file=sys.stderr, flush=True)
     finally:
         mon.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if status != "failed" and mon.index_gone():
+        status, error = "failed", f"{mon.vanished}; {RESUME_HINT} (a result already stored is served at once)"
     if status == "done" and load_result(store, rec.kind, rec.hash) is None:
         status, error = "failed", "the experiment ended but its result could not be read back from the store"
     now = time.time()
@@ -183,10 +213,20 @@ def run_job(store: Store, job_id: str) -> int:
             r.stage = status
         return True
 
-    update_record(store, job_id, finish)
-    if status == "done":
-        store.delete(result_key(rec.kind, rec.hash, partial=True))
-    print(f"worker {pid}: {job_id} {status}" + (f": {error}" if error else ""), flush=True)
+    try:
+        if mon.vanished:  # the record went with the old index: write it again, failed, where pages look now
+            rec.pid, rec.status = pid, "running"
+            finish(rec)
+            save_record(store, rec)
+        else:
+            update_record(store, job_id, finish)
+        if status == "done":
+            store.delete(result_key(rec.kind, rec.hash, partial=True))
+    except Exception:  # noqa: BLE001 - the log still says what happened
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+    with contextlib.suppress(OSError):
+        print(f"worker {pid}: {job_id} {status}" + (f": {error}" if error else ""), flush=True)
     return 0 if status in ("done", "cancelled") else 1
 
 
