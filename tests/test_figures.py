@@ -150,8 +150,10 @@ def test_csv_round_trips_every_table(results):
 
 def test_html_export_and_command(results):
     r = results["chaos"]
+    from twophase_core.cli import command_for
+
     cfg = F.config_from_result(r)
-    cmd = F.reproduce_command(cfg)
+    cmd = command_for(cfg)
     assert cmd.startswith("twophase chaos --preset tiny")  # the nearest preset gives the shortest line
     html = F.to_html(F.chaos_heatmap(r.arrays, "C"), cmd)
     assert "<html>" in html and "plotly" in html and "twophase chaos" in html

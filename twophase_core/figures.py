@@ -7,7 +7,6 @@ user downloads is what they saw. A table is a dict of equal-length columns (name
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -15,6 +14,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from . import config as C
@@ -411,43 +411,34 @@ def table_rows(table: Table) -> int:
     return lens.pop() if lens else 0
 
 
+def to_frame(table: Table) -> pd.DataFrame:
+    """The table as a DataFrame (columns in order; None cells become NaN or None by column type)."""
+    table_rows(table)
+    return pd.DataFrame(table)
+
+
 def to_csv(table: Table) -> str:
-    """CSV with a header; floats written with repr precision (they read back exactly); NaN: empty."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    cols = list(table)
-    w.writerow(cols)
-    for r in range(table_rows(table)):
-        w.writerow(["" if table[c][r] is None else repr(table[c][r]) if isinstance(table[c][r], float)
-                    else table[c][r] for c in cols])
-    return buf.getvalue()
+    """CSV with a header; floats at full precision (they read back exactly); missing cells empty."""
+    return to_frame(table).to_csv(index=False, lineterminator="\n")
+
+
+def _cell(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def from_csv(text: str) -> Table:
     """Inverse of `to_csv` for numeric tables (ints stay ints, empty cells become None)."""
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
+    if not text.strip():
         return {}
-    cols, body = rows[0], rows[1:]
-
-    def num(s: str) -> Any:
-        if s == "":
-            return None
-        try:
-            return int(s)
-        except ValueError:
-            try:
-                return float(s)
-            except ValueError:
-                return s
-
-    return {c: [num(r[k]) for r in body] for k, c in enumerate(cols)}
+    df = pd.read_csv(io.StringIO(text))
+    return {str(c): [_cell(v) for v in df[c].tolist()] for c in df.columns}
 
 
 def to_json(table: Table, **context: Any) -> str:
     """{"columns": ..., "rows": [...], plus context (config, hash, command)}; NaN is null."""
-    n = table_rows(table)
-    rows = [{c: table[c][r] for c in table} for r in range(n)]
+    rows = [{c: _cell(v) for c, v in row.items()} for row in to_frame(table).to_dict(orient="records")]
     return json.dumps({**context, "columns": list(table), "rows": rows}, indent=1, default=_json_default)
 
 
@@ -472,26 +463,7 @@ def to_html(fig: go.Figure, command: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reproduction
-
-
-def reproduce_command(cfg: Any, preset_name: str | None = None) -> str:
-    """The `twophase ...` command line that reproduces `cfg`, against the given preset, or against
-    the preset that gives the shortest command when none is given."""
-    from .cli import command_for
-    from .presets import PRESETS
-
-    if preset_name is not None:
-        return command_for(cfg, preset_name)
-    best = None
-    for name in PRESETS:
-        try:
-            cmd = command_for(cfg, name)
-        except Exception:  # a preset without this kind
-            continue
-        if best is None or len(cmd) < len(best):
-            best = cmd
-    return best or ""
+# Reproduction (the command itself: cli.command_for)
 
 
 def config_from_result(result: Any) -> Any:
