@@ -354,3 +354,24 @@ def test_submit_refuses_a_job_that_cannot_fit(small_disk):
         jm.submit(big)
     assert store.keys("job/") == []  # nothing created, nothing started
     assert jm.submit(preset("tiny", "chaos")).status == "done"  # served from the store: no space needed
+
+
+def test_file_lock_excludes_other_threads_and_is_reentrant(tmp_path):
+    import threading
+
+    from twophase_core.store import file_lock
+
+    path, order = tmp_path / "k" / ".lock", []
+
+    def other() -> None:
+        with file_lock(path):
+            order.append("other")
+
+    with file_lock(path):
+        with file_lock(path):  # re-entrant in one thread (a branch's start needs the base run)
+            t = threading.Thread(target=other)
+            t.start()
+            time.sleep(0.3)
+            order.append("holder")
+    t.join(5)
+    assert order == ["holder", "other"]

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -46,6 +47,7 @@ FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their s
 RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
 LOCK_POLL_S = 0.1
+log = logging.getLogger("twophase.store")
 
 
 def default_root() -> Path:
@@ -230,49 +232,50 @@ class SafeDisk(diskcache.Disk):
 # ---------------------------------------------------------------------------------------------
 # Locks: one per trajectory (training) and one per store root (opening, repairing, clearing)
 
-_HELD: dict[str, list[Any]] = {}  # path -> [fd, depth]: flock is per open file, so re-entry is counted here
-_HELD_LOCK = threading.Lock()
+_LOCKS: dict[str, list[Any]] = {}  # path -> [RLock for this process's threads, fd holding the flock, depth]
+_LOCKS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """An exclusive flock on `path`, re-entrant within this process; `wait()` is called while blocked.
+    """An exclusive lock on `path` across processes (flock) and threads, re-entrant in one thread.
 
+    `wait()` is called about every LOCK_POLL_S while blocked and may raise (a cancel) to give up.
     The kernel drops a flock when its holder dies (kill -9 included), so a dead holder never blocks.
-    `wait` may raise (a cancel) to give up waiting.
     """
-    key = str(path)
-    with _HELD_LOCK:
-        held = _HELD.get(key)
-        if held is not None:
-            held[1] += 1
-    if held is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if wait is not None else 0))
-                    break
-                except BlockingIOError:
-                    wait()  # type: ignore[misc]
-                    time.sleep(LOCK_POLL_S)
-        except BaseException:
-            os.close(fd)
-            raise
-        with _HELD_LOCK:
-            _HELD[key] = [fd, 1]
+    with _LOCKS_LOCK:
+        entry = _LOCKS.setdefault(str(path), [threading.RLock(), None, 0])
+    rlock: threading.RLock = entry[0]
+    while not rlock.acquire(timeout=LOCK_POLL_S if wait is not None else -1):
+        wait()  # type: ignore[misc]
+    try:
+        if entry[2] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if wait is not None else 0))
+                        break
+                    except BlockingIOError:
+                        wait()  # type: ignore[misc]
+                        time.sleep(LOCK_POLL_S)
+            except BaseException:
+                os.close(fd)
+                raise
+            entry[1] = fd
+        entry[2] += 1
+    except BaseException:
+        rlock.release()
+        raise
     try:
         yield
     finally:
-        with _HELD_LOCK:
-            entry = _HELD[key]
-            entry[1] -= 1
-            done = entry[1] == 0
-            if done:
-                del _HELD[key]
-        if done:
-            os.close(entry[0])  # closing the descriptor releases the flock
+        entry[2] -= 1
+        if entry[2] == 0:
+            os.close(entry[1])  # closing the descriptor releases the flock
+            entry[1] = None
+        rlock.release()
 
 
 def is_locked(path: Path) -> bool:
@@ -393,10 +396,12 @@ class Store:
                 tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             finally:
                 con.close()
-        except sqlite3.Error as e:
+        except sqlite3.OperationalError:
+            return None  # busy, locked, cannot open: not damage (opening will say what is wrong)
+        except sqlite3.DatabaseError as e:  # not a database, malformed
             return f"{type(e).__name__}: {e}"
-        except OSError as e:
-            return f"cannot read cache.db: {e}"
+        except OSError:
+            return None
         if rows != [("ok",)]:
             return "quick_check: " + "; ".join(str(r[0]) for r in rows[:3])
         if tables and not {"Cache", "Settings"} <= tables:
@@ -419,11 +424,23 @@ class Store:
                                   "recovered": 0, "unverifiable": 0, "refused_pickles": 0}
         if not aside.exists():
             return report
+        try:
+            self._recover_from(aside, report)
+        finally:
+            log.warning("store index %s could not be used (%s): moved to %s and rebuilt with %d verified records "
+                        "(%d unverifiable, %d pickled refused); the rest is recomputed on demand", self.db_path,
+                        problem, aside, report["recovered"], report["unverifiable"], report["refused_pickles"])
+        return report
+
+    def _recover_from(self, aside: Path, report: dict[str, Any]) -> None:
+        """Copy into the fresh index every record of the moved-aside one that verifies."""
         got: dict[str, tuple[str, bytes] | str] = {}
         rows, read_error = _salvage_rows(aside / "cache.db")
         for key, raw, mode, value in rows:
             if not raw or mode == MODE_PICKLE:
                 report["refused_pickles"] += 1
+            elif not isinstance(key, str):
+                report["unverifiable"] += 1
             elif mode == MODE_RAW and isinstance(value, str) and key.startswith("ckpt/"):
                 got[key] = value  # a checksum of an older checkpoint file (verified again on load)
             elif mode == MODE_RAW and isinstance(value, bytes):
@@ -451,7 +468,6 @@ class Store:
         report["recovered"] = len(got)
         if read_error:
             report["read_error"] = read_error
-        return report
 
     def _set(self, key: str, value: Any) -> None:
         """cache.set that reports a full disk as StoreFull (the reserve is left for a job's last words)."""
