@@ -65,8 +65,12 @@ def _stop_workers(cache: Path) -> None:
 
 
 @pytest.fixture
-def app_url(tmp_path):
-    cache = tmp_path / "cache"
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def app_url(tmp_path, cache):
     port = _free_port()
     env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "streamlit.log", "wb")
@@ -103,7 +107,7 @@ def test_home_to_chaos_runs_tiny_and_draws_the_heatmap(app_url):
             page.get_by_role("main").get_by_role("link", name="Chaos Effect").click()
             expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
             # choose the tiny preset (Streamlit's selectbox is a combobox) and run it
-            page.get_by_role("combobox", name="Preset").click()
+            page.get_by_role("combobox", name="Start from").click()
             page.get_by_role("option", name="tiny", exact=False).first.click()
             expect(page.get_by_role("textbox", name="iterations T")).to_have_value("60", timeout=30_000)
             page.get_by_role("button", name="Run", exact=True).click()
@@ -133,5 +137,39 @@ def test_a_shared_link_as_the_first_request_gets_the_whole_app(app_url):
             expect(nav.get_by_role("link", name="Linearised training")).to_be_visible(timeout=30_000)
             expect(nav.get_by_role("link", name="app")).to_have_count(0)  # not the old pages/ directory mode
             assert f"run={rid}" in page.url and "/cone" in page.url
+        finally:
+            browser.close()
+
+
+def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_url):
+    """A stored sweep (computed as the CLI would) opened by its link: t* table, transition figure, bands."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from twophase_core import config as C
+    from twophase_core import sweep as S
+    from twophase_core.jobs import JobManager
+    from twophase_core.presets import preset
+    from twophase_core.store import Store
+
+    base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
+    sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
+    store = Store(cache)
+    S.run_sweep(sweep, store)
+    rec = S.submit_sweep(JobManager(store), sweep)
+    store.close()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(f"{app_url}/sweeps?sweep={rec['id']}", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="The transition: t* and its 95% interval per group")) \
+                .to_be_visible(timeout=60_000)
+            expect(page.get_by_text("4 of 4 runs done")).to_be_visible(timeout=30_000)
+            expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Where the chaos ends", exact=False).first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("95% band over replicates", exact=False).first).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_sweep.png"), full_page=True)
         finally:
             browser.close()
