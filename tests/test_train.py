@@ -81,7 +81,7 @@ def test_divergence_names_the_iteration_and_keeps_checkpoints(store):
 def test_corrupt_checkpoint_is_recomputed_not_used(store):
     run = Run(T, store)
     good = run.base().model(20)
-    path = store._ckpt_path(run.key, 20)
+    path = store.checkpoint_path(run.key, 20)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -156,3 +156,33 @@ def test_cifar10_missing_folder_says_what_to_do(tmp_path):
     cfg = C.TrainConfig(dataset="cifar10", model="resnet20", data_root=str(tmp_path / "nowhere"))
     with pytest.raises(C.ConfigError, match="cifar-10-batches-py"):
         get_dataset(cfg)
+
+
+def test_training_waits_for_the_process_holding_the_trajectory_and_a_cancel_ends_the_wait(store):
+    import subprocess
+    import sys
+
+    from twophase_core.train import Cancelled, CancelToken
+
+    run = Run(T, store)
+    lock = store.root / "runs" / run.key / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from twophase_core.store import file_lock\n"
+                               "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+                               "    time.sleep(120)\n", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        token, told = CancelToken(), []
+
+        def on_wait() -> None:
+            told.append(True)
+            token.set()  # the user gives up waiting
+
+        with pytest.raises(Cancelled):
+            run.base().ensure([10], cancel=token, on_wait=on_wait)
+        assert told == [True] and run.steps_done == 0 and store.checkpoints(run.key) == []
+    finally:
+        holder.kill()  # its lock dies with it
+        holder.wait()
+    run.base().ensure([10])
+    assert run.steps_done == 10 and store.checkpoints(run.key) == [10]

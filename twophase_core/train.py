@@ -188,6 +188,27 @@ class Run:
         return perturb_(s.model, eps, mode, perturbation_seed(seed, t0))
 
 
+def checkpoint_size_estimate(run: Run, s: State) -> int:
+    """Bytes one checkpoint of this model takes on disk (weights, buffers and momentum), without writing one."""
+    model = sum(v.numel() * v.element_size() for v in s.model.state_dict().values())
+    grads = sum(p.numel() * p.element_size() for p in trainable(s.model))
+    return model + (grads if run.cfg.momentum else 0) + 16 * 1024  # + the zip's records (measured: 5-10 KB)
+
+
+def _waiter(cancel: CancelToken | None, on_wait: Callable[[], None] | None) -> Callable[[], None]:
+    """What a process blocked on a trajectory lock does every poll: tell once, honour a cancel."""
+    told: list[bool] = []
+
+    def wait() -> None:
+        if on_wait is not None and not told:
+            told.append(True)
+            on_wait()
+        if cancel is not None:
+            cancel.check()
+
+    return wait
+
+
 class Trajectory:
     """A run from `start` whose checkpoints live in the store under `key`.
 
@@ -221,12 +242,14 @@ class Trajectory:
         return total
 
     def ensure(self, needed: Iterable[int], on_step: StepCallback | None = None,
-               cancel: CancelToken | None = None) -> None:
+               cancel: CancelToken | None = None, on_wait: Callable[[], None] | None = None) -> None:
         """Make sure checkpoints exist at every needed iteration, training only what is missing.
 
         Each missing checkpoint is reached from the latest stored one at or before it (or the
         trajectory's start), so extending a grid trains only the new part. Before training, the disk
-        must hold every checkpoint it will write (StoreFull otherwise, with nothing trained).
+        must hold every checkpoint it will write (StoreFull otherwise, with nothing trained). While
+        another process trains this trajectory, `on_wait()` is called once and this one waits
+        (cancellable), then trains only what the other did not write.
         """
         store = self.run.store
         needed = sorted(set(needed))
@@ -235,7 +258,7 @@ class Trajectory:
                 raise ValueError(f"checkpoint {m} precedes the start {self.start} of trajectory {self.key}")
         if not set(needed) - set(store.checkpoints(self.key)):
             return
-        with store.trajectory_lock(self.key, wait=cancel.check if cancel is not None else None):
+        with store.trajectory_lock(self.key, wait=_waiter(cancel, on_wait)):
             self._train_missing(needed, on_step, cancel)  # another process may have trained them meanwhile
 
     def _saves(self, missing: list[int], have: set[int]) -> int:
@@ -260,7 +283,7 @@ class Trajectory:
                 first = s is None
                 s = self._load_or_start(best)
                 if first:
-                    one = store.checkpoint_bytes(self.key) or len(store.serialize(run.pack(s, None)))
+                    one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(run, s)
                     n = self._saves(missing, have)
                     store.require_space(n * one, f"before training {n} checkpoints of {self.key}")
                 if s.t == m:  # the start itself was asked for
