@@ -130,6 +130,9 @@ def test_runs_page_lists_jobs_and_stored_results(with_results):
     ("t0", "abc", "t0='abc' is invalid"),
     ("eps", "-1", "eps=-1.0 is invalid"),
     ("t1", "30, 10ep", "got 80"),  # 10 epochs of 8 steps is past T=60: the engine says so
+    ("batch_size", "100000", "training set"),
+    ("iterations", "99999999999", "iterations=99999999999"),
+    ("eps", "", "empty"),  # a cleared field is an error, never the preset's value
 ])
 def test_bad_form_value_shows_the_message_and_starts_nothing(empty, field, value, message):
     at = _app()
