@@ -2,8 +2,12 @@
 
 Models in, floats out. Every function is built so that two bitwise-identical models give exactly 0.0
 (not merely a small number): a nonzero value at eps = 0 would mean the measurement itself leaks
-nondeterminism, which is the control the whole experiment rests on (SCIENCE.md, "The Chaos Effect").
-No function modifies its input models or leaves their training flags changed.
+nondeterminism, which is the control the whole experiment rests on (docs/science.md, "The Chaos
+Effect"). No function modifies its input models or leaves their training flags changed.
+
+One module, past 350 lines on purpose: the three metrics share one evaluation pass per cell
+(`pair_metrics` reuses the interpolation path's end points for D and the accuracies), and the
+barrier's loop and stacked paths must stay side by side to stay bitwise interchangeable.
 """
 
 from __future__ import annotations
