@@ -222,12 +222,13 @@ def modelled_costs(model: nn.Module, x: Tensor, kernel: str = "full",
 
 
 def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Any, ...]:
-    """The architecture (module types, parameter and buffer shapes), the input shape, N and the settings."""
+    """The architecture (module types, parameter and buffer shapes), the input shape, N, the device,
+    torch's thread count and the settings."""
     return (
         tuple(type(m).__name__ for m in model.modules()),
         tuple((k, tuple(p.shape), p.dtype, p.requires_grad) for k, p in model.named_parameters()),
         tuple((k, tuple(b.shape)) for k, b in model.named_buffers()),
-        tuple(x.shape), x.dtype, device_of(model).type, kernel, budget, float64,
+        tuple(x.shape), x.dtype, device_of(model).type, torch.get_num_threads(), kernel, budget, float64,
     )
 
 
@@ -308,7 +309,7 @@ def choose_method(model: nn.Module, x: Tensor, kernel: str = "full", *,
     than one remains, each is timed on x after a warm-up on two samples (two interleaved rounds,
     the minimum; one when a round takes over CALIBRATION_ONE_ROUND_S) and the fastest kept: up to
     2 m - 1 extra kernels for m candidates, once. Cached per (architecture, input shape, N, device,
-    kernel, settings) for the process, so after the first `empirical_ntk` call with the same
+    thread count, kernel, settings) for the process, so after the first `empirical_ntk` call with the same
     arguments this costs nothing; the timings are in `TIMINGS`.
     """
     if kernel not in KERNELS:
