@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -299,7 +300,8 @@ def test_full_disk_is_reported_as_a_full_disk_and_clear_still_works(small_disk):
     with pytest.raises(StoreFull) as e:
         run_chaos(cfg, store)
     msg = str(e.value)
-    assert f"the disk holding the store {root} is full" in msg and "free" in msg and "\n" not in msg
+    assert msg.startswith(f"the disk holding the store {root} has ") and "\n" not in msg
+    assert re.search(r"free, too little: training \d+ checkpoints of \w+ needs about [\d.]+ [KM]B;", msg), msg
     assert list((root / "runs").rglob("*.tmp")) == []  # nothing half-written left behind
     assert store.check()["free_bytes"] >= 0
     cleared = store.clear()  # works on a full disk: it only deletes
@@ -335,7 +337,7 @@ def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
     _fill(small_disk, 200_000)
     assert run_job(store, job_id) == 1
     rec = jm.get(job_id)
-    assert rec.status == "failed" and rec.error.startswith(f"the disk holding the store {root} is full (")
+    assert rec.status == "failed" and rec.error.startswith(f"the disk holding the store {root} is full ("), rec.error
     assert "died without reporting" not in rec.error and "\n" not in rec.error
     assert list((root / "runs").rglob("*.tmp")) == []
     assert store.clear()["bytes_removed"] > 0
@@ -350,7 +352,7 @@ def test_submit_refuses_a_job_that_cannot_fit(small_disk):
     _fill(small_disk, 20 * one)
     big = C.replace(preset("tiny", "chaos"), checkpoint_every=1, eps=1e-6)  # ~180 more checkpoints
     jm = JobManager(store)
-    with pytest.raises(StoreFull, match=rf"store {root} is full \(.* free\) for job chaos-\w+ \(\d+ checkpoints of"):
+    with pytest.raises(StoreFull, match=rf"store {root} has .* free, too little: job chaos-\w+ \(\d+ checkpoints of"):
         jm.submit(big)
     assert store.keys("job/") == []  # nothing created, nothing started
     assert jm.submit(preset("tiny", "chaos")).status == "done"  # served from the store: no space needed
@@ -375,3 +377,22 @@ def test_file_lock_excludes_other_threads_and_is_reentrant(tmp_path):
             order.append("holder")
     t.join(5)
     assert order == ["holder", "other"]
+
+
+def test_checkpoints_from_before_the_header_still_load_through_the_index(store):
+    """A store written by the previous version: plain torch files, their sha256 in the index."""
+    import hashlib
+    import io
+
+    run = Run(TINY, store)
+    state = run.pack(run.initial(), None)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = store.checkpoint_path(run.key, 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(buf.getvalue())
+    assert store.load_checkpoint(run.key, 0) is None and not path.exists()  # no checksum anywhere: not trusted
+    path.write_bytes(buf.getvalue())
+    store.cache.set(f"ckpt/{run.key}/0", hashlib.sha256(buf.getvalue()).hexdigest())
+    _same_state(state, store.load_checkpoint(run.key, 0))
+    assert store.check()["checkpoints"] == {"runs": 1, "files": 1, "verified": 0, "legacy": 1, "bad": []}

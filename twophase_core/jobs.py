@@ -319,7 +319,7 @@ class JobManager:
         if one is None:
             return  # no checkpoint of this model yet: the engine checks before it trains
         n = checkpoints_to_write(cfg, self.store)
-        self.store.require_space(n * one, f"for job {job_id} ({n} checkpoints of about {human(one)})")
+        self.store.require_space(n * one, f"job {job_id} ({n} checkpoints of about {human(one)})")
 
     def cancel(self, job_id: str) -> None:
         """A queued job is cancelled at once; a running worker stops at its next step."""

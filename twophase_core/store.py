@@ -79,9 +79,12 @@ class StoreFull(StoreError):
 
     def __init__(self, root: Path, doing: str, needed: int | None = None):
         self.root, self.free, self.needed = root, free_bytes(root), needed
-        need = f"; it needs about {human(needed)}" if needed else ""
-        super().__init__(f"the disk holding the store {root} is full ({human(self.free)} free) {doing}{need}; "
-                         "free some space (or `twophase cache clear`) and try again")
+        if needed is None:  # the disk said ENOSPC
+            what = f"is full ({human(self.free)} free) {doing}"
+        else:  # an estimate said it would not fit
+            what = f"has {human(self.free)} free, too little: {doing} needs about {human(needed)}"
+        super().__init__(f"the disk holding the store {root} {what}; free some space (or `twophase cache clear`) "
+                         "and try again")
 
 
 class StoreDamaged(StoreError):
@@ -555,7 +558,7 @@ class Store:
         except OSError as e:
             if _is_full(e):
                 self.release_reserve()
-                raise StoreFull(self.root, f"writing checkpoint {t} of {run}", len(data)) from e
+                raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
             raise
         try:
             with os.fdopen(fd, "wb") as f:
@@ -569,7 +572,7 @@ class Store:
                 os.unlink(tmp)
             if isinstance(e, OSError) and _is_full(e):
                 self.release_reserve()
-                raise StoreFull(self.root, f"writing checkpoint {t} of {run}", len(data)) from e
+                raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
             raise
 
     def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:

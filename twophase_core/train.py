@@ -285,7 +285,7 @@ class Trajectory:
                 if first:
                     one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(run, s)
                     n = self._saves(missing, have)
-                    store.require_space(n * one, f"before training {n} checkpoints of {self.key}")
+                    store.require_space(n * one, f"training {n} checkpoints of {self.key}")
                 if s.t == m:  # the start itself was asked for
                     store.save_checkpoint(self.key, m, run.pack(s, None))
                     have.add(m)
