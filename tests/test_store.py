@@ -396,3 +396,22 @@ def test_checkpoints_from_before_the_header_still_load_through_the_index(store):
     store.cache.set(f"ckpt/{run.key}/0", hashlib.sha256(buf.getvalue()).hexdigest())
     _same_state(state, store.load_checkpoint(run.key, 0))
     assert store.check()["checkpoints"] == {"runs": 1, "files": 1, "verified": 0, "legacy": 1, "bad": []}
+
+
+def test_a_store_on_a_disk_with_nothing_free_opens_checks_and_clears(small_disk):
+    root = small_disk / "cache"
+    store = Store(root)
+    run_chaos(preset("tiny", "chaos"), store)
+    store.close()
+    fd = os.open(_fill(small_disk, 0), os.O_WRONLY | os.O_APPEND)
+    with pytest.raises(OSError, match="No space left"):  # the last pages too
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    s = Store(root)  # sqlite cannot even open its index here ('disk I/O error'): opening is deferred
+    report = s.check()
+    assert report["checkpoints"]["verified"] >= 4 and report["free_bytes"] < 64 * 1024
+    with pytest.raises(StoreFull, match=rf"^the disk holding the store {root} is full \("):
+        s.keys()
+    assert s.clear()["bytes_removed"] > 0  # deleting needs no space
+    assert Store(root).keys() == []

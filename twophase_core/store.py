@@ -115,10 +115,17 @@ def free_bytes(path: str | Path) -> int:
         return 0
 
 
-def _is_full(e: BaseException) -> bool:
+FULL_BELOW = 64 * 1024  # free bytes under which an I/O error is taken for a full disk
+
+
+def _is_full(e: BaseException, root: Path | None = None) -> bool:
+    """ENOSPC, sqlite's 'database or disk is full', or (sqlite reports some as 'disk I/O error', e.g.
+    growing its -shm file) any I/O error while the disk holding `root` has next to nothing free."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+    if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+        return True
+    return root is not None and isinstance(e, OSError | sqlite3.OperationalError) and free_bytes(root) < FULL_BELOW
 
 
 def _sha(b: bytes) -> str:
@@ -341,7 +348,7 @@ class Store:
         try:
             self._cache = diskcache.Cache(str(self.index_dir), eviction_policy="none", timeout=60, disk=SafeDisk)
         except (OSError, sqlite3.OperationalError) as e:
-            if _is_full(e):
+            if _is_full(e, self.root):
                 raise StoreFull(self.root, "opening its index") from e
             raise
         self._ident = self._db_ident()
@@ -477,7 +484,7 @@ class Store:
         try:
             self.cache.set(key, value)
         except (OSError, sqlite3.OperationalError) as e:
-            if _is_full(e):
+            if _is_full(e, self.root):
                 raise StoreFull(self.root, f"writing {key}") from e
             raise
 
@@ -556,7 +563,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         except OSError as e:
-            if _is_full(e):
+            if _is_full(e, self.root):
                 self.release_reserve()
                 raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
             raise
@@ -570,7 +577,7 @@ class Store:
         except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if isinstance(e, OSError) and _is_full(e):
+            if isinstance(e, OSError) and _is_full(e, self.root):
                 self.release_reserve()
                 raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
             raise
