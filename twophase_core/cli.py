@@ -60,7 +60,7 @@ def build_config(kind: str, args: argparse.Namespace) -> Any:
     return C.with_settings(cfg, given)
 
 
-def _nearest_preset(cfg: Any) -> str:
+def nearest_preset(cfg: Any) -> str:
     """The preset that differs from `cfg` in the fewest settings (the shortest reproduce command)."""
     kind, mine = C.kind_of(cfg), C.flat(cfg)
 
@@ -71,16 +71,22 @@ def _nearest_preset(cfg: Any) -> str:
     return min(PRESETS, key=differences)
 
 
+def preset_differences(cfg: Any, preset_name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(preset, {setting: value} of every setting where `cfg` differs from it), against the given preset or
+    the nearest one. One answer for the reproduce command and a run's default name, so they never disagree."""
+    kind = C.kind_of(cfg)
+    preset_name = preset_name or nearest_preset(cfg)
+    ref = C.flat(preset(preset_name, kind))
+    return preset_name, {name: v for name, v in C.flat(cfg).items() if v != ref[name]}
+
+
 def command_for(cfg: Any, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
     """The CLI line that reproduces `cfg` exactly (shown next to every figure in the app): the preset
     (given, or the nearest one) and a flag for every setting that differs from it."""
     kind = C.kind_of(cfg)
-    preset_name = preset_name or _nearest_preset(cfg)
-    ref = C.flat(preset(preset_name, kind))
+    preset_name, changed = preset_differences(cfg, preset_name)
     parts = ["twophase", kind, "--preset", preset_name]
-    for name, v in C.flat(cfg).items():
-        if v == ref[name]:
-            continue
+    for name, v in changed.items():
         spec = C.settings_of(C.KINDS[kind])[name][0]
         if spec.type == "bool":
             parts.append(spec.flag(name) if v else "--no-" + spec.flag(name)[2:])

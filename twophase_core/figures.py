@@ -38,6 +38,11 @@ def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
     return fig
 
 
+# The shared helpers under public names, for the other figure modules (compare_figures.py)
+LINE_COLOURS = _LINE_COLOURS
+apply_layout = _layout
+
+
 def _f(v: Any) -> float | None:
     """A float for a table cell; None for NaN (CSV: empty cell, JSON: null)."""
     v = float(v)
@@ -116,6 +121,34 @@ def _log_range(tv: list[float], colour: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+CELL_FONT_PX = 14  # cell values legible on a projector; smaller text is not drawn at all (hover keeps the value)
+MAX_TEXT_COLS, MAX_TEXT_ROWS = 6, 10  # at most this many cells across / down in a third of a wide page
+
+
+def cell_text_size(n_rows: int, n_cols: int) -> int | None:
+    """Font size (px) for the values written in heatmap cells, or None when the cells are too small for
+    legible text: a heatmap a third of a 1400 px page wide leaves about 50 px per cell at 6 columns, the
+    width of a 6-character value at 14 px."""
+    return CELL_FONT_PX if n_cols <= MAX_TEXT_COLS and n_rows <= MAX_TEXT_ROWS else None
+
+
+def cell_label(v: float) -> str:
+    """A short cell value: 0.056, 3, 5.6e-5 (two significant digits, unpadded exponent); '' for NaN."""
+    if math.isnan(v):
+        return ""
+    if v == 0:
+        return "0"
+    if 1e-2 <= abs(v) < 100:
+        return f"{v:.2g}"
+    mant, exp = f"{v:.1e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+log_colour = _log_colour
+log_range = _log_range
+cell_value = _f
+
+
 def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False, seed: int | None = None,
                   title: str | None = None) -> go.Figure:
     """Heatmap of C, B or D: rows t0 (perturbation time), columns t1 (comparison time).
@@ -134,17 +167,30 @@ def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False,
         colour, tv, tt = _log_colour(z)
         colorbar.update(tickvals=tv, ticktext=tt, title=f"{metric} (log)")
         zmin, zmax = _log_range(tv, colour)
-    small = z.size <= 80
-    text = [["" if math.isnan(v) else f"{v:.2g}" for v in row] for row in z]
+    size = cell_text_size(len(y), len(x))
+    text = [[cell_label(v) for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
         z=colour, x=x, y=y, customdata=z, text=text, colorscale="Viridis", colorbar=colorbar, xgap=1, ygap=1,
         zmin=zmin, zmax=zmax,
         hovertemplate=f"t0=%{{y}}<br>t1=%{{x}}<br>{metric}=%{{customdata:.4g}}<extra></extra>",
-        texttemplate="%{text}" if small else None, hoverongaps=False,
+        texttemplate="%{text}" if size else None, textfont=dict(size=size) if size else None, hoverongaps=False,
     ))
     fig.update_xaxes(title="t1 (iteration where the copies are compared)", type="category")
     fig.update_yaxes(title="t0 (iteration of the perturbation)", type="category")
     return _layout(fig, title or METRICS[metric])
+
+
+def chaos_cell_at(arrays: dict[str, np.ndarray], point: dict[str, Any]) -> tuple[int, int] | None:
+    """(i, j) of the computed cell under a clicked heatmap point (its x is t1, its y is t0, as drawn by
+    `chaos_heatmap`), or None for an empty cell or a point of another figure."""
+    try:
+        t0, t1 = int(float(point["y"])), int(float(point["x"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    for i, j, a, b in chaos_cells(arrays):
+        if (a, b) == (t0, t1):
+            return i, j
+    return None
 
 
 def chaos_sections_table(arrays: dict[str, np.ndarray], metric: str, seed: int | None = None) -> Table:
@@ -307,10 +353,52 @@ def _iteration_colorbar(its: np.ndarray) -> dict[str, Any]:
     return dict(title="iteration", tickvals=idx, ticktext=[str(int(its[i])) for i in idx])
 
 
+def cone_ray_ends(arrays: dict[str, np.ndarray]) -> tuple[int, int] | None:
+    """Indices of the first and last checkpoints (after 0) of the cone window, the ends of the drawn rays."""
+    its = np.asarray(arrays["iters"]).astype(int)
+    win = arrays.get("cone_window")
+    if win is None or len(its) < 3:
+        return None
+    inside = [k for k, t in enumerate(its) if int(win[0]) <= t <= int(win[1]) and k != 0]
+    return (inside[0], inside[-1]) if len(inside) >= 2 else None
+
+
+def ray_angle_kernel(arrays: dict[str, np.ndarray], a: int, b: int) -> float:
+    """Angle (degrees) seen from H(theta_0) between the increments u_a - u_0 and u_b - u_0 of the unit-normalised
+    kernels, in kernel space, from the Gram matrix G alone: <u_a - u_0, u_b - u_0> = G_ab - G_a0 - G_0b + 1."""
+    g = np.asarray(arrays["G"], dtype=float)
+    ip = lambda i, j: g[i, j] - g[i, 0] - g[0, j] + 1.0  # noqa: E731
+    den = math.sqrt(max(ip(a, a), 0.0) * max(ip(b, b), 0.0))
+    return float(np.degrees(np.arccos(np.clip(ip(a, b) / den, -1.0, 1.0)))) if den > 0 else 0.0
+
+
+def ray_angle_drawn(arrays: dict[str, np.ndarray], method: str, dim: int, a: int, b: int) -> float:
+    """The same angle as it appears in a projection (what the eye reads off the picture)."""
+    xyz = np.asarray(arrays[f"{method}{dim}"], dtype=float)
+    u, v = xyz[a] - xyz[0], xyz[b] - xyz[0]
+    den = float(np.linalg.norm(u) * np.linalg.norm(v))
+    return float(np.degrees(np.arccos(np.clip(u @ v / den, -1.0, 1.0)))) if den > 0 else 0.0
+
+
+def honest_view(arrays: dict[str, np.ndarray]) -> tuple[str, int]:
+    """The projection to open on: the flat (2-D) one whose rays' angle is closest to the true angle in
+    kernel space (PCA on a tie). A 3-D view adds the camera's own projection, and from its default
+    camera H(theta_0) can sit beside the late kernels, hiding the cone; it stays one click away."""
+    ends = cone_ray_ends(arrays)
+    if ends is None:
+        return "pca", 2
+    true = ray_angle_kernel(arrays, *ends)
+    return min(PROJECTION_LABELS, key=lambda m: abs(ray_angle_drawn(arrays, m, 2, *ends) - true)), 2
+
+
 def cone_projection(arrays: dict[str, np.ndarray], method: str = "pca", dim: int = 3,
-                    title: str | None = None) -> go.Figure:
+                    title: str | None = None, rays: bool = False) -> go.Figure:
     """The kernels along training as points (PCA or MDS of the normalised Gram matrix), joined in
-    the order of training and coloured by iteration; H(theta_0) is the red diamond (paper Fig. 5c)."""
+    the order of training and coloured by iteration; H(theta_0) is the red diamond (paper Fig. 5c).
+
+    rays=True draws the cone: a ray from H(theta_0) to the first and to the last kernel of the cone
+    window, labelled with the angle between them measured in kernel space (the drawn angle of a
+    projection can differ; the hover says by how much)."""
     if dim not in (2, 3) or method not in PROJECTION_LABELS:
         raise ValueError(f"no projection {method}{dim}")
     xyz = np.asarray(arrays[f"{method}{dim}"], dtype=float)
@@ -341,7 +429,38 @@ def cone_projection(arrays: dict[str, np.ndarray], method: str = "pca", dim: int
                                  hovertemplate="H(θ₀), t=%{customdata}<extra></extra>"))
         fig.update_xaxes(title=f"{lab} 1")
         fig.update_yaxes(title=f"{lab} 2", scaleanchor="x", scaleratio=1)
+    ends = cone_ray_ends(arrays) if rays else None
+    if ends is not None:
+        _draw_rays(fig, arrays, xyz, its, method, dim, ends)
     return _layout(fig, title or f"Kernels along training, {lab} {dim}-D", height=560, showlegend=False)
+
+
+RAY_COLOUR = "#d62728"
+
+
+def _draw_rays(fig: go.Figure, arrays: dict[str, np.ndarray], xyz: np.ndarray, its: np.ndarray, method: str, dim: int,
+               ends: tuple[int, int]) -> None:
+    """Two rays from H(theta_0) to the ends of the cone window, and the angle between them as a label."""
+    a, b = ends
+    true, drawn = ray_angle_kernel(arrays, a, b), ray_angle_drawn(arrays, method, dim, a, b)
+    label = f"{true:.0f}° (t={int(its[a])} to {int(its[b])})"
+    hover = (f"ray from H(θ₀) to H(θ_t), t=%{{customdata}}<br>angle between the rays: {true:.1f}° in kernel space,"
+             f" {drawn:.1f}° as drawn<extra></extra>")
+    for k in (a, b):
+        pts = xyz[[0, k]]
+        common = dict(mode="lines", line=dict(color=RAY_COLOUR, width=3, dash="dash"), customdata=[its[k], its[k]],
+                      hovertemplate=hover, name=f"ray to t={int(its[k])}")
+        if dim == 3:
+            fig.add_trace(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], **common))
+        else:
+            fig.add_trace(go.Scatter(x=pts[:, 0], y=pts[:, 1], **common))
+    mid = xyz[0] + 0.35 * ((xyz[a] - xyz[0]) + (xyz[b] - xyz[0])) / 2  # inside the cone, near its apex
+    text = dict(mode="text", text=[label], textfont=dict(size=16, color=RAY_COLOUR), hoverinfo="skip",
+                name="cone angle")
+    if dim == 3:
+        fig.add_trace(go.Scatter3d(x=[mid[0]], y=[mid[1]], z=[mid[2]], **text))
+    else:
+        fig.add_trace(go.Scatter(x=[mid[0]], y=[mid[1]], **text))
 
 
 def cone_acc_table(arrays: dict[str, np.ndarray]) -> Table:
@@ -453,8 +572,9 @@ def _json_default(o: Any) -> Any:
 
 
 def to_html(fig: go.Figure, command: str | None = None) -> str:
-    """A standalone HTML page of the figure (plotly.js from its CDN), with the reproducing command."""
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True)
+    """A standalone HTML page of the figure with plotly.js inside it (opens offline, no CDN), and the
+    command that reproduces it."""
+    html = fig.to_html(include_plotlyjs=True, full_html=True)
     if command:
         import html as _html
 
