@@ -22,6 +22,7 @@ PAGES = {
                       url_path="linear"),
     "sweeps": st.Page("pages/sweeps.py", title="Sweeps", icon=":material/stacked_line_chart:", url_path="sweeps"),
     "runs": st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+    "compare": st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
 }
 
 page = st.navigation(list(PAGES.values()))

@@ -14,6 +14,7 @@ from typing import Any
 
 import streamlit as st
 
+from twophase_core import catalog as K
 from twophase_core import config as C
 from twophase_core.jobs import JobManager, JobRecord
 from twophase_core.results import Result, load_result
@@ -21,7 +22,8 @@ from twophase_core.store import Store, default_root
 
 KINDS = tuple(C.KINDS)
 PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",
-              "linear": "pages/linear.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py"}
+              "linear": "pages/linear.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py",
+              "compare": "pages/compare.py"}
 KIND_TITLES = {"chaos": "Chaos Effect", "cone": "Cone Effect", "linear": "Linearised training"}
 POLL_S = 1.0
 
@@ -107,3 +109,34 @@ def config_of(view: RunView) -> Any | None:
 
 def fmt_time(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+@st.cache_resource(show_spinner=False)
+def _result_infos(root: str) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
+    return {}
+
+
+def _result_info(kind: str, h: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A stored result's (config, meta), read once per process: a result never changes under its key."""
+    jm = job_manager()
+    cache = _result_infos(str(jm.store.root))
+    if (kind, h) not in cache:
+        r = load_result(jm.store, kind, h)
+        if r is None:
+            return None
+        cache[(kind, h)] = (r.config, {k: v for k, v in r.meta.items() if k in ("created", "seconds")})
+    return cache[(kind, h)]
+
+
+def run_entries() -> list[K.RunEntry]:
+    """Every run of the store (jobs, and results computed without one), newest first, each once."""
+    jm = job_manager()
+    return K.list_runs(jm.store, jm.list(), result_info=_result_info)
+
+
+def run_name(run_id: str, config: Any | None) -> str:
+    """A run's name: the one its user gave it, else the nearest preset plus what differs."""
+    meta = K.load_meta(job_manager().store, run_id)
+    if meta.name:
+        return meta.name
+    return K.default_name(config) if config is not None else run_id

@@ -18,8 +18,10 @@ if view.partial:
             "cells fill in as they finish.", icon=":material/hourglass_top:")
 
 c = st.columns([2, 2, 3])
-log = c[0].toggle("log colour / log axis", value=True, key="chaos_log",
+ui.from_query("chaos_log", "log", ui.parse_bool, True)
+log = c[0].toggle("log colour / log axis", key="chaos_log",
                   help="C spans many orders of magnitude; hover always shows the value")
+ui.to_query("log", "1" if log else "0")
 seed = None
 if len(a["seeds"]) > 1:
     pick = c[1].selectbox("perturbation seed", ["mean"] + [str(k) for k in range(len(a["seeds"]))],
@@ -28,13 +30,19 @@ if len(a["seeds"]) > 1:
     seed = None if pick == "mean" else int(pick)
 
 st.subheader("Heatmaps over (t0, t1)")
+st.caption("Click a cell to draw the loss along its interpolation path at the bottom of the page.")
 cols = st.columns(3)
+clicks = {}
 for col, m in zip(cols, F.METRICS, strict=True):
     with col:
         fig = F.chaos_heatmap(a, m, log=log, seed=seed, title={"C": "C: parameter distance", "B": "B: loss barrier",
                                                                  "D": "D: disagreement"}[m])
-        ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
-                        show_command=m == "C")
+        clicks[m] = ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
+                                    show_command=m == "C", on_select=True)
+point = ui.new_click(clicks, f"chaos_clicks_{view.run_id}")
+clicked = F.chaos_cell_at(a, point) if point is not None else None
+if clicked is not None:  # before the cell selectbox is drawn, so it shows the clicked cell
+    st.session_state["chaos_cell"] = f"{int(a['t0'][clicked[0]])},{int(a['t1'][clicked[1]])}"
 
 st.subheader("Cross-sections: the metric versus t1, one line per t0")
 metric = st.radio("metric", list(F.METRICS), horizontal=True, key="chaos_section_metric",
@@ -61,13 +69,16 @@ if not cells:
     st.info("No cell computed yet.")
     st.stop()
 b = F.seed_reduce(a["B"])
-default = max(range(len(cells)), key=lambda k: b[cells[k][0], cells[k][1]])
-k = st.selectbox("cell (t0, t1)", range(len(cells)), index=default, key="chaos_cell",
-                 format_func=lambda k: f"t0={cells[k][2]}, t1={cells[k][3]}  (B={b[cells[k][0], cells[k][1]]:.3g})",
-                 help="the largest barrier is selected first")
-i, j = cells[k][0], cells[k][1]
-ui.figure_block(F.chaos_path(a, i, j), F.chaos_path_table(a, i, j), f"path_t0_{cells[k][2]}_t1_{cells[k][3]}",
-                view, cmd, "path")
+by_label = {f"{t0},{t1}": (i, j) for i, j, t0, t1 in cells}
+largest = max(by_label, key=lambda s: b[by_label[s]])
+ui.from_query("chaos_cell", "cell", lambda s: s.replace(" ", ""), largest, allowed=list(by_label))
+pick = st.selectbox("cell (t0, t1)", list(by_label), key="chaos_cell",
+                    format_func=lambda s: "t0={}, t1={}".format(*s.split(",")) + f"  (B={b[by_label[s]]:.3g})",
+                    help="a click on a heatmap cell selects it here; the largest barrier is selected first")
+ui.to_query("cell", pick)
+i, j = by_label[pick]
+t0, t1 = pick.split(",")
+ui.figure_block(F.chaos_path(a, i, j), F.chaos_path_table(a, i, j), f"path_t0_{t0}_t1_{t1}", view, cmd, "path")
 
 with st.expander("Details: realized perturbation norms, accuracies, config"):
     st.write({"realized |theta' - theta|_2 per (seed, t0)": a["realized_eps_norm"].tolist(),

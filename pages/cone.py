@@ -28,7 +28,9 @@ c[1].metric(f"Early angle, t in [{ew[0]}, {ew[1]}]" if ew else "Early angle", _d
             help="the same angle over the early checkpoints: wide while the dynamics are chaotic")
 c[2].metric("Kernels", f"{len(a['iters'])}", help="checkpoints with a kernel")
 c[3].metric("Final test accuracy", f"{float(a['test_acc'][-1]):.3f}")
-log = st.toggle("log scale for S", value=False, key="cone_log")
+ui.from_query("cone_log", "log", ui.parse_bool, False)
+log = st.toggle("log scale for S", key="cone_log")
+ui.to_query("log", "1" if log else "0")
 
 left, right = st.columns(2, gap="medium")
 with left:
@@ -36,12 +38,29 @@ with left:
     ui.figure_block(F.cone_S_heatmap(a, log=log), F.cone_S_table(a), "S_heatmap", view, cmd, "S")
 with right:
     st.subheader("Kernel trajectory")
+    honest = F.honest_view(a)
+    ui.from_query("cone_method", "proj", str, honest[0], allowed=list(F.PROJECTION_LABELS))
+    ui.from_query("cone_dim", "dim", int, honest[1], allowed=[2, 3])
     p = st.columns(2)
-    method = p[0].radio("projection", ["pca", "mds"], horizontal=True, key="cone_method",
+    method = p[0].radio("projection", list(F.PROJECTION_LABELS), horizontal=True, key="cone_method",
                         format_func=lambda m: F.PROJECTION_LABELS[m])
-    dim = p[1].radio("dimensions", [3, 2], horizontal=True, key="cone_dim", format_func=lambda d: f"{d}-D")
-    ui.figure_block(F.cone_projection(a, method, dim), F.cone_projection_table(a, method, dim),
+    dim = p[1].radio("dimensions", [2, 3], horizontal=True, key="cone_dim", format_func=lambda d: f"{d}-D")
+    ui.to_query("proj", method)
+    ui.to_query("dim", str(dim))
+    ui.figure_block(F.cone_projection(a, method, dim, rays=True), F.cone_projection_table(a, method, dim),
                     f"{method}{dim}", view, cmd, "proj", show_command=False)
+    ends = F.cone_ray_ends(a)
+    if ends is not None:
+        its = a["iters"]
+        true, drawn = F.ray_angle_kernel(a, *ends), F.ray_angle_drawn(a, method, dim, *ends)
+        st.caption(
+            f"What to see: each point is the kernel at one checkpoint (colour: iteration), the red diamond is "
+            f"H(θ₀). The dashed rays go from H(θ₀) to the kernels at t = {int(its[ends[0]])} and t = "
+            f"{int(its[ends[1]])}, the first and last of the cone window: seen from where training started, the "
+            f"kernels of the window stay inside the narrow wedge between them, although they keep moving. "
+            f"The rays are {true:.0f}° apart in kernel space; this {dim}-D {F.PROJECTION_LABELS[method]} view draws "
+            f"them {drawn:.0f}° apart. It opens in {honest[1]}-D {F.PROJECTION_LABELS[honest[0]]}, the flat view "
+            "that draws this angle most faithfully; a 3-D view adds its camera's own projection.")
 
 left, right = st.columns(2, gap="medium")
 with left:

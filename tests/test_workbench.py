@@ -1,0 +1,434 @@
+"""The app as a workbench (issue 9): runs told apart by name, tags and the settings that differ, one Runs
+table with filters and actions on selected rows, Compare for each kind and its bad links, readable and
+clickable heatmaps, offline HTML, the view's state in the link, and the cone drawn on the Cone page.
+
+Real tiny results (`run_experiment(preset('tiny', kind), Store(root))`) in a store named by TWOPHASE_CACHE_DIR,
+as in test_app.py; AppTest drives the pages. Selections (table rows, a heatmap click) are set the way the
+browser reports them: as the widget's selection state."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from twophase_core import catalog as K
+from twophase_core import compare_figures as CF
+from twophase_core import config as C
+from twophase_core import figures as F
+from twophase_core.cli import command_for, preset_differences
+from twophase_core.experiments import run_experiment
+from twophase_core.jobs import JobManager
+from twophase_core.presets import preset
+from twophase_core.results import load_result
+from twophase_core.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 60
+
+
+def _variants() -> dict[str, list]:
+    """Two runs per kind on the tiny trajectory (the second shares the first's base run, so it is cheap)."""
+    chaos, cone, linear = (preset("tiny", k) for k in ("chaos", "cone", "linear"))
+    return {"chaos": [chaos, C.replace(chaos, eps=1e-5)],
+            "cone": [cone, C.replace(cone, references=(0, 20))],
+            "linear": [linear, C.replace(linear, switch=(0, 20, 40))]}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """{kind: [run id, run id]} of real tiny results, computed without jobs (as the CLI does)."""
+    root = tmp_path_factory.mktemp("workbench") / "cache"
+    store = Store(root)
+    ids = {kind: [f"{kind}-{run_experiment(cfg, store).hash}" for cfg in cfgs] for kind, cfgs in _variants().items()}
+    store.close()
+    return root, ids
+
+
+@pytest.fixture
+def with_results(stored, monkeypatch):
+    root, ids = stored
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    return ids
+
+
+@pytest.fixture
+def own_store(stored, tmp_path, monkeypatch):
+    """A private copy of the stored results, for tests that change the store (names, deletions)."""
+    import shutil
+
+    root, ids = stored
+    mine = tmp_path / "cache"
+    shutil.copytree(root, mine, ignore=shutil.ignore_patterns("*.lock"))
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(mine))
+    return mine, ids
+
+
+def _app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _runs_page() -> AppTest:
+    at = _app()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    return at
+
+
+def _select_rows(at: AppTest, rows: list[int]) -> AppTest:
+    """Tick table rows as the browser does: the selection state of the table's widget."""
+    [table] = at.dataframe
+    at.session_state[table.key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    return at.run()
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Runs you can tell apart
+
+
+def test_default_name_is_the_nearest_preset_and_what_differs():
+    cfg = C.replace(C.replace(preset("demo", "chaos"), eps=1e-6), data_seed=5)
+    assert K.default_name(cfg) == "demo · eps=1e-6 · data_seed=5"
+    assert K.default_name(preset("tiny", "cone")) == "tiny"
+    name, changed = preset_differences(cfg)
+    assert name == "demo" and changed == {"eps": 1e-6, "data_seed": 5}
+    # the same helper gives the reproduce command: flags for exactly those settings
+    assert command_for(cfg) == "twophase chaos --preset demo --eps 1e-06 --data-seed 5 --json out.json"
+    long = C.replace(preset("demo", "cone"), checkpoints=tuple(range(0, 600, 20)) + (600,))
+    assert all(len(part) <= 40 for part in K.default_name(long).split(K.SEP))  # long lists are cut
+
+
+def test_differing_settings_across_runs_and_kinds():
+    a, b = preset("tiny", "chaos"), C.replace(preset("tiny", "chaos"), eps=1e-5, lr=0.1)
+    assert K.differing_settings([a, b]) == ["eps", "lr"]
+    assert K.differing_settings([a, a]) == []
+    # a setting only some kinds have counts among the runs that have it
+    assert K.differing_settings([a, b, preset("tiny", "cone")]) == ["eps", "lr"]
+
+
+def test_run_meta_round_trips_and_an_empty_one_is_removed(store):
+    assert K.load_meta(store, "chaos-x") == K.RunMeta()
+    K.save_meta(store, "chaos-x", K.RunMeta(name=" baseline ", tags=K.parse_tags("seed, paper  seed"), note="n"))
+    assert K.load_meta(store, "chaos-x") == K.RunMeta("baseline", ("seed", "paper"), "n")
+    assert store.keys("runmeta/") == ["runmeta/chaos-x"]
+    K.save_meta(store, "chaos-x", K.RunMeta())
+    assert store.keys("runmeta/") == []
+
+
+def test_runs_table_lists_every_run_once_with_the_settings_that_differ(with_results):
+    root = Store().root
+    jm = JobManager(Store(root))
+    rec = jm.submit(preset("tiny", "linear"))  # its result is stored: a job "done" at once, no worker
+    assert rec.status == "done"
+    at = _runs_page()
+    [table] = at.dataframe
+    df = table.value
+    every = [i for ids in with_results.values() for i in ids]
+    assert sorted(df["id"]) == sorted(every)  # the job and the CLI's results, each once
+    assert list(df.columns[:2]) == ["kind", "name"]
+    for col in ("status", "progress", "wall time", "created", "error"):
+        assert col in df.columns
+    # settings that differ between the listed runs, between name and status
+    between = list(df.columns[2:list(df.columns).index("status")])
+    assert {"eps", "references", "switch"} <= set(between) and "lr" not in between
+    names = dict(zip(df["id"], df["name"], strict=True))
+    assert names[with_results["chaos"][0]] == "tiny" and names[with_results["chaos"][1]] == "tiny · eps=1e-5"
+    assert not [b for b in at.button if b.key and b.key.startswith("open_")]  # no second list of rows
+
+
+def test_runs_filters_by_kind_status_tag_and_text(own_store):
+    root, ids = own_store
+    K.save_meta(Store(root), ids["cone"][1], K.RunMeta(tags=("keep",)))
+    at = _runs_page()
+    at.multiselect(key="runs_kind").set_value(["chaos"]).run()
+    assert set(at.dataframe[0].value["kind"]) == {"chaos"}
+    at.multiselect(key="runs_kind").set_value([]).run()
+    at.text_input(key="runs_text").set_value("eps=1e-05").run()
+    assert list(at.dataframe[0].value["id"]) == [ids["chaos"][1]]
+    at.text_input(key="runs_text").set_value("").run()
+    at.multiselect(key="runs_tags").set_value(["keep"]).run()
+    assert list(at.dataframe[0].value["id"]) == [ids["cone"][1]]
+    at.multiselect(key="runs_tags").set_value([]).run()
+    at.multiselect(key="runs_status").set_value(["failed"]).run()
+    assert len(at.dataframe[0].value) == 0
+    assert not at.exception
+
+
+def test_select_one_run_to_name_tag_and_open_it(own_store):
+    root, ids = own_store
+    at = _runs_page()
+    row = list(at.dataframe[0].value["id"]).index(ids["chaos"][1])
+    at = _select_rows(at, [row])
+    [name] = [t for t in at.text_input if t.label == "name"]
+    [tags] = [t for t in at.text_input if t.label == "tags"]
+    name.set_value("bigger nudge")
+    tags.set_value("eps, sweep")
+    [save] = [b for b in at.button if b.label == "Save"]
+    save.click().run()
+    assert not at.exception
+    assert K.load_meta(Store(root), ids["chaos"][1]) == K.RunMeta("bigger nudge", ("eps", "sweep"), "")
+    df = at.dataframe[0].value
+    assert "bigger nudge" in list(df["name"]) and "eps, sweep" in list(df["tags"])
+    row = list(df["id"]).index(ids["chaos"][1])
+    at = _select_rows(at, [row])
+    [open_] = [b for b in at.button if b.key == "runs_open"]
+    open_.click().run()
+    assert not at.exception
+    assert at.query_params.get("run") == ids["chaos"][1] and "Chaos Effect" in [t.value for t in at.title]
+
+
+def test_delete_asks_first_and_keeps_checkpoints(own_store):
+    root, ids = own_store
+    store = Store(root)
+    traj = preset("tiny", "chaos").train.trajectory_key()
+    ckpts = store.checkpoints(traj)
+    assert ckpts
+    K.save_meta(store, ids["linear"][1], K.RunMeta(note="to go"))
+    at = _runs_page()
+    row = list(at.dataframe[0].value["id"]).index(ids["linear"][1])
+    at = _select_rows(at, [row])
+    [delete] = [b for b in at.button if b.key == "runs_delete"]
+    delete.click().run()
+    assert any("Checkpoints stay" in w.value for w in at.warning)  # it asks first
+    assert load_result(Store(root), "linear", ids["linear"][1].split("-")[1]) is not None
+    [yes] = [b for b in at.button if b.key == "runs_delete_yes"]
+    yes.click().run()
+    assert not at.exception
+    store = Store(root)
+    assert load_result(store, "linear", ids["linear"][1].split("-")[1]) is None
+    assert store.keys("runmeta/") == []
+    assert ids["linear"][1] not in list(at.dataframe[0].value["id"])
+    assert ids["linear"][0] in list(at.dataframe[0].value["id"])
+    assert store.checkpoints(traj) == ckpts  # shared by the other runs on this trajectory
+
+
+def test_delete_run_refuses_a_running_job_and_removes_the_record(store):
+    worker = _NoWorker()
+    jm = JobManager(store, executor=worker)
+    rec = jm.submit(preset("tiny", "linear"))
+    [entry] = K.list_runs(store, jm.list())
+    assert entry.status == "running"
+    with pytest.raises(ValueError, match="cancel it"):
+        K.delete_run(store, entry)
+    jm.cancel(rec.id)
+    worker.killed.add(rec.pid)  # the worker stops at its next step
+    [entry] = K.list_runs(store, jm.list())
+    assert entry.status == "cancelled"
+    assert K.delete_run(store, entry) == [f"job/{rec.id}"]
+    assert jm.list() == []
+
+
+class _NoWorker:
+    """An executor whose 'worker' stays alive and does nothing: a job that stays running."""
+
+    def __init__(self):
+        self.killed = set()
+
+    def launch(self, job_id, cache_dir):
+        return 4242
+
+    def alive(self, pid):
+        return pid not in self.killed
+
+    def kill(self, pid):
+        self.killed.add(pid)
+
+
+def test_compare_button_needs_two_to_six_runs_of_one_kind(with_results):
+    at = _runs_page()
+    df = at.dataframe[0].value
+    rows = [list(df["id"]).index(i) for i in with_results["chaos"]]
+    at = _select_rows(at, rows + [list(df["id"]).index(with_results["cone"][0])])
+    [compare] = [b for b in at.button if b.key == "runs_compare"]
+    assert compare.disabled  # mixed kinds
+    at = _select_rows(at, rows)
+    [compare] = [b for b in at.button if b.key == "runs_compare"]
+    assert not compare.disabled
+    compare.click().run()
+    assert not at.exception
+    assert at.query_params.get("runs") == ",".join(with_results["chaos"])
+    assert "Compare runs" in [t.value for t in at.title]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Compare
+
+
+@pytest.mark.parametrize(("kind", "charts"), [("chaos", 4), ("cone", 4), ("linear", 1)])
+def test_compare_page_draws_each_kind(with_results, kind, charts):
+    ids = with_results[kind]
+    at = _app(page="compare", runs=",".join(ids))
+    assert not at.exception, at.exception
+    assert len(_charts(at)) == charts
+    assert len(at.get("download_button")) == 3 * charts
+    table = at.dataframe[0].value  # the settings that differ
+    assert list(table["id"]) == ids and len(table.columns) == 3
+    code = "\n".join(c.value for c in at.code)
+    assert code.count(f"twophase {kind} --preset tiny") == 2  # each run's command
+
+
+def test_compare_chaos_heatmaps_share_one_colour_scale(with_results):
+    store = Store()
+    runs = [load_result(store, "chaos", i.split("-")[1]).arrays for i in with_results["chaos"]]
+    for log in (False, True):
+        fig = CF.chaos_heatmaps(runs, ["a", "b"], "C", log=log)
+        assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis"]
+        lo, hi = fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax
+        values = np.concatenate([np.asarray(t.z, dtype=float).ravel() for t in fig.data])
+        values = values[np.isfinite(values)]
+        assert lo <= values.min() and values.max() <= hi + 1e-12
+    t = CF.chaos_heatmaps_table(runs, ["a", "b"], "C")
+    assert set(t["run"]) == {"a", "b"} and len(t["run"]) == 2 * len(F.chaos_heatmap_table(runs[0], "C")["t0"])
+    sections = CF.chaos_sections(runs, ["a", "b"], "B")
+    assert {tr.legendgroup for tr in sections.data} == {"a", "b"}
+    assert len({tr.line.color for tr in sections.data}) == 2  # one colour per run
+
+
+@pytest.mark.parametrize(("runs", "problem"), [
+    ("{a}", "this link names 1"),
+    ("{a},{b},{a}", "this link names 1"),  # a duplicate is not a second run
+    (",".join(["{a}"] + [f"chaos-{i:020x}" for i in range(6)]), "this link names 7"),
+    ("{a},{c}", "different kinds"),
+    ("{a},xyz", "`xyz` is not a run id"),
+    ("{a},chaos-0123456789abcdef0123", "No finished result called `chaos-0123456789abcdef0123`"),
+    ("", "this link names 0"),
+])
+def test_compare_bad_links_name_the_problem(with_results, runs, problem):
+    text = runs.format(a=with_results["chaos"][0], b=with_results["chaos"][0], c=with_results["cone"][0])
+    at = _app(page="compare", runs=text)
+    assert not at.exception
+    assert any(problem in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not _charts(at)
+    links = [e for e in at.main if getattr(e, "type", "") == "page_link"] or at.get("page_link")
+    assert any("runs" in str(p.proto.page) for p in links)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Readable, clickable heatmaps; offline HTML; the view in the link
+
+
+def test_heatmap_cell_text_is_legible_or_hidden(with_results):
+    a = load_result(Store(), "chaos", with_results["chaos"][0].split("-")[1]).arrays
+    h = F.chaos_heatmap(a, "C").data[0]
+    assert h.textfont.size >= 14 and h.texttemplate  # the tiny grid: 2 x 2 cells
+    assert F.cell_text_size(4, 5) >= 14  # the demo's grid
+    assert F.cell_text_size(8, 12) is None  # too many columns for 14 px text: hidden
+    big = {"t0": np.arange(8), "t1": np.arange(10, 22), "seeds": np.zeros(1),
+           **{m: np.random.default_rng(0).random((1, 8, 12)) for m in F.METRICS}}
+    h = F.chaos_heatmap(big, "C").data[0]
+    assert h.texttemplate is None and "customdata" in h.hovertemplate  # hover keeps the value
+    assert F.cell_label(0.0562) == "0.056" and F.cell_label(5.6e-5) == "5.6e-5" and F.cell_label(0) == "0"
+    assert F.cell_label(float("nan")) == ""
+
+
+def test_html_export_works_offline(with_results):
+    a = load_result(Store(), "chaos", with_results["chaos"][0].split("-")[1]).arrays
+    html = F.to_html(F.chaos_heatmap(a, "C"), "twophase chaos --preset tiny")
+    assert not re.search(r"<script[^>]*\bsrc=", html)  # nothing loaded from elsewhere (a CDN)
+    assert len(html) > 1_000_000 and "Plotly.newPlot" in html  # plotly.js itself is inside
+    assert "twophase chaos --preset tiny" in html
+
+
+def test_click_on_a_chaos_heatmap_cell_selects_it_for_the_path(with_results):
+    rid = with_results["chaos"][0]
+    at = _app(page="chaos", run=rid)
+    assert not at.exception
+    at.session_state["fig_heat_D"] = {"selection": {"points": [{"x": "60", "y": "20", "curve_number": 0}],
+                                                    "point_indices": [3], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="chaos_cell").value == "20,60"
+    assert at.query_params.get("cell") == "20,60"
+    assert any("t0=20, t1=60" in c.proto.spec for c in _charts(at))  # the path plot of that cell
+    assert F.chaos_cell_at(load_result(Store(), "chaos", rid.split("-")[1]).arrays, {"x": "30", "y": "20"}) == (1, 0)
+    assert F.chaos_cell_at({"t0": np.array([20]), "t1": np.array([10]), "C": np.full((1, 1, 1), np.nan)},
+                           {"x": "10", "y": "20"}) is None  # t1 <= t0: no cell
+
+
+def test_chaos_link_carries_log_and_cell(with_results):
+    rid = with_results["chaos"][0]
+    at = _app(page="chaos", run=rid, log="0", cell="0,30")
+    assert not at.exception
+    assert at.toggle(key="chaos_log").value is False
+    assert at.selectbox(key="chaos_cell").value == "0,30"
+    at.toggle(key="chaos_log").set_value(True).run()
+    assert at.query_params.get("log") == "1" and at.query_params.get("cell") == "0,30"
+    bad = _app(page="chaos", run=rid, cell="5,7", log="maybe")  # not a cell of this run: the default view
+    assert not bad.exception and bad.toggle(key="chaos_log").value is True
+    assert bad.selectbox(key="chaos_cell").value in {"0,30", "0,60", "20,30", "20,60"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The cone, drawn
+
+
+def test_cone_projection_draws_rays_with_the_angle(with_results):
+    r = load_result(Store(), "cone", with_results["cone"][0].split("-")[1])
+    a = r.arrays
+    ends = F.cone_ray_ends(a)
+    assert ends is not None
+    its = a["iters"].tolist()
+    lo, hi = a["cone_window"].tolist()
+    inside = [t for t in its if lo <= t <= hi and t != 0]
+    assert (its[ends[0]], its[ends[1]]) == (inside[0], inside[-1])
+    true = F.ray_angle_kernel(a, *ends)
+    assert 0 <= true <= r.meta["cone_angle_deg"] + 1e-9  # the cone angle is the widest pair of the window
+    for dim in (2, 3):
+        fig = F.cone_projection(a, "pca", dim, rays=True)
+        rays = [t for t in fig.data if t.name and t.name.startswith("ray to")]
+        assert len(rays) == 2
+        xyz = a[f"pca{dim}"]
+        assert np.allclose([rays[0].x[0], rays[0].y[0]], xyz[0, :2])  # from H(theta_0)
+        assert np.allclose([rays[1].x[1], rays[1].y[1]], xyz[ends[1], :2])  # to the last kernel of the window
+        [label] = [t for t in fig.data if t.name == "cone angle"]
+        assert f"{true:.0f}°" in label.text[0]
+    assert len(F.cone_projection(a, "pca", 2).data) == 2  # without rays: as before
+    assert F.honest_view(a)[1] == 2
+
+
+def test_cone_page_opens_in_the_honest_view_with_a_caption_and_keeps_it_in_the_link(with_results):
+    rid = with_results["cone"][0]
+    at = _app(page="cone", run=rid)
+    assert not at.exception
+    a = load_result(Store(), "cone", rid.split("-")[1]).arrays
+    method, dim = F.honest_view(a)
+    assert at.radio(key="cone_method").value == method and at.radio(key="cone_dim").value == dim
+    assert at.query_params.get("proj") == method and at.query_params.get("dim") == str(dim)
+    assert any("What to see" in c.value and "kernel space" in c.value for c in at.caption)
+    assert any("ray to" in c.proto.spec for c in _charts(at))
+    at2 = _app(page="cone", run=rid, proj="mds", dim="3", log="1")
+    assert not at2.exception
+    assert at2.radio(key="cone_method").value == "mds" and at2.radio(key="cone_dim").value == 3
+    assert at2.toggle(key="cone_log").value is True
+
+
+def test_compare_and_runs_pages_leave_torch_out_of_the_process(stored):
+    root, ids = stored
+    script = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+for query in ({{"page": "runs"}}, {{"page": "compare", "runs": {",".join(ids["chaos"])!r}}},
+              {{"page": "compare", "runs": {",".join(ids["cone"])!r}}}):
+    at = AppTest.from_file({APP!r}, default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, (query, at.exception)
+    assert 'torch' not in sys.modules, query
+print('ok')
+"""
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(root)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180,
+                       cwd=str(Path(APP).parent))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
