@@ -41,6 +41,7 @@ from .ntk_blocks import (
     per_sample_jacobian,
     product,
     self_product,
+    symmetrized,
 )
 from .ntk_geometry import (  # noqa: F401  (the public kernel-geometry API, importable from ntk)
     cone_angle,
@@ -107,9 +108,8 @@ def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, floa
     return assemble(bounds, o if kernel == "full" else 1, chunk, self_product, product, x.device)
 
 
-def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool,
-                       pl: structured.Plan | None = None) -> Tensor:
-    pl = structured.plan(model, x[:1], x.shape[0], kernel) if pl is None else pl
+def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+    pl = structured.plan(model, x[:1], x.shape[0], kernel)
     work, itemsize = _work(model, float64)
     bounds = chunk_bounds(x.shape[0], structured.per_sample_bytes(pl, itemsize), budget)
 
@@ -152,7 +152,7 @@ def _ntvp_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64:
     for s in range(0, n * o, batch):
         cols = products(eye[s : s + batch].reshape(-1, n, o))
         h[:, s : s + batch] = cols.reshape(-1, n * o).T.double()
-    h = h.add_(h.T.clone()).mul_(0.5)
+    h = symmetrized(h)
     if kernel == "trace":
         h = h.reshape(n, o, n, o).diagonal(dim1=1, dim2=3).sum(-1)
     return h
