@@ -167,6 +167,21 @@ def test_repair_and_clear_work_on_a_damaged_store(tmp_path):
     assert fresh.check()["ok"] is True
 
 
+def test_index_damaged_under_a_live_store_is_rebuilt_on_its_next_use(tmp_path):
+    """The app holds its Store for hours: damage to cache.db meanwhile is healed, not a traceback per page."""
+    root = tmp_path / "cache"
+    app = Store(root)
+    first = run_chaos(preset("tiny", "chaos"), app)
+    app.put_json("job/x", {"a": 1})
+    app.cache.close()  # idle: the WAL is folded into cache.db
+    _damage(root / "index" / "cache.db", "offset16")
+    assert app.keys("result/") == [result_key("chaos", first.hash)]  # healed on the spot
+    assert app.healed["problem"] == "DatabaseError: file is not a database" and app.healed["recovered"] >= 1
+    assert load_result(app, "chaos", first.hash) is not None
+    app.put_json("job/y", {"b": 2})
+    assert app.get_json("job/y") == {"b": 2} and app.check()["ok"] is True
+
+
 def test_deleted_index_is_rebuilt_under_a_live_store(tmp_path):
     """`rm cache/index/cache.db*` while the app holds a Store: its next access finds the rebuilt index."""
     root = tmp_path / "cache"

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 import numpy as np
@@ -48,6 +48,8 @@ RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
 LOCK_POLL_S = 0.1
 log = logging.getLogger("twophase.store")
+T = TypeVar("T")
+_CORRUPT = object()  # an entry that could not be read (pickled, malformed): dropped like a bad checksum
 
 
 def default_root() -> Path:
@@ -479,31 +481,48 @@ class Store:
         if read_error:
             report["read_error"] = read_error
 
+    def _healing(self, op: Callable[[], T]) -> T:
+        """Run `op` on the index; if the file turns out damaged under this live Store (sqlite: not a
+        database, malformed), move it aside, rebuild it and run `op` once more."""
+        try:
+            return op()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise
+            with self._reopen_lock, self._root_lock():
+                problem = self._index_problem()
+                if problem is None:
+                    raise
+                self.healed = self._rebuild(problem)
+            return op()
+
     def _set(self, key: str, value: Any) -> None:
         """cache.set that reports a full disk as StoreFull (the reserve is left for a job's last words)."""
         try:
-            self.cache.set(key, value)
+            self._healing(lambda: self.cache.set(key, value))
         except (OSError, sqlite3.OperationalError) as e:
             if _is_full(e, self.root):
                 raise StoreFull(self.root, f"writing {key}") from e
             raise
+
+    def _fetch(self, key: str) -> Any:
+        try:
+            return self.cache.get(key)
+        except (StoreError, sqlite3.DatabaseError):
+            raise
+        except Exception:  # noqa: BLE001 - pickled, malformed or unreadable: corrupt
+            return _CORRUPT
 
     # -- blobs ------------------------------------------------------------------------------
     def put_blob(self, key: str, blob: bytes) -> None:
         self._set(key, {"sha": _sha(blob), "blob": blob})
 
     def get_blob(self, key: str) -> bytes | None:
-        try:
-            rec = self.cache.get(key)
-        except (StoreError, sqlite3.DatabaseError):
-            raise
-        except Exception:  # noqa: BLE001 - pickled, malformed or unreadable: corrupt, drop it
-            self.cache.delete(key)
-            return None
+        rec = self._healing(lambda: self._fetch(key))
         if rec is None:
             return None
         if not (isinstance(rec, dict) and isinstance(rec.get("blob"), bytes) and _sha(rec["blob"]) == rec.get("sha")):
-            self.cache.delete(key)
+            self.delete(key)  # pickled, malformed or failing its checksum: never returned
             return None
         return rec["blob"]
 
@@ -517,7 +536,7 @@ class Store:
         try:
             return json.loads(b.decode())
         except ValueError:
-            self.cache.delete(key)
+            self.delete(key)
             return None
 
     def put_arrays(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -530,14 +549,14 @@ class Store:
         try:
             return unpack_arrays(b)
         except Exception:  # noqa: BLE001
-            self.cache.delete(key)
+            self.delete(key)
             return None
 
     def delete(self, key: str) -> None:
-        self.cache.delete(key)
+        self._healing(lambda: self.cache.delete(key))
 
     def keys(self, prefix: str = "") -> list[str]:
-        return [k for k in self.cache.iterkeys() if type(k) is str and k.startswith(prefix)]
+        return self._healing(lambda: [k for k in self.cache.iterkeys() if type(k) is str and k.startswith(prefix)])
 
     # -- checkpoint files -------------------------------------------------------------------
     def _ckpt_path(self, run: str, t: int) -> Path:
