@@ -276,3 +276,17 @@ def test_chaos_sections_band_mean_and_band_per_t0():
     assert F.chaos_sections_band(st, "C", log=True).layout.yaxis.type == "log"
     with pytest.raises(ValueError):
         F.stack_replicates([reps[0], {**reps[1], "t1": t1 + 1}])
+
+
+def test_transition_figure_on_the_cone_side_labels_t_and_thins_dense_ticks():
+    t = np.arange(0, 3000, 100)
+    rng = np.random.default_rng(2)
+    logs = -7 + 4.5 / (1 + np.exp((np.log1p(t) - np.log1p(1000)) / 0.2))
+    S = np.exp(logs[None] + rng.normal(0, 0.3, (4, t.size)))
+    fig = F.transition_figure([{"label": "dt=100", "t0": t, "values": {"S": S}}], "S", n_boot=200)
+    assert fig.layout.xaxis.title.text.startswith("t (") and "kernel" in fig.layout.title.text
+    ticks = [int(v) for v in fig.layout.xaxis.ticktext]
+    assert ticks[0] == 0 and ticks[-1] == 2900 and len(ticks) <= 11 and set(ticks) <= set(t.tolist())
+    assert np.allclose(fig.layout.xaxis.tickvals, [1 + v for v in ticks])
+    line = next(tr for tr in fig.data if "t* =" in tr.name)
+    assert 700 < line.x[0] - 1 < 1400

@@ -669,6 +669,20 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
 
 
+def _spread_ticks(ts: list[int], most: int = 10) -> list[int]:
+    """At most about `most` of the grid's t as tick labels, kept a tenth of the log span apart (a dense
+    grid otherwise prints its labels on top of each other); the first and last always stay."""
+    if len(ts) <= most:
+        return ts
+    u = np.log1p(np.asarray(ts, dtype=float))
+    gap = (u[-1] - u[0]) / most
+    keep = [0]
+    for i in range(1, len(ts) - 1):
+        if u[i] - u[keep[-1]] >= gap and u[-1] - u[i] >= gap / 2:
+            keep.append(i)
+    return [ts[i] for i in keep] + [ts[-1]]
+
+
 def transition_figure(groups: list[dict[str, Any]], metric: str, n_boot: int = 1000, seed: int = 0,
                       show_replicates: bool = True, title: str | None = None) -> go.Figure:
     """The metric at the final t1 versus t0, one colour per group: the geometric mean over replicates
@@ -734,13 +748,17 @@ def transition_figure(groups: list[dict[str, Any]], metric: str, n_boot: int = 1
         fig.add_trace(go.Scatter(
             x=[c, c], y=[y0, y1], mode="lines", name=text, legendgroup=label,
             line=dict(color=colour, dash="dash", width=2), hoverinfo="text", text=text))
-    tick = sorted(ticks)
-    fig.update_xaxes(type="log", title=f"t0 (iteration of the perturbation; {_X_NOTE})",
+    tick = _spread_ticks(sorted(ticks))
+    what = "t (iteration of the pair's first checkpoint" if metric == "S" else "t0 (iteration of the perturbation"
+    fig.update_xaxes(type="log", title=f"{what}; {_X_NOTE})",
                      tickvals=[1 + v for v in tick], ticktext=[str(v) for v in tick])
+    y_what = "S between neighbouring checkpoints" if metric == "S" else f"{metric} at the final t1"
     fig.update_yaxes(type="log", range=[math.log10(y0), math.log10(y1)], exponentformat="e",
-                     title=f"{metric} at the final t1 (geometric mean over replicates)")
+                     title=f"{y_what} (geometric mean over replicates)")
     name = TRANSITION_METRICS.get(metric, metric)
-    return _layout(fig, title or f"Where the chaos ends: {name} versus t0", legend_title_text="group")
+    default = (f"Where the kernel settles: {name} versus t" if metric == "S"
+               else f"Where the chaos ends: {name} versus t0")
+    return _layout(fig, title or default, legend_title_text="group")
 
 
 def stack_replicates(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
