@@ -329,7 +329,8 @@ class Store:
         self._cache: diskcache.Cache | None = None
         self._ident: tuple[int, int] | None = None
         self._reopen_lock = threading.RLock()
-        with self._root_lock():
+        self.cleaned = {"files": 0, "bytes": 0}
+        with self._root_lock(), contextlib.suppress(StoreFull):  # on a full disk the index opens on first use
             self.cleaned = self._clean_orphans() if heal else {"files": 0, "bytes": 0}
             problem = self._index_problem()
             if problem is not None and heal:
@@ -337,8 +338,7 @@ class Store:
             elif problem is not None:
                 self.problem = problem
             else:
-                with contextlib.suppress(StoreFull):  # on a full disk the index opens on first use: clear() works
-                    self._open()
+                self._open()
         self._keep_reserve()
 
     # -- the index ----------------------------------------------------------------------------
@@ -826,8 +826,8 @@ class Store:
                     val = self.cache.get(key)
                 except Exception:  # noqa: BLE001
                     bad = True
-                else:
-                    bad = isinstance(val, dict) and _sha(val.get("blob", b"")) != val.get("sha")
+                else:  # ours are checksummed records, or checksums (str) of old checkpoint files
+                    bad = not isinstance(val, dict | str) or (isinstance(val, dict) and _sha(val["blob"]) != val["sha"])
             if bad:
                 if raw:
                     self.cache.delete(key)
