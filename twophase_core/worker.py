@@ -197,7 +197,7 @@ def run_job(store: Store, job_id: str) -> int:
         mon.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if status != "failed" and mon.index_gone():
+    if mon.index_gone() and status != "failed":  # (a failure it caused keeps its own message)
         status, error = "failed", f"{mon.vanished}; {RESUME_HINT} (a result already stored is served at once)"
     if status == "done" and load_result(store, rec.kind, rec.hash) is None:
         status, error = "failed", "the experiment ended but its result could not be read back from the store"
