@@ -433,3 +433,17 @@ def test_a_store_on_a_disk_with_nothing_free_opens_checks_and_clears(small_disk)
     assert len(s.keys("result/")) == 1
     assert s.clear()["bytes_removed"] > 0  # deleting needs no space
     assert Store(root).keys() == []
+
+
+def test_entry_files_without_a_record_are_reported_and_repaired(store):
+    store.put_blob("result/chaos/x", b"kept")
+    stray, young = store.index_dir / "ab" / "cd" / "stray.val", store.index_dir / "ab" / "cd" / "young.val"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"a value whose row was never written (writer killed)")
+    young.write_bytes(b"a value whose row is being written right now")
+    os.utime(stray, (time.time() - 600,) * 2)
+    report = store.check()
+    assert report["index"]["unreferenced_files"] == 1 and "1 entry files no record points to" in report["problems"][0]
+    fixed = store.repair()
+    assert fixed["unreferenced_files_removed"] == 1 and not stray.exists() and young.exists()
+    assert store.get_blob("result/chaos/x") == b"kept"

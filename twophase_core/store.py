@@ -46,6 +46,7 @@ REC_MAGIC = b"TPREC1\n"  # then a 4-byte header length, the JSON header {key, sh
 FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their size: they survive the db
 RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
+STRAY_AGE_S = 60.0  # an index entry file with no row, older than this, is left over from a killed writer
 LOCK_POLL_S = 0.1
 log = logging.getLogger("twophase.store")
 T = TypeVar("T")
@@ -747,6 +748,8 @@ class Store:
             problems.append(f"index: {index['pickled']} pickled entries (refused, never read)")
         if index["bad_records"]:
             problems.append(f"index: {index['bad_records']} records fail their checksum")
+        if index.get("unreferenced_files"):
+            problems.append(f"index: {index['unreferenced_files']} entry files no record points to")
         ckpt = {"runs": 0, "files": 0, "verified": 0, "legacy": 0, "bad": []}
         runs = self.root / "runs"
         legacy = index.pop("legacy_shas")
@@ -796,6 +799,11 @@ class Store:
             elif self._cache is None or self._db_ident() != self._ident:
                 self._open()
             done["index_entries_removed"] = self._purge_index()
+            referenced = {f for (f,) in self.cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+            stray = _unreferenced(self.index_dir, referenced)
+            for p in stray:
+                p.unlink(missing_ok=True)
+            done["unreferenced_files_removed"] = len(stray)
             removed = []
             runs = self.root / "runs"
             for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
@@ -934,19 +942,32 @@ def _inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
     with contextlib.suppress(sqlite3.Error):
         con = _connect_ro(db)
         try:
-            query = "SELECT filename FROM Cache WHERE filename IS NOT NULL AND raw = 1 AND mode = ?"
-            for (filename,) in con.execute(query, (MODE_BINARY,)):
-                try:
-                    _, sha, blob = unframe_record(Path(disk._inside(filename)).read_bytes())
-                    ok = _sha(blob) == sha
-                except (OSError, ValueError):
-                    ok = False
-                out["bad_records"] += not ok
+            files = con.execute("SELECT filename, raw, mode FROM Cache WHERE filename IS NOT NULL").fetchall()
         finally:
             con.close()
+        for filename, raw, mode in files:
+            if not raw or mode != MODE_BINARY:
+                continue  # counted as pickled above
+            try:
+                _, sha, blob = unframe_record(Path(disk._inside(filename)).read_bytes())
+                ok = _sha(blob) == sha
+            except (OSError, ValueError):
+                ok = False
+            out["bad_records"] += not ok
+        if not err:
+            stray = _unreferenced(index_dir, {f for f, _, _ in files})
+            out["unreferenced_files"], out["unreferenced_bytes"] = len(stray), sum(_size(p) for p in stray)
     if out["state"] == "ok" and db.stat().st_size == 0:
         out["state"], out["problem"] = "empty", "cache.db is empty (0 bytes): cut short"
     return out
+
+
+def _unreferenced(index_dir: Path, referenced: set[str]) -> list[Path]:
+    """Entry files no index row points to, older than a minute (a writer files its value just before
+    its row): left by a process killed in between."""
+    now = time.time()
+    return [p for p in index_dir.rglob("*.val") if str(p.relative_to(index_dir)) not in referenced
+            and now - _mtime(p) > STRAY_AGE_S]
 
 
 def _iter_of(f: Path) -> int:
