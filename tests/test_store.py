@@ -424,6 +424,8 @@ def test_a_store_on_a_disk_with_nothing_free_opens_checks_and_clears(small_disk)
             os.write(fd, b"\0" * 4096)
     os.close(fd)
     s = Store(root)  # sqlite cannot even open its index here ('disk I/O error'): opening is deferred
+    info = s.info()  # read-only counts
+    assert info["results"] == 1 and info["checkpoints"] >= 4 and info["free_bytes"] < 64 * 1024
     report = s.check()
     assert report["checkpoints"]["verified"] >= 4 and report["free_bytes"] < 64 * 1024
     with pytest.raises(StoreFull, match=rf"^the disk holding the store {root} is full \("):

@@ -713,14 +713,20 @@ class Store:
         return {"files": n, "bytes": size}
 
     def info(self) -> dict[str, Any]:
+        """Counts and sizes; on a full disk or a damaged index (not opened) they are read read-only."""
         runs = self.root / "runs"
         files = list(runs.rglob("*.pt")) if runs.exists() else []
         temps = self._temp_files()
+        try:
+            results, volume = len(self.keys("result/")), self.cache.volume()
+        except StoreError:
+            results = _inspect_index(self.db_path, self.index_dir)["results"]
+            volume = _tree_bytes(self.index_dir) if self.index_dir.is_dir() else 0
         return {
             "root": str(self.root),
-            "results": len(self.keys("result/")),
+            "results": results,
             "checkpoints": len(files),
-            "bytes": self.cache.volume() + sum(_size(f) for f in files),
+            "bytes": volume + sum(_size(f) for f in files),
             "temp_files": len(temps),  # being written now (orphans are removed when a store opens)
             "orphan_temp_files_removed": self.cleaned["files"],
             "orphan_temp_bytes_removed": self.cleaned["bytes"],
