@@ -162,6 +162,10 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", help="result store (default $TWOPHASE_CACHE_DIR, else the checkout's cache/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit")
+    if sweep or kind == "chaos":
+        p.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("TWOPHASE_EXECUTOR") or "local",
+                       help="where the work runs: local (this process) or ray (tasks on $TWOPHASE_RAY_ADDRESS, "
+                            "default a local Ray); default $TWOPHASE_EXECUTOR or local")
     add_setting_flags(p, kind)
 
 
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args.cache_dir)
         from .experiments import run_experiment
 
-        result = run_experiment(cfg, store, progress=_Bar(args.quiet))
+        result = run_experiment(cfg, store, progress=_Bar(args.quiet), executor=getattr(args, "executor", "local"))
         _write_json(args.json, result.to_json())
         print(summary(result))
         return 0
@@ -318,7 +322,7 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     check_output_path(args.json)
     store = open_store(args.cache_dir)
-    res = run_sweep(sweep, store, progress=_Bar(args.quiet))
+    res = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor)
     payload = res.to_json()
     _write_json(args.json, payload)
     print(sweep_summary(payload))

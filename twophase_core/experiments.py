@@ -29,12 +29,15 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
 
     @functools.wraps(compute)
     def run(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
+            cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+            executor: str = "local") -> Result:
         C.validate(cfg)
+        check_executor(C.kind_of(cfg), executor)
         store = store or Store()
         cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
         if cached is None:
-            cached = compute(cfg, store, progress, cancel, partial)
+            extra = {"executor": executor} if executor != "local" else {}
+            cached = compute(cfg, store, progress, cancel, partial, **extra)
             save_result(store, cached)
         if progress:
             progress(1.0, "done")
@@ -42,6 +45,18 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
 
     del run.__wrapped__  # the public signature is the wrapper's: store defaults to Store()
     return run
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(kind: str, executor: str) -> None:
+    """local everywhere; Ray for chaos rows (and, in sweeps, for whole points of any kind)."""
+    if executor not in EXECUTORS:
+        raise C.ConfigError("executor", executor, f"choose one of {', '.join(EXECUTORS)}")
+    if executor == "ray" and kind != "chaos":
+        raise C.ConfigError("executor", executor, f"a single {kind} run has no parallel parts yet; run it locally, "
+                            "or sweep it (a sweep spreads its points over Ray)")
 
 
 class _Progress:
@@ -82,8 +97,14 @@ def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @_served_from_store
 def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | None = None,
-              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
-    """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control."""
+              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+              executor: str = "local") -> Result:
+    """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control.
+
+    The base run trains first; then each t0 is one unit of work (`chaos_row`), run here one after
+    another, or as Ray tasks with executor="ray" (twophase_core.ray_exec), with the same result bit
+    for bit: a row is a pure function of the config, t0 and the stored checkpoints.
+    """
     from . import metrics
 
     h = C.config_hash(cfg)
@@ -91,66 +112,130 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     run = Run(cfg.train, store)
     t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
     base = run.base()
-    branches = {(t0, s): run.branch(t0, cfg.eps, cfg.eps_mode, s) for t0 in t0s for s in seeds}
     later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
     how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(seeds), with_control=True)
-    stacked = how == "stack"
-    n_cells = sum(len(v) for v in later.values()) * len(seeds)
-    eval_units = 2.0 + cfg.n_alpha / 10
-    total = (base.steps_needed(t0s + t1s) + sum(b.steps_needed(later[t0]) for (t0, _), b in branches.items())
-             + n_cells * eval_units)
-    if stacked:  # the stack trains its own control: the base run went through the plain path
-        total += sum(lockstep.control_branch(run, t0).steps_needed(later[t0]) for t0 in t0s)
+    total = base.steps_needed(t0s + t1s) + sum(_row_units(run, cfg, t0, later[t0], how) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
     base.ensure(t0s + t1s, prog.add, cancel)
 
     x, y = _eval_set(run, cfg.eval_size)
-    train_x = run.ds.x_train if cfg.bn == "reset" else None
     shape = (len(seeds), len(t0s), len(t1s))
     out = {k: np.full(shape, np.nan) for k in ("C", "B", "D", "acc_branch")}
     path = np.full(shape + (cfg.n_alpha,), np.nan)
     alphas = np.linspace(0.0, 1.0, cfg.n_alpha)
     realized = np.zeros(shape[:2])
-    acc_base = np.zeros(len(t1s))
-    base_models = {t1: base.model(t1) for t1 in t1s}
-    for j, t1 in enumerate(t1s):
-        acc_base[j] = metrics.evaluate(base_models[t1], x, y)[1]
+    acc_base = np.array([metrics.evaluate(base.model(t1), x, y)[1] for t1 in t1s])
+    rows_done: set[int] = set()
     last_partial = 0.0
-    for i, t0 in enumerate(t0s):
-        controls = base_models
-        if stacked:
-            prog.set_stage(f"branches t0={t0} ({len(seeds) + 1} copies stacked)")
-            twins = lockstep.ensure_branches_stacked(run, [branches[(t0, s)] for s in seeds], later[t0], True,
-                                                     prog.add, cancel)
-            branches.update({(t0, s): tw for s, tw in zip(seeds, twins, strict=True)})
-            control = lockstep.control_branch(run, t0)
-            controls = {t1: control.model(t1) for t1 in later[t0]}
-        for si, seed in enumerate(seeds):
-            br = branches[(t0, seed)]
-            if not stacked:
-                prog.set_stage(f"branch t0={t0} seed={seed}")
-                br.ensure(later[t0], prog.add, cancel)
-            realized[si, i] = run.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
-            prog.set_stage(f"metrics t0={t0}")
-            for t1 in later[t0]:
-                if cancel is not None:
-                    cancel.check()
-                j = t1s.index(t1)
-                a, b = controls[t1], br.model(t1)
-                pm = metrics.pair_metrics(a, b, x, y, cfg.n_alpha, cfg.bn, train_x)
-                for k in ("C", "B", "D"):
-                    out[k][si, i, j] = pm[k]
-                out["acc_branch"][si, i, j] = pm["acc_b"]
-                path[si, i, j] = pm["losses"]
-                prog.add(eval_units)
-                row_done = si == len(seeds) - 1 and t1 == later[t0][-1]
-                if partial is not None and (row_done or time.time() - last_partial > 1.0):
-                    last_partial = time.time()  # cells appear as they finish
-                    meta = _meta(cfg, started, run, partial=True, rows_done=i + int(row_done), lockstep=how)
-                    partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
+
+    def place(i: int, row: dict[str, np.ndarray], final: bool) -> None:
+        nonlocal last_partial
+        for k in out:
+            out[k][:, i, :] = row[k]
+        path[:, i, :] = row["path"]
+        realized[:, i] = row["realized"]
+        if final:
+            rows_done.add(i)
+        if partial is not None and (final or time.time() - last_partial > 1.0):
+            last_partial = time.time()  # cells appear as they finish
+            meta = _meta(cfg, started, run, partial=True, rows_done=len(rows_done), lockstep=how)
+            partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
+
+    if executor == "ray":
+        from .ray_exec import chaos_rows
+
+        prog.set_stage(f"{len(t0s)} rows as Ray tasks")
+        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel):
+            i = t0s.index(t0)
+            prog.add(_row_units(run, cfg, t0, later[t0], how))
+            place(i, row, True)
+    elif executor == "local":
+        for i, t0 in enumerate(t0s):
+            row = chaos_row(run, cfg, t0, how, x, y, prog, cancel, on_cell=lambda r, i=i: place(i, r, False))
+            place(i, row, True)
+    else:
+        raise C.ConfigError("executor", executor, "choose local or ray")
     return _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
-                         _meta(cfg, started, run, lockstep=how))
+                         _meta(cfg, started, run, lockstep=how, executor=executor))
+
+
+def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str) -> float:
+    """Work of one row in progress units: its branches' SGD steps (and the stacked control's) plus the
+    evaluations of its cells."""
+    steps = sum(run.branch(t0, cfg.eps, cfg.eps_mode, s).steps_needed(later) for s in cfg.perturb_seeds)
+    if how == "stack":  # the stack trains its own control: the base run went through the plain path
+        steps += lockstep.control_branch(run, t0).steps_needed(later)
+    return steps + len(later) * len(cfg.perturb_seeds) * (2.0 + cfg.n_alpha / 10)
+
+
+class _NoProgress:
+    def add(self, units: float) -> None: ...
+
+    def set_stage(self, stage: str) -> None: ...
+
+
+def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, y: torch.Tensor,
+              prog: Any = None, cancel: CancelToken | None = None,
+              on_cell: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
+    """One t0 of the chaos grid, every perturbation seed and every t1 > t0: the unit of work.
+
+    Trains the branches from the base checkpoint at t0 (stacked with their own control, or one by
+    one against the base run as control, as `how` says) and measures each cell. Returns arrays over
+    (seed, t1) on the config's whole t1 grid, NaN where t1 <= t0: C, B, D, acc_branch; path (seed,
+    t1, alpha); realized (seed,). Needs the base run's checkpoints at t0 and at every t1.
+    """
+    from . import metrics
+
+    prog = prog or _NoProgress()
+    t1s, seeds = sorted(cfg.t1), list(cfg.perturb_seeds)
+    later = [t1 for t1 in t1s if t1 > t0]
+    train_x = run.ds.x_train if cfg.bn == "reset" else None
+    row = {k: np.full((len(seeds), len(t1s)), np.nan) for k in ("C", "B", "D", "acc_branch")}
+    row["path"] = np.full((len(seeds), len(t1s), cfg.n_alpha), np.nan)
+    row["realized"] = np.zeros(len(seeds))
+    branches = [run.branch(t0, cfg.eps, cfg.eps_mode, s) for s in seeds]
+    if how == "stack":
+        prog.set_stage(f"branches t0={t0} ({len(seeds) + 1} copies stacked)")
+        branches = lockstep.ensure_branches_stacked(run, branches, later, True, prog.add, cancel)
+        control = lockstep.control_branch(run, t0)
+    else:
+        control = run.base()
+    for si, (seed, br) in enumerate(zip(seeds, branches, strict=True)):
+        if how != "stack":
+            prog.set_stage(f"branch t0={t0} seed={seed}")
+            br.ensure(later, prog.add, cancel)
+        row["realized"][si] = run.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
+        prog.set_stage(f"metrics t0={t0}")
+        for t1 in later:
+            if cancel is not None:
+                cancel.check()
+            j = t1s.index(t1)
+            pm = metrics.pair_metrics(control.model(t1), br.model(t1), x, y, cfg.n_alpha, cfg.bn, train_x)
+            for k in ("C", "B", "D"):
+                row[k][si, j] = pm[k]
+            row["acc_branch"][si, j] = pm["acc_b"]
+            row["path"][si, j] = pm["losses"]
+            prog.add(2.0 + cfg.n_alpha / 10)
+            if on_cell is not None:
+                on_cell(row)
+    return row
+
+
+def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, root: str) -> dict[str, np.ndarray]:
+    """`chaos_row` from plain arguments, for a task in another process (Ray): opens the store at `root`,
+    rebuilds the run and the evaluation set, and returns the row."""
+    from .train import configure_threads
+
+    configure_threads()
+    cfg = C.from_dict(C.ChaosConfig, cfg_dict)
+    store = Store(root)
+    try:
+        run = Run(cfg.train, store)
+        x, y = _eval_set(run, cfg.eval_size)
+        return chaos_row(run, cfg, t0, how, x, y)
+    finally:
+        store.close()
 
 
 def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
@@ -267,5 +352,6 @@ RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 
 def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
-    return RUNNERS[C.kind_of(cfg)](cfg, store, progress, cancel, partial)
+                   cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+                   executor: str = "local") -> Result:
+    return RUNNERS[C.kind_of(cfg)](cfg, store, progress, cancel, partial, executor)

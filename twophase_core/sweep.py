@@ -167,8 +167,9 @@ def expand(sweep: Sweep) -> list[Point]:
 
 
 def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], None] | None = None,
-              cancel: Any = None) -> SweepResult:
-    """Every point in this process, points sharing a base run one after another; then the summary."""
+              cancel: Any = None, executor: str = "local") -> SweepResult:
+    """Every point, then the summary. Locally: in this process, points sharing a base run one after
+    another. On Ray: one task per point not yet stored, as many at once as the cluster has CPUs."""
     from .experiments import run_experiment
     from .store import Store
 
@@ -177,6 +178,18 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
     order = sorted(range(len(points)), key=lambda i: points[i].config.train.trajectory_key())
     results: dict[str, Result] = {}
     started = time.time()
+    if executor == "ray":
+        from .ray_exec import run_points
+
+        results = load_results(store, points)
+        todo = [points[i].config for i in order if points[i].hash not in results]
+        for k, r in enumerate(run_points(todo, store.root, cancel)):
+            results[r.hash] = r
+            if progress is not None:
+                progress((len(points) - len(todo) + k + 1) / len(points), f"{k + 1} of {len(todo)} points on Ray")
+        order = []
+    elif executor != "local":
+        raise ConfigError("executor", executor, "choose local or ray")
     for k, i in enumerate(order):
         p = points[i]
         label = ", ".join(f"{a}={b}" for a, b in p.varied.items()) or "base"
@@ -189,7 +202,7 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
     if progress is not None:
         progress(1.0, "done")
     return SweepResult(sweep, points, results, {"seconds": round(time.time() - started, 3),
-                                                "points": len(points)})
+                                                "points": len(points), "executor": executor})
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""Ray as an executor, on a real local cluster (`ray start --head --num-cpus=2`, one per test session).
+
+Checks what scale-out must never change: a chaos result through Ray equals the local executor's bit
+for bit; a sweep whose points share a base run trains it once; a task whose process is killed is
+retried and gives the same result; a cancelled run keeps its checkpoints and a resubmission ends
+with the same result.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twophase_core import config as C
+from twophase_core.presets import preset
+from twophase_core.store import Store
+
+pytestmark = pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None,
+                                reason="ray is not installed (pip install -e '.[ray]'; make test installs it)")
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One head node for the whole session; drivers join it with address 'auto'."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=60)
+    r = subprocess.run([RAY, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+                        "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    os.environ["TWOPHASE_RAY_ADDRESS"] = "auto"
+    yield "auto"
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=60)
+    os.environ.pop("TWOPHASE_RAY_ADDRESS", None)
+
+
+CHAOS = C.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
+
+
+def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
+    from twophase_core.experiments import run_chaos
+
+    local = run_chaos(CHAOS, Store(tmp_path / "local"))
+    remote = run_chaos(CHAOS, Store(tmp_path / "ray"), executor="ray")
+    assert remote.meta["executor"] == "ray" and local.meta.get("executor", "local") == "local"
+    for k in ("C", "B", "D", "acc_branch", "path", "realized_eps_norm", "acc_base"):
+        assert np.array_equal(local.arrays[k], remote.arrays[k], equal_nan=True), k
+
+
+def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+
+    sweep = Sweep(preset("tiny", "chaos"), parse_vary("chaos", ["eps=1e-7,1e-6,1e-5"]))
+    res = run_sweep(sweep, Store(tmp_path / "s"), executor="ray")
+    steps = [r.meta["sgd_steps"] for r in res.results.values()]
+    T = preset("tiny", "chaos").train.iterations
+    branch = sum(T - t0 for t0 in preset("tiny", "chaos").t0)
+    assert sum(steps) == T + 3 * branch  # the points raced for the base run; one trained it
+    local = run_sweep(sweep, Store(tmp_path / "l"))
+    for h, r in local.results.items():
+        assert np.array_equal(r.arrays["C"], res.results[h].arrays["C"], equal_nan=True)
+
+
+def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
+    """Kill the worker process of a running row task: Ray retries it, the row resumes from checkpoints."""
+    from twophase_core.experiments import run_chaos
+
+    cfg = C.replace(CHAOS, t0=(0, 5), iterations=300, t1=(100, 300), perturb_seeds=(0,))
+    expected = run_chaos(cfg, Store(tmp_path / "ref"))
+    killed: list[int] = []
+
+    def killer() -> None:
+        end = time.time() + 60
+        while time.time() < end and not killed:
+            out = subprocess.run(["pgrep", "-f", "ray::_chaos_row_task"], capture_output=True, text=True).stdout
+            pids = [int(p) for p in out.split()]
+            if pids:
+                time.sleep(1.0)  # let it train a little and save a checkpoint or two
+                os.kill(pids[0], 9)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
+    th.join(timeout=5)
+    assert killed, "no row task was seen running"
+    for k in ("C", "B", "D", "path"):
+        assert np.array_equal(expected.arrays[k], got.arrays[k], equal_nan=True), k
+
+
+def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
+    from twophase_core.experiments import run_chaos
+    from twophase_core.train import Cancelled, CancelToken
+
+    cfg = C.replace(CHAOS, iterations=400, t0=(0, 50, 100, 200), t1=(300, 400), perturb_seeds=(0,))
+    store = Store(tmp_path / "c")
+    token = CancelToken()
+    seen: list[str] = []
+
+    def progress(frac: float, stage: str) -> None:
+        seen.append(stage)
+        if "Ray" in stage:
+            threading.Timer(2.0, token.set).start()
+
+    with pytest.raises(Cancelled):
+        run_chaos(cfg, store, progress=progress, cancel=token, executor="ray")
+    run = __import__("twophase_core.train", fromlist=["Run"]).Run(cfg.train, store)
+    assert run.store.checkpoints(run.base().key)  # the base run's checkpoints stay
+    again = run_chaos(cfg, store, executor="ray")
+    fresh = run_chaos(cfg, Store(tmp_path / "fresh"))
+    assert np.array_equal(again.arrays["C"], fresh.arrays["C"], equal_nan=True)
+
+
+def test_cli_executor_ray_and_a_single_cone_run_refused(ray_cluster, tmp_path, capsys):
+    from twophase_core.cli import main
+
+    out = tmp_path / "o.json"
+    assert main(["chaos", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
+                 "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["meta"]["executor"] == "ray"
+    assert main(["sweep", "cone", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    capsys.readouterr()

@@ -1,0 +1,122 @@
+"""Ray as an executor: the same units of work as the local runner, spread over a cluster.
+
+A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one
+task per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own
+control or against the base run, and the row's metrics). A sweep is one task per point (each an
+ordinary `run_experiment`; points that share a base run serialise on the store's per-trajectory
+lock and train it once). Tasks read and write checkpoints under the store root, which must be a
+path every worker sees (one machine, or a shared filesystem: README, "Scale-out on Ray"). Chaos
+rows return arrays and only the driver writes their result; a sweep point stores its own result
+(the index is process-safe on one machine's disk) and returns it too. The driver is the process
+that calls these functions (the CLI, or a job's worker), never the Streamlit server.
+
+Where to run: `TWOPHASE_RAY_ADDRESS` (empty: start a local Ray for this process; `auto`: join the
+cluster on this machine; `ray://host:port`: a remote one). On CPU, results are bit for bit those
+of the local executor (a test checks it): the same functions, one torch thread per task.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ENV_ADDRESS = "TWOPHASE_RAY_ADDRESS"
+ENV_GPUS = "TWOPHASE_RAY_GPUS"  # GPUs per task (fractions share a GPU), used when the config trains on cuda
+POLL_S = 0.5  # how often a waiting driver looks at its cancel token
+
+
+def connect(address: str | None = None) -> Any:
+    """The `ray` module, connected (once per process) to `address` or $TWOPHASE_RAY_ADDRESS."""
+    import ray
+
+    if not ray.is_initialized():
+        addr = address if address is not None else os.environ.get(ENV_ADDRESS, "").strip()
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env = {"PYTHONPATH": pkg_parent, "TWOPHASE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        ray.init(address=addr or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": env}, configure_logging=False)
+    return ray
+
+
+def _resources(cfg: Any) -> dict[str, float]:
+    gpus = float(os.environ.get(ENV_GPUS, "1") or 1) if cfg.train.device == "cuda" else 0.0
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str) -> tuple[int, dict[str, Any]]:
+    from .experiments import chaos_row_from_store
+
+    return t0, chaos_row_from_store(cfg_dict, t0, how, root)
+
+
+def _point_task(cfg_dict: dict[str, Any], kind: str, root: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """One sweep point, run in the task's process; the result travels back as arrays and metadata."""
+    from . import config as C
+    from .experiments import run_experiment
+    from .store import Store
+    from .train import configure_threads
+
+    configure_threads()
+    store = Store(root)
+    try:
+        r = run_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store)
+        return r.arrays, r.hash, {**r.meta, "config": r.config}
+    finally:
+        store.close()
+
+
+def _gather(ray: Any, refs: list[Any], cancel: Any) -> Iterator[Any]:
+    """Results as tasks finish; on cancel, every task still running is stopped and Cancelled raised."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+        for ref in done:
+            yield ray.get(ref)
+        if cancel is not None and cancel.is_set():
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            cancel.check()
+
+
+def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str,
+               cancel: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(t0, row) for every t0, in the order the tasks finish. The base run must be stored already."""
+    from . import config as C
+
+    ray = connect()
+    task = ray.remote(max_retries=3, **_resources(cfg))(_chaos_row_task)
+    refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root)) for t0 in t0s]
+    yield from _gather(ray, refs, cancel)
+
+
+def run_points(configs: Sequence[Any], root: Path | str, cancel: Any = None) -> Iterator[Any]:
+    """Results of whole experiments (sweep points) run as Ray tasks, as they finish."""
+    from . import config as C
+    from .results import Result
+
+    ray = connect()
+    refs = []
+    for cfg in configs:
+        task = ray.remote(max_retries=3, **_resources(cfg))(_point_task)
+        refs.append(task.remote(C.to_dict(cfg), C.kind_of(cfg), str(root)))
+    for arrays, h, meta in _gather(ray, refs, cancel):
+        config = meta.pop("config")
+        yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
+
+
+def trivial_overhead(n: int = 50) -> float:
+    """Seconds per trivial task through this module's path (submit, schedule, return): the bench's
+    `ray_overhead_seconds`."""
+    ray = connect()
+    noop = ray.remote(num_cpus=1)(_noop)
+    ray.get(noop.remote(0))  # warm: a worker process exists
+    t = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(n)])
+    return (time.perf_counter() - t) / n
+
+
+def _noop(i: int) -> int:
+    return i
