@@ -30,15 +30,20 @@ def _branches(run: Run, copies=COPIES, t0=T0):
     return [run.branch(t0, eps, "per-coordinate", seed) for eps, seed in copies]
 
 
-@pytest.mark.parametrize("cfg", [TINY, CNN, DROPOUT], ids=["mlp", "cnn-bn", "vgg-dropout"])
-def test_stacked_agrees_with_the_loop(store, tmp_path, cfg):
+# The 1/64-wide VGG (one channel per conv, BatchNorm over nearly constant activations) amplifies
+# float32 rounding by orders of magnitude per step: after 10 steps the two paths differ by 1e-2 on
+# some CPUs while agreeing to 1e-7 after 1 and 2. Two steps still tell shared dropout masks from
+# different ones (a different mask changes a gradient at O(1) at once), so that case stops there.
+@pytest.mark.parametrize("cfg, needed", [(TINY, NEEDED), (CNN, NEEDED), (DROPOUT, [T0 + 1, T0 + 2])],
+                         ids=["mlp", "cnn-bn", "vgg-dropout"])
+def test_stacked_agrees_with_the_loop(store, tmp_path, cfg, needed):
     loop_run, stack_run = Run(cfg, store), Run(cfg, Store(tmp_path / "stack"))
     for br in _branches(loop_run):
-        br.ensure(NEEDED)
-    twins = lockstep.ensure_branches_stacked(stack_run, _branches(stack_run), NEEDED, include_control=False)
-    assert stack_run.steps_done == T0 + 3 * (max(NEEDED) - T0)  # base run to t0, then 3 copies
+        br.ensure(needed)
+    twins = lockstep.ensure_branches_stacked(stack_run, _branches(stack_run), needed, include_control=False)
+    assert stack_run.steps_done == T0 + 3 * (max(needed) - T0)  # base run to t0, then 3 copies
     for a, b in zip(_branches(loop_run), twins, strict=True):
-        for t in NEEDED:
+        for t in needed:
             ca = loop_run.store.load_checkpoint(a.key, t)
             cb = stack_run.store.load_checkpoint(b.key, t)
             assert _max_diff(ca["model"], cb["model"]) < 1e-6

@@ -48,7 +48,7 @@ class TrainConfig:
     model: str = setting("cnn", "architecture (mnist1d is 1-D: mlp or cnn)", "choice", choices=MODELS)
     width: float = setting(1.0, "width multiplier of every layer", "float", lo=0, lo_open=True, hi=16,
                            label="width multiplier")
-    lr: float = setting(0.1, "SGD learning rate", "float", lo=0, lo_open=True, hi=100, label="learning rate")
+    lr: float = setting(0.1, "SGD learning rate", "float", lo=0, lo_open=True, hi=1e6, label="learning rate")
     momentum: float = setting(0.9, "SGD momentum", "float", lo=0, hi=1, hi_open=True, **_ADV)
     weight_decay: float = setting(1e-4, "L2 weight decay", "float", lo=0, hi=1, hi_open=True, **_ADV)
     lr_milestones: tuple[int, ...] = setting((), "iterations where lr is multiplied by lr_gamma (absolute, so the "

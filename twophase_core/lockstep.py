@@ -9,7 +9,7 @@ stacked tensors. The loss is the sum over copies of each copy's mean cross-entro
 of copy k is exactly its own (the other terms do not depend on its parameters) and the SGD update,
 being elementwise, is exactly the per-copy update.
 
-What is and is not exact (SCIENCE.md, "controls that make the experiment honest"):
+What is and is not exact (docs/science.md, "controls that make the experiment honest"):
 - the stacked path agrees with the plain path (`Run.step`, one copy at a time) only to rounding:
   vmap turns convolutions into grouped ones and matmuls into batched ones, which sum in another
   order. In the chaotic phase such differences grow like any perturbation, so compare the two paths
@@ -60,7 +60,7 @@ def stacked(traj: Trajectory) -> Trajectory:
     (demo model, t0 = 3: a max parameter difference of 0.07 after 27 steps). So their checkpoints must
     never mix: a branch trained in a stack and compared with the base run (the loop path's control), or
     an eps = 0 loop branch served from a stacked control's checkpoints, would break the eps = 0 control
-    of SCIENCE.md. The twin's key is derived from the branch's, so every stacked trajectory is still
+    of docs/science.md. The twin's key is derived from the branch's, so every stacked trajectory is still
     a pure function of the config.
     """
     return traj.with_key(C.digest({"lockstep": "stack", "of": traj.key}))
@@ -237,7 +237,7 @@ def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[i
     `branches` are plain branches (`run.branch(...)`); their stacked copies are written under the keys
     of their twins `stacked(branch)`, returned in the same order: read the results from those. With
     `include_control` the stack also holds the unperturbed control (`control_branch(run, t0)`): in the
-    stacked path the control must go through the same code path as the perturbed copies (SCIENCE.md),
+    stacked path the control must go through the same code path as the perturbed copies (docs/science.md),
     so it cannot be the base run. Nothing is trained when every copy has every needed checkpoint.
     Otherwise the stack resumes from the latest iteration at which EVERY copy has a readable
     checkpoint (else from each branch's start state, the base checkpoint at t0 plus eps) and writes

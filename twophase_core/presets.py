@@ -24,6 +24,19 @@ DEMO = {
     "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 30, 100, 300)),
 }
 
+# -- demo-sweep: the transition with its interval, on the embedded data (docs/transition.md) ------
+# The MNIST-1D MLP: the demo CNN's C keeps falling past any affordable T, so its late level is never
+# reached; the MLP's levels off by t0 ~ 1,600 at T = 3,000 (measured: README, "Sweeps").
+SWEEP_TRAIN = C.TrainConfig(dataset="mnist1d", model="mlp", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                            batch_size=128, iterations=3000)
+DEMO_SWEEP = {
+    "chaos": C.ChaosConfig(train=SWEEP_TRAIN, t0=(0, 300, 500, 700, 900, 1200, 1600, 2000),
+                           t1=(500, 1000, 1500, 2000, 2500, 3000), eval_size=500),
+    "cone": C.ConeConfig(train=SWEEP_TRAIN, checkpoints=tuple(range(0, 3001, 100)), n_samples=40, kernel="full",
+                         references=(0, 1000), dts=(100,)),
+    "linear": C.LinearConfig(train=SWEEP_TRAIN, switch=(0, 300, 700, 1200, 2000), eval_size=500),
+}
+
 # -- tiny: seconds, for tests and the browser test ---------------------------------------------
 TINY_TRAIN = C.TrainConfig(dataset="synthetic", model="mlp", width=0.25, lr=0.05, momentum=0.9, weight_decay=0.0,
                            batch_size=32, iterations=60)
@@ -55,6 +68,7 @@ def _cifar(model: str) -> dict[str, Any]:
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "demo": ("embedded MNIST-1D, small CNN, CPU: chaos and cone in about 40 s of compute", DEMO),
+    "demo-sweep": ("embedded MNIST-1D MLP, T = 3,000: sweep it over 5 seeds for t* with its interval", DEMO_SWEEP),
     "tiny": ("synthetic 3x8x8 data, seconds: for tests", TINY),
     "cifar10-resnet20": ("paper recipe, ResNet-20 on CIFAR-10 (GPU; data_root or --download)", _cifar("resnet20")),
     "cifar10-vgg16": ("paper recipe, VGG-16-BN on CIFAR-10 (GPU; data_root or --download)", _cifar("vgg16_bn")),
@@ -62,7 +76,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 # Replicates a sweep on a preset runs by default (`twophase sweep --preset NAME`); others: 1.
-SWEEP_REPLICATES: dict[str, int] = {}
+SWEEP_REPLICATES: dict[str, int] = {"demo-sweep": 5}
 
 
 def sweep_replicates(name: str) -> int:
