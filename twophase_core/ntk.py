@@ -222,13 +222,12 @@ def modelled_costs(model: nn.Module, x: Tensor, kernel: str = "full",
 
 
 def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Any, ...]:
-    """The architecture (module types, parameter and buffer shapes), the input shape, N, the device,
-    torch's thread count and the settings."""
+    """The architecture (module types, parameter shapes and flags), the input shape, N, the device,
+    torch's thread count and the settings. Kept cheap (no names): it is paid on every auto call."""
     return (
-        tuple(type(m).__name__ for m in model.modules()),
-        tuple((k, tuple(p.shape), p.dtype, p.requires_grad) for k, p in model.named_parameters()),
-        tuple((k, tuple(b.shape)) for k, b in model.named_buffers()),
-        tuple(x.shape), x.dtype, device_of(model).type, torch.get_num_threads(), kernel, budget, float64,
+        tuple(map(type, model.modules())),
+        tuple((p.shape, p.dtype, p.requires_grad) for p in model.parameters()),
+        x.shape, x.dtype, x.device.type, torch.get_num_threads(), kernel, budget, float64,
     )
 
 
