@@ -17,7 +17,7 @@ computes science or imports torch: figures come from `twophase_core.figures`, jo
 from . import pages_mode  # noqa: F401  (first: a shared link may reach a page before app.py ran)
 from .clicks import new_click
 from .compare import compare_views, labels_and_commands
-from .export import figure_block
+from .export import chart_state, figure_block
 from .page import page_run
 from .query_state import from_query, parse_bool, to_query
 from .runs import (
@@ -34,6 +34,6 @@ from .runs import (
     run_name,
 )
 
-__all__ = ["KIND_TITLES", "KINDS", "PAGE_FILES", "POLL_S", "RunView", "compare_views", "config_of", "figure_block",
-           "fmt_time", "from_query", "job_manager", "labels_and_commands", "new_click", "open_run", "page_run",
-           "parse_bool", "run_entries", "run_name", "to_query"]
+__all__ = ["KIND_TITLES", "KINDS", "PAGE_FILES", "POLL_S", "RunView", "chart_state", "compare_views", "config_of",
+           "figure_block", "fmt_time", "from_query", "job_manager", "labels_and_commands", "new_click", "open_run",
+           "page_run", "parse_bool", "run_entries", "run_name", "to_query"]

@@ -15,6 +15,12 @@ from .runs import RunView
 HTML_HELP = "a standalone page with plotly.js inside: it opens offline, with no internet"
 
 
+def chart_state(key: str) -> Any:
+    """The selection state of the chart `figure_block(..., key=key, on_select=True)` draws, as the browser left
+    it: readable before the chart is drawn again, so a click can change what the figures show in the same run."""
+    return st.session_state.get(f"fig_{key}")
+
+
 def figure_block(fig: Any, table: F.Table, name: str, view: RunView | Sequence[RunView], command: str | Sequence[str],
                  key: str, show_command: bool = True, on_select: bool = False) -> Any:
     """The figure, then its data (CSV, JSON), an HTML export and the command that reproduces it.

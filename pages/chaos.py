@@ -29,20 +29,28 @@ if len(a["seeds"]) > 1:
                           format_func=lambda s: "mean over seeds" if s == "mean" else f"seed {int(a['seeds'][int(s)])}")
     seed = None if pick == "mean" else int(pick)
 
+cells = F.chaos_cells(a)
+b = F.seed_reduce(a["B"])
+by_label = {f"{t0},{t1}": (i, j) for i, j, t0, t1 in cells}
+if cells:  # the cell of the path plot: from a click on a heatmap (read before they are drawn), the link, or B
+    point = ui.new_click({m: ui.chart_state(f"heat_{m}") for m in F.METRICS}, f"chaos_clicks_{view.run_id}")
+    clicked = F.chaos_cell_at(a, point) if point is not None else None
+    if clicked is not None:
+        st.session_state["chaos_cell"] = f"{int(a['t0'][clicked[0]])},{int(a['t1'][clicked[1]])}"
+    ui.from_query("chaos_cell", "cell", lambda s: s.replace(" ", ""), max(by_label, key=lambda s: b[by_label[s]]),
+                  allowed=list(by_label))
+framed = tuple(int(v) for v in st.session_state["chaos_cell"].split(",")) if cells else None
+
 st.subheader("Heatmaps over (t0, t1)")
-st.caption("Click a cell to draw the loss along its interpolation path at the bottom of the page.")
+st.caption("Click a cell to draw the loss along its interpolation path at the bottom of the page (framed in red).")
 cols = st.columns(3)
-clicks = {}
 for col, m in zip(cols, F.METRICS, strict=True):
     with col:
         fig = F.chaos_heatmap(a, m, log=log, seed=seed, title={"C": "C: parameter distance", "B": "B: loss barrier",
-                                                                 "D": "D: disagreement"}[m])
-        clicks[m] = ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
-                                    show_command=m == "C", on_select=True)
-point = ui.new_click(clicks, f"chaos_clicks_{view.run_id}")
-clicked = F.chaos_cell_at(a, point) if point is not None else None
-if clicked is not None:  # before the cell selectbox is drawn, so it shows the clicked cell
-    st.session_state["chaos_cell"] = f"{int(a['t0'][clicked[0]])},{int(a['t1'][clicked[1]])}"
+                                                                 "D": "D: disagreement"}[m],
+                              clickable=True, selected=framed)
+        ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
+                        show_command=m == "C", on_select=True)
 
 st.subheader("Cross-sections: the metric versus t1, one line per t0")
 metric = st.radio("metric", list(F.METRICS), horizontal=True, key="chaos_section_metric",
@@ -64,14 +72,9 @@ ui.figure_block(F.transition_figure([group], metric), F.transition_curve_table([
 st.dataframe(F.transition_summary_table([group]), hide_index=True)
 
 st.subheader("Loss along the interpolation path")
-cells = F.chaos_cells(a)
 if not cells:
     st.info("No cell computed yet.")
     st.stop()
-b = F.seed_reduce(a["B"])
-by_label = {f"{t0},{t1}": (i, j) for i, j, t0, t1 in cells}
-largest = max(by_label, key=lambda s: b[by_label[s]])
-ui.from_query("chaos_cell", "cell", lambda s: s.replace(" ", ""), largest, allowed=list(by_label))
 pick = st.selectbox("cell (t0, t1)", list(by_label), key="chaos_cell",
                     format_func=lambda s: "t0={}, t1={}".format(*s.split(",")) + f"  (B={b[by_label[s]]:.3g})",
                     help="a click on a heatmap cell selects it here; the largest barrier is selected first")

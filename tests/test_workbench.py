@@ -322,7 +322,8 @@ def test_heatmap_cell_text_is_legible_or_hidden(with_results):
     a = load_result(Store(), "chaos", with_results["chaos"][0].split("-")[1]).arrays
     h = F.chaos_heatmap(a, "C").data[0]
     assert h.textfont.size >= 14 and h.texttemplate  # the tiny grid: 2 x 2 cells
-    assert F.cell_text_size(4, 5) >= 14  # the demo's grid
+    assert F.cell_text_size(4, 5, ["3.7e-4", "0.048"]) >= 14  # the demo's grid, as measured in Chromium
+    assert F.cell_text_size(4, 7, ["0.31"]) >= 14 and F.cell_text_size(4, 7, ["3.7e-4"]) is None
     assert F.cell_text_size(8, 12) is None  # too many columns for 14 px text: hidden
     big = {"t0": np.arange(8), "t1": np.arange(10, 22), "seeds": np.zeros(1),
            **{m: np.random.default_rng(0).random((1, 8, 12)) for m in F.METRICS}}
@@ -354,6 +355,17 @@ def test_click_on_a_chaos_heatmap_cell_selects_it_for_the_path(with_results):
     assert F.chaos_cell_at(load_result(Store(), "chaos", rid.split("-")[1]).arrays, {"x": "30", "y": "20"}) == (1, 0)
     assert F.chaos_cell_at({"t0": np.array([20]), "t1": np.array([10]), "C": np.full((1, 1, 1), np.nan)},
                            {"x": "10", "y": "20"}) is None  # t1 <= t0: no cell
+
+
+def test_clickable_heatmap_lays_a_marker_on_every_computed_cell_and_frames_the_selected_one(with_results):
+    a = load_result(Store(), "chaos", with_results["chaos"][0].split("-")[1]).arrays
+    fig = F.chaos_heatmap(a, "B", clickable=True, selected=(20, 60))
+    heat, cells = fig.data  # plotly cannot select a heatmap cell: the markers take the click and the hover
+    assert heat.hoverinfo == "skip" and cells.type == "scatter" and "customdata" in cells.hovertemplate
+    assert sorted(zip(cells.y, cells.x, strict=True)) == sorted((str(t0), str(t1)) for _, _, t0, t1 in F.chaos_cells(a))
+    assert fig.layout.clickmode == "event+select"
+    [frame] = fig.layout.shapes  # the cell of the path plot, framed: t0=20 is row 1, t1=60 column 1
+    assert (frame.x0, frame.x1, frame.y0, frame.y1) == (0.5, 1.5, 0.5, 1.5)
 
 
 def test_chaos_link_carries_log_and_cell(with_results):
@@ -391,8 +403,8 @@ def test_cone_projection_draws_rays_with_the_angle(with_results):
         xyz = a[f"pca{dim}"]
         assert np.allclose([rays[0].x[0], rays[0].y[0]], xyz[0, :2])  # from H(theta_0)
         assert np.allclose([rays[1].x[1], rays[1].y[1]], xyz[ends[1], :2])  # to the last kernel of the window
-        [label] = [t for t in fig.data if t.name == "cone angle"]
-        assert f"{true:.0f}°" in label.text[0]
+        [label] = fig.layout.scene.annotations if dim == 3 else fig.layout.annotations
+        assert label.name == "cone angle" and f"{true:.0f}°" in label.text
     assert len(F.cone_projection(a, "pca", 2).data) == 2  # without rays: as before
     assert F.honest_view(a)[1] == 2
 

@@ -82,10 +82,11 @@ def _heatmap_grid(zs: list[np.ndarray], xs: list[list[str]], ys: list[list[str]]
     colours, axis = _shared_colour(zs, log)
     axis["colorbar"]["title"] = f"{name} (log)" if log else name
     for k, (z, c, x, y) in enumerate(zip(zs, colours, xs, ys, strict=True)):
-        size = F.cell_text_size(len(y), len(x)) if text else None
+        cell_text = [[F.cell_label(v) for v in row] for row in z]
+        size = F.cell_text_size(len(y), len(x), [t for row in cell_text for t in row]) if text else None
         fig.add_trace(go.Heatmap(
             z=c, x=x, y=y, customdata=z, coloraxis="coloraxis", xgap=1, ygap=1, hoverongaps=False, name=labels[k],
-            text=[[F.cell_label(v) for v in row] for row in z] if size else None,
+            text=cell_text if size else None,
             texttemplate="%{text}" if size else None, textfont=dict(size=size) if size else None,
             hovertemplate=f"{labels[k]}<br>{hover}<extra></extra>"), row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(type="category")

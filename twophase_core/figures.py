@@ -122,14 +122,23 @@ def _log_range(tv: list[float], colour: np.ndarray) -> tuple[float, float]:
 
 
 CELL_FONT_PX = 14  # cell values legible on a projector; smaller text is not drawn at all (hover keeps the value)
-MAX_TEXT_COLS, MAX_TEXT_ROWS = 6, 10  # at most this many cells across / down in a third of a wide page
+HEATMAP_PLOT_PX = (230, 265)  # plot area (w, h) of a chaos heatmap a third of a 1400 px page wide (Chromium)
+CELL_PAD_PX = 8  # room left around a value inside its cell
 
 
-def cell_text_size(n_rows: int, n_cols: int) -> int | None:
-    """Font size (px) for the values written in heatmap cells, or None when the cells are too small for
-    legible text: a heatmap a third of a 1400 px page wide leaves about 50 px per cell at 6 columns, the
-    width of a 6-character value at 14 px."""
-    return CELL_FONT_PX if n_cols <= MAX_TEXT_COLS and n_rows <= MAX_TEXT_ROWS else None
+def text_px(text: str) -> float:
+    """Width of a cell value at CELL_FONT_PX in the app's font (measured in Chromium, Source Sans 14 px:
+    digits and 'e' 7 px, '.' and '-' under 4 px; '3.7e-4' is 36 px)."""
+    return sum(3.8 if ch in ".-" else 7.0 for ch in text)
+
+
+def cell_text_size(n_rows: int, n_cols: int, labels: Any = ("3.7e-4",)) -> int | None:
+    """Font size (px) for the values `labels` written in heatmap cells, or None when the widest does not fit
+    its cell at CELL_FONT_PX: the demo's 5 columns hold '3.7e-4', 7 columns hold only '0.31'."""
+    w, h = HEATMAP_PLOT_PX
+    widest = max((text_px(t) for t in labels), default=0.0)
+    fits = w / max(n_cols, 1) >= widest + CELL_PAD_PX and h / max(n_rows, 1) >= CELL_FONT_PX + CELL_PAD_PX
+    return CELL_FONT_PX if fits else None
 
 
 def cell_label(v: float) -> str:
@@ -150,12 +159,18 @@ cell_value = _f
 
 
 def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False, seed: int | None = None,
-                  title: str | None = None) -> go.Figure:
+                  title: str | None = None, clickable: bool = False, selected: tuple[int, int] | None = None
+                  ) -> go.Figure:
     """Heatmap of C, B or D: rows t0 (perturbation time), columns t1 (comparison time).
 
     Axes are categorical (the iterations are rarely evenly spaced); empty cells have t1 <= t0.
     With log=True the colour is log10 of the value (zeros, which cannot be shown on a log scale,
-    stay blank); hover always gives the value itself.
+    stay blank); hover always gives the value itself. Values are written in the cells when they fit
+    at CELL_FONT_PX (`cell_text_size`), else only hover shows them.
+
+    clickable=True lays an invisible marker on every computed cell, which carries the hover: plotly
+    cannot select a heatmap cell, but a click selects the marker, so a chart with points selection
+    reports the (t1, t0) clicked (`chaos_cell_at`). `selected` (t0, t1) frames that cell.
     """
     z = seed_reduce(arrays[metric], seed)
     x = [str(int(v)) for v in arrays["t1"]]
@@ -167,17 +182,29 @@ def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False,
         colour, tv, tt = _log_colour(z)
         colorbar.update(tickvals=tv, ticktext=tt, title=f"{metric} (log)")
         zmin, zmax = _log_range(tv, colour)
-    size = cell_text_size(len(y), len(x))
     text = [[cell_label(v) for v in row] for row in z]
+    size = cell_text_size(len(y), len(x), [t for row in text for t in row])
+    hover = f"t0=%{{y}}<br>t1=%{{x}}<br>{metric}=%{{customdata:.4g}}<extra></extra>"
+    colorbar.update(orientation="h", thickness=12, y=-0.24, yanchor="top", title_side="right")  # width to the cells
     fig = go.Figure(go.Heatmap(
         z=colour, x=x, y=y, customdata=z, text=text, colorscale="Viridis", colorbar=colorbar, xgap=1, ygap=1,
-        zmin=zmin, zmax=zmax,
-        hovertemplate=f"t0=%{{y}}<br>t1=%{{x}}<br>{metric}=%{{customdata:.4g}}<extra></extra>",
+        zmin=zmin, zmax=zmax, hovertemplate=hover, hoverinfo="skip" if clickable else None,
         texttemplate="%{text}" if size else None, textfont=dict(size=size) if size else None, hoverongaps=False,
     ))
-    fig.update_xaxes(title="t1 (iteration where the copies are compared)", type="category")
+    if clickable:
+        cells = [(x[j], y[i], z[i, j]) for i in range(len(y)) for j in range(len(x)) if not math.isnan(z[i, j])]
+        fig.add_trace(go.Scatter(
+            x=[c[0] for c in cells], y=[c[1] for c in cells], customdata=[c[2] for c in cells], mode="markers",
+            marker=dict(symbol="square", size=14, color="rgba(0,0,0,0)"), hovertemplate=hover, name="cells",
+            showlegend=False, unselected=dict(marker=dict(opacity=1)), selected=dict(marker=dict(opacity=1))))
+        fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select")
+    if selected is not None and str(selected[0]) in y and str(selected[1]) in x:  # category k spans k +- 0.5
+        i, j = y.index(str(selected[0])), x.index(str(selected[1]))
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line=dict(color="#d62728", width=3),
+                      name="selected cell")
+    fig.update_xaxes(title="t1 (iteration of the comparison)", type="category")
     fig.update_yaxes(title="t0 (iteration of the perturbation)", type="category")
-    return _layout(fig, title or METRICS[metric])
+    return _layout(fig, title or METRICS[metric], margin=dict(l=52, r=8, t=50, b=100), height=460)
 
 
 def chaos_cell_at(arrays: dict[str, np.ndarray], point: dict[str, Any]) -> tuple[int, int] | None:
@@ -454,13 +481,19 @@ def _draw_rays(fig: go.Figure, arrays: dict[str, np.ndarray], xyz: np.ndarray, i
             fig.add_trace(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], **common))
         else:
             fig.add_trace(go.Scatter(x=pts[:, 0], y=pts[:, 1], **common))
-    mid = xyz[0] + 0.35 * ((xyz[a] - xyz[0]) + (xyz[b] - xyz[0])) / 2  # inside the cone, near its apex
-    text = dict(mode="text", text=[label], textfont=dict(size=16, color=RAY_COLOUR), hoverinfo="skip",
+    u, v = xyz[a] - xyz[0], xyz[b] - xyz[0]
+    nu, nv = float(np.linalg.norm(u)), float(np.linalg.norm(v))
+    if nu == 0 or nv == 0:
+        return
+    bisector = u / nu + v / nv
+    nb = float(np.linalg.norm(bisector))
+    at = xyz[0] + (0.6 * min(nu, nv) * bisector / nb if nb > 0 else 0.5 * u)  # inside the wedge, off both rays
+    note = dict(text=label, showarrow=False, font=dict(size=16, color=RAY_COLOUR), bgcolor="rgba(255,255,255,0.85)",
                 name="cone angle")
     if dim == 3:
-        fig.add_trace(go.Scatter3d(x=[mid[0]], y=[mid[1]], z=[mid[2]], **text))
+        fig.update_layout(scene_annotations=[dict(x=at[0], y=at[1], z=at[2], **note)])
     else:
-        fig.add_trace(go.Scatter(x=[mid[0]], y=[mid[1]], **text))
+        fig.add_annotation(x=at[0], y=at[1], **note)
 
 
 def cone_acc_table(arrays: dict[str, np.ndarray]) -> Table:
