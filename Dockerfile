@@ -5,13 +5,12 @@
 #
 # BASE_IMAGE: any Debian-like image with python3 >= 3.11 (its venv module) or apt-get. The default is
 #   the image `make docker` makes from Debian's packages (debootstrap) where Docker Hub is out of
-#   reach; with Docker Hub, python:3.11-slim or debian:bookworm-slim work as they are.
+#   reach; with Docker Hub, python:3.11-slim or debian:bookworm-slim should do as they are (untried here).
 # TORCH_VARIANT: cpu (default) or cuda. cpu takes torch from TORCH_INDEX, default PyTorch's CPU index;
 #   cuda takes it from PyPI, whose Linux x86_64 torch is the CUDA build (several GB of nvidia wheels),
 #   or from TORCH_INDEX (e.g. https://download.pytorch.org/whl/cu126).
-# torch-wheels: a stage (or, with buildx, `--build-context torch-wheels=DIR`) holding a torch wheel
-#   (and optionally torchvision) to install instead of any index: `make docker` passes this host's
-#   CPU wheel this way as the image TORCH_WHEELS_IMAGE.
+# TORCH_WHEELS_IMAGE: an image holding wheels at its root (torch, optionally torchvision) to install
+#   instead of any index; `make docker` passes this host's CPU wheel that way (made with docker import).
 # TLS interception: pass the CA bundle as a secret (`--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt`);
 #   pip uses it during the build and it never lands in a layer.
 ARG BASE_IMAGE=twophase-base:bookworm
