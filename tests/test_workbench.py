@@ -444,3 +444,85 @@ print('ok')
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180,
                        cwd=str(Path(APP).parent))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# In Chromium: AppTest cannot tell whether a click on a heatmap reaches Streamlit (plotly cannot select
+# heatmap cells; the first version of the click passed AppTest and did nothing in a browser)
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def served(stored, tmp_path):
+    """The app on a free port over the module's store."""
+    import socket
+    import urllib.request
+
+    root, ids = stored
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=str(Path(APP).parent), env={**os.environ, "TWOPHASE_CACHE_DIR": str(root)}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import time
+
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url, ids
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_in_chromium_compare_draws_and_a_heatmap_click_changes_the_path(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, ids = served
+    a, b = ids["chaos"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/compare?runs={a},{b}", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Compare runs")).to_be_visible(timeout=90_000)
+            expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)
+            assert page.locator("[data-testid=stException]").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "workbench_compare.png"))
+
+            page.goto(f"{url}/chaos?run={a}", wait_until="domcontentloaded")
+            expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Loss along the interpolation path").first).to_be_attached(timeout=30_000)
+            page.wait_for_timeout(1500)
+            before = page.url.split("cell=")[1].split("&")[0].replace("%2C", ",")
+            # the tiny grid: t0 (0, 20) bottom to top, t1 (30, 60) left to right; click a cell not yet selected
+            target, (fx, fy) = (("20,60", (0.75, 0.25)) if before != "20,60" else ("0,30", (0.25, 0.75)))
+            area = page.locator("[data-testid=stPlotlyChart]").nth(1).locator(".nsewdrag").first.bounding_box()
+            x, y = area["x"] + fx * area["width"], area["y"] + fy * area["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(300)
+            page.mouse.click(x, y)
+            t0, t1 = target.split(",")
+            title = page.locator(".js-plotly-plot .gtitle", has_text=f"interpolation path, t0={t0}, t1={t1}")
+            expect(title).to_be_attached(timeout=30_000)
+            assert f"cell={t0}%2C{t1}" in page.url  # the link carries the clicked cell
+            page.screenshot(path=str(ARTIFACTS / "workbench_chaos_click.png"))
+        finally:
+            browser.close()
