@@ -16,6 +16,7 @@ import streamlit as st
 from twophase_core import config as C
 from twophase_core.presets import PRESETS, preset
 from twophase_core.settings import Spec, format_value
+from twophase_core.store import StoreError
 
 from .runs import job_manager, open_run
 
@@ -95,6 +96,9 @@ def settings_form(kind: str, run_config: Any | None = None, run_id: str | None =
             general.warning(f"Nothing was started: fix **{e.field}** above.", icon=":material/warning:")
         else:
             general.error(f"Nothing was started: {e}", icon=":material/error:")
+        return
+    except StoreError as e:  # a full or damaged store: said as such, never a traceback
+        general.error(f"Nothing was started: {e}", icon=":material/error:")
         return
     open_run(kind, rec.id, switch=False)
     st.rerun()

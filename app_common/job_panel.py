@@ -11,6 +11,7 @@ import streamlit as st
 
 from twophase_core import config as C
 from twophase_core.jobs import JobManager
+from twophase_core.store import StoreError
 
 from .runs import KIND_TITLES, POLL_S, RunView, job_manager
 
@@ -31,7 +32,11 @@ def _partial_mark(jm: JobManager, run_id: str) -> Any:
 
 def _submit_again(config: dict[str, Any], kind: str, key: str, label: str) -> None:
     if st.button(label, key=key, icon=":material/replay:"):
-        job_manager().submit(C.from_dict(C.KINDS[kind], config))
+        try:
+            job_manager().submit(C.from_dict(C.KINDS[kind], config))
+        except (C.ConfigError, StoreError) as e:
+            st.error(f"Nothing was started: {e}", icon=":material/error:")
+            return
         st.rerun()
 
 

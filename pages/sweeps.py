@@ -9,6 +9,7 @@ from twophase_core import figures as F
 from twophase_core import sweep as S
 from twophase_core.presets import PRESETS, preset, sweep_replicates
 from twophase_core.settings import split_list
+from twophase_core.store import StoreError
 
 st.title("Sweeps")
 st.caption("A sweep runs one experiment over several settings (any setting, several values) and several "
@@ -55,7 +56,7 @@ with st.expander("New sweep", expanded=not S.list_sweeps(jm.store)):
             sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
                             int(n))
             rec = S.submit_sweep(jm, sweep)
-        except C.ConfigError as e:
+        except (C.ConfigError, StoreError) as e:
             error.error(f"Nothing was started: {e}", icon=":material/error:")
         else:
             st.query_params["sweep"] = rec["id"]

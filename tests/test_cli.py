@@ -210,3 +210,23 @@ def test_cone_window_needs_two_steps(kind, capsys):
     for w in ("1,2,3", "5"):
         assert main([kind, "--preset", "tiny", "--cone-window", w]) == 2
         assert "cone_window=" in capsys.readouterr().err
+
+
+def test_cache_check_repair_clear_on_a_damaged_index(tmp_path, capsys):
+    root = tmp_path / "cache"
+    assert main(["linear", "--preset", "tiny", "--cache-dir", str(root), "--json", "-", "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    db = root / "index" / "cache.db"
+    with open(db, "r+b") as f:  # 4 bytes at offset 16: sqlite's header, as in the issue
+        f.seek(16)
+        f.write(b"\xff\xff\xff\xff")
+    assert main(["cache", "check", "--cache-dir", str(root)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["problems"]
+    assert main(["cache", "repair", "--cache-dir", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["after"]["ok"] is True
+    assert main(["linear", "--preset", "tiny", "--cache-dir", str(root), "--json", "-", "--quiet"]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert again["meta"]["created"] == first["meta"]["created"]  # the rebuilt index serves the stored result
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    assert "cleared" in capsys.readouterr().out

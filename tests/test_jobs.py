@@ -359,3 +359,27 @@ def test_a_job_whose_index_is_deleted_mid_run_fails_loudly(store):
     assert wait_for("the worker to exit", lambda: gone(rec.pid), timeout=10)
     assert "was deleted or replaced" in Path(final.log).read_text()
     assert jm.result(rec.id) is None
+
+
+def test_finished_workers_are_reaped_not_left_as_zombies(store):
+    """The app's manager starts workers; once they end, pump() collects them (no zombies pile up)."""
+    jm = JobManager(store, max_running=2)
+    cfgs = [C.replace(preset("tiny", "linear"), switch=(s,)) for s in (0, 10, 20)]
+    ids = [jm.submit(c).id for c in cfgs]
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(jm.get(i).finished for i in ids):
+        jm.pump()
+        time.sleep(0.3)
+    assert all(jm.get(i).status == "done" for i in ids)
+    time.sleep(0.5)
+    jm.pump()
+    pids = [jm.get(i).pid for i in ids if jm.get(i).pid]
+    states = {pid: _state(pid) for pid in pids}
+    assert "Z" not in states.values(), states
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None

@@ -226,6 +226,31 @@ def _write_json(path: str | None, payload: Any) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
+def _cache(action: str, cache_dir: str | None) -> int:
+    """`twophase cache info|check|repair|clear`: check and repair open the store without healing it
+    first, so they report (and fix) what is really there; clear works on any store, full or damaged."""
+    from .store import Store, default_root
+
+    root = Path(cache_dir) if cache_dir else default_root()
+    if root.exists() and not root.is_dir():
+        raise ConfigError("--cache-dir", str(root), "is a file, not a folder")
+    if action == "info":
+        print(json.dumps(open_store(cache_dir).info(), indent=2))
+        return 0
+    store = Store(root, heal=False)
+    if action == "check":
+        r = store.check()
+        print(json.dumps(r, indent=2))
+        return 0 if r["ok"] else 1
+    if action == "repair":
+        r = store.repair()
+        print(json.dumps(r, indent=2))
+        return 0 if r["after"]["ok"] else 1
+    r = store.clear()
+    print(f"cleared {r['root']} ({r['bytes_removed']} bytes)")
+    return 0
+
+
 def _flag_hint(name: str) -> str:
     for cls in C.KINDS.values():
         specs = C.settings_of(cls)
@@ -247,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         _experiment_parser(sweep_sub, kind, help_, sweep=True)
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("settings", help="print the table of every setting (as in the README)")
-    pc = sub.add_parser("cache", help="inspect or clear the result store")
-    pc.add_argument("action", choices=["info", "clear"])
+    pc = sub.add_parser("cache", help="inspect, check, repair or clear the result store")
+    pc.add_argument("action", choices=["info", "check", "repair", "clear"],
+                    help="info: sizes; check: report problems, change nothing; repair: rebuild the index and drop "
+                         "what fails its checksum; clear: remove everything (works on a damaged or full store)")
     pc.add_argument("--cache-dir")
     pb = sub.add_parser("bench", help="measure speed against baselines in the same run")
     pb.add_argument("--json", metavar="OUT")
@@ -264,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             print(settings_table(), end="")
             return 0
         if args.cmd == "cache":
-            store = open_store(args.cache_dir)
-            if args.action == "clear":
-                store.clear()
-                print(f"cleared {store.root}")
-            else:
-                print(json.dumps(store.info(), indent=2))
-            return 0
+            return _cache(args.action, args.cache_dir)
         from .train import configure_threads
 
         configure_threads()
@@ -295,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"twophase: error: {e}{_flag_hint(e.field)}", file=sys.stderr)
         return 2
-    except Exception as e:  # TrainingDiverged, Cancelled: one line, not a traceback
+    except Exception as e:  # TrainingDiverged, Cancelled, a full or damaged store: one line, not a traceback
+        from .store import StoreError
         from .train import Cancelled, TrainingDiverged
 
-        if isinstance(e, TrainingDiverged | Cancelled):
+        if isinstance(e, TrainingDiverged | Cancelled | StoreError):
             print(f"twophase: error: {e}", file=sys.stderr)
             return 1
         raise

@@ -81,6 +81,11 @@ class _Progress:
             self.cb(min(self.done / self.total, 0.999), self.stage)
 
 
+def _waiting(prog: _Progress) -> Callable[[], None]:
+    """Say so while another job trains the same base run (the store's per-trajectory lock)."""
+    return lambda: prog.set_stage("base run: waiting for another job that trains it")
+
+
 def _meta(cfg: Any, started: float, run: Run, **extra: Any) -> dict[str, Any]:
     return {"version": __version__, "seconds": round(time.time() - started, 3), "device": str(run.device),
             "sgd_steps": run.steps_done, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -117,7 +122,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     total = base.steps_needed(t0s + t1s) + sum(_row_units(run, cfg, t0, later[t0], how) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
-    base.ensure(t0s + t1s, prog.add, cancel)
+    base.ensure(t0s + t1s, prog.add, cancel, on_wait=_waiting(prog))
 
     x, y = _eval_set(run, cfg.eval_size)
     shape = (len(seeds), len(t0s), len(t1s))
@@ -262,7 +267,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     kernel_units = 10.0
     prog = _Progress(progress, base.steps_needed(its) + kernel_units * len(its))
     prog.set_stage("base run")
-    base.ensure(its, prog.add, cancel)
+    base.ensure(its, prog.add, cancel, on_wait=_waiting(prog))
     idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
     x = run.ds.x_train[idx]
     xt, yt = run.ds.x_test, run.ds.y_test
@@ -328,7 +333,7 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     lin_units = 3.0  # a linearised step costs about three plain ones
     prog = _Progress(progress, base.steps_needed(ts + [T]) + lin_units * sum(T - t for t in ts))
     prog.set_stage("base run")
-    base.ensure(ts + [T], prog.add, cancel)
+    base.ensure(ts + [T], prog.add, cancel, on_wait=_waiting(prog))
     x, y = _eval_set(run, cfg.eval_size)
     acc_full = evaluate(base.model(T), x, y)[1]
     acc_switch = np.array([evaluate(base.model(t), x, y)[1] for t in ts])

@@ -206,6 +206,14 @@ class LocalProcessExecutor:
             return True
         return not cmd or b"twophase_core.worker" in cmd
 
+    def reap(self) -> None:
+        """Collect every worker of ours that has ended, whatever its job's status: a worker that
+        reported done is never asked about again, and unreaped it would stay a zombie under the app."""
+        for pid, p in list(self._children.items()):
+            if p.poll() is not None:
+                self._exited[pid] = p.returncode
+                del self._children[pid]
+
     def kill(self, pid: int) -> None:
         try:
             os.killpg(pid, signal.SIGKILL)  # its own session: pgid == pid
@@ -338,7 +346,10 @@ class JobManager:
         self._reconcile(job_id)  # a dead worker cannot acknowledge: settle it now
 
     def pump(self) -> None:
-        """Start queued jobs, oldest first, while fewer than `max_running` run."""
+        """Start queued jobs, oldest first, while fewer than `max_running` run (and reap ended workers)."""
+        reap = getattr(self.executor, "reap", None)
+        if reap is not None:
+            reap()
         for key in self.store.keys("job/"):
             rec = load_record(self.store, key[len("job/"):])
             if rec is not None and rec.status == "running":

@@ -32,6 +32,7 @@ from .jobs import RESUME_HINT, JobManager, JobRecord, load_record, save_record, 
 from .store import Store, StoreError, StoreFull
 
 ENV_THREADS = "TWOPHASE_THREADS"
+ENV_EXECUTOR = "TWOPHASE_EXECUTOR"
 WRITE_EVERY_S = 0.2  # progress writes: at most ~5 a second
 HEARTBEAT_S = 1.0  # a write at least this often, even without progress
 
@@ -177,8 +178,11 @@ def run_job(store: Store, job_id: str) -> int:
     status, error, tb = "failed", None, None
     try:
         cfg = C.from_dict(C.KINDS[rec.kind], rec.config)
+        # TWOPHASE_EXECUTOR=ray: this worker process is the Ray driver of its job (never the app's server)
+        executor = os.environ.get(ENV_EXECUTOR, "local").strip() or "local"
         run_experiment(cfg, store, progress=mon.report, cancel=token,
-                       partial=lambda r: save_result(store, r, partial=True))
+                       partial=lambda r: save_result(store, r, partial=True),
+                       executor=executor if rec.kind == "chaos" else "local")
         status = "done"
     except Cancelled:
         if mon.vanished:
