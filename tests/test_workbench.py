@@ -295,6 +295,25 @@ def test_compare_chaos_heatmaps_share_one_colour_scale(with_results):
     assert len({tr.line.color for tr in sections.data}) == 2  # one colour per run
 
 
+def test_compare_figures_take_runs_on_different_grids():
+    """Two chaos runs with different (t0, t1) grids and seed counts: one subplot each, one shared scale."""
+    rng = np.random.default_rng(1)
+
+    def chaos(t0, t1, seeds):
+        shape = (seeds, len(t0), len(t1))
+        grid = np.where(np.asarray(t1)[None, None, :] > np.asarray(t0)[None, :, None], 1.0, np.nan)
+        return {"t0": np.array(t0), "t1": np.array(t1), "seeds": np.arange(seeds),
+                **{m: rng.random(shape) * 10.0 ** -rng.integers(1, 8, shape) * grid for m in F.METRICS}}
+
+    runs = [chaos([0, 10], [20, 40], 1), chaos([0, 5, 10, 30], [20, 40, 60], 3)]
+    fig = CF.chaos_heatmaps(runs, ["a", "b"], "D", log=True)
+    assert [len(t.x) for t in fig.data] == [2, 3] and [len(t.y) for t in fig.data] == [2, 4]
+    ticks = list(fig.layout.coloraxis.colorbar.ticktext)
+    assert ticks and all(t.startswith("1e") or t == "0" for t in ticks)
+    t = CF.chaos_sections_table(runs, ["a", "b"], "C")
+    assert t["run"].count("a") == 4 and t["run"].count("b") == 11  # the computed cells (t1 > t0) of each run
+
+
 @pytest.mark.parametrize(("runs", "problem"), [
     ("{a}", "this link names 1"),
     ("{a},{b},{a}", "this link names 1"),  # a duplicate is not a second run
