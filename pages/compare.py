@@ -19,7 +19,7 @@ arrays = [v.result.arrays for v in views]
 st.caption(f"{len(views)} {ui.KIND_TITLES[kind]} runs. Heatmaps of one quantity share one colour scale; curves are "
            "overlaid, one colour per run.")
 links = st.columns(len(views) + 1)
-for col, v, label in zip(links, views, labels, strict=True):
+for col, v, label in zip(links[:-1], views, labels, strict=True):
     col.page_link(ui.PAGE_FILES[kind], label=label, query_params={"run": v.run_id}, icon=":material/open_in_new:")
 links[-1].page_link(ui.PAGE_FILES["runs"], label="Pick other runs", icon=":material/list:")
 
