@@ -3,8 +3,9 @@
 Builds the image with `make docker`, starts it with a named volume for the store, waits for its
 HEALTHCHECK, reaches Streamlit through the published port (so it listens on 0.0.0.0 inside), checks
 the server does not run as root, computes `twophase chaos --preset tiny` inside, restarts the
-container and finds that result served from the volume. Skipped with the reason where no Docker
-daemon answers, unless TWOPHASE_REQUIRE_DOCKER=1 (CI), where that is a failure.
+container and finds that result served from the volume. Where no daemon answers it starts dockerd
+(root only) and stops it afterwards; where it cannot, it skips with the reason, unless
+TWOPHASE_REQUIRE_DOCKER=1 (CI), where that is a failure.
 """
 
 from __future__ import annotations
@@ -42,23 +43,53 @@ def _run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.Com
     return p
 
 
+def _daemon_answers(exe: str) -> tuple[bool, str]:
+    p = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60)
+    return p.returncode == 0, (p.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def _start_dockerd(exe: str) -> subprocess.Popen | None:
+    """Start dockerd (as root, where it is installed and DOCKER_HOST does not point elsewhere); None if not."""
+    dockerd = shutil.which("dockerd") or shutil.which("/usr/sbin/dockerd")
+    if dockerd is None or os.geteuid() != 0 or os.environ.get("DOCKER_HOST"):
+        return None
+    log = open("/tmp/twophase-test-dockerd.log", "ab")  # open as long as the daemon runs
+    proc = subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _daemon_answers(exe)[0]:
+            return proc
+        time.sleep(1)
+    proc.terminate()
+    proc.wait(timeout=60)
+    return None
+
+
 @pytest.fixture(scope="module")
-def docker() -> str:
+def docker():
     exe = _docker()
-    why = None
+    why, started = None, None
     if exe is None:
         why = "no docker client (apt-get install docker.io)"
     else:
-        p = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                           timeout=60)
-        if p.returncode != 0:
-            why = f"no Docker daemon answers ({(p.stderr.strip().splitlines() or ['?'])[-1]}); start dockerd"
+        ok, err = _daemon_answers(exe)
+        if not ok:
+            started = _start_dockerd(exe)
+            if started is None:
+                why = (f"no Docker daemon answers ({err}) and none could be started here (dockerd needs root; "
+                       "see /tmp/twophase-test-dockerd.log if it was tried)")
     if why:
-        why += " (.ci/run installs docker.io and debootstrap and starts dockerd)"
+        why += "; .ci/run installs docker.io and debootstrap and starts dockerd"
         if os.environ.get("TWOPHASE_REQUIRE_DOCKER") == "1":
             pytest.fail(why)
         pytest.skip(why)
-    return exe
+    yield exe
+    if started is not None:  # the daemon this test started, and only it
+        started.terminate()
+        try:
+            started.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            started.kill()
 
 
 def _say(capsys: pytest.CaptureFixture[str], line: str) -> None:
