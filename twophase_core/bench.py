@@ -32,6 +32,8 @@ TARGETS = {
     "demo_cold_seconds": ("<", 60.0),
     "demo_warm_seconds": ("<", 1.0),
     "page_render_seconds": ("<", 1.0),
+    "sweep_saving": (">=", 0.2),
+    "ray_scaling_efficiency": (">=", 0.8),
 }
 
 
@@ -195,7 +197,7 @@ def bench_demo() -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as d:
         store = Store(d)
-        data._load_cached.cache_clear()
+        data.clear_cache()
         t = time.perf_counter()
         chaos = run_chaos(preset("demo", "chaos"), store)
         t_chaos = time.perf_counter() - t
@@ -274,6 +276,12 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     out["overhead_ratio"] = out["demo_chaos_cold_seconds"] / (out["demo_chaos_sgd_steps"] * out["sgd_step_seconds"])
     print("timing a page render ...", flush=True)
     out["page_render_seconds"] = bench_page()
+    from .bench_scale import bench_ray, bench_sweep
+
+    print("timing a sweep against its points one by one ...", flush=True)
+    out.update(bench_sweep())
+    print("timing Ray: task overhead, 1 against 2 one-CPU nodes, Ray against the local runner ...", flush=True)
+    out.update(bench_ray())
     print(f"\n{'measure':36s} {'value':>12s}  target")
     for k, v in out.items():
         shown = f"{v:12.4g}" if isinstance(v, float) else f"{v!s:>12s}"

@@ -157,6 +157,11 @@ def _load_cached(name: str, root: str, download: bool) -> Dataset:
     return REGISTRY[name](root, download)
 
 
+def clear_cache() -> None:
+    """Forget the datasets loaded in this process (a cold-start measurement loads them again)."""
+    _load_cached.cache_clear()
+
+
 def get_dataset(cfg: TrainConfig) -> Dataset:
     """The dataset of a training config (loaded once per process), cut to train_size if set."""
     if cfg.dataset not in REGISTRY:
