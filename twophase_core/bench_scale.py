@@ -54,14 +54,12 @@ def bench_sweep() -> dict[str, float]:
 
 def _warm(ray: Any, n: int) -> None:
     """Start and warm one worker per CPU (torch imported), so the timing sees tasks, not start-up."""
-    from .ray_exec import _noop
-
     def importer(i: int) -> int:
         import torch  # noqa: F401
 
         from . import experiments  # noqa: F401
 
-        return _noop(i)
+        return i
 
     task = ray.remote(num_cpus=1)(importer)
     ray.get([task.remote(i) for i in range(4 * n)])
