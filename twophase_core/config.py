@@ -9,6 +9,9 @@ the bad value and what is allowed. `config_hash` keys the result store;
 `TrainConfig.trajectory_key` keys checkpoints, and leaves out what cannot change the trajectory
 (the run length, where checkpoints are saved, where the data lives), so that every experiment on
 the same training run shares one base run. Definitions: docs/science.md.
+
+Past 350 lines on purpose: the specs are the one description of every setting, so they sit with
+the dataclasses they describe and the checks that relate them.
 """
 
 from __future__ import annotations

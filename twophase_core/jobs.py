@@ -19,6 +19,9 @@ is checked by the engine before it trains.
 
 Processes are started by an `Executor`; `LocalProcessExecutor` is the only one here, and a
 distributed backend only has to implement `launch`, `alive` and `kill`. Nothing here imports torch.
+
+Past 350 lines on purpose: the manager and its executors share one record protocol (claim, heartbeat,
+reconcile), and splitting them would put the two halves of each handshake in different files.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ Cost (per stacked step, K copies, P parameters, A activation memory of one copy 
   usually wins or ties (measured 0.5x-1.4x); `choose_path` decides by timing a few steps;
 - checkpoints: each save unstacks every copy into one reusable template module and optimizer
   (a copy of P numbers per copy, then torch.save), the same bytes the plain path writes.
+
+Past 350 lines on purpose: stacking, the stacked step and the path chooser must stay together to
+stay interchangeable with the plain path bit for bit where that is promised.
 """
 
 from __future__ import annotations

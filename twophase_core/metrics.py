@@ -473,7 +473,7 @@ def loss_barrier(
 ) -> float:
     """Loss barrier B on (x, y) with n_alpha evenly spaced alphas in [0, 1].
 
-    The default 30 is this project's choice (SCIENCE.md); the lmc repository's code defaults to 11.
+    The default 30 is this project's choice (docs/science.md); the lmc repository's code defaults to 11.
     """
     return loss_barrier_path(a, b, x, y, n_alpha=n_alpha, bn=bn, train_x=train_x, method=method)[2]
 

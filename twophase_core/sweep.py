@@ -9,6 +9,9 @@ and the transition t* with its interval (twophase_core.transition).
 
 `expand` and `summarize` import neither torch nor Streamlit (the app's process calls them);
 `run_sweep` runs the points in this process (the CLI), `submit_sweep` queues them as jobs (the app).
+
+Past 350 lines on purpose: expansion, running, the replicate summaries and the sweep's job record
+are one concept; each part reads the same Point.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A trajectory is a key, a start iteration and the state at that start. The base run starts at 0
 from theta_0; a branch starts at t0 from the base checkpoint plus eps. Both advance with the same
 `Run.step`, so a branch with eps = 0 reproduces the base run bit for bit: that is what lets the
-base run serve as the unperturbed control (SCIENCE.md: same code path). Checkpoint t is the
+base run serve as the unperturbed control (docs/science.md: same code path). Checkpoint t is the
 state after t SGD steps; step t uses batch t of the schedule and lr_at(t).
 """
 
@@ -74,7 +74,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_determinism(device: torch.device) -> None:
-    """Bitwise-reproducible kernels on CUDA: eps = 0 must give exactly 0 (SCIENCE.md).
+    """Bitwise-reproducible kernels on CUDA: eps = 0 must give exactly 0 (docs/science.md).
 
     On the CPU every op the engine uses is already deterministic on a fixed thread count (the
     eps = 0 and resume tests check it bit for bit), and torch.use_deterministic_algorithms costs

@@ -15,6 +15,9 @@ fall is not credible (see `docs/transition.md` for every rule and default) the a
 transition found" with the reason, never a number.
 
 numpy and scipy only: the sweep, the app and the CLI call it on arrays, without torch.
+
+Past 350 lines on purpose: the fit, its refusal rules and the bootstrap are one definition of t*;
+every rule is read beside the fit it guards.
 """
 
 from __future__ import annotations
