@@ -213,6 +213,31 @@ def test_delete_asks_first_and_keeps_checkpoints(own_store):
     assert store.checkpoints(traj) == ckpts  # shared by the other runs on this trajectory
 
 
+def test_a_failed_run_shows_its_whole_error_when_selected_and_can_be_resubmitted(tmp_path, monkeypatch):
+    class Broken:
+        def launch(self, job_id, cache_dir):
+            raise OSError("no room for a worker: " + "x" * 300)  # longer than a table cell
+
+        def alive(self, pid):
+            return False
+
+        def kill(self, pid):
+            pass
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    rec = JobManager(Store(root), executor=Broken()).submit(C.replace(preset("tiny", "chaos"), eps=1e-3))
+    assert rec.status == "failed"
+    at = _runs_page()
+    df = at.dataframe[0].value
+    assert list(df["status"]) == ["failed"] and list(df["name"]) == ["tiny · eps=0.001"]
+    at = _select_rows(at, [0])
+    assert any(e.label.startswith("Error of tiny · eps=0.001") for e in at.expander)
+    assert any(c.value == rec.error and "x" * 300 in c.value for c in at.code)  # the whole error
+    [resubmit] = [b for b in at.button if b.key == "runs_resubmit"]
+    assert not resubmit.disabled
+
+
 def test_delete_run_refuses_a_running_job_and_removes_the_record(store):
     worker = _NoWorker()
     jm = JobManager(store, executor=worker)
