@@ -9,6 +9,7 @@ import app_common as ui
 from twophase_core import catalog as K
 from twophase_core import config as C
 from twophase_core.jobs import STATUSES
+from twophase_core.store import StoreError
 
 MAX_COMPARE = 6
 
@@ -53,8 +54,12 @@ def _delete(picked: list[K.RunEntry]) -> None:
                  "same training trajectory use them.", icon=":material/delete:")
     c = st.columns([1, 1, 4])
     if c[0].button("Delete", type="primary", key="runs_delete_yes", icon=":material/delete_forever:"):
-        for e in picked:
-            K.delete_run(jm.store, e)
+        try:
+            for e in picked:
+                K.delete_run(jm.store, e)
+        except (ValueError, StoreError) as err:  # started again meanwhile, or a damaged store
+            st.error(f"Not everything was deleted: {err}", icon=":material/error:")
+            return
         _forget_selection()
         st.rerun()
     if c[1].button("Keep them", key="runs_delete_no"):
@@ -86,8 +91,12 @@ def _actions(picked: list[K.RunEntry]) -> None:
         st.rerun()
     if c[3].button("Resubmit", key="runs_resubmit", icon=":material/replay:", disabled=not stopped,
                    help="failed or cancelled runs: resumes from the checkpoints they left", width="stretch"):
-        for e in stopped:
-            jm.submit(e.config)
+        try:
+            for e in stopped:
+                jm.submit(e.config)
+        except (C.ConfigError, StoreError) as err:  # a full or damaged store: said as such, never a traceback
+            st.error(f"Nothing more was started: {err}", icon=":material/error:")
+            return
         st.rerun()
     if c[4].button("Delete", key="runs_delete", icon=":material/delete:", disabled=bool(unfinished),
                    help="cancel running jobs first" if unfinished else "asks first; checkpoints are kept",
