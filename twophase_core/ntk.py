@@ -58,11 +58,12 @@ from .ntk_geometry import (  # noqa: F401  (the public kernel-geometry API, impo
 METHODS = ("structured", "jacobian", "ntvp")
 # Methods whose modelled cost is within this factor of the cheapest are timed on the first call
 # for an architecture and N; the rest are never run. Modelled / measured, N = 32 to 40, one thread:
-# MLP structured 0.1 / 0.1-0.2 of jacobian, demo CNN 0.64 / 0.6, ResNet-20 0.77 / 1.0-1.1: 1.5 times
-# ResNet-20 (a near tie) and spares the demo's cone job a calibration that would cost more than it saves.
+# MLP structured 0.1 / 0.1-0.2 of jacobian, demo CNN 0.64 / 0.6, ResNet-20 0.77 / 1.0-1.1. With 1.5
+# ResNet-20 (a near tie) is timed, and the demo's cone job is spared a calibration that would cost
+# more than it saves.
 CALIBRATE_WITHIN = 1.5
-# Calibration times each candidate twice (interleaved, the order reversed) and keeps the minimum,
-# unless one round took longer than this many seconds (then first-call costs matter little).
+# Calibration times each candidate in interleaved rounds (the order alternating) and keeps the
+# minimum; one round only when it took longer than this many seconds (first-call costs matter little).
 CALIBRATION_ONE_ROUND_S = 5.0
 # While the two fastest are within CLOSE of each other, up to CALIBRATION_MAX_ROUNDS rounds.
 CLOSE = 1.1
@@ -356,7 +357,8 @@ def empirical_ntk(
       samples, then per dense layer on vectors N^2 d_in + N^2 O^2 d_out (full) / N^2 O d_out
       (trace); per convolution with S output positions the cheaper of the factored order,
       N^2 S (S d_in + S O d_out + O^2 d_out) (full), and explicit gradients,
-      N O S d_in d_out + N^2 O^2 d_in d_out / 2; BN scales / shifts and biases N^2 O^2 C / 2.
+      N O S d_in d_out + N^2 O^2 d_in d_out / 2 (a bias is one more input column of ones); BN
+      scales and shifts N^2 O^2 C / 2 per layer of C channels; any other parameter as "jacobian".
       Memory: the factors, about O times one forward's activations per sample.
     - "jacobian": N [FP] + N O [BP] (vmap over samples, jacrev over outputs), then N^2 O^2 P / 2
       (full) or N^2 O P / 2 (trace) multiply-adds by symmetry across chunk pairs and tiles.
@@ -369,8 +371,9 @@ def empirical_ntk(
     them (1 + m(m-1)/2 builds for m chunks). Default budget: a quarter of free GPU memory, or
     min(2 GiB, a quarter of available RAM). Plus the kernel, (N O)^2 in float64 while it is summed.
 
-    Products of float32 blocks are accumulated in float64 (structured, jacobian). Returns float32 on the model's device
-    (float64 with float64=True: blocks then multiplied in float64, for precision studies).
+    Products of float32 blocks are accumulated in float64 (structured, jacobian). Returns float32 on
+    the model's device (float64 with float64=True: blocks then multiplied in float64, for precision
+    studies).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
