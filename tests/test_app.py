@@ -110,22 +110,6 @@ def test_cone_projection_switches(with_results):
             assert not at.exception, (method, dim)
 
 
-def test_runs_page_lists_jobs_and_stored_results(with_results):
-    root = Store().root
-    jm = JobManager(Store(root))
-    rec = jm.submit(preset("tiny", "linear"))  # the result is stored: "done" at once, no worker
-    assert rec.status == "done" and rec.pid is None
-    at = _app()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception
-    text = _text(at)
-    assert rec.id in text and with_results["chaos"] in text  # a job, and a result made outside the app
-    [open_button] = [b for b in at.button if b.key == f"open_{rec.id}"]
-    open_button.click().run()
-    assert not at.exception
-    assert at.query_params.get("run") == rec.id and "Linearised training" in [t.value for t in at.title]
-
-
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("t0", "abc", "t0='abc' is invalid"),
     ("eps", "-1", "eps=-1.0 is invalid"),

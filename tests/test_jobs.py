@@ -298,9 +298,10 @@ def test_a_job_waits_for_the_trajectory_lock_and_reads_what_the_holder_trained(s
     jm = JobManager(store)
     with store.trajectory_lock(key):  # this process is "the other job" training the base run
         rec = jm.submit(cfg)
-        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage == "base run")
+        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage.startswith("base run"))
         time.sleep(1.0)
         assert store.checkpoints(key) == [] and jm.get(rec.id).status == "running"  # waiting, not training
+        assert "waiting for another job" in jm.get(rec.id).stage  # and the page says so
         Run(cfg.train, store).base().ensure(list(cfg.checkpoints))
     final = wait_for("the waiting job to finish", lambda: finished(jm, rec.id))
     assert final.status == "done", final.error
@@ -319,7 +320,7 @@ def test_a_dead_lock_holder_does_not_block(store):
         assert holder.stdout.readline().strip() == "held"
         jm = JobManager(store)
         rec = jm.submit(cfg)
-        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage == "base run")
+        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage.startswith("base run"))
         time.sleep(0.5)
         assert store.checkpoints(key) == []
     finally:
