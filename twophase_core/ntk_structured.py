@@ -28,6 +28,9 @@ Per weight layer the contraction order is chosen from the modelled costs (multip
 by measured efficiency) of two orders: "factored" (input Gram, then cotangents; always for dense
 layers on vectors) and "gradients" (form sum_s g_s u_s^T by one batched GEMM, then its Gram: the
 cheaper order for convolutions with many positions and few input channels).
+
+Past 350 lines on purpose: layer discovery, factor capture, both contraction orders and their cost
+model describe the same per-layer factorisation and change together.
 """
 
 from __future__ import annotations
