@@ -285,6 +285,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
         t_kernel += time.time() - tk
         acc.append(evaluate(m, xt, yt)[1])
         prog.add(kernel_units)
+    entk_method = ntk.choose_method(m, x, cfg.kernel)  # the path the automatic choice took (cached: free here)
     R = ntk.gram(kernels)
     del kernels
     G = ntk.normalized_gram(R)
@@ -306,7 +307,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     early_idx = [i for i, t in enumerate(its) if early[0] <= t <= early[1] and t != 0]
     arrays["cone_window"] = np.array(window)
     arrays["early_window"] = np.array(early)
-    meta = _meta(cfg, started, run, kernel_seconds=round(t_kernel, 3),
+    meta = _meta(cfg, started, run, kernel_seconds=round(t_kernel, 3), entk_method=entk_method,
                  cone_angle_deg=ntk.cone_angle(G, win_idx, 0),
                  early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
                  subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
