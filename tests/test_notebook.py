@@ -63,6 +63,7 @@ def test_cone_and_linear_dataframes(store):
     m = len(cone.arrays["iters"])
     assert list(df.columns) == ["t_i", "t_j", "S", "G"] and len(df) == m * m
     assert np.array_equal(df["S"].to_numpy().reshape(m, m), cone.arrays["S"])
+    assert cone.meta["entk_method"] in ("structured", "jacobian", "ntvp")  # the automatic choice, recorded
     lin = run_linear(preset("tiny", "linear"), store).to_dataframe()
     assert list(lin["switch"]) == sorted(preset("tiny", "linear").switch)
     assert lin["acc_linear"].between(0, 1).all()
