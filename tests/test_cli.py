@@ -1,6 +1,7 @@
 """The command line: overrides, one-line errors with exit code 2, JSON output, reproducible commands."""
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -230,3 +231,24 @@ def test_cache_check_repair_clear_on_a_damaged_index(tmp_path, capsys):
     assert again["meta"]["created"] == first["meta"]["created"]  # the rebuilt index serves the stored result
     assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
     assert "cleared" in capsys.readouterr().out
+
+
+def test_submit_wait_and_jobs_use_the_apps_job_runner(tmp_path, monkeypatch):
+    """`twophase submit` makes the same job the app would (same id), `--wait` follows it, `jobs` lists it."""
+    from twophase_core.jobs import JobManager
+    from twophase_core.store import Store
+
+    root = tmp_path / "cache"
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(root)}
+    cmd = [sys.executable, "-m", "twophase_core"]
+    r = subprocess.run([*cmd, "submit", "chaos", "--preset", "tiny", "--wait", "--quiet"], capture_output=True,
+                       text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().splitlines()[0]
+    assert job_id == JobManager.job_id(preset("tiny", "chaos"))  # what the app's Run button would queue
+    assert JobManager(Store(root)).get(job_id).status == "done"
+    bad = subprocess.run([*cmd, "submit", "chaos", "--preset", "tiny", "--lr", "10000", "--wait", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert bad.returncode == 1 and "failed" in bad.stderr and "non-finite" in bad.stderr
+    listed = subprocess.run([*cmd, "jobs"], capture_output=True, text=True, env=env, timeout=60)
+    assert job_id in listed.stdout and "done" in listed.stdout and "failed" in listed.stdout

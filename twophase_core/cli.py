@@ -1,4 +1,4 @@
-"""`twophase chaos|cone|linear|presets|settings|cache|bench`: the same configs as the app, from a terminal.
+"""`twophase chaos|cone|linear|sweep|submit|jobs|presets|settings|cache|bench`: the app's configs, from a terminal.
 
 Every setting's flag is generated from its spec (settings.py), so the CLI, the app's form and the
 reproduce command (`command_for`) can never drift apart. Bad input exits with status 2 and one line
@@ -273,6 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     for kind, help_ in (("chaos", "sweep Chaos Effect runs"), ("cone", "sweep Cone Effect runs"),
                         ("linear", "sweep linearised-training runs")):
         _experiment_parser(sweep_sub, kind, help_, sweep=True)
+    psub = sub.add_parser("submit", help="queue an experiment on the job runner, as the app's Run button does")
+    submit_sub = psub.add_subparsers(dest="submit_kind", required=True)
+    for kind, help_ in (("chaos", "submit a Chaos Effect job"), ("cone", "submit a Cone Effect job"),
+                        ("linear", "submit a linearised-training job")):
+        _experiment_parser(submit_sub, kind, help_)
+        submit_sub.choices[kind].add_argument("--wait", action="store_true",
+                                              help="show progress until the job ends; exit 1 if it fails")
+    pj = sub.add_parser("jobs", help="list the jobs of the store as a table")
+    pj.add_argument("--cache-dir")
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("settings", help="print the table of every setting (as in the README)")
     pc = sub.add_parser("cache", help="inspect, check, repair or clear the result store")
@@ -304,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args.json, quick=args.quick)
         if args.cmd == "sweep":
             return _sweep(args)
+        if args.cmd == "submit":
+            return _submit(args)
+        if args.cmd == "jobs":
+            return _jobs(args.cache_dir)
         cfg = build_config(args.cmd, args)
         if args.print_config:
             print(json.dumps(C.to_dict(cfg), indent=2))
@@ -327,6 +340,55 @@ def main(argv: list[str] | None = None) -> int:
             print(f"twophase: error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _submit(args: argparse.Namespace) -> int:
+    """`twophase submit KIND ...`: a job exactly as the app makes one (it shows on the Runs page); prints
+    its id; with --wait, a progress bar until it ends (exit 1 unless it is done)."""
+    from .jobs import JobManager
+
+    cfg = build_config(args.submit_kind, args)
+    if args.print_config:
+        print(json.dumps(C.to_dict(cfg), indent=2))
+        return 0
+    jm = JobManager(open_store(args.cache_dir))
+    rec = jm.submit(cfg)
+    print(rec.id)
+    if not args.wait:
+        print(f"{rec.status}: follow it with `twophase jobs` or in the app (?run={rec.id})", file=sys.stderr)
+        return 0
+    bar = _Bar(args.quiet)
+    while True:
+        jm.pump()
+        rec = jm.get(rec.id)
+        if rec is None:
+            raise ConfigError("job", args.submit_kind, "its record vanished from the store")
+        if rec.finished:
+            break
+        bar(max(rec.progress, 0.0), rec.stage or rec.status)
+        time.sleep(0.5)
+    if rec.status == "done":
+        bar(1.0, "done")
+        return 0
+    print(f"twophase: job {rec.id} {rec.status}" + (f": {rec.error}" if rec.error else ""), file=sys.stderr)
+    return 1
+
+
+def _jobs(cache_dir: str | None) -> int:
+    """`twophase jobs`: one line per job, newest first."""
+    import pandas as pd
+
+    from .jobs import JobManager
+
+    recs = JobManager(open_store(cache_dir)).list()
+    if not recs:
+        print("no jobs")
+        return 0
+    rows = [{"id": r.id, "status": r.status, "progress": f"{100 * r.progress:.0f}%", "stage": (r.stage or "")[:40],
+             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+             "error": (r.error or "")[:60]} for r in recs]
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
