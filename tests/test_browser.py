@@ -173,3 +173,48 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
             page.screenshot(path=str(ARTIFACTS / "browser_sweep.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_two_submitted_demo_runs_compared_and_a_cell_click_redraws_the_path(cache, app_url):
+    """Issue 9's walk-through: two demo chaos runs with different eps submitted from the CLI, compared
+    side by side, and a click on a heatmap cell that redraws the interpolation path."""
+    from playwright.sync_api import expect, sync_playwright
+
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache)}
+    ids = []
+    for eps in ("1e-7", "1e-6"):
+        r = subprocess.run([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "demo", "--eps", eps,
+                            "--wait", "--quiet"], capture_output=True, text=True, env=env, timeout=400)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ids.append(r.stdout.strip().splitlines()[0])
+    a, b = ids
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{app_url}/compare?runs={a},{b}", wait_until="domcontentloaded")
+            expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("eps", exact=False).first).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)
+            assert page.locator("[data-testid=stException]").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser_compare_demo.png"), full_page=True)
+
+            page.goto(f"{app_url}/chaos?run={a}", wait_until="domcontentloaded")
+            expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Loss along the interpolation path").first).to_be_attached(timeout=30_000)
+            page.wait_for_timeout(1500)
+            before = page.url.split("cell=")[1].split("&")[0].replace("%2C", ",") if "cell=" in page.url else ""
+            # the demo grid: t0 (0, 30, 100, 300) bottom to top, t1 (100 ... 600) left to right
+            target, (fx, fy) = (("300,600", (0.9, 0.125)) if before != "300,600" else ("0,100", (0.1, 0.875)))
+            area = page.locator("[data-testid=stPlotlyChart]").nth(1).locator(".nsewdrag").first.bounding_box()
+            x, y = area["x"] + fx * area["width"], area["y"] + fy * area["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(300)
+            page.mouse.click(x, y)
+            t0, t1 = target.split(",")
+            title = page.locator(".js-plotly-plot .gtitle", has_text=f"interpolation path, t0={t0}, t1={t1}")
+            expect(title).to_be_attached(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_chaos_click_demo.png"), full_page=True)
+        finally:
+            browser.close()
