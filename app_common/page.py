@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from twophase_core import figures as F
 from twophase_core.cli import command_for
 
+from .export import figure_block
 from .form import settings_form
 from .job_panel import job_status
 from .runs import KIND_TITLES, PAGE_FILES, RunView, config_of, current_run, load_run, split_run_id
@@ -81,4 +83,23 @@ def page_run(kind: str, title: str, caption: str) -> tuple[RunView, str]:
     if view.result is None:
         waiting_hint(view)
         st.stop()
+    training_curve(view, cmd)
     return view, cmd
+
+
+def training_curve(view: RunView, cmd: str) -> None:
+    """The base run's loss and accuracy: alone and live while nothing else is computed yet (the page
+    stops there), folded away under the figures once there is more to see."""
+    a = view.result.arrays
+    if not F.has_training_curve(a):
+        return
+    T = (view.result.config.get("train") or {}).get("iterations")
+    if view.partial and F.live_stage(view.kind, a, view.result.meta):
+        st.subheader("Training, live")
+        figure_block(F.training_curve(a, iterations=T), F.training_curve_table(a), "training_curve", view, cmd,
+                     "training_live", show_command=False)
+        waiting_hint(view)
+        st.stop()
+    with st.expander("The base run: training loss and test accuracy"):
+        figure_block(F.training_curve(a, iterations=T), F.training_curve_table(a), "training_curve", view, cmd,
+                     "training", show_command=False)

@@ -307,3 +307,40 @@ def test_chaos_page_draws_the_transition_and_bands_over_perturbation_seeds(empty
     assert any("Where the chaos ends" in s for s in titles)  # the transition figure
     assert any("95% band over replicates" in s for s in titles)  # cross-sections with their band
     assert set(at.dataframe[0].value["metric"]) == {"C", "B", "D"}
+
+
+def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_path):
+    """What a worker saves before the first cell (the base run's curve) is drawn at once, alone."""
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from twophase_core.jobs import JobRecord, save_record
+    from twophase_core.results import save_result
+
+    cfg = C.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
+    first = run_experiment(cfg, Store(tmp_path / "scratch"))  # then cut back to what exists mid-base-run
+    first.meta.update(partial=True, rows_done=0)
+    for k in ("C", "B", "D", "acc_branch", "path"):
+        first.arrays[k] = np.full_like(first.arrays[k], np.nan)
+    first.arrays["train_t"], first.arrays["train_loss"] = first.arrays["train_t"][:80], first.arrays["train_loss"][:80]
+    first.arrays["acc_t"], first.arrays["acc"] = first.arrays["acc_t"][:1], first.arrays["acc"][:1]
+    store = Store(empty)
+    save_result(store, first, partial=True)
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.worker"])
+    try:  # a live process whose command line names the worker: the job counts as running
+        jid = f"chaos-{first.hash}"
+        now = time.time()
+        save_record(store, JobRecord(jid, "chaos", first.hash, C.to_dict(cfg), status="running", stage="base run",
+                                     progress=0.2, pid=fake.pid, created=now, started=now, updated=now))
+        at = _app(page="chaos", run=jid)
+        assert not at.exception
+        assert "Training, live" in [s.value for s in at.subheader]
+        assert "Heatmaps over (t0, t1)" not in [s.value for s in at.subheader]
+        [chart] = at.get("plotly_chart")
+        assert "training loss" in chart.proto.spec
+    finally:
+        fake.kill()
+        fake.wait()

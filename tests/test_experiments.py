@@ -130,3 +130,27 @@ def test_stacked_and_loop_paths_agree_and_stay_exact_at_zero_eps(tmp_path):
     zero = run_chaos(C.replace(cfg, eps=0.0, lockstep="stack"), Store(tmp_path / "stack"))
     for k in ("C", "B", "D"):
         assert np.all(zero.arrays[k][~np.isnan(zero.arrays[k])] == 0.0), k
+
+
+def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
+    """Partial results carry the base run's loss at every step and accuracy at its checkpoints before any
+    cell exists; the final result keeps them; a later experiment on the stored run reads them back."""
+    from twophase_core import config as C
+
+    cfg = C.replace(preset("tiny", "chaos"), iterations=400, t0=(0, 200), t1=(300, 400))
+    seen = []
+    r = run_chaos(cfg, store, partial=lambda p: seen.append(p))
+    first = seen[0]
+    assert first.meta["rows_done"] == 0 and np.isnan(first.arrays["C"]).all()
+    assert len(first.arrays["train_t"]) > 0 and np.all(np.diff(first.arrays["train_t"]) == 1)
+    a = r.arrays
+    assert list(a["train_t"]) == list(range(1, 401)) and np.isfinite(a["train_loss"]).all()
+    assert list(a["acc_t"]) == [0, 200, 300, 400] and np.all((a["acc"] >= 0) & (a["acc"] <= 1))
+    assert np.array_equal(a["acc_base"], a["acc"][2:])  # the same evaluation, measured once
+    # the loss of step t is the one the checkpoint at t recorded
+    ck = store.load_checkpoint(C.replace(cfg, iterations=400).train.trajectory_key(), 300)
+    assert a["train_loss"][299] == pytest.approx(ck["train_loss"], abs=0)
+    # another experiment on the same (stored) base run: the curve comes from its checkpoints
+    lin = run_linear(C.replace(preset("tiny", "linear"), iterations=400, switch=(200,)), store)
+    assert list(lin.arrays["train_t"]) == [200, 400] and list(lin.arrays["acc_t"]) == [200, 400]
+    assert lin.arrays["acc"][0] == a["acc"][1]

@@ -81,6 +81,61 @@ class _Progress:
             self.cb(min(self.done / self.total, 0.999), self.stage)
 
 
+class _Live:
+    """The base run as it trains: its training loss at every step and its test accuracy at every
+    checkpoint it writes. Sent with partial results about once a second, so a page shows a moving
+    curve within seconds of Run, and kept in the final result as `train_t`, `train_loss` (every step
+    trained here; where the base run came from the store, the losses its checkpoints recorded) and
+    `acc_t`, `acc` (test accuracy on the experiment's evaluation set at each base checkpoint)."""
+
+    def __init__(self, run: Run, x: torch.Tensor, y: torch.Tensor, send: Callable[[], None] | None):
+        self.run, self.x, self.y, self.send = run, x, y, send
+        self.acc: dict[int, float] = {}
+        self._last = 0.0  # the first step is sent at once: the curve appears as soon as training starts
+        run.on_save = self._saved
+
+    def _saved(self, key: str, t: int, model: torch.nn.Module) -> None:
+        if key == self.run.key:
+            from .metrics import evaluate
+
+            self.acc[t] = evaluate(model, self.x, self.y)[1]
+
+    def step(self, add: Callable[[float], None]) -> Callable[[int], None]:
+        """An on_step callback: progress, then (at most once a second) a partial result."""
+
+        def on_step(n: int) -> None:
+            add(n)
+            if self.send is not None and time.time() - self._last > 1.0:
+                self._last = time.time()
+                self.send()
+
+        return on_step
+
+    def finish(self, needed: list[int]) -> None:
+        """Fill in what a base run served from the store did not produce here."""
+        from .metrics import evaluate
+
+        base = self.run.base()
+        trained = {t for t, _ in self.run.losses.get(self.run.key, [])}
+        self.stored_loss = {}
+        for t in sorted(set(needed)):
+            if t not in self.acc:
+                self.acc[t] = evaluate(base.model(t), self.x, self.y)[1]
+            if t not in trained and t > 0:
+                ckpt = self.run.store.load_checkpoint(self.run.key, t)
+                if ckpt is not None and ckpt.get("train_loss") is not None:
+                    self.stored_loss[t] = float(ckpt["train_loss"])
+        self.run.on_save = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        log = dict(self.run.losses.get(self.run.key, []))
+        log.update(getattr(self, "stored_loss", {}))
+        ts = sorted(log)
+        acc_t = sorted(self.acc)
+        return {"train_t": np.array(ts, dtype=np.int64), "train_loss": np.array([log[t] for t in ts]),
+                "acc_t": np.array(acc_t, dtype=np.int64), "acc": np.array([self.acc[t] for t in acc_t])}
+
+
 def _waiting(prog: _Progress) -> Callable[[], None]:
     """Say so while another job trains the same base run (the store's per-trajectory lock)."""
     return lambda: prog.set_stage("base run: waiting for another job that trains it")
@@ -110,7 +165,6 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     another, or as Ray tasks with executor="ray" (twophase_core.ray_exec), with the same result bit
     for bit: a row is a pure function of the config, t0 and the stored checkpoints.
     """
-    from . import metrics
 
     h = C.config_hash(cfg)
     started = time.time()
@@ -122,15 +176,25 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     total = base.steps_needed(t0s + t1s) + sum(_row_units(run, cfg, t0, later[t0], how) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
-    base.ensure(t0s + t1s, prog.add, cancel, on_wait=_waiting(prog))
-
     x, y = _eval_set(run, cfg.eval_size)
     shape = (len(seeds), len(t0s), len(t1s))
+    live = _Live(run, x, y, lambda: send(0))
+
+    def send(rows: int) -> None:  # a partial result: the cells so far and the base run's curve
+        meta = _meta(cfg, started, run, partial=True, rows_done=rows, lockstep=how)
+        r = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta)
+        r.arrays = {**{k: np.array(v, copy=True) for k, v in r.arrays.items()}, **live.arrays()}  # a snapshot
+        if partial is not None:
+            partial(r)
+
     out = {k: np.full(shape, np.nan) for k in ("C", "B", "D", "acc_branch")}
     path = np.full(shape + (cfg.n_alpha,), np.nan)
     alphas = np.linspace(0.0, 1.0, cfg.n_alpha)
     realized = np.zeros(shape[:2])
-    acc_base = np.array([metrics.evaluate(base.model(t1), x, y)[1] for t1 in t1s])
+    acc_base = np.full(len(t1s), np.nan)
+    base.ensure(t0s + t1s, live.step(prog.add), cancel, on_wait=_waiting(prog))
+    live.finish(t0s + t1s)
+    acc_base = np.array([live.acc[t1] for t1 in t1s])  # the base checkpoints' accuracy, measured once
     rows_done: set[int] = set()
     last_partial = 0.0
 
@@ -144,8 +208,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             rows_done.add(i)
         if partial is not None and (final or time.time() - last_partial > 1.0):
             last_partial = time.time()  # cells appear as they finish
-            meta = _meta(cfg, started, run, partial=True, rows_done=len(rows_done), lockstep=how)
-            partial(_chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta))
+            send(len(rows_done))
 
     if executor == "ray":
         from .ray_exec import chaos_rows
@@ -161,8 +224,10 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             place(i, row, True)
     else:
         raise C.ConfigError("executor", executor, "choose local or ray")
-    return _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
-                         _meta(cfg, started, run, lockstep=how, executor=executor))
+    result = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
+                           _meta(cfg, started, run, lockstep=how, executor=executor))
+    result.arrays.update(live.arrays())
+    return result
 
 
 def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str) -> float:
@@ -267,11 +332,17 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     kernel_units = 10.0
     prog = _Progress(progress, base.steps_needed(its) + kernel_units * len(its))
     prog.set_stage("base run")
-    base.ensure(its, prog.add, cancel, on_wait=_waiting(prog))
+    xt, yt = run.ds.x_test, run.ds.y_test
+
+    def send() -> None:  # a partial result: only the base run's curve until the kernels are done
+        if partial is not None:
+            partial(Result("cone", C.to_dict(cfg), h, live.arrays(), _meta(cfg, started, run, partial=True)))
+
+    live = _Live(run, xt, yt, send)
+    base.ensure(its, live.step(prog.add), cancel, on_wait=_waiting(prog))
+    live.finish(its)
     idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
     x = run.ds.x_train[idx]
-    xt, yt = run.ds.x_test, run.ds.y_test
-    from .metrics import evaluate
 
     kernels, acc = [], []
     prog.set_stage("kernels")
@@ -283,7 +354,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
         tk = time.time()
         kernels.append(ntk.empirical_ntk(m, x, cfg.kernel))
         t_kernel += time.time() - tk
-        acc.append(evaluate(m, xt, yt)[1])
+        acc.append(live.acc[t])
         prog.add(kernel_units)
     entk_method = ntk.choose_method(m, x, cfg.kernel)  # the path the automatic choice took (cached: free here)
     R = ntk.gram(kernels)
@@ -291,7 +362,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     G = ntk.normalized_gram(R)
     S = ntk.distance_matrix(G)
     arrays: dict[str, np.ndarray] = {
-        "iters": np.array(its), "R": R, "G": G, "S": S, "test_acc": np.array(acc),
+        **live.arrays(), "iters": np.array(its), "R": R, "G": G, "S": S, "test_acc": np.array(acc),
         "references": np.array(cfg.references), "ref_curves": ntk.reference_curves(S, its, cfg.references),
         "dts": np.array(cfg.dts),
     }
@@ -323,7 +394,6 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
     """Test accuracy at T of the model linearised at each switch time t, beside full training."""
     from .linear import linear_accuracy, train_linearised
-    from .metrics import evaluate
 
     h = C.config_hash(cfg)
     started = time.time()
@@ -334,16 +404,20 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     lin_units = 3.0  # a linearised step costs about three plain ones
     prog = _Progress(progress, base.steps_needed(ts + [T]) + lin_units * sum(T - t for t in ts))
     prog.set_stage("base run")
-    base.ensure(ts + [T], prog.add, cancel, on_wait=_waiting(prog))
     x, y = _eval_set(run, cfg.eval_size)
-    acc_full = evaluate(base.model(T), x, y)[1]
-    acc_switch = np.array([evaluate(base.model(t), x, y)[1] for t in ts])
     acc_lin = np.full(len(ts), np.nan)
+    acc_full, acc_switch = np.nan, np.full(len(ts), np.nan)
 
     def result(**meta: Any) -> Result:
-        arrays = {"switch": np.array(ts), "acc_linear": acc_lin.copy(), "acc_at_switch": acc_switch,
+        arrays = {**live.arrays(), "switch": np.array(ts), "acc_linear": acc_lin.copy(), "acc_at_switch": acc_switch,
                   "acc_full": np.array(acc_full)}
         return Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run, **meta))
+
+    live = _Live(run, x, y, lambda: partial(result(partial=True)) if partial is not None else None)
+    base.ensure(ts + [T], live.step(prog.add), cancel, on_wait=_waiting(prog))
+    live.finish(ts + [T])
+    acc_full = live.acc[T]
+    acc_switch = np.array([live.acc[t] for t in ts])
 
     for i, t in enumerate(ts):
         prog.set_stage(f"linearised from t={t}")

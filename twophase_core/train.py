@@ -125,6 +125,10 @@ class Run:
         self.store = store if store is not None else Store()
         self.key = cfg.trajectory_key()
         self.steps_done = 0  # SGD steps this object ran (tests count them)
+        # (iteration, training loss) of every step this object ran, per trajectory key: the live curve
+        self.losses: dict[str, list[tuple[int, float]]] = {}
+        # called as on_save(key, t, model) after each checkpoint is written (live test accuracy)
+        self.on_save: Callable[[str, int, nn.Module], None] | None = None
         self.check_every = 1 if self.device.type == "cpu" else 25
         # Dropout draws from the device's default generator; seeding only that one is ~100x cheaper
         # than torch.manual_seed, which also walks every lazy accelerator backend on each call.
@@ -289,6 +293,8 @@ class Trajectory:
                 if s.t == m:  # the start itself was asked for
                     store.save_checkpoint(self.key, m, run.pack(s, None))
                     have.add(m)
+                    if run.on_save is not None:
+                        run.on_save(self.key, m, s.model)
                     continue
             buf: list[torch.Tensor] = []
             while s.t < m:
@@ -303,13 +309,18 @@ class Trajectory:
                     if not bool(finite.all()):
                         first_bad = s.t - len(buf) + int((~finite).nonzero()[0, 0])
                         raise TrainingDiverged(first_bad, lr_at(run.cfg, first_bad))
-                    last_loss = float(window[-1])
+                    values = window.tolist()
+                    last_loss = values[-1]
+                    run.losses.setdefault(self.key, []).extend(zip(range(s.t - len(values) + 1, s.t + 1), values,
+                                                                   strict=True))
                     buf = []
                     if on_step is not None:
                         on_step(int(window.numel()))
                 if save:
                     store.save_checkpoint(self.key, s.t, run.pack(s, last_loss))
                     have.add(s.t)
+                    if run.on_save is not None:
+                        run.on_save(self.key, s.t, s.model)
 
     def _load_or_start(self, t: int | None) -> State:
         """The state at stored checkpoint t, or at the nearest earlier good one, or the start."""

@@ -66,6 +66,7 @@ from .linear import (  # noqa: F401
     linear_figure,
     linear_table,
 )
+from .training import has_training_curve, live_stage, training_curve, training_curve_table  # noqa: F401
 from .transition import (  # noqa: F401
     TRANSITION_METRICS,
     chaos_sections_band,
