@@ -25,8 +25,9 @@ with left:
         "keeps moving, but inside a narrow cone seen from its starting point H(theta_0). "
         "**Linearised training** makes this practical: freezing the kernel at time *t* and training the "
         "linear model only works well once *t* is past the chaotic phase. "
-        "The demo trains a small network on MNIST-1D on this computer's CPU (on a free two-core machine the first "
-        "heatmap cells appear after about half a minute, both effects within two) and draws them as they are computed."
+        "The demo trains a small network on MNIST-1D on this computer's CPU and draws everything as it is computed: "
+        "on a two-core machine the training curve moves within about ten seconds of the click and the first heatmap "
+        "cells appear after about fifteen."
     )
 with right:
     st.subheader("Try it")
@@ -50,4 +51,4 @@ c[1].caption("The empirical NTK along training: distances, velocity, and the con
 c[2].page_link(ui.PAGE_FILES["linear"], label="Linearised training", icon=":material/show_chart:")
 c[2].caption("Train the Taylor model from theta_t: accuracy versus the switch time t.")
 c[3].page_link(ui.PAGE_FILES["runs"], label="Runs", icon=":material/list:")
-c[3].caption("Every job: progress, errors, open, cancel or resubmit.")
+c[3].caption("Every run with its name, settings and status: open, compare, rerun, cancel or delete.")

@@ -48,7 +48,8 @@ def training_curve(arrays: dict[str, np.ndarray], iterations: int | None = None,
                                  line=dict(color=LINE_COLOURS[1], width=2)))
     last = int(max([*t.tolist(), *acc_t.tolist(), 0]))
     fig.update_layout(yaxis=dict(title="training loss", rangemode="tozero"),
-                      yaxis2=dict(title="test accuracy", overlaying="y", side="right", range=[0, 1]),
+                      yaxis2=dict(title="test accuracy", overlaying="y", side="right", range=[0, 1],
+                                  tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0], tickformat=".1f", showgrid=False),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title="iteration", range=[0, max(iterations or 0, last, 1)])
     return apply_layout(fig, title or f"The base run: training loss and test accuracy (up to iteration {last})")
