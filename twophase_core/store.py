@@ -15,6 +15,10 @@ Every blob is verified before use: one that fails its check, or does not parse, 
 reported missing, so the caller recomputes it and never shows it. A damaged index is moved aside
 (`index.damaged-<time>-<pid>/`, never emptied in place) and rebuilt from what verifies on disk.
 Nothing here imports torch at module level: the app's process reads results without it.
+
+About 1,000 lines, knowingly: the record and checkpoint formats, the locks and the healing
+(check, repair, rebuild from what verifies) each read the others' invariants, and were written and
+fault-tested together. Splitting them (format / locks / index salvage) is the next clean-up.
 """
 
 from __future__ import annotations
