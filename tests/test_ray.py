@@ -52,8 +52,12 @@ def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
     from twophase_core.experiments import run_chaos
 
     local = run_chaos(CHAOS, Store(tmp_path / "local"))
-    remote = run_chaos(CHAOS, Store(tmp_path / "ray"), executor="ray")
+    seen: list[tuple[float, str]] = []
+    remote = run_chaos(CHAOS, Store(tmp_path / "ray"), executor="ray", progress=lambda f, s: seen.append((f, s)))
     assert remote.meta["executor"] == "ray" and local.meta.get("executor", "local") == "local"
+    on_ray = [f for f, s in seen if "Ray" in s]
+    assert len(set(on_ray)) >= 2 and on_ray == sorted(on_ray)  # the rows' progress reaches the bar from the tasks
+    assert max(on_ray) > 0.9
     for k in ("C", "B", "D", "acc_branch", "path", "realized_eps_norm", "acc_base"):
         assert np.array_equal(local.arrays[k], remote.arrays[k], equal_nan=True), k
 

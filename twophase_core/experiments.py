@@ -214,10 +214,8 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
         from .ray_exec import chaos_rows
 
         prog.set_stage(f"{len(t0s)} rows as Ray tasks")
-        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel):
-            i = t0s.index(t0)
-            prog.add(_row_units(run, cfg, t0, later[t0], how))
-            place(i, row, True)
+        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel, on_units=prog.add):
+            place(t0s.index(t0), row, True)
     elif executor == "local":
         for i, t0 in enumerate(t0s):
             row = chaos_row(run, cfg, t0, how, x, y, prog, cancel, on_cell=lambda r, i=i: place(i, r, False))
@@ -292,18 +290,38 @@ def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, 
     return row
 
 
-def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, root: str) -> dict[str, np.ndarray]:
+class _Units:
+    """A task's progress: units done so far, told to `report(units)` at most once a second and at the end."""
+
+    def __init__(self, report: Callable[[float], None] | None):
+        self.report, self.done, self._last = report, 0.0, 0.0
+
+    def add(self, units: float) -> None:
+        self.done += units
+        if self.report is not None and time.time() - self._last > 1.0:
+            self._last = time.time()
+            self.report(self.done)
+
+    def set_stage(self, stage: str) -> None: ...
+
+
+def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
+                         report: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
     """`chaos_row` from plain arguments, for a task in another process (Ray): opens the store at `root`,
-    rebuilds the run and the evaluation set, and returns the row."""
+    rebuilds the run and the evaluation set, and returns the row; `report(units)` hears its progress."""
     from .train import configure_threads
 
     configure_threads()
     cfg = C.from_dict(C.ChaosConfig, cfg_dict)
     store = Store(root)
+    units = _Units(report)
     try:
         run = Run(cfg.train, store)
         x, y = _eval_set(run, cfg.eval_size)
-        return chaos_row(run, cfg, t0, how, x, y)
+        row = chaos_row(run, cfg, t0, how, x, y, prog=units)
+        if report is not None:
+            report(units.done)
+        return row
     finally:
         store.close()
 

@@ -46,10 +46,35 @@ def _resources(cfg: Any) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": gpus}
 
 
-def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str) -> tuple[int, dict[str, Any]]:
+class _Board:
+    """A tiny actor the tasks tell their progress to (units done so far, per task): the driver reads the
+    sum about once a second, so the job's bar and ETA move while rows train on other machines."""
+
+    def __init__(self) -> None:
+        self.units: dict[int, float] = {}
+
+    def report(self, t0: int, units: float) -> None:
+        self.units[t0] = max(units, self.units.get(t0, 0.0))  # a retried task starts again from 0
+
+    def total(self) -> float:
+        return sum(self.units.values())
+
+
+def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
+                    board: Any = None) -> tuple[int, dict[str, Any]]:
+    import ray
+
     from .experiments import chaos_row_from_store
 
-    return t0, chaos_row_from_store(cfg_dict, t0, how, root)
+    last: list[Any] = []
+
+    def report(units: float) -> None:
+        last[:] = [board.report.remote(t0, units)]
+
+    row = chaos_row_from_store(cfg_dict, t0, how, root, report if board is not None else None)
+    if last:
+        ray.get(last[0])  # the final count is on the board before the driver sees the row
+    return t0, row
 
 
 def _point_task(cfg_dict: dict[str, Any], kind: str, root: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -68,11 +93,14 @@ def _point_task(cfg_dict: dict[str, Any], kind: str, root: str) -> tuple[dict[st
         store.close()
 
 
-def _gather(ray: Any, refs: list[Any], cancel: Any) -> Iterator[Any]:
-    """Results as tasks finish; on cancel, every task still running is stopped and Cancelled raised."""
+def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None) -> Iterator[Any]:
+    """Results as tasks finish, `poll()` between waits; on cancel, every task still running is stopped
+    and Cancelled raised."""
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+        if poll is not None:
+            poll()
         for ref in done:
             yield ray.get(ref)
         if cancel is not None and cancel.is_set():
@@ -81,15 +109,28 @@ def _gather(ray: Any, refs: list[Any], cancel: Any) -> Iterator[Any]:
             cancel.check()
 
 
-def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str,
-               cancel: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(t0, row) for every t0, in the order the tasks finish. The base run must be stored already."""
+def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str, cancel: Any = None,
+               on_units: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(t0, row) for every t0, in the order the tasks finish. The base run must be stored already.
+    `on_units(n)` hears the rows' progress as it grows (the units of `experiments._row_units`)."""
     from . import config as C
 
     ray = connect()
+    board = ray.remote(num_cpus=0)(_Board).remote() if on_units is not None else None
+    told = [0.0]
+
+    def poll() -> None:
+        if board is not None:
+            total = ray.get(board.total.remote())
+            if total > told[0]:
+                on_units(total - told[0])
+                told[0] = total
+
     task = ray.remote(max_retries=3, **_resources(cfg))(_chaos_row_task)
-    refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root)) for t0 in t0s]
-    yield from _gather(ray, refs, cancel)
+    refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root), board) for t0 in t0s]
+    for got in _gather(ray, refs, cancel, poll):
+        poll()
+        yield got
 
 
 def run_points(configs: Sequence[Any], root: Path | str, cancel: Any = None) -> Iterator[Any]:
