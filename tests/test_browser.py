@@ -215,6 +215,7 @@ def test_two_submitted_demo_runs_compared_and_a_cell_click_redraws_the_path(cach
             t0, t1 = target.split(",")
             title = page.locator(".js-plotly-plot .gtitle", has_text=f"interpolation path, t0={t0}, t1={t1}")
             expect(title).to_be_attached(timeout=30_000)
+            assert f"cell={t0}%2C{t1}" in page.url  # the link carries the clicked cell
             page.screenshot(path=str(ARTIFACTS / "browser_chaos_click_demo.png"), full_page=True)
         finally:
             browser.close()
