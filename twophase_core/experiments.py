@@ -83,14 +83,17 @@ class _Progress:
 
 class _Live:
     """The base run as it trains: its training loss at every step and its test accuracy at every
-    checkpoint it writes. Sent with partial results about once a second, so a page shows a moving
-    curve within seconds of Run, and kept in the final result as `train_t`, `train_loss` (every step
-    trained here; where the base run came from the store, the losses its checkpoints recorded) and
-    `acc_t`, `acc` (test accuracy on the experiment's evaluation set at each base checkpoint)."""
+    checkpoint it writes. Sent with partial results (the first at the first step, then about once a
+    second), so a page shows a moving curve within seconds of Run. The final result keeps the curve
+    as read back from the base run's checkpoints (each holds the losses of the steps that led to it),
+    so it is the same whichever process trained which part: `train_t`, `train_loss` up to the last
+    checkpoint the experiment needs, and `acc_t`, `acc` (test accuracy on the experiment's evaluation
+    set at those checkpoints)."""
 
     def __init__(self, run: Run, x: torch.Tensor, y: torch.Tensor, send: Callable[[], None] | None):
         self.run, self.x, self.y, self.send = run, x, y, send
         self.acc: dict[int, float] = {}
+        self.curve: dict[int, float] | None = None  # from the checkpoints, once the base run is complete
         self._last = 0.0  # the first step is sent at once: the curve appears as soon as training starts
         run.on_save = self._saved
 
@@ -112,27 +115,31 @@ class _Live:
         return on_step
 
     def finish(self, needed: list[int]) -> None:
-        """Fill in what a base run served from the store did not produce here."""
+        """Accuracy at every needed checkpoint not measured while training, and the curve read back."""
         from .metrics import evaluate
 
-        base = self.run.base()
-        trained = {t for t, _ in self.run.losses.get(self.run.key, [])}
-        self.stored_loss = {}
+        self.run.on_save = None
+        base, store, key = self.run.base(), self.run.store, self.run.key
         for t in sorted(set(needed)):
             if t not in self.acc:
                 self.acc[t] = evaluate(base.model(t), self.x, self.y)[1]
-            if t not in trained and t > 0:
-                ckpt = self.run.store.load_checkpoint(self.run.key, t)
-                if ckpt is not None and ckpt.get("train_loss") is not None:
-                    self.stored_loss[t] = float(ckpt["train_loss"])
-        self.run.on_save = None
+        self.acc = {t: self.acc[t] for t in sorted(set(needed))}
+        curve: dict[int, float] = {}
+        for t in store.checkpoints(key):
+            if 0 < t <= max(needed):
+                ckpt = store.load_checkpoint(key, t)
+                if ckpt is None:
+                    continue
+                if "loss_t" in ckpt:
+                    curve.update(zip(ckpt["loss_t"].tolist(), ckpt["loss"].tolist(), strict=True))
+                elif ckpt.get("train_loss") is not None:  # a checkpoint from before losses were kept
+                    curve[t] = float(ckpt["train_loss"])
+        self.curve = curve
 
     def arrays(self) -> dict[str, np.ndarray]:
-        log = dict(self.run.losses.get(self.run.key, []))
-        log.update(getattr(self, "stored_loss", {}))
-        ts = sorted(log)
-        acc_t = sorted(self.acc)
-        return {"train_t": np.array(ts, dtype=np.int64), "train_loss": np.array([log[t] for t in ts]),
+        log = self.curve if self.curve is not None else dict(self.run.losses.get(self.run.key, []))
+        ts, acc_t = sorted(log), sorted(self.acc)
+        return {"train_t": np.array(ts, dtype=np.int64), "train_loss": np.array([log[t] for t in ts], dtype=float),
                 "acc_t": np.array(acc_t, dtype=np.int64), "acc": np.array([self.acc[t] for t in acc_t])}
 
 

@@ -157,9 +157,15 @@ class Run:
         self.steps_done += 1
         return loss.detach()
 
-    def pack(self, s: State, loss: float | None) -> dict[str, Any]:
-        return {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "iteration": s.t,
-                "train_loss": loss}
+    def pack(self, s: State, loss: float | None, losses: list[tuple[int, float]] | None = None) -> dict[str, Any]:
+        """A checkpoint. `losses`: (iteration, training loss) of the steps trained since the state this
+        run started from or last saved, so the base run's whole loss curve can be read back from its
+        checkpoints, whichever process trained which part (results stay a function of the config)."""
+        ckpt = {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "iteration": s.t, "train_loss": loss}
+        if losses:
+            ckpt["loss_t"] = torch.tensor([t for t, _ in losses], dtype=torch.int64)
+            ckpt["loss"] = torch.tensor([v for _, v in losses], dtype=torch.float64)
+        return ckpt
 
     def unpack(self, ckpt: dict[str, Any]) -> State:
         model = self.new_model()
@@ -279,6 +285,7 @@ class Trajectory:
         targets = set(missing)
         every = run.cfg.checkpoint_every
         s: State | None = None
+        segment: list[tuple[int, float]] = []  # losses since `s` was loaded or last saved
         for m in missing:
             if m in have:
                 continue
@@ -286,6 +293,7 @@ class Trajectory:
             if s is None or (best is not None and best > s.t):
                 first = s is None
                 s = self._load_or_start(best)
+                segment = []
                 if first:
                     one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(run, s)
                     n = self._saves(missing, have)
@@ -311,13 +319,15 @@ class Trajectory:
                         raise TrainingDiverged(first_bad, lr_at(run.cfg, first_bad))
                     values = window.tolist()
                     last_loss = values[-1]
-                    run.losses.setdefault(self.key, []).extend(zip(range(s.t - len(values) + 1, s.t + 1), values,
-                                                                   strict=True))
+                    steps = list(zip(range(s.t - len(values) + 1, s.t + 1), values, strict=True))
+                    run.losses.setdefault(self.key, []).extend(steps)
+                    segment.extend(steps)
                     buf = []
                     if on_step is not None:
                         on_step(int(window.numel()))
                 if save:
-                    store.save_checkpoint(self.key, s.t, run.pack(s, last_loss))
+                    store.save_checkpoint(self.key, s.t, run.pack(s, last_loss, segment))
+                    segment = []
                     have.add(s.t)
                     if run.on_save is not None:
                         run.on_save(self.key, s.t, s.model)
