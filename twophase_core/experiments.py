@@ -244,12 +244,6 @@ def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str
     return steps + len(later) * len(cfg.perturb_seeds) * (2.0 + cfg.n_alpha / 10)
 
 
-class _NoProgress:
-    def add(self, units: float) -> None: ...
-
-    def set_stage(self, stage: str) -> None: ...
-
-
 def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, y: torch.Tensor,
               prog: Any = None, cancel: CancelToken | None = None,
               on_cell: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
@@ -262,7 +256,7 @@ def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, 
     """
     from . import metrics
 
-    prog = prog or _NoProgress()
+    prog = prog or _Units(None)
     t1s, seeds = sorted(cfg.t1), list(cfg.perturb_seeds)
     later = [t1 for t1 in t1s if t1 > t0]
     train_x = run.ds.x_train if cfg.bn == "reset" else None

@@ -64,12 +64,13 @@ def load_result(store: Store, kind: str, h: str, partial: bool = False) -> Resul
     return Result(kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
 
 
-def _nested(a: np.ndarray) -> list:
-    """Nested lists with None for NaN (JSON has no NaN)."""
+def nested(a: Any) -> Any:
+    """Nested lists of floats with None for NaN (JSON has no NaN)."""
+    a = np.asarray(a, dtype=float)
     if a.ndim == 0:
         v = float(a)
-        return None if math.isnan(v) else v  # type: ignore[return-value]
-    return [_nested(x) for x in a]
+        return None if math.isnan(v) else v
+    return [nested(x) for x in a]
 
 
 def _chaos_json(r: Result) -> dict[str, Any]:
@@ -78,12 +79,12 @@ def _chaos_json(r: Result) -> dict[str, Any]:
     with np.errstate(all="ignore"):
         return {
             "t0": a["t0"].tolist(), "t1": a["t1"].tolist(),
-            "C": _nested(mean("C")), "B": _nested(mean("B")), "D": _nested(mean("D")),
+            "C": nested(mean("C")), "B": nested(mean("B")), "D": nested(mean("D")),
             "config": r.config, "hash": r.hash,
             "realized_eps_norm": a["realized_eps_norm"].mean(axis=0).tolist(),
             "acc_base": a["acc_base"].tolist(),
-            "per_seed": {"seeds": a["seeds"].tolist(), "C": _nested(a["C"]), "B": _nested(a["B"]),
-                         "D": _nested(a["D"]), "realized_eps_norm": a["realized_eps_norm"].tolist()},
+            "per_seed": {"seeds": a["seeds"].tolist(), "C": nested(a["C"]), "B": nested(a["B"]),
+                         "D": nested(a["D"]), "realized_eps_norm": a["realized_eps_norm"].tolist()},
             "meta": r.meta,
         }
 
@@ -104,7 +105,7 @@ def _cone_json(r: Result) -> dict[str, Any]:
 
 def _linear_json(r: Result) -> dict[str, Any]:
     a = r.arrays
-    return {"switch": a["switch"].tolist(), "acc_linear": _nested(a["acc_linear"]),
+    return {"switch": a["switch"].tolist(), "acc_linear": nested(a["acc_linear"]),
             "acc_at_switch": a["acc_at_switch"].tolist(), "acc_full": float(a["acc_full"]),
             "config": r.config, "hash": r.hash, "meta": r.meta}
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import config as C
-from .results import Result, load_result
+from .results import Result, load_result, nested
 from .settings import ConfigError, Spec, check, format_value, parse_text, split_list
 from .transition import estimate_kernel_transition, estimate_transitions, replicate_band, transition_json
 
@@ -260,12 +260,7 @@ def _replicate_arrays(kind: str, results: Sequence[Result]) -> dict[str, np.ndar
 
 def _band(values: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     mean, lo, hi = replicate_band(values, n_boot=n_boot, seed=seed)
-    return {"mean": _nested(mean), "ci_low": _nested(lo), "ci_high": _nested(hi)}
-
-
-def _nested(a: np.ndarray) -> Any:
-    a = np.asarray(a, dtype=float)
-    return [_nested(x) for x in a] if a.ndim else (None if np.isnan(a) else float(a))
+    return {"mean": nested(mean), "ci_low": nested(lo), "ci_high": nested(hi)}
 
 
 def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result], n_boot: int = 1000,
@@ -292,7 +287,7 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
             for m, v in arrays.items():
                 entry[m] = _band(v, n_boot, seed)
             final = {m: v[:, :, -1] for m, v in arrays.items()}
-            entry["at_final_t1"] = {m: _nested(v) for m, v in final.items()}  # (replicates, t0): what t* is fit to
+            entry["at_final_t1"] = {m: nested(v) for m, v in final.items()}  # (replicates, t0): what t* is fit to
             est = estimate_transitions(t0, final, n_boot=n_boot, seed=seed)
             entry["transition"] = transition_json(est)
             entry["estimates"] = {m: e.to_dict() for m, e in est.items()}  # found or not, with the fit
@@ -302,7 +297,7 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
             dt = int(min(a0["dts"]))
             t = np.asarray(a0[f"neigh_t_{dt}"])
             s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
-            entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": _nested(s), **_band(s, n_boot, seed)}
+            entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": nested(s), **_band(s, n_boot, seed)}
             est = estimate_kernel_transition(t, s, n_boot=n_boot, seed=seed)
             entry["transition"] = transition_json({"S": est})
             entry["estimates"] = {"S": est.to_dict()}
