@@ -122,9 +122,7 @@ if sweep.kind == "chaos":
     labels = [", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "base" for g in done]
     k = st.selectbox("group", range(len(done)), format_func=lambda i: labels[i], key="sweep_group")
     m = st.radio("metric", list(F.METRICS), horizontal=True, key="sweep_band_metric")
-    members = [res.results[p.hash] for p in res.points if p.group == tuple(
-        (a, tuple(b) if isinstance(b, list) else b) for a, b in done[k]["varied"].items()) and p.hash in res.results]
-    arrays = F.stack_replicates([r.arrays for r in members])
+    arrays = F.stack_replicates([r.arrays for r in res.replicates_of(done[k]["varied"])])
     ui.figure_block(F.chaos_sections_band(arrays, m, log=True), F.chaos_sections_band_table(arrays, m),
                     f"sections_band_{m}", ui.RunView(pick, "chaos", None, None, False), cmd, "sweep_bands",
                     show_command=False)

@@ -215,6 +215,11 @@ class SweepResult:
     results: dict[str, Result]  # by config hash; points without a result yet are missing
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def replicates_of(self, varied: dict[str, Any]) -> list[Result]:
+        """The finished results of one group (its varied settings as the JSON writes them)."""
+        group = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in varied.items())
+        return [self.results[p.hash] for p in self.points if p.group == group and p.hash in self.results]
+
     def groups(self, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
         return summarize(self.sweep, self.points, self.results, n_boot=n_boot, seed=seed)
 
