@@ -30,13 +30,6 @@ def stored(tmp_path_factory):
 
 
 @pytest.fixture
-def with_results(stored, monkeypatch):
-    root, ids = stored
-    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
-    return ids
-
-
-@pytest.fixture
 def empty(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))

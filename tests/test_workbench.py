@@ -50,13 +50,6 @@ def stored(tmp_path_factory):
 
 
 @pytest.fixture
-def with_results(stored, monkeypatch):
-    root, ids = stored
-    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
-    return ids
-
-
-@pytest.fixture
 def own_store(stored, tmp_path, monkeypatch):
     """A private copy of the stored results, for tests that change the store (names, deletions)."""
     import shutil
