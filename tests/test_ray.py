@@ -137,3 +137,17 @@ def test_cli_executor_ray_and_a_single_cone_run_refused(ray_cluster, tmp_path, c
     assert main(["sweep", "cone", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
                  "--quiet"]) == 0
     capsys.readouterr()
+
+
+def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):
+    from twophase_core.experiments import run_chaos
+    from twophase_core.store import ENV_STORAGE
+
+    plain = run_chaos(CHAOS, Store(tmp_path / "plain"))
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(ENV_STORAGE, shared.as_uri())
+    got = run_chaos(CHAOS, Store(tmp_path / "cache"), executor="ray")
+    assert (shared / CHAOS.train.trajectory_key()).is_dir() and not (tmp_path / "cache" / "runs").exists()
+    assert len(list(shared.rglob("t*.pt"))) > len(list((shared / CHAOS.train.trajectory_key()).glob("t*.pt")))
+    for k in ("C", "B", "D", "path"):
+        assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k

@@ -449,3 +449,28 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
     fixed = store.repair()
     assert fixed["unreferenced_files_removed"] == 1 and not stray.exists() and young.exists()
     assert store.get_blob("result/chaos/x") == b"kept"
+
+
+def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_path, monkeypatch):
+    """TWOPHASE_STORAGE_ROOT=file:///elsewhere: checkpoints go there (a shared filesystem for workers on
+    other machines), the index stays in the store, and the result is the same bits."""
+    from twophase_core.experiments import run_chaos
+    from twophase_core.presets import preset
+    from twophase_core.store import ENV_STORAGE
+
+    cfg = preset("tiny", "chaos")
+    plain = run_chaos(cfg, Store(tmp_path / "plain"))
+    shared = tmp_path / "shared folder"
+    monkeypatch.setenv(ENV_STORAGE, shared.as_uri())
+    store = Store(tmp_path / "cache")
+    assert store.runs_root == shared.resolve()
+    got = run_chaos(cfg, store)
+    key = cfg.train.trajectory_key()
+    assert (shared / key).is_dir() and not (tmp_path / "cache" / "runs").exists()
+    assert store.checkpoints(key) == Store(tmp_path / "plain").checkpoints(key)
+    for k in ("C", "B", "D", "train_loss"):
+        assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True)
+    assert store.clear()["root"] == str(tmp_path / "cache") and not shared.exists()
+    monkeypatch.setenv(ENV_STORAGE, "s3://bucket/prefix")
+    with pytest.raises(StoreError, match="only file://"):
+        Store(tmp_path / "other")

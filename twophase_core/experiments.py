@@ -221,7 +221,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
         from .ray_exec import chaos_rows
 
         prog.set_stage(f"{len(t0s)} rows as Ray tasks")
-        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel, on_units=prog.add):
+        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel, on_units=prog.add, runs_root=store.runs_root):
             place(t0s.index(t0), row, True)
     elif executor == "local":
         for i, t0 in enumerate(t0s):
@@ -307,14 +307,15 @@ class _Units:
 
 
 def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
-                         report: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
+                         report: Callable[[float], None] | None = None,
+                         runs_root: str | None = None) -> dict[str, np.ndarray]:
     """`chaos_row` from plain arguments, for a task in another process (Ray): opens the store at `root`,
     rebuilds the run and the evaluation set, and returns the row; `report(units)` hears its progress."""
     from .train import configure_threads
 
     configure_threads()
     cfg = C.from_dict(C.ChaosConfig, cfg_dict)
-    store = Store(root)
+    store = Store(root, runs_root=runs_root)
     units = _Units(report)
     try:
         run = Run(cfg.train, store)

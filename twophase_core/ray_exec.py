@@ -36,6 +36,8 @@ def connect(address: str | None = None) -> Any:
         addr = address if address is not None else os.environ.get(ENV_ADDRESS, "").strip()
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": pkg_parent, "TWOPHASE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        if os.environ.get("TWOPHASE_STORAGE_ROOT"):  # the checkpoint root the driver uses, for every task
+            env["TWOPHASE_STORAGE_ROOT"] = os.environ["TWOPHASE_STORAGE_ROOT"]
         ray.init(address=addr or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": env}, configure_logging=False)
     return ray
@@ -60,8 +62,8 @@ class _Board:
         return sum(self.units.values())
 
 
-def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
-                    board: Any = None) -> tuple[int, dict[str, Any]]:
+def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str, board: Any = None,
+                    runs_root: str | None = None) -> tuple[int, dict[str, Any]]:
     import ray
 
     from .experiments import chaos_row_from_store
@@ -71,13 +73,14 @@ def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
     def report(units: float) -> None:
         last[:] = [board.report.remote(t0, units)]
 
-    row = chaos_row_from_store(cfg_dict, t0, how, root, report if board is not None else None)
+    row = chaos_row_from_store(cfg_dict, t0, how, root, report if board is not None else None, runs_root)
     if last:
         ray.get(last[0])  # the final count is on the board before the driver sees the row
     return t0, row
 
 
-def _point_task(cfg_dict: dict[str, Any], kind: str, root: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _point_task(cfg_dict: dict[str, Any], kind: str, root: str,
+                runs_root: str | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """One sweep point, run in the task's process; the result travels back as arrays and metadata."""
     from . import config as C
     from .experiments import run_experiment
@@ -85,7 +88,7 @@ def _point_task(cfg_dict: dict[str, Any], kind: str, root: str) -> tuple[dict[st
     from .train import configure_threads
 
     configure_threads()
-    store = Store(root)
+    store = Store(root, runs_root=runs_root)
     try:
         r = run_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store)
         return r.arrays, r.hash, {**r.meta, "config": r.config}
@@ -110,7 +113,7 @@ def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None) -> Iterato
 
 
 def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str, cancel: Any = None,
-               on_units: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+               on_units: Any = None, runs_root: Path | str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(t0, row) for every t0, in the order the tasks finish. The base run must be stored already.
     `on_units(n)` hears the rows' progress as it grows (the units of `experiments._row_units`)."""
     from . import config as C
@@ -127,13 +130,15 @@ def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str, cancel:
                 told[0] = total
 
     task = ray.remote(max_retries=3, **_resources(cfg))(_chaos_row_task)
-    refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root), board) for t0 in t0s]
+    rr = str(runs_root) if runs_root is not None else None
+    refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root), board, rr) for t0 in t0s]
     for got in _gather(ray, refs, cancel, poll):
         poll()
         yield got
 
 
-def run_points(configs: Sequence[Any], root: Path | str, cancel: Any = None) -> Iterator[Any]:
+def run_points(configs: Sequence[Any], root: Path | str, cancel: Any = None,
+               runs_root: Path | str | None = None) -> Iterator[Any]:
     """Results of whole experiments (sweep points) run as Ray tasks, as they finish."""
     from . import config as C
     from .results import Result
@@ -142,7 +147,8 @@ def run_points(configs: Sequence[Any], root: Path | str, cancel: Any = None) -> 
     refs = []
     for cfg in configs:
         task = ray.remote(max_retries=3, **_resources(cfg))(_point_task)
-        refs.append(task.remote(C.to_dict(cfg), C.kind_of(cfg), str(root)))
+        rr = None if runs_root is None else str(runs_root)
+        refs.append(task.remote(C.to_dict(cfg), C.kind_of(cfg), str(root), rr))
     for arrays, h, meta in _gather(ray, refs, cancel):
         config = meta.pop("config")
         yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)

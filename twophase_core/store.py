@@ -77,6 +77,24 @@ def default_root() -> Path:
 # Errors
 
 
+ENV_STORAGE = "TWOPHASE_STORAGE_ROOT"
+
+
+def checkpoint_root(root: Path) -> Path:
+    """Where checkpoint files go: `root/runs`, or $TWOPHASE_STORAGE_ROOT, a `file://` URL (or a plain
+    path) on a filesystem every worker mounts at the same path. Object stores (s3://) are not
+    supported yet: they are refused by name, never silently ignored."""
+    from urllib.parse import unquote, urlparse
+
+    url = os.environ.get(ENV_STORAGE, "").strip()
+    if not url:
+        return root / "runs"
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme else url).expanduser().resolve()
+    raise StoreError(f"{ENV_STORAGE}={url[:80]!r}: only file:// URLs (a shared filesystem) are supported so far")
+
+
 class StoreError(RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
@@ -324,9 +342,11 @@ class Store:
     `index_id()` lets a job notice that its index changed while it ran.
     """
 
-    def __init__(self, root: str | Path | None = None, heal: bool = True):
+    def __init__(self, root: str | Path | None = None, heal: bool = True, runs_root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        # checkpoint files: `root/runs`, or a storage root shared with workers on other machines
+        self.runs_root = Path(runs_root) if runs_root is not None else checkpoint_root(self.root)
         self.index_dir = self.root / "index"
         self.db_path = self.index_dir / "cache.db"
         self.problem: str | None = None  # why the index could not be used (heal=False only)
@@ -565,7 +585,7 @@ class Store:
 
     # -- checkpoint files -------------------------------------------------------------------
     def _ckpt_path(self, run: str, t: int) -> Path:
-        return self.root / "runs" / run / f"t{t:09d}.pt"
+        return self.runs_root / run / f"t{t:09d}.pt"
 
     def checkpoint_path(self, run: str, t: int) -> Path:
         return self._ckpt_path(run, t)
@@ -647,7 +667,7 @@ class Store:
 
     def checkpoints(self, run: str) -> list[int]:
         """Iterations with a checkpoint file for `run` (checksums are verified on load)."""
-        d = self.root / "runs" / run
+        d = self.runs_root / run
         out = []
         for f in d.glob("t*.pt") if d.is_dir() else ():
             with contextlib.suppress(ValueError):
@@ -666,7 +686,7 @@ class Store:
                         wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
         """Held while a process trains `run`: a second process needing it waits (calling `wait()`) and
         then reads the checkpoints the first one wrote. A dead holder's lock is gone with it."""
-        return file_lock(self.root / "runs" / run / ".lock", wait if wait is not None else (lambda: None))
+        return file_lock(self.runs_root / run / ".lock", wait if wait is not None else (lambda: None))
 
     # -- space --------------------------------------------------------------------------------
     def free_bytes(self) -> int:
@@ -698,7 +718,7 @@ class Store:
 
     # -- housekeeping -----------------------------------------------------------------------
     def _temp_files(self) -> list[Path]:
-        runs = self.root / "runs"
+        runs = self.runs_root
         return [p for p in runs.rglob("tmp*.tmp")] if runs.is_dir() else []
 
     def _clean_orphans(self) -> dict[str, int]:
@@ -718,7 +738,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """Counts and sizes; on a full disk or a damaged index (not opened) they are read read-only."""
-        runs = self.root / "runs"
+        runs = self.runs_root
         files = list(runs.rglob("*.pt")) if runs.exists() else []
         temps = self._temp_files()
         try:
@@ -761,7 +781,7 @@ class Store:
         if index.get("unreferenced_files"):
             problems.append(f"index: {index['unreferenced_files']} entry files no record points to")
         ckpt = {"runs": 0, "files": 0, "verified": 0, "legacy": 0, "bad": []}
-        runs = self.root / "runs"
+        runs = self.runs_root
         legacy = index.pop("legacy_shas")
         for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
             ckpt["runs"] += 1
@@ -815,7 +835,7 @@ class Store:
                 p.unlink(missing_ok=True)
             done["unreferenced_files_removed"] = len(stray)
             removed = []
-            runs = self.root / "runs"
+            runs = self.runs_root
             for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
                 for t in self.checkpoints(d.name):
                     f = self._ckpt_path(d.name, t)
@@ -863,10 +883,10 @@ class Store:
                 with contextlib.suppress(Exception):
                     self._cache.close()
                 self._cache = None
-            for name in ("index", "runs", "jobs", *(p.name for p in self._damaged_copies())):
-                p = self.root / name
-                if p.exists():
-                    gone = self.root / f".clearing-{name}-{os.getpid()}-{time.monotonic_ns()}"
+            for p in (self.index_dir, self.runs_root, self.root / "jobs", *self._damaged_copies()):
+                name = p.name
+                if p.exists():  # renamed beside itself: a storage root may be another filesystem
+                    gone = p.parent / f".clearing-{name}-{os.getpid()}-{time.monotonic_ns()}"
                     os.rename(p, gone)  # the old tree vanishes at once, then is deleted
                     shutil.rmtree(gone, ignore_errors=True)
             for p in self.root.glob(".clearing-*"):  # left by an earlier clear that was killed

@@ -186,7 +186,7 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
 
         results = load_results(store, points)
         todo = [points[i].config for i in order if points[i].hash not in results]
-        for k, r in enumerate(run_points(todo, store.root, cancel)):
+        for k, r in enumerate(run_points(todo, store.root, cancel, runs_root=store.runs_root)):
             results[r.hash] = r
             if progress is not None:
                 progress((len(points) - len(todo) + k + 1) / len(points), f"{k + 1} of {len(todo)} points on Ray")
