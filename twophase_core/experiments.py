@@ -180,6 +180,8 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     base = run.base()
     later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
     how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(seeds), with_control=True)
+    if executor == "ray" and cfg.lockstep == "auto" and run.device.type != "cpu":
+        how = "stack"  # rows may land on other GPUs than the base run's: the control trains beside its copies
     total = base.steps_needed(t0s + t1s) + sum(_row_units(run, cfg, t0, later[t0], how) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
