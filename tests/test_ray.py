@@ -63,10 +63,11 @@ def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
 
 
 def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.sweep import Sweep, load_results, parse_vary, run_sweep
 
     sweep = Sweep(preset("tiny", "chaos"), parse_vary("chaos", ["eps=1e-7,1e-6,1e-5"]))
     res = run_sweep(sweep, Store(tmp_path / "s"), executor="ray")
+    assert set(load_results(Store(tmp_path / "s"), res.points)) == set(res.results)  # stored by the driver
     steps = [r.meta["sgd_steps"] for r in res.results.values()]
     T = preset("tiny", "chaos").train.iterations
     branch = sum(T - t0 for t0 in preset("tiny", "chaos").t0)

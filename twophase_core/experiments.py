@@ -44,6 +44,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
         return cached
 
     del run.__wrapped__  # the public signature is the wrapper's: store defaults to Store()
+    run.compute = compute  # type: ignore[attr-defined]  # the body alone: a remote task computes, the driver stores
     return run
 
 
@@ -451,6 +452,13 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
 
 
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
+
+
+def compute_experiment(cfg: Any, store: Store) -> Result:
+    """The experiment computed, not looked up nor stored: what a remote task runs (reading and writing
+    checkpoints under the store's storage root) before it hands the result back to the driver."""
+    C.validate(cfg)
+    return RUNNERS[C.kind_of(cfg)].compute(cfg, store, None, None, None)
 
 
 def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,

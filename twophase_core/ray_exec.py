@@ -3,12 +3,12 @@
 A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one
 task per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own
 control or against the base run, and the row's metrics). A sweep is one task per point (each an
-ordinary `run_experiment`; points that share a base run serialise on the store's per-trajectory
-lock and train it once). Tasks read and write checkpoints under the store root, which must be a
-path every worker sees (one machine, or a shared filesystem: README, "Scale-out on Ray"). Chaos
-rows return arrays and only the driver writes their result; a sweep point stores its own result
-(the index is process-safe on one machine's disk) and returns it too. The driver is the process
-that calls these functions (the CLI, or a job's worker), never the Streamlit server.
+ordinary experiment; points that share a base run serialise on the store's per-trajectory lock
+and train it once). Tasks read and write checkpoints under the storage root, which must be a path
+every worker sees (one machine, or a shared filesystem: $TWOPHASE_STORAGE_ROOT, README, "Scale-out
+on Ray"); they return arrays, and only the driver writes results into the store's index. The
+driver is the process that calls these functions (the CLI, or a job's worker), never the
+Streamlit server.
 
 Where to run: `TWOPHASE_RAY_ADDRESS` (empty: start a local Ray for this process; `auto`: join the
 cluster on this machine; `ray://host:port`: a remote one). On CPU, results are bit for bit those
@@ -81,16 +81,17 @@ def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, root: str, boar
 
 def _point_task(cfg_dict: dict[str, Any], kind: str, root: str,
                 runs_root: str | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """One sweep point, run in the task's process; the result travels back as arrays and metadata."""
+    """One sweep point, computed in the task's process (checkpoints under the storage root); the result
+    travels back as arrays and metadata and the driver stores it."""
     from . import config as C
-    from .experiments import run_experiment
+    from .experiments import compute_experiment
     from .store import Store
     from .train import configure_threads
 
     configure_threads()
     store = Store(root, runs_root=runs_root)
     try:
-        r = run_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store)
+        r = compute_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store)
         return r.arrays, r.hash, {**r.meta, "config": r.config}
     finally:
         store.close()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import config as C
-from .results import Result, load_result, nested
+from .results import Result, load_result, nested, save_result
 from .settings import ConfigError, Spec, check, format_value, parse_text, split_list
 from .transition import estimate_kernel_transition, estimate_transitions, replicate_band, transition_json
 
@@ -187,6 +187,7 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
         results = load_results(store, points)
         todo = [points[i].config for i in order if points[i].hash not in results]
         for k, r in enumerate(run_points(todo, store.root, cancel, runs_root=store.runs_root)):
+            save_result(store, r)  # only the driver writes the index
             results[r.hash] = r
             if progress is not None:
                 progress((len(points) - len(todo) + k + 1) / len(points), f"{k + 1} of {len(todo)} points on Ray")
