@@ -19,8 +19,8 @@ from typing import Any
 from . import config as C
 from .presets import preset
 
-# Equal units of work: tiny data, T = 1,000, t0 = 0..7, so every branch costs about the same.
-SCALE_CHAOS = C.replace(preset("tiny", "chaos"), iterations=1000, t0=(0, 1, 2, 3, 4, 5, 6, 7), t1=(1000,),
+# Equal units of work: tiny data, T = 2,500, t0 = 0..7, so every branch costs about the same (seconds each).
+SCALE_CHAOS = C.replace(preset("tiny", "chaos"), iterations=2500, t0=(0, 1, 2, 3, 4, 5, 6, 7), t1=(2500,),
                         n_alpha=5)
 SWEEP_VARY = ["eps=1e-7,1e-6,1e-5,1e-4"]
 
