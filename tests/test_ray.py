@@ -152,3 +152,15 @@ def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, mon
     assert len(list(shared.rglob("t*.pt"))) > len(list((shared / CHAOS.train.trajectory_key()).glob("t*.pt")))
     for k in ("C", "B", "D", "path"):
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k
+
+
+def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_cluster, tmp_path):
+    from twophase_core.jobs import JobManager
+
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), "TWOPHASE_RAY_ADDRESS": "auto"}
+    r = subprocess.run([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "tiny", "--executor",
+                        "ray", "--wait", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    job_id = r.stdout.strip().splitlines()[0]
+    jm = JobManager(Store(tmp_path / "cache"))
+    assert jm.get(job_id).executor == "ray" and jm.result(job_id).meta["executor"] == "ray"

@@ -352,7 +352,7 @@ def _submit(args: argparse.Namespace) -> int:
         print(json.dumps(C.to_dict(cfg), indent=2))
         return 0
     jm = JobManager(open_store(args.cache_dir))
-    rec = jm.submit(cfg)
+    rec = jm.submit(cfg, executor=getattr(args, "executor", None))  # chaos only: cone and linear run whole
     print(rec.id)
     if not args.wait:
         print(f"{rec.status}: follow it with `twophase jobs` or in the app (?run={rec.id})", file=sys.stderr)

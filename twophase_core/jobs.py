@@ -69,6 +69,7 @@ class JobRecord:
     log: str | None = None  # the worker's stdout/stderr (under the store root)
     cancel_requested: float | None = None  # when cancel() asked a running worker to stop
     finished_at: float | None = None
+    executor: str | None = None  # "ray": the worker drives Ray tasks; None: $TWOPHASE_EXECUTOR, else local
 
     @property
     def finished(self) -> bool:
@@ -296,9 +297,12 @@ class JobManager:
         return p.read_text(errors="replace") if p.is_file() else ""
 
     # -- submit, cancel, pump ---------------------------------------------------------------
-    def submit(self, cfg: Any) -> JobRecord:
-        """Queue `cfg` (validated first: ConfigError propagates, nothing is created) and pump."""
+    def submit(self, cfg: Any, executor: str | None = None) -> JobRecord:
+        """Queue `cfg` (validated first: ConfigError propagates, nothing is created) and pump. `executor`
+        ("local" or "ray") is where its worker runs the work; None: the worker's $TWOPHASE_EXECUTOR."""
         C.validate(cfg)
+        if executor is not None and executor not in ("local", "ray"):
+            raise C.ConfigError("executor", executor, "choose local or ray")
         kind, h = C.kind_of(cfg), C.config_hash(cfg)
         job_id = f"{kind}-{h}"
         has_result = load_result(self.store, kind, h) is not None
@@ -319,7 +323,7 @@ class JobManager:
                 return rec
             # new, or failed / cancelled / done-but-result-gone: queue it (the engine resumes)
             rec = JobRecord(job_id, kind, h, C.to_dict(cfg), status="queued", stage="queued",
-                            created=now, updated=now, log=str(log_path(self.cache_dir, job_id)))
+                            created=now, updated=now, log=str(log_path(self.cache_dir, job_id)), executor=executor)
             save_record(self.store, rec)
         self.pump()
         return load_record(self.store, job_id) or rec

@@ -179,7 +179,7 @@ def run_job(store: Store, job_id: str) -> int:
     try:
         cfg = C.from_dict(C.KINDS[rec.kind], rec.config)
         # TWOPHASE_EXECUTOR=ray: this worker process is the Ray driver of its job (never the app's server)
-        executor = os.environ.get(ENV_EXECUTOR, "local").strip() or "local"
+        executor = rec.executor or os.environ.get(ENV_EXECUTOR, "local").strip() or "local"
         run_experiment(cfg, store, progress=mon.report, cancel=token,
                        partial=lambda r: save_result(store, r, partial=True),
                        executor=executor if rec.kind == "chaos" else "local")
