@@ -128,8 +128,9 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
     assert np.array_equal(again.arrays["C"], fresh.arrays["C"], equal_nan=True)
 
 
-def test_cli_executor_ray_and_a_single_cone_run_refused(ray_cluster, tmp_path, capsys):
+def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_path, capsys):
     from twophase_core.cli import main
+    from twophase_core.experiments import run_cone
 
     out = tmp_path / "o.json"
     assert main(["chaos", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
@@ -138,6 +139,12 @@ def test_cli_executor_ray_and_a_single_cone_run_refused(ray_cluster, tmp_path, c
     assert main(["sweep", "cone", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
                  "--quiet"]) == 0
     capsys.readouterr()
+    # a cone run's kernels as one task per checkpoint, with the path the driver chose: the same kernels
+    local = run_cone(preset("tiny", "cone"), Store(tmp_path / "cl"))
+    remote = run_cone(preset("tiny", "cone"), Store(tmp_path / "cr"), executor="ray")
+    assert remote.meta["entk_method"] in ("structured", "jacobian", "ntvp")
+    assert np.allclose(local.arrays["S"], remote.arrays["S"], rtol=0, atol=1e-6)
+    assert np.array_equal(local.arrays["test_acc"], remote.arrays["test_acc"])
 
 
 def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):

@@ -55,8 +55,8 @@ def check_executor(kind: str, executor: str) -> None:
     """local everywhere; Ray for chaos rows (and, in sweeps, for whole points of any kind)."""
     if executor not in EXECUTORS:
         raise C.ConfigError("executor", executor, f"choose one of {', '.join(EXECUTORS)}")
-    if executor == "ray" and kind != "chaos":
-        raise C.ConfigError("executor", executor, f"a single {kind} run has no parallel parts yet; run it locally, "
+    if executor == "ray" and kind == "linear":
+        raise C.ConfigError("executor", executor, "a single linear run has no parallel parts yet; run it locally, "
                             "or sweep it (a sweep spreads its points over Ray)")
 
 
@@ -343,8 +343,11 @@ def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base
 
 @_served_from_store
 def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None = None,
-             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
-    """Kernels at every checkpoint, their Gram matrix once, and every view derived from it."""
+             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+             executor: str = "local") -> Result:
+    """Kernels at every checkpoint, their Gram matrix once, and every view derived from it. With
+    executor="ray" each checkpoint's kernel is a task (the path the automatic choice takes on the first
+    checkpoint, here, is used by every task)."""
     from . import ntk
 
     h = C.config_hash(cfg)
@@ -367,19 +370,27 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
     x = run.ds.x_train[idx]
 
-    kernels, acc = [], []
+    acc = [live.acc[t] for t in its]
     prog.set_stage("kernels")
     t_kernel = 0.0
-    for t in its:
-        if cancel is not None:
-            cancel.check()
-        m = base.model(t)
-        tk = time.time()
-        kernels.append(ntk.empirical_ntk(m, x, cfg.kernel))
-        t_kernel += time.time() - tk
-        acc.append(live.acc[t])
-        prog.add(kernel_units)
-    entk_method = ntk.choose_method(m, x, cfg.kernel)  # the path the automatic choice took (cached: free here)
+    if executor == "ray":
+        from .ray_exec import cone_kernels
+
+        entk_method = ntk.choose_method(base.model(its[0]), x, cfg.kernel)
+        got = dict(cone_kernels(cfg, its, idx.cpu().tolist(), entk_method, store.root, cancel,
+                                on_done=lambda: prog.add(kernel_units), runs_root=store.runs_root))
+        kernels = [torch.as_tensor(got[t]) for t in its]
+    else:
+        kernels = []
+        for t in its:
+            if cancel is not None:
+                cancel.check()
+            m = base.model(t)
+            tk = time.time()
+            kernels.append(ntk.empirical_ntk(m, x, cfg.kernel))
+            t_kernel += time.time() - tk
+            prog.add(kernel_units)
+        entk_method = ntk.choose_method(m, x, cfg.kernel)  # the path the automatic choice took (cached: free)
     R = ntk.gram(kernels)
     del kernels
     G = ntk.normalized_gram(R)
@@ -452,6 +463,23 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
 
 
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
+
+
+def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, root: str,
+                           runs_root: str | None = None) -> np.ndarray:
+    """One checkpoint's eNTK from plain arguments, for a task in another process (Ray)."""
+    from . import ntk
+    from .train import configure_threads
+
+    configure_threads()
+    cfg = C.from_dict(C.ConeConfig, cfg_dict)
+    store = Store(root, runs_root=runs_root)
+    try:
+        run = Run(cfg.train, store)
+        x = run.ds.x_train[torch.as_tensor(subset, device=run.device)]
+        return ntk.empirical_ntk(run.base().model(t), x, cfg.kernel, method=method).cpu().numpy()
+    finally:
+        store.close()
 
 
 def compute_experiment(cfg: Any, store: Store) -> Result:

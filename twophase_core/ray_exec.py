@@ -1,18 +1,19 @@
 """Ray as an executor: the same units of work as the local runner, spread over a cluster.
 
-A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one
-task per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own
-control or against the base run, and the row's metrics). A sweep is one task per point (each an
-ordinary experiment; points that share a base run serialise on the store's per-trajectory lock
-and train it once). Tasks read and write checkpoints under the storage root, which must be a path
-every worker sees (one machine, or a shared filesystem: $TWOPHASE_STORAGE_ROOT, README, "Scale-out
-on Ray"); they return arrays, and only the driver writes results into the store's index. The
-driver is the process that calls these functions (the CLI, or a job's worker), never the
-Streamlit server.
+A cone experiment is its base run and one task per checkpoint kernel (the Gram matrix and the
+projections follow on the driver). A chaos experiment is its base run (trained by the driver,
+which saves the checkpoints) and one task per t0 (`experiments.chaos_row_from_store`: the branches
+of that t0, stacked with their own control or against the base run, and the row's metrics). A sweep
+is one task per point (each an ordinary experiment; points that share a base run serialise on the
+store's per-trajectory lock and train it once). Tasks read and write checkpoints under the storage
+root, which must be a path every worker sees (one machine, or a shared filesystem:
+$TWOPHASE_STORAGE_ROOT, README, "Scale-out on Ray"); they return arrays, and only the driver writes
+results into the store's index. The driver is the process that calls these functions (the CLI, or a
+job's worker), never the Streamlit server.
 
 Where to run: `TWOPHASE_RAY_ADDRESS` (empty: start a local Ray for this process; `auto`: join the
-cluster on this machine; `ray://host:port`: a remote one). On CPU, results are bit for bit those
-of the local executor (a test checks it): the same functions, one torch thread per task.
+cluster on this machine; `ray://host:port`: a remote one). On CPU, chaos results are bit for bit
+those of the local executor (a test checks it): the same functions, one torch thread per task.
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, root: Path | str, cancel:
     refs = [task.remote(C.to_dict(cfg), int(t0), how, str(root), board, rr) for t0 in t0s]
     for got in _gather(ray, refs, cancel, poll):
         poll()
+        yield got
+
+
+def _kernel_task(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, root: str,
+                 runs_root: str | None) -> tuple[int, Any]:
+    from .experiments import cone_kernel_from_store
+
+    return t, cone_kernel_from_store(cfg_dict, t, subset, method, root, runs_root)
+
+
+def cone_kernels(cfg: Any, its: Sequence[int], subset: list[int], method: str, root: Path | str, cancel: Any = None,
+                 on_done: Any = None, runs_root: Path | str | None = None) -> Iterator[tuple[int, Any]]:
+    """(t, kernel) for every checkpoint, one task each, as they finish. The base run must be stored."""
+    from . import config as C
+
+    ray = connect()
+    task = ray.remote(max_retries=3, **_resources(cfg))(_kernel_task)
+    rr = None if runs_root is None else str(runs_root)
+    refs = [task.remote(C.to_dict(cfg), int(t), subset, method, str(root), rr) for t in its]
+    for got in _gather(ray, refs, cancel):
+        if on_done is not None:
+            on_done()
         yield got
 
 
