@@ -276,8 +276,11 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     out["overhead_ratio"] = out["demo_chaos_cold_seconds"] / (out["demo_chaos_sgd_steps"] * out["sgd_step_seconds"])
     print("timing a page render ...", flush=True)
     out["page_render_seconds"] = bench_page()
+    from .bench_browser import bench_demo_in_browser
     from .bench_scale import bench_ray, bench_sweep
 
+    print("timing the demo in Chromium: Run the demo -> live curve -> first heatmap cell ...", flush=True)
+    out.update(bench_demo_in_browser())
     print("timing a sweep against its points one by one ...", flush=True)
     out.update(bench_sweep())
     print("timing Ray: task overhead, 1 against 2 one-CPU nodes, Ray against the local runner ...", flush=True)
