@@ -74,10 +74,6 @@ def save_meta(store: Store, run_id: str, meta: RunMeta) -> None:
                                       "note": meta.note})
 
 
-def delete_meta(store: Store, run_id: str) -> None:
-    store.delete(meta_key(run_id))
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings as short text
 

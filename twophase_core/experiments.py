@@ -120,21 +120,30 @@ class _Live:
         from .metrics import evaluate
 
         self.run.on_save = None
-        base, store, key = self.run.base(), self.run.store, self.run.key
-        for t in sorted(set(needed)):
-            if t not in self.acc:
-                self.acc[t] = evaluate(base.model(t), self.x, self.y)[1]
-        self.acc = {t: self.acc[t] for t in sorted(set(needed))}
+        run, key, wanted = self.run, self.run.key, set(needed)
         curve: dict[int, float] = {}
-        for t in store.checkpoints(key):
-            if 0 < t <= max(needed):
-                ckpt = store.load_checkpoint(key, t)
-                if ckpt is None:
-                    continue
-                if "loss_t" in ckpt:
-                    curve.update(zip(ckpt["loss_t"].tolist(), ckpt["loss"].tolist(), strict=True))
-                elif ckpt.get("train_loss") is not None:  # a checkpoint from before losses were kept
-                    curve[t] = float(ckpt["train_loss"])
+
+        def read(t: int) -> dict[str, Any] | None:
+            ckpt = run.store.load_checkpoint(key, t, map_location=run.device)
+            if ckpt is not None and "loss_t" in ckpt:
+                curve.update(zip(ckpt["loss_t"].tolist(), ckpt["loss"].tolist(), strict=True))
+            elif ckpt is not None and ckpt.get("train_loss") is not None:  # from before losses were kept
+                curve[t] = float(ckpt["train_loss"])
+            return ckpt
+
+        for t in run.store.checkpoints(key):  # each checkpoint read once: its losses, and its accuracy if missing
+            if not (0 < t <= max(wanted) or (t in wanted and t not in self.acc)):
+                continue
+            ckpt = read(t)
+            if ckpt is not None and t in wanted and t not in self.acc:
+                model = run.unpack(ckpt).model
+                model.eval()
+                self.acc[t] = evaluate(model, self.x, self.y)[1]
+        base = run.base()
+        for t in sorted(wanted - set(self.acc)):  # unreadable above: retrained from the nearest good one
+            self.acc[t] = evaluate(base.model(t), self.x, self.y)[1]
+            read(t)  # and the retrained segment's losses
+        self.acc = {t: self.acc[t] for t in sorted(wanted)}
         self.curve = curve
 
     def arrays(self) -> dict[str, np.ndarray]:
