@@ -35,7 +35,7 @@ def lock_holder():
 
     def hold(path):
         p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                              "from twophase_core.store import file_lock\n"
+                              "from twophase_core.locks import file_lock\n"
                               "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
                               "    time.sleep(120)\n", str(path)], stdout=subprocess.PIPE, text=True)
         procs.append(p)
@@ -46,3 +46,36 @@ def lock_holder():
     for p in procs:
         p.kill()
         p.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server on this machine (moto's, in a thread), so an object-store storage root is
+    tested for real without any network: the options fsspec's s3fs needs to reach it."""
+    server_mod = pytest.importorskip("moto.server", reason="moto is a test dependency (make test installs it)")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"endpoint_url": f"http://{host}:{port}", "key": "test", "secret": "test"}
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server, monkeypatch, request):
+    """A fresh bucket set as this test's storage root ($TWOPHASE_STORAGE_ROOT, $TWOPHASE_STORAGE_OPTIONS):
+    (url, options, fs)."""
+    import json
+    import re
+    import uuid
+
+    import fsspec
+
+    from twophase_core.storage import ENV_OPTIONS, ENV_ROOT
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", f"tp-{request.node.name.lower()}")[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    fs = fsspec.filesystem("s3", **s3_server)
+    fs.mkdir(bucket)
+    url = f"s3://{bucket}/checkpoints"
+    monkeypatch.setenv(ENV_ROOT, url)
+    monkeypatch.setenv(ENV_OPTIONS, json.dumps(s3_server))
+    return url, s3_server, fs

@@ -165,10 +165,10 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", help="result store (default $TWOPHASE_CACHE_DIR, else the checkout's cache/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit")
-    if sweep or kind in ("chaos", "cone"):
-        p.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("TWOPHASE_EXECUTOR") or "local",
-                       help="where the work runs: local (this process) or ray (tasks on $TWOPHASE_RAY_ADDRESS, "
-                            "default a local Ray); default $TWOPHASE_EXECUTOR or local")
+    # every kind has units of work Ray can spread: chaos rows, cone kernels, linear switch times, sweep points
+    p.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("TWOPHASE_EXECUTOR") or "local",
+                   help="where the work runs: local (this process) or ray (tasks on $TWOPHASE_RAY_ADDRESS, "
+                        "default a local Ray); default $TWOPHASE_EXECUTOR or local")
     add_setting_flags(p, kind)
 
 
@@ -352,7 +352,7 @@ def _submit(args: argparse.Namespace) -> int:
         print(json.dumps(C.to_dict(cfg), indent=2))
         return 0
     jm = JobManager(open_store(args.cache_dir))
-    rec = jm.submit(cfg, executor=getattr(args, "executor", None))  # chaos and cone: linear runs whole
+    rec = jm.submit(cfg, executor=getattr(args, "executor", None))
     print(rec.id)
     if not args.wait:
         print(f"{rec.status}: follow it with `twophase jobs` or in the app (?run={rec.id})", file=sys.stderr)

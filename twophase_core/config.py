@@ -220,6 +220,17 @@ def kind_of(cfg: Any) -> str:
     raise TypeError(f"not an experiment config: {type(cfg).__name__}")
 
 
+def base_checkpoints(cfg: Any) -> set[int]:
+    """The iterations of the base run an experiment reads: chaos t0 and t1, the cone's checkpoints,
+    linear switch times and T."""
+    kind = kind_of(cfg)
+    if kind == "chaos":
+        return set(cfg.t0) | set(cfg.t1)
+    if kind == "cone":
+        return set(cfg.checkpoints)
+    return set(cfg.switch) | {cfg.train.iterations}
+
+
 def config_hash(cfg: Any) -> str:
     """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version."""
     return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg)})

@@ -18,7 +18,7 @@ from . import __version__, lockstep
 from . import config as C
 from .data import stratified_subset
 from .results import Result, load_result, save_result
-from .store import Store
+from .store import Store, task_store
 from .train import CancelToken, Run
 
 ProgressCallback = Callable[[float, str], None]
@@ -36,6 +36,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
         store = store or Store()
         cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
         if cached is None:
+            store.check_storage()
             extra = {"executor": executor} if executor != "local" else {}
             cached = compute(cfg, store, progress, cancel, partial, **extra)
             save_result(store, cached)
@@ -52,12 +53,9 @@ EXECUTORS = ("local", "ray")
 
 
 def check_executor(kind: str, executor: str) -> None:
-    """local everywhere; Ray for chaos rows (and, in sweeps, for whole points of any kind)."""
+    """local or ray, for every kind (on Ray: chaos rows, cone kernels, linear switch times, sweep points)."""
     if executor not in EXECUTORS:
         raise C.ConfigError("executor", executor, f"choose one of {', '.join(EXECUTORS)}")
-    if executor == "ray" and kind == "linear":
-        raise C.ConfigError("executor", executor, "a single linear run has no parallel parts yet; run it locally, "
-                            "or sweep it (a sweep spreads its points over Ray)")
 
 
 class _Progress:
@@ -233,8 +231,9 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
         from .ray_exec import chaos_rows
 
         prog.set_stage(f"{len(t0s)} rows as Ray tasks")
-        for t0, row in chaos_rows(cfg, t0s, how, store.root, cancel, on_units=prog.add, runs_root=store.runs_root):
+        for n, (t0, row) in enumerate(chaos_rows(cfg, t0s, how, store.files, cancel, on_units=prog.add), 1):
             place(t0s.index(t0), row, True)
+            prog.set_stage(f"{len(t0s)} rows as Ray tasks: {n} done")
     elif executor == "local":
         for i, t0 in enumerate(t0s):
             row = chaos_row(run, cfg, t0, how, x, y, prog, cancel, on_cell=lambda r, i=i: place(i, r, False))
@@ -318,26 +317,23 @@ class _Units:
     def set_stage(self, stage: str) -> None: ...
 
 
-def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, root: str,
-                         report: Callable[[float], None] | None = None,
-                         runs_root: str | None = None) -> dict[str, np.ndarray]:
-    """`chaos_row` from plain arguments, for a task in another process (Ray): opens the store at `root`,
-    rebuilds the run and the evaluation set, and returns the row; `report(units)` hears its progress."""
+def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any,
+                         report: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
+    """`chaos_row` from plain arguments, for a task in another process (Ray): reads and writes
+    checkpoints in `files` (the driver's storage root), rebuilds the run and the evaluation set, and
+    returns the row; `report(units)` hears its progress."""
     from .train import configure_threads
 
     configure_threads()
     cfg = C.from_dict(C.ChaosConfig, cfg_dict)
-    store = Store(root, runs_root=runs_root)
     units = _Units(report)
-    try:
+    with task_store(files) as store:
         run = Run(cfg.train, store)
         x, y = _eval_set(run, cfg.eval_size)
         row = chaos_row(run, cfg, t0, how, x, y, prog=units)
-        if report is not None:
-            report(units.done)
-        return row
-    finally:
-        store.close()
+    if report is not None:
+        report(units.done)
+    return row
 
 
 def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
@@ -386,8 +382,8 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
         from .ray_exec import cone_kernels
 
         entk_method = ntk.choose_method(base.model(its[0]), x, cfg.kernel)
-        got = dict(cone_kernels(cfg, its, idx.cpu().tolist(), entk_method, store.root, cancel,
-                                on_done=lambda: prog.add(kernel_units), runs_root=store.runs_root))
+        got = dict(cone_kernels(cfg, its, idx.cpu().tolist(), entk_method, store.files, cancel,
+                                on_done=lambda: prog.add(kernel_units)))
         kernels = [torch.as_tensor(got[t]) for t in its]
     else:
         kernels = []
@@ -432,20 +428,24 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
 # Linearised training
 
 
+LIN_UNITS = 3.0  # a linearised step costs about three plain ones
+
+
 @_served_from_store
 def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | None = None,
-               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None) -> Result:
-    """Test accuracy at T of the model linearised at each switch time t, beside full training."""
-    from .linear import linear_accuracy, train_linearised
+               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+               executor: str = "local") -> Result:
+    """Test accuracy at T of the model linearised at each switch time t, beside full training.
 
+    The base run trains first; then each switch time is one unit of work (`linear_switch`), run here
+    one after another or as Ray tasks with executor="ray", with the same result."""
     h = C.config_hash(cfg)
     started = time.time()
     run = Run(cfg.train, store)
     T = cfg.train.iterations
     ts = sorted(cfg.switch)
     base = run.base()
-    lin_units = 3.0  # a linearised step costs about three plain ones
-    prog = _Progress(progress, base.steps_needed(ts + [T]) + lin_units * sum(T - t for t in ts))
+    prog = _Progress(progress, base.steps_needed(ts + [T]) + LIN_UNITS * sum(T - t for t in ts))
     prog.set_stage("base run")
     x, y = _eval_set(run, cfg.eval_size)
     acc_lin = np.full(len(ts), np.nan)
@@ -462,33 +462,69 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     acc_full = live.acc[T]
     acc_switch = np.array([live.acc[t] for t in ts])
 
-    for i, t in enumerate(ts):
-        prog.set_stage(f"linearised from t={t}")
-        lin, params = train_linearised(run, base.state(t), T, cfg.bn_stats, lambda n: prog.add(lin_units * n), cancel)
-        acc_lin[i] = linear_accuracy(lin, params, x, y)
+    if executor == "ray":
+        from .ray_exec import linear_switches
+
+        prog.set_stage(f"{len(ts)} switch times as Ray tasks")
+        got = linear_switches(cfg, ts, store.files, cancel, on_units=prog.add)
+    elif executor == "local":
+        got = ((t, linear_switch(run, cfg, t, x, y, prog, cancel)) for t in ts)
+    else:
+        raise C.ConfigError("executor", executor, "choose local or ray")
+    for n, (t, acc) in enumerate(got, 1):
+        acc_lin[ts.index(t)] = acc
+        if executor == "ray":
+            prog.set_stage(f"{len(ts)} switch times as Ray tasks: {n} done")
         if partial is not None:
             partial(result(partial=True))
-    return result()
+    return result(executor=executor)
+
+
+def linear_switch(run: Run, cfg: C.LinearConfig, t: int, x: torch.Tensor, y: torch.Tensor, prog: Any = None,
+                  cancel: CancelToken | None = None) -> float:
+    """One switch time: the model linearised at theta_t, trained to T; its test accuracy. The unit of
+    work of a linear run (needs the base checkpoint at t)."""
+    from .linear import linear_accuracy, train_linearised
+
+    prog = prog or _Units(None)
+    prog.set_stage(f"linearised from t={t}")
+    lin, params = train_linearised(run, run.base().state(t), cfg.train.iterations, cfg.bn_stats,
+                                   lambda n: prog.add(LIN_UNITS * n), cancel)
+    return linear_accuracy(lin, params, x, y)
+
+
+def linear_switch_from_store(cfg_dict: dict[str, Any], t: int, files: Any,
+                             report: Callable[[float], None] | None = None) -> float:
+    """`linear_switch` from plain arguments, for a task in another process (Ray)."""
+    from .train import configure_threads
+
+    configure_threads()
+    cfg = C.from_dict(C.LinearConfig, cfg_dict)
+    units = _Units(report)
+    with task_store(files) as store:
+        run = Run(cfg.train, store)
+        x, y = _eval_set(run, cfg.eval_size)
+        acc = linear_switch(run, cfg, t, x, y, units)
+    if report is not None:
+        report(units.done)
+    return acc
 
 
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 
-def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, root: str,
-                           runs_root: str | None = None) -> np.ndarray:
+def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str,
+                           files: Any) -> np.ndarray:
     """One checkpoint's eNTK from plain arguments, for a task in another process (Ray)."""
     from . import ntk
     from .train import configure_threads
 
     configure_threads()
     cfg = C.from_dict(C.ConeConfig, cfg_dict)
-    store = Store(root, runs_root=runs_root)
-    try:
+    with task_store(files) as store:
         run = Run(cfg.train, store)
         x = run.ds.x_train[torch.as_tensor(subset, device=run.device)]
         return ntk.empirical_ntk(run.base().model(t), x, cfg.kernel, method=method).cpu().numpy()
-    finally:
-        store.close()
 
 
 def compute_experiment(cfg: Any, store: Store) -> Result:

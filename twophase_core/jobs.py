@@ -438,12 +438,7 @@ def checkpoints_to_write(cfg: Any, store: Store) -> int:
     """
     t = cfg.train
     kind = C.kind_of(cfg)
-    if kind == "chaos":
-        base_needs = set(cfg.t0) | set(cfg.t1)
-    elif kind == "cone":
-        base_needs = set(cfg.checkpoints)
-    else:
-        base_needs = set(cfg.switch) | {t.iterations}
+    base_needs = C.base_checkpoints(cfg)
     top = max(base_needs)
     if t.checkpoint_every:
         base_needs |= set(range(t.checkpoint_every, top + 1, t.checkpoint_every))

@@ -6,9 +6,10 @@ Layout under `root`:
   a record is framed as bytes (magic, its key, its sha256, the blob), checked before anything parses
   it, and final results always live in their own files, so a lost or damaged `cache.db` can be
   rebuilt from them. A pickled entry (planted, or from an older version) is refused unread.
-- `runs/<trajectory key>/t<iteration>.pt`: checkpoints, one file each, written atomically (temp file +
-  rename) with their sha256 in a header, so each verifies without the index; loaded with
-  `weights_only=True`. `runs/<key>/.lock` serialises training of one trajectory across processes.
+- `runs/<trajectory key>/t<iteration>.pt`: checkpoints, one file each, written atomically with their
+  sha256 in a header, so each verifies without the index; loaded with `weights_only=True`. They may
+  live elsewhere, on a shared filesystem or an object store ($TWOPHASE_STORAGE_ROOT: `storage.py`,
+  which also holds their format and the per-trajectory lock).
 - `.reserve`: 1 MiB kept free for the last words of a job that hits a full disk.
 
 Every blob is verified before use: one that fails its check, or does not parse, is deleted and
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -44,14 +44,28 @@ import diskcache
 import numpy as np
 from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, UNKNOWN
 
+from .locks import file_lock, is_locked
+from .storage import (
+    CKPT_MAGIC,
+    ENV_ROOT,
+    CheckpointFiles,
+    LocalFiles,
+    ObjectFiles,
+    StoreError,
+    frame_checkpoint,
+    open_storage,
+    storage_from_env,
+    verify_checkpoint,
+)
+
+ENV_STORAGE = ENV_ROOT  # the storage root's variable, under the name the store has always exported
+
 ENV = "TWOPHASE_CACHE_DIR"
-CKPT_MAGIC = b"TPCKPT1\n"  # then the 32-byte sha256 of the payload, then torch.save bytes
 REC_MAGIC = b"TPREC1\n"  # then a 4-byte header length, the JSON header {key, sha}, then the blob
 FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their size: they survive the db
 RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
 STRAY_AGE_S = 60.0  # an index entry file with no row, older than this, is left over from a killed writer
-LOCK_POLL_S = 0.1
 log = logging.getLogger("twophase.store")
 T = TypeVar("T")
 _CORRUPT = object()  # an entry that could not be read (pickled, malformed): dropped like a bad checksum
@@ -75,28 +89,6 @@ def default_root() -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Errors
-
-
-ENV_STORAGE = "TWOPHASE_STORAGE_ROOT"
-
-
-def checkpoint_root(root: Path) -> Path:
-    """Where checkpoint files go: `root/runs`, or $TWOPHASE_STORAGE_ROOT, a `file://` URL (or a plain
-    path) on a filesystem every worker mounts at the same path. Object stores (s3://) are not
-    supported yet: they are refused by name, never silently ignored."""
-    from urllib.parse import unquote, urlparse
-
-    url = os.environ.get(ENV_STORAGE, "").strip()
-    if not url:
-        return root / "runs"
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path) if parsed.scheme else url).expanduser().resolve()
-    raise StoreError(f"{ENV_STORAGE}={url[:80]!r}: only file:// URLs (a shared filesystem) are supported so far")
-
-
-class StoreError(RuntimeError):
-    """The store cannot do what was asked; the message says why and what to do."""
 
 
 class StoreFull(StoreError):
@@ -191,19 +183,6 @@ def unframe_record(data: bytes) -> tuple[str, str, bytes]:
     return head["key"], head["sha"], data[start + n:]
 
 
-def frame_checkpoint(payload: bytes) -> bytes:
-    return CKPT_MAGIC + hashlib.sha256(payload).digest() + payload
-
-
-def verify_checkpoint(data: bytes) -> bytes | None:
-    """The torch payload of a framed checkpoint if its checksum holds, else None."""
-    n = len(CKPT_MAGIC)
-    if not data.startswith(CKPT_MAGIC) or len(data) < n + 32:
-        return None
-    payload = data[n + 32:]
-    return payload if hashlib.sha256(payload).digest() == data[n:n + 32] else None
-
-
 class UnsafeKey(bytes):
     """A key diskcache stored pickled: never unpickled, only skipped or deleted."""
 
@@ -265,70 +244,6 @@ class SafeDisk(diskcache.Disk):
 
 
 # ---------------------------------------------------------------------------------------------
-# Locks: one per trajectory (training) and one per store root (opening, repairing, clearing)
-
-_LOCKS: dict[str, list[Any]] = {}  # path -> [RLock for this process's threads, fd holding the flock, depth]
-_LOCKS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """An exclusive lock on `path` across processes (flock) and threads, re-entrant in one thread.
-
-    `wait()` is called about every LOCK_POLL_S while blocked and may raise (a cancel) to give up.
-    The kernel drops a flock when its holder dies (kill -9 included), so a dead holder never blocks.
-    """
-    with _LOCKS_LOCK:
-        entry = _LOCKS.setdefault(str(path), [threading.RLock(), None, 0])
-    rlock: threading.RLock = entry[0]
-    while not rlock.acquire(timeout=LOCK_POLL_S if wait is not None else -1):
-        wait()  # type: ignore[misc]
-    try:
-        if entry[2] == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if wait is not None else 0))
-                        break
-                    except BlockingIOError:
-                        wait()  # type: ignore[misc]
-                        time.sleep(LOCK_POLL_S)
-            except BaseException:
-                os.close(fd)
-                raise
-            entry[1] = fd
-        entry[2] += 1
-    except BaseException:
-        rlock.release()
-        raise
-    try:
-        yield
-    finally:
-        entry[2] -= 1
-        if entry[2] == 0:
-            os.close(entry[1])  # closing the descriptor releases the flock
-            entry[1] = None
-        rlock.release()
-
-
-def is_locked(path: Path) -> bool:
-    """Another process holds a flock on `path` (a live writer or trainer)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
 # The store
 
 
@@ -342,14 +257,21 @@ class Store:
     `index_id()` lets a job notice that its index changed while it ran.
     """
 
-    def __init__(self, root: str | Path | None = None, heal: bool = True, runs_root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, heal: bool = True,
+                 storage: CheckpointFiles | str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
         # checkpoint files: `root/runs`, or a storage root shared with workers on other machines
-        self.runs_root = Path(runs_root) if runs_root is not None else checkpoint_root(self.root)
+        if storage is None:
+            self.files = storage_from_env(self.root / "runs")
+        elif isinstance(storage, LocalFiles | ObjectFiles):
+            self.files = storage
+        else:
+            self.files = open_storage(storage)
         self.index_dir = self.root / "index"
         self.db_path = self.index_dir / "cache.db"
         self.problem: str | None = None  # why the index could not be used (heal=False only)
+        self._storage_checked = False
         self.healed: dict[str, Any] | None = None  # what opening repaired
         self._cache: diskcache.Cache | None = None
         self._ident: tuple[int, int] | None = None
@@ -584,11 +506,16 @@ class Store:
         return self._healing(lambda: [k for k in self.cache.iterkeys() if type(k) is str and k.startswith(prefix)])
 
     # -- checkpoint files -------------------------------------------------------------------
-    def _ckpt_path(self, run: str, t: int) -> Path:
-        return self.runs_root / run / f"t{t:09d}.pt"
+    def checkpoint_path(self, run: str, t: int) -> Path | str:
+        """Where checkpoint t of `run` lives: a Path in a folder, a URL in an object store."""
+        return self.files.path(run, t)
 
-    def checkpoint_path(self, run: str, t: int) -> Path:
-        return self._ckpt_path(run, t)
+    def check_storage(self) -> None:
+        """Before any training: can checkpoints be written where they go? (An object store is sent a test
+        object, so a wrong bucket, endpoint or credential is named now, not at the first checkpoint.)"""
+        if not self._storage_checked:
+            self.files.probe()
+            self._storage_checked = True
 
     @staticmethod
     def serialize(state: dict[str, Any]) -> bytes:
@@ -601,40 +528,25 @@ class Store:
 
     def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
         """Atomic write of a self-verifying file; a full disk leaves no temp file and raises StoreFull."""
-        path = self._ckpt_path(run, t)
         data = frame_checkpoint(self.serialize(state))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            self.files.write(run, t, data)
         except OSError as e:
-            if _is_full(e, self.root):
+            where = self._checkpoint_disk()
+            if _is_full(e, where):
                 self.release_reserve()
-                raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
-            raise
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a live writer's temp is never taken for an orphan
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                os.replace(tmp, path)
-        except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(e, OSError) and _is_full(e, self.root):
-                self.release_reserve()
-                raise StoreFull(self.root, f"writing checkpoint {t} of {run}") from e
+                raise StoreFull(where, f"writing checkpoint {t} of {run}") from e
             raise
 
     def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """The checkpoint, or None if it is missing, unreadable or fails its checksum (then it is removed)."""
-        path = self._ckpt_path(run, t)
+        """The checkpoint, or None if it is missing, unreadable or fails its checksum (then it is removed).
+        An object store that cannot be reached raises StoreError: its checkpoints are not damaged."""
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
+            data = self.files.read(run, t)
         except OSError:
             self.drop_checkpoint(run, t)
+            return None
+        if data is None:
             return None
         payload = verify_checkpoint(data)
         if payload is None and not data.startswith(CKPT_MAGIC) and self._cache is not None:
@@ -659,43 +571,44 @@ class Store:
         return sha if isinstance(sha, str) else None
 
     def drop_checkpoint(self, run: str, t: int) -> None:
-        with contextlib.suppress(OSError):
-            self._ckpt_path(run, t).unlink(missing_ok=True)
+        self.files.delete(run, t)
         if self._cache is not None:
             with contextlib.suppress(Exception):
                 self.cache.delete(f"ckpt/{run}/{t}")
 
     def checkpoints(self, run: str) -> list[int]:
         """Iterations with a checkpoint file for `run` (checksums are verified on load)."""
-        d = self.runs_root / run
-        out = []
-        for f in d.glob("t*.pt") if d.is_dir() else ():
-            with contextlib.suppress(ValueError):
-                out.append(int(f.stem[1:]))
-        return sorted(out)
+        return self.files.iterations(run)
 
     def checkpoint_bytes(self, run: str) -> int | None:
-        """Size of the largest checkpoint file of `run` (what one more costs), None if it has none."""
-        sizes = []
-        for t in self.checkpoints(run):
-            with contextlib.suppress(OSError):
-                sizes.append(self._ckpt_path(run, t).stat().st_size)
-        return max(sizes) if sizes else None
+        """Size of the latest checkpoint file of `run` (what one more costs: a run's checkpoints all hold
+        the same tensors), None if it has none."""
+        its = self.checkpoints(run)
+        return self.files.size(run, its[-1]) if its else None
 
     def trajectory_lock(self, run: str,
                         wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
         """Held while a process trains `run`: a second process needing it waits (calling `wait()`) and
-        then reads the checkpoints the first one wrote. A dead holder's lock is gone with it."""
-        return file_lock(self.runs_root / run / ".lock", wait if wait is not None else (lambda: None))
+        then reads the checkpoints the first one wrote. A dead holder's lock is gone with it. (On an
+        object store, only among this machine's processes: `storage.py`.)"""
+        return self.files.lock(run, wait)
 
     # -- space --------------------------------------------------------------------------------
     def free_bytes(self) -> int:
         return free_bytes(self.root)
 
     def require_space(self, needed: int, doing: str) -> None:
-        """Raise StoreFull (before anything is written) if `needed` bytes would not fit."""
-        if needed > 0 and self.free_bytes() < needed:
-            raise StoreFull(self.root, doing, needed)
+        """Raise StoreFull (before anything is written) if `needed` bytes of checkpoints would not fit
+        (on the disk that holds them; an object store is not checked)."""
+        free = self.files.free_bytes()
+        if needed > 0 and free is not None and free < needed:
+            raise StoreFull(self._checkpoint_disk(), doing, needed)
+
+    def _checkpoint_disk(self) -> Path:
+        """The folder to name when checkpoints do not fit: the store, or the storage root elsewhere."""
+        if isinstance(self.files, LocalFiles) and not self.files.root.is_relative_to(self.root.resolve()):
+            return self.files.root
+        return self.root
 
     def _keep_reserve(self) -> None:
         p = self.root / ".reserve"
@@ -718,8 +631,7 @@ class Store:
 
     # -- housekeeping -----------------------------------------------------------------------
     def _temp_files(self) -> list[Path]:
-        runs = self.runs_root
-        return [p for p in runs.rglob("tmp*.tmp")] if runs.is_dir() else []
+        return self.files.temp_files()
 
     def _clean_orphans(self) -> dict[str, int]:
         """Remove temp files no live writer holds (left by kill -9 during a checkpoint write)."""
@@ -738,8 +650,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """Counts and sizes; on a full disk or a damaged index (not opened) they are read read-only."""
-        runs = self.runs_root
-        files = list(runs.rglob("*.pt")) if runs.exists() else []
+        files = self.files.listing()
         temps = self._temp_files()
         try:
             results, volume = len(self.keys("result/")), self.cache.volume()
@@ -748,9 +659,10 @@ class Store:
             volume = _tree_bytes(self.index_dir) if self.index_dir.is_dir() else 0
         return {
             "root": str(self.root),
+            "storage": self.files.url,
             "results": results,
             "checkpoints": len(files),
-            "bytes": volume + sum(_size(f) for f in files),
+            "bytes": volume + sum(size for _, _, size in files),
             "temp_files": len(temps),  # being written now (orphans are removed when a store opens)
             "orphan_temp_files_removed": self.cleaned["files"],
             "orphan_temp_bytes_removed": self.cleaned["bytes"],
@@ -781,23 +693,23 @@ class Store:
         if index.get("unreferenced_files"):
             problems.append(f"index: {index['unreferenced_files']} entry files no record points to")
         ckpt = {"runs": 0, "files": 0, "verified": 0, "legacy": 0, "bad": []}
-        runs = self.runs_root
         legacy = index.pop("legacy_shas")
-        for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
-            ckpt["runs"] += 1
-            for f in sorted(d.glob("t*.pt")):
-                ckpt["files"] += 1
-                try:
-                    data = f.read_bytes()
-                except OSError:
-                    ckpt["bad"].append(str(f))
-                    continue
-                if verify_checkpoint(data) is not None:
-                    ckpt["verified"] += 1
-                elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{d.name}/{_iter_of(f)}") == _sha(data):
-                    ckpt["legacy"] += 1
-                else:
-                    ckpt["bad"].append(str(f))
+        listing = self.files.listing()
+        ckpt["runs"] = len({run for run, _, _ in listing})
+        for run, t, _ in listing:
+            ckpt["files"] += 1
+            try:
+                data = self.files.read(run, t)
+            except OSError:
+                data = None
+            if data is None:
+                ckpt["bad"].append(str(self.files.path(run, t)))
+            elif verify_checkpoint(data) is not None:
+                ckpt["verified"] += 1
+            elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{run}/{t}") == _sha(data):
+                ckpt["legacy"] += 1
+            else:
+                ckpt["bad"].append(str(self.files.path(run, t)))
         if ckpt["bad"]:
             problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum or cannot be read")
         now = time.time()
@@ -806,7 +718,8 @@ class Store:
         if orphans:
             problems.append(f"{len(orphans)} orphan temp files")
         copies = self._damaged_copies()
-        return {"root": str(self.root), "ok": not problems, "problems": problems, "index": index,
+        return {"root": str(self.root), "storage": self.files.url, "ok": not problems, "problems": problems,
+                "index": index,
                 "checkpoints": ckpt,
                 "temp_files": {"in_use": len(temps) - len(orphans), "orphans": len(orphans),
                                "orphan_bytes": sum(_size(p) for p in orphans)},
@@ -835,19 +748,16 @@ class Store:
                 p.unlink(missing_ok=True)
             done["unreferenced_files_removed"] = len(stray)
             removed = []
-            runs = self.runs_root
-            for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
-                for t in self.checkpoints(d.name):
-                    f = self._ckpt_path(d.name, t)
-                    try:
-                        data = f.read_bytes()
-                    except OSError:
-                        data = b""
-                    ok = verify_checkpoint(data) is not None or (
-                        not data.startswith(CKPT_MAGIC) and self._legacy_sha(d.name, t) == _sha(data))
-                    if not ok:
-                        self.drop_checkpoint(d.name, t)
-                        removed.append(str(f))
+            for run, t, _ in self.files.listing():
+                try:
+                    data = self.files.read(run, t) or b""
+                except OSError:
+                    data = b""
+                ok = verify_checkpoint(data) is not None or (
+                    not data.startswith(CKPT_MAGIC) and self._legacy_sha(run, t) == _sha(data))
+                if not ok:
+                    self.drop_checkpoint(run, t)
+                    removed.append(str(self.files.path(run, t)))
             done["checkpoints_removed"] = removed
         self._keep_reserve()
         done["after"] = self.check()
@@ -883,7 +793,8 @@ class Store:
                 with contextlib.suppress(Exception):
                     self._cache.close()
                 self._cache = None
-            for p in (self.index_dir, self.runs_root, self.root / "jobs", *self._damaged_copies()):
+            self.files.clear()
+            for p in (self.index_dir, self.root / "jobs", *self._damaged_copies()):
                 name = p.name
                 if p.exists():  # renamed beside itself: a storage root may be another filesystem
                     gone = p.parent / f".clearing-{name}-{os.getpid()}-{time.monotonic_ns()}"
@@ -901,6 +812,20 @@ class Store:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+
+
+@contextlib.contextmanager
+def task_store(files: CheckpointFiles) -> Iterator[Store]:
+    """A store for a task on any machine (Ray): the shared checkpoint files, and a throwaway index in a
+    temp folder, since only the driver writes results into the real one (which may be on a disk this
+    machine cannot see)."""
+    scratch = tempfile.mkdtemp(prefix="twophase-task-")
+    store = Store(scratch, storage=files)
+    try:
+        yield store
+    finally:
+        store.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -998,10 +923,6 @@ def _unreferenced(index_dir: Path, referenced: set[str]) -> list[Path]:
     now = time.time()
     return [p for p in index_dir.rglob("*.val") if str(p.relative_to(index_dir)) not in referenced
             and now - _mtime(p) > STRAY_AGE_S]
-
-
-def _iter_of(f: Path) -> int:
-    return int(f.stem[1:])
 
 
 def _size(p: Path) -> int:

@@ -186,7 +186,9 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
 
         results = load_results(store, points)
         todo = [points[i].config for i in order if points[i].hash not in results]
-        for k, r in enumerate(run_points(todo, store.root, cancel, runs_root=store.runs_root)):
+        if todo:
+            store.check_storage()
+        for k, r in enumerate(run_points(todo, store.files, cancel)):
             save_result(store, r)  # only the driver writes the index
             results[r.hash] = r
             if progress is not None:

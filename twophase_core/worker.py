@@ -182,7 +182,7 @@ def run_job(store: Store, job_id: str) -> int:
         executor = rec.executor or os.environ.get(ENV_EXECUTOR, "local").strip() or "local"
         run_experiment(cfg, store, progress=mon.report, cancel=token,
                        partial=lambda r: save_result(store, r, partial=True),
-                       executor=executor if rec.kind in ("chaos", "cone") else "local")
+                       executor=executor)
         status = "done"
     except Cancelled:
         if mon.vanished:

@@ -1,0 +1,145 @@
+"""Storage roots: checkpoints in the store's folder, in another folder, or in an object store (S3).
+
+The S3 tests talk to a real S3-compatible server on this machine (moto's, `s3_server` in conftest)
+through fsspec's s3fs, the same path a cluster uses against AWS or MinIO.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from twophase_core import config as C
+from twophase_core.presets import preset
+from twophase_core.storage import ENV_OPTIONS, ENV_ROOT, LocalFiles, ObjectFiles, StoreError, open_storage
+from twophase_core.store import Store
+
+CHAOS = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
+
+
+def _exercise(files):
+    """The same operations on any storage, and what they gave."""
+    seen = {"missing": files.read("k", 7), "empty": (files.iterations("k"), files.listing())}
+    files.write("k", 10, b"ten")
+    files.write("k", 2, b"two!")
+    files.write("other", 0, b"0")
+    files.write("k", 10, b"TEN")  # a rewrite replaces the whole file
+    seen["after"] = (files.iterations("k"), files.listing(), files.read("k", 10), files.size("k", 2))
+    files.delete("k", 2)
+    files.delete("k", 2)  # twice: nothing to delete is not an error
+    seen["deleted"] = (files.iterations("k"), files.size("k", 2))
+    files.clear()
+    seen["cleared"] = files.listing()
+    return seen
+
+
+def test_a_folder_and_an_object_store_answer_alike(tmp_path, s3_root):
+    url, opts, _ = s3_root
+    local, remote = _exercise(LocalFiles(tmp_path / "ck")), _exercise(ObjectFiles(url, opts))
+    assert local == remote
+    assert local["after"] == ([2, 10], [("k", 2, 4), ("k", 10, 3), ("other", 0, 1)], b"TEN", 4)
+    assert local["missing"] is None and local["deleted"] == ([10], None) and local["cleared"] == []
+
+
+def test_storage_urls_open_what_they_name(tmp_path):
+    assert open_storage(str(tmp_path)).root == tmp_path.resolve()
+    assert open_storage((tmp_path / "a b").as_uri()).root == (tmp_path / "a b").resolve()
+    assert isinstance(open_storage("s3://bucket/prefix"), ObjectFiles)
+    with pytest.raises(StoreError, match="names no host"):
+        open_storage("file://server/share")
+
+
+def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_path, s3_root):
+    from twophase_core.experiments import run_chaos
+
+    url, _, fs = s3_root
+    key = CHAOS.train.trajectory_key()
+    store = Store(tmp_path / "cache")
+    assert store.files.url == url
+    got = run_chaos(CHAOS, store)
+    plain = run_chaos(CHAOS, Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs"))
+    for k in ("C", "B", "D", "path", "acc_base", "train_loss", "acc"):
+        assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k
+    assert not (tmp_path / "cache" / "runs").exists()  # nothing on the local disk but the index
+    objects = fs.find(url)
+    assert f"{url[5:]}/{key}/t{max(CHAOS.t1):09d}.pt" in objects
+    assert len(objects) == len(list((tmp_path / "plain" / "runs").rglob("t*.pt")))
+    assert store.checkpoints(key) == Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs").checkpoints(key)
+    report = store.check()
+    assert report["ok"] and report["storage"] == url and report["checkpoints"]["verified"] == len(objects)
+    assert store.info()["checkpoints"] == len(objects)
+    assert store.clear() and fs.find(url) == []
+
+
+def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s3_root):
+    from twophase_core.train import Run
+
+    url, _, fs = s3_root
+    store = Store(tmp_path / "cache")
+    run = Run(CHAOS.train, store)
+    run.base().ensure([20, 40])
+    obj = f"{url[5:]}/{run.base().key}/t{40:09d}.pt"
+    good = fs.cat_file(obj)
+    fs.pipe_file(obj, good[:-10] + b"0123456789")  # a flipped tail: fails its checksum
+    report = store.check()
+    assert not report["ok"] and report["checkpoints"]["bad"] == [f"{url}/{run.base().key}/t{40:09d}.pt"]
+    assert store.load_checkpoint(run.base().key, 40) is None  # never used; dropped
+    assert not fs.exists(obj)
+    Run(CHAOS.train, store).base().ensure([20, 40])  # retrained from the checkpoint at 20
+    assert fs.cat_file(obj) == good
+
+
+def test_an_unreachable_object_store_is_an_error_never_a_missing_checkpoint(tmp_path, s3_root):
+    """A read that fails for the network is not damage: the checkpoint stays and the error says where."""
+    from twophase_core.train import Run
+
+    store = Store(tmp_path / "cache")
+    run = Run(CHAOS.train, store)
+    run.base().ensure([20])
+
+    def down(*a, **k):
+        raise ConnectionError("connection reset by peer")
+
+    store.files.fs.cat_file = down
+    with pytest.raises(StoreError, match=r"could not be used \(reading checkpoint 20 .*ConnectionError"):
+        store.load_checkpoint(run.base().key, 20)
+    del store.files.fs.cat_file
+    assert store.load_checkpoint(run.base().key, 20) is not None
+
+
+def test_wrong_storage_settings_are_named_before_any_training(tmp_path, s3_root, monkeypatch):
+    from twophase_core.experiments import run_chaos
+
+    url, opts, fs = s3_root
+    monkeypatch.setenv(ENV_ROOT, "s3://no-such-bucket/x")
+    with pytest.raises(StoreError, match="no-such-bucket.*bucket does not exist"):
+        run_chaos(CHAOS, Store(tmp_path / "a"))
+    monkeypatch.setenv(ENV_ROOT, "nope://x")
+    with pytest.raises(StoreError, match="Protocol not known: nope"):
+        run_chaos(CHAOS, Store(tmp_path / "b"))
+    monkeypatch.setenv(ENV_ROOT, url)
+    monkeypatch.setenv(ENV_OPTIONS, "{endpoint: 1}")
+    with pytest.raises(StoreError, match=f"{ENV_OPTIONS}=.* is not JSON"):
+        Store(tmp_path / "c")
+    assert fs.find(url) == [] and not any((tmp_path / d / "runs").exists() for d in "ab")
+    # the CLI: one line, before training
+    env = {**dict(__import__("os").environ), ENV_ROOT: "s3://no-such-bucket/x", ENV_OPTIONS: json.dumps(opts)}
+    r = subprocess.run([sys.executable, "-m", "twophase_core", "chaos", "--preset", "tiny", "--quiet", "--cache-dir",
+                        str(tmp_path / "cli")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "storage root s3://no-such-bucket/x could not be used" in r.stderr
+
+
+def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
+    from twophase_core.experiments import run_cone, run_linear
+
+    url, _, fs = s3_root
+    lin, cone = preset("tiny", "linear"), preset("tiny", "cone")
+    for run_, cfg in ((run_linear, lin), (run_cone, cone)):
+        a = run_(cfg, Store(tmp_path / f"s3-{C.kind_of(cfg)}"))
+        b = run_(cfg, Store(tmp_path / f"plain-{C.kind_of(cfg)}", storage=tmp_path / "runs"))
+        for k, v in a.arrays.items():
+            assert np.array_equal(v, b.arrays[k], equal_nan=True), (C.kind_of(cfg), k)
+    assert fs.find(url) and not (tmp_path / "s3-linear" / "runs").exists()
