@@ -147,6 +147,8 @@ def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_pat
     remote = run_cone(preset("tiny", "cone"), Store(tmp_path / "cr"), executor="ray")
     assert remote.meta["entk_method"] in ("structured", "jacobian", "ntvp")
     assert np.allclose(local.arrays["S"], remote.arrays["S"], rtol=0, atol=1e-6)
+    kernels = tmp_path / "cr" / "runs" / preset("tiny", "cone").train.trajectory_key() / "kernels"
+    assert len(list(kernels.glob("*.npy"))) == len(preset("tiny", "cone").checkpoints)  # written by the tasks
     assert np.array_equal(local.arrays["test_acc"], remote.arrays["test_acc"])
 
 

@@ -143,3 +143,34 @@ def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
         for k, v in a.arrays.items():
             assert np.array_equal(v, b.arrays[k], equal_nan=True), (C.kind_of(cfg), k)
     assert fs.find(url) and not (tmp_path / "s3-linear" / "runs").exists()
+
+
+def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monkeypatch):
+    """Kernels are written beside the checkpoints: a second cone on the same checkpoints and samples
+    (other views) computes none, and gives what a fresh store computes; a damaged kernel is recomputed."""
+    from twophase_core import ntk
+    from twophase_core.experiments import run_cone
+
+    first = preset("tiny", "cone")
+    its = sorted(first.checkpoints)
+    other = C.replace(first, references=(its[1],), dts=(its[2] - its[1],))
+    store = Store(tmp_path / "s")
+    a = run_cone(first, store)
+    assert a.meta["kernels_reused"] == 0
+    kernel_files = sorted((store.files.root / first.train.trajectory_key() / "kernels").glob("*.npy"))
+    assert len(kernel_files) == len(its)
+    calls = []
+    real = ntk.empirical_ntk
+    monkeypatch.setattr(ntk, "empirical_ntk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    b = run_cone(other, store)
+    assert b.meta["kernels_reused"] == len(its) and calls == []
+    fresh = run_cone(other, Store(tmp_path / "fresh"))
+    for k in ("R", "G", "S", "pca3", "mds2", "ref_curves"):
+        assert np.array_equal(b.arrays[k], fresh.arrays[k]), k
+    # damage one kernel file: it is never read, but recomputed, and the result does not change
+    kernel_files[1].write_bytes(kernel_files[1].read_bytes()[:-8] + b"\0" * 8)
+    third = C.replace(first, references=(its[0], its[-1]))
+    calls.clear()
+    c = run_cone(third, store)
+    assert c.meta["kernels_reused"] == len(its) - 1 and len(calls) == 1
+    assert np.array_equal(c.arrays["S"], a.arrays["S"])

@@ -377,25 +377,29 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
 
     acc = [live.acc[t] for t in its]
     prog.set_stage("kernels")
-    t_kernel = 0.0
+    subset = idx.cpu().tolist()
+    entk_method = ntk.choose_method(base.model(its[0]), x, cfg.kernel)  # one path for every checkpoint
+    t_kernel, reused = time.time(), 0
     if executor == "ray":
         from .ray_exec import cone_kernels
 
-        entk_method = ntk.choose_method(base.model(its[0]), x, cfg.kernel)
-        got = dict(cone_kernels(cfg, its, idx.cpu().tolist(), entk_method, store.files, cancel,
-                                on_done=lambda: prog.add(kernel_units)))
-        kernels = [torch.as_tensor(got[t]) for t in its]
+        names = dict(cone_kernels(cfg, its, subset, entk_method, store.files, cancel,
+                                  on_done=lambda: prog.add(kernel_units)))
+        kernels = []
+        for t in its:  # written by the tasks beside the checkpoints; recomputed here if it did not read back
+            k = store.load_kernel(run.key, names[t])
+            kernels.append(torch.as_tensor(k) if k is not None else
+                           torch.as_tensor(cone_kernel(run, cfg, t, x, subset, entk_method)[0]))
     else:
         kernels = []
         for t in its:
             if cancel is not None:
                 cancel.check()
-            m = base.model(t)
-            tk = time.time()
-            kernels.append(ntk.empirical_ntk(m, x, cfg.kernel))
-            t_kernel += time.time() - tk
+            k, was_stored = cone_kernel(run, cfg, t, x, subset, entk_method)
+            kernels.append(torch.as_tensor(k))
+            reused += was_stored
             prog.add(kernel_units)
-        entk_method = ntk.choose_method(m, x, cfg.kernel)  # the path the automatic choice took (cached: free)
+    t_kernel = time.time() - t_kernel
     R = ntk.gram(kernels)
     del kernels
     G = ntk.normalized_gram(R)
@@ -417,7 +421,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     early_idx = [i for i, t in enumerate(its) if early[0] <= t <= early[1] and t != 0]
     arrays["cone_window"] = np.array(window)
     arrays["early_window"] = np.array(early)
-    meta = _meta(cfg, started, run, kernel_seconds=round(t_kernel, 3), entk_method=entk_method,
+    meta = _meta(cfg, started, run, kernel_seconds=round(t_kernel, 3), entk_method=entk_method, kernels_reused=reused,
                  cone_angle_deg=ntk.cone_angle(G, win_idx, 0),
                  early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
                  subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
@@ -513,10 +517,34 @@ def linear_switch_from_store(cfg_dict: dict[str, Any], t: int, files: Any,
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 
-def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str,
-                           files: Any) -> np.ndarray:
-    """One checkpoint's eNTK from plain arguments, for a task in another process (Ray)."""
+def kernel_name(cfg: C.ConeConfig, run: Run, t: int, subset: list[int], method: str) -> str:
+    """The file of one checkpoint's eNTK: everything its values depend on besides the checkpoint (the
+    samples, the kernel, the path, the device, the code's schema)."""
+    import hashlib
+    import json
+
+    samples = hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16]
+    return f"t{t:09d}-{cfg.kernel}-{method}-{run.device.type}-n{len(subset)}-{samples}-s{C.SCHEMA}.npy"
+
+
+def cone_kernel(run: Run, cfg: C.ConeConfig, t: int, x: torch.Tensor, subset: list[int],
+                method: str) -> tuple[np.ndarray, bool]:
+    """The eNTK at checkpoint t on the samples `subset` (= x): read from the storage root if a run
+    before computed it, else computed and written there. (kernel, whether it was read)."""
     from . import ntk
+
+    name = kernel_name(cfg, run, t, subset, method)
+    stored = run.store.load_kernel(run.key, name)
+    if stored is not None:
+        return stored, True
+    k = ntk.empirical_ntk(run.base().model(t), x, cfg.kernel, method=method).cpu().numpy()
+    run.store.save_kernel(run.key, name, k)
+    return k, False
+
+
+def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> str:
+    """One checkpoint's eNTK from plain arguments, for a task in another process (Ray): written to the
+    storage root beside the checkpoints; the name of its file goes back to the driver."""
     from .train import configure_threads
 
     configure_threads()
@@ -524,7 +552,8 @@ def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], 
     with task_store(files) as store:
         run = Run(cfg.train, store)
         x = run.ds.x_train[torch.as_tensor(subset, device=run.device)]
-        return ntk.empirical_ntk(run.base().model(t), x, cfg.kernel, method=method).cpu().numpy()
+        cone_kernel(run, cfg, t, x, subset, method)
+        return kernel_name(cfg, run, t, subset, method)
 
 
 def compute_experiment(cfg: Any, store: Store) -> Result:

@@ -3,7 +3,8 @@
 A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one task
 per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own control
 or against the base run, and the row's metrics). A cone experiment is its base run and one task per
-checkpoint kernel (the Gram matrix and the projections follow on the driver). A linear run is its
+checkpoint kernel (written beside the checkpoints; the Gram matrix and the projections follow on the
+driver). A linear run is its
 base run and one task per switch time. A sweep is one task per point, and points that share a base
 run wait for one task that trains it (a Ray dependency: it holds across machines, and no task holds
 a CPU while it waits).
@@ -176,15 +177,16 @@ def linear_switches(cfg: Any, ts: Sequence[int], files: Any, cancel: Any = None,
     return _units_tasks(_linear_task, cfg, ts, (), files, cancel, on_units)
 
 
-def _kernel_task(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> tuple[int, Any]:
+def _kernel_task(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> tuple[int, str]:
     from .experiments import cone_kernel_from_store
 
     return t, cone_kernel_from_store(cfg_dict, t, subset, method, files)
 
 
 def cone_kernels(cfg: Any, its: Sequence[int], subset: list[int], method: str, files: Any, cancel: Any = None,
-                 on_done: Any = None) -> Iterator[tuple[int, Any]]:
-    """(t, kernel) for every checkpoint, one task each, as they finish. The base run must be stored."""
+                 on_done: Any = None) -> Iterator[tuple[int, str]]:
+    """(t, name of its kernel's file) for every checkpoint, one task each, as they finish: the kernels
+    go to the storage root (`Store.load_kernel` reads them), not through Ray. The base run must be stored."""
     from . import config as C
 
     ray = connect()

@@ -15,7 +15,9 @@ The storage root is a URL, from $TWOPHASE_STORAGE_ROOT (default: the store's own
 
 Either way a checkpoint is written once and carries its own sha256 (`frame_checkpoint`), so any
 reader verifies it without an index, and a damaged or partial one is dropped and retrained, never
-used. Layout: `<root>/<trajectory key>/t<iteration:09d>.pt`. Nothing here imports torch or fsspec
+used. Layout: `<root>/<trajectory key>/t<iteration:09d>.pt`, and the eNTK of a checkpoint, framed
+the same way, under `<root>/<trajectory key>/kernels/` (a cone task on another machine writes it
+there and returns its name; the next cone run on those checkpoints reads it). Nothing here imports torch or fsspec
 at module level.
 """
 
@@ -39,20 +41,21 @@ from .locks import file_lock
 ENV_ROOT = "TWOPHASE_STORAGE_ROOT"
 ENV_OPTIONS = "TWOPHASE_STORAGE_OPTIONS"
 CKPT_MAGIC = b"TPCKPT1\n"  # then the 32-byte sha256 of the payload, then torch.save bytes
+KERNEL_MAGIC = b"TPKERN1\n"  # then the sha256, then np.save bytes of one checkpoint's eNTK
 
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
 
-def frame_checkpoint(payload: bytes) -> bytes:
-    return CKPT_MAGIC + hashlib.sha256(payload).digest() + payload
+def frame_checkpoint(payload: bytes, magic: bytes = CKPT_MAGIC) -> bytes:
+    return magic + hashlib.sha256(payload).digest() + payload
 
 
-def verify_checkpoint(data: bytes) -> bytes | None:
-    """The torch payload of a framed checkpoint if its checksum holds, else None."""
-    n = len(CKPT_MAGIC)
-    if not data.startswith(CKPT_MAGIC) or len(data) < n + 32:
+def verify_checkpoint(data: bytes, magic: bytes = CKPT_MAGIC) -> bytes | None:
+    """The payload of a framed file (a checkpoint's torch bytes) if its checksum holds, else None."""
+    n = len(magic)
+    if not data.startswith(magic) or len(data) < n + 32:
         return None
     payload = data[n + 32:]
     return payload if hashlib.sha256(payload).digest() == data[n:n + 32] else None
@@ -95,17 +98,18 @@ class LocalFiles:
     def probe(self) -> None:
         """Nothing to check before use: the folder is made on the first write."""
 
-    def path(self, run: str, t: int) -> Path:
-        return self.root / run / file_name(t)
+    def path(self, run: str, t: int | str) -> Path:
+        """Checkpoint t of `run`, or (t a name) a file of `run` beside its checkpoints (`kernels/...`)."""
+        return self.root / run / (file_name(t) if isinstance(t, int) else t)
 
-    def read(self, run: str, t: int) -> bytes | None:
+    def read(self, run: str, t: int | str) -> bytes | None:
         """The file's bytes; None if there is none; OSError if it cannot be read."""
         try:
             return self.path(run, t).read_bytes()
         except FileNotFoundError:
             return None
 
-    def write(self, run: str, t: int, data: bytes) -> None:
+    def write(self, run: str, t: int | str, data: bytes) -> None:
         """Temp file (flocked, so no one takes it for an orphan), fsync, rename: all or nothing."""
         path = self.path(run, t)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,7 @@ class LocalFiles:
                 os.unlink(tmp)
             raise
 
-    def delete(self, run: str, t: int) -> None:
+    def delete(self, run: str, t: int | str) -> None:
         with contextlib.suppress(OSError):
             self.path(run, t).unlink(missing_ok=True)
 
@@ -142,7 +146,7 @@ class LocalFiles:
                         out.append((d.name, t, f.stat().st_size))
         return out
 
-    def size(self, run: str, t: int) -> int | None:
+    def size(self, run: str, t: int | str) -> int | None:
         try:
             return self.path(run, t).stat().st_size
         except OSError:
@@ -213,9 +217,11 @@ class ObjectFiles:
             self._root = self._root.rstrip("/")
         return self._fs
 
-    def _key(self, run: str, t: int | None = None) -> str:
+    def _key(self, run: str, t: int | str | None = None) -> str:
         self.fs  # noqa: B018 - resolves the root
-        return f"{self._root}/{run}" if t is None else f"{self._root}/{run}/{file_name(t)}"
+        if t is None:
+            return f"{self._root}/{run}"
+        return f"{self._root}/{run}/{file_name(t) if isinstance(t, int) else t}"
 
     def _fail(self, doing: str, e: Exception) -> StoreError:
         return StoreError(f"storage root {self.url[:80]} could not be used ({doing}): {type(e).__name__}: "
@@ -233,10 +239,10 @@ class ObjectFiles:
         except Exception as e:  # noqa: BLE001 - botocore, aiohttp, ... each has its own
             raise self._fail("writing a test object", e) from None
 
-    def path(self, run: str, t: int) -> str:
-        return f"{self.url}/{run}/{file_name(t)}"
+    def path(self, run: str, t: int | str) -> str:
+        return f"{self.url}/{run}/{file_name(t) if isinstance(t, int) else t}"
 
-    def read(self, run: str, t: int) -> bytes | None:
+    def read(self, run: str, t: int | str) -> bytes | None:
         """The object's bytes; None if there is none. Any other failure (network, permissions) raises
         StoreError: a checkpoint that could not be fetched is not a damaged one, and is never dropped."""
         try:
@@ -248,7 +254,7 @@ class ObjectFiles:
         except Exception as e:  # noqa: BLE001
             raise self._fail(f"reading checkpoint {t} of {run}", e) from None
 
-    def write(self, run: str, t: int, data: bytes) -> None:
+    def write(self, run: str, t: int | str, data: bytes) -> None:
         """One put of the whole file: readers see all of it or nothing."""
         try:
             self.fs.pipe_file(self._key(run, t), data)
@@ -257,7 +263,7 @@ class ObjectFiles:
         except Exception as e:  # noqa: BLE001
             raise self._fail(f"writing checkpoint {t} of {run}", e) from None
 
-    def delete(self, run: str, t: int) -> None:
+    def delete(self, run: str, t: int | str) -> None:
         try:
             self.fs.rm_file(self._key(run, t))
         except FileNotFoundError:
@@ -288,7 +294,7 @@ class ObjectFiles:
                 out.append((parts[0], t, int(info.get("size") or 0)))
         return out
 
-    def size(self, run: str, t: int) -> int | None:
+    def size(self, run: str, t: int | str) -> int | None:
         try:
             return int(self.fs.info(self._key(run, t)).get("size") or 0)
         except Exception:  # noqa: BLE001

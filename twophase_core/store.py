@@ -17,9 +17,10 @@ reported missing, so the caller recomputes it and never shows it. A damaged inde
 (`index.damaged-<time>-<pid>/`, never emptied in place) and rebuilt from what verifies on disk.
 Nothing here imports torch at module level: the app's process reads results without it.
 
-About 1,000 lines, knowingly: the record and checkpoint formats, the locks and the healing
-(check, repair, rebuild from what verifies) each read the others' invariants, and were written and
-fault-tested together. Splitting them (format / locks / index salvage) is the next clean-up.
+Past 900 lines, knowingly: the record format and the healing (check, repair, rebuild from what
+verifies) read each other's invariants and were fault-tested together. Locks (`locks.py`) and where
+checkpoint files live (`storage.py`) are out; reading a damaged index (the `_salvage` half) is the
+next to go.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .locks import file_lock, is_locked
 from .storage import (
     CKPT_MAGIC,
     ENV_ROOT,
+    KERNEL_MAGIC,
     CheckpointFiles,
     LocalFiles,
     ObjectFiles,
@@ -528,15 +530,42 @@ class Store:
 
     def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
         """Atomic write of a self-verifying file; a full disk leaves no temp file and raises StoreFull."""
-        data = frame_checkpoint(self.serialize(state))
+        self._write_file(run, t, frame_checkpoint(self.serialize(state)), f"writing checkpoint {t} of {run}")
+
+    def _write_file(self, run: str, name: int | str, data: bytes, doing: str) -> None:
         try:
-            self.files.write(run, t, data)
+            self.files.write(run, name, data)
         except OSError as e:
             where = self._checkpoint_disk()
             if _is_full(e, where):
                 self.release_reserve()
-                raise StoreFull(where, f"writing checkpoint {t} of {run}") from e
+                raise StoreFull(where, doing) from e
             raise
+
+    # -- kernels: one checkpoint's eNTK, beside its checkpoints -------------------------------
+    def save_kernel(self, run: str, name: str, kernel: np.ndarray) -> None:
+        """Write once, self-verifying, like a checkpoint (`storage.py`)."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(kernel), allow_pickle=False)
+        self._write_file(run, f"kernels/{name}", frame_checkpoint(buf.getvalue(), KERNEL_MAGIC),
+                         f"writing kernel {name} of {run}")
+
+    def load_kernel(self, run: str, name: str) -> np.ndarray | None:
+        """The kernel, or None if it is missing, unreadable or fails its checksum (then it is removed)."""
+        try:
+            data = self.files.read(run, f"kernels/{name}")
+        except OSError:
+            data = b""
+        if data is None:
+            return None
+        payload = verify_checkpoint(data, KERNEL_MAGIC)
+        try:
+            if payload is not None:
+                return np.load(io.BytesIO(payload), allow_pickle=False)
+        except ValueError:
+            pass
+        self.files.delete(run, f"kernels/{name}")
+        return None
 
     def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
         """The checkpoint, or None if it is missing, unreadable or fails its checksum (then it is removed).
