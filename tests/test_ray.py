@@ -205,3 +205,61 @@ def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root)
     assert CHAOS.train.trajectory_key() in keys and len(keys) > 1 + len(CHAOS.t0)  # base and the tasks' branches
     for k in ("C", "B", "D", "path"):
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k
+
+
+def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sweep(ray_cluster, tmp_path):
+    """Two base runs (replicates), two points each: a prepare task per base run, the rows of all four
+    points as tasks, one assembling task per point; the results are the local sweep's, bit for bit."""
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+
+    base = C.replace(preset("tiny", "chaos"), perturb_seeds=(0,))
+    sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]), replicates=2)
+    remote = run_sweep(sweep, Store(tmp_path / "r"), executor="ray")
+    local = run_sweep(sweep, Store(tmp_path / "l"))
+    assert len(remote.results) == 4 and set(remote.results) == set(local.results)
+    T = base.train.iterations
+    for h, r in remote.results.items():
+        assert r.meta["executor"] == "ray" and r.meta["sgd_steps"] == sum(T - t0 for t0 in base.t0)  # rows only
+        for k in ("C", "B", "D", "path", "acc_base", "train_loss", "acc"):
+            assert np.array_equal(r.arrays[k], local.results[h].arrays[k], equal_nan=True), k
+
+
+def test_linear_and_cone_sweeps_on_ray_match_the_local_ones(ray_cluster, tmp_path):
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+
+    for kind, vary in (("linear", "bn_stats=recompute,checkpoint"), ("cone", "n_samples=6,8")):
+        sweep = Sweep(preset("tiny", kind), parse_vary(kind, [vary]))
+        remote = run_sweep(sweep, Store(tmp_path / f"r{kind}"), executor="ray")
+        local = run_sweep(sweep, Store(tmp_path / f"l{kind}"))
+        assert len(remote.results) == 2
+        for h, r in remote.results.items():
+            for k, v in local.results[h].arrays.items():
+                assert np.array_equal(v, r.arrays[k], equal_nan=True), (kind, k)
+
+
+def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.train import Cancelled, CancelToken
+
+    base = C.replace(preset("tiny", "chaos"), iterations=1500, t0=(0, 500, 1000), t1=(1200, 1500),
+                     perturb_seeds=(0,))
+    sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
+    store = Store(tmp_path / "c")
+    token = CancelToken()
+    key = base.train.trajectory_key()
+
+    def cancel_once_the_base_run_is_under_way() -> None:
+        end = time.time() + 120
+        while time.time() < end and len(store.checkpoints(key)) < 2:
+            time.sleep(0.05)
+        token.set()
+
+    threading.Thread(target=cancel_once_the_base_run_is_under_way, daemon=True).start()
+    with pytest.raises(Cancelled):
+        run_sweep(sweep, store, executor="ray", cancel=token)
+    kept = store.checkpoints(key)
+    assert len(kept) >= 2  # what was trained stays
+    again = run_sweep(sweep, store, executor="ray")
+    fresh = run_sweep(sweep, Store(tmp_path / "fresh"))
+    for h, r in fresh.results.items():
+        assert np.array_equal(again.results[h].arrays["C"], r.arrays["C"], equal_nan=True)

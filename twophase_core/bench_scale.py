@@ -79,7 +79,7 @@ def _time_rows(address: str, n_cpus: int) -> float:
         run = Run(SCALE_CHAOS.train, store)
         run.base().ensure(sorted(SCALE_CHAOS.t0) + list(SCALE_CHAOS.t1))
         t = time.perf_counter()
-        rows = list(chaos_rows(SCALE_CHAOS, sorted(SCALE_CHAOS.t0), "loop", store.root))
+        rows = list(chaos_rows(SCALE_CHAOS, sorted(SCALE_CHAOS.t0), "loop", store.files))
         elapsed = time.perf_counter() - t
         assert len(rows) == len(SCALE_CHAOS.t0)
         store.close()

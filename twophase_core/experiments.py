@@ -173,12 +173,14 @@ def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 @_served_from_store
 def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
-              executor: str = "local") -> Result:
+              executor: str = "local", plan: dict[str, Any] | None = None,
+              units: dict[int, dict[str, np.ndarray]] | None = None) -> Result:
     """C, B, D over (t0, t1), one branch per (t0, seed), the base run as the control.
 
     The base run trains first; then each t0 is one unit of work (`chaos_row`), run here one after
     another, or as Ray tasks with executor="ray" (twophase_core.ray_exec), with the same result bit
-    for bit: a row is a pure function of the config, t0 and the stored checkpoints.
+    for bit: a row is a pure function of the config, t0 and the stored checkpoints. `plan` and
+    `units` (the rows by t0, computed elsewhere with that plan: a Ray sweep) only assemble them.
     """
 
     h = C.config_hash(cfg)
@@ -187,9 +189,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
     base = run.base()
     later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
-    how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(seeds), with_control=True)
-    if executor == "ray" and cfg.lockstep == "auto" and run.device.type != "cpu":
-        how = "stack"  # rows may land on other GPUs than the base run's: the control trains beside its copies
+    how = (plan or chaos_plan(run, cfg, executor))["how"]
     total = base.steps_needed(t0s + t1s) + sum(_row_units(run, cfg, t0, later[t0], how) for t0 in t0s)
     prog = _Progress(progress, total)
     prog.set_stage("base run")
@@ -227,12 +227,18 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             last_partial = time.time()  # cells appear as they finish
             send(len(rows_done))
 
-    if executor == "ray":
+    task_steps = 0  # SGD steps the rows took in other processes
+    if units is not None:
+        for t0 in t0s:
+            place(t0s.index(t0), units[t0], True)
+            task_steps += int(units[t0].get("sgd_steps", 0))
+    elif executor == "ray":
         from .ray_exec import chaos_rows
 
         prog.set_stage(f"{len(t0s)} rows as Ray tasks")
         for n, (t0, row) in enumerate(chaos_rows(cfg, t0s, how, store.files, cancel, on_units=prog.add), 1):
             place(t0s.index(t0), row, True)
+            task_steps += int(row.get("sgd_steps", 0))
             prog.set_stage(f"{len(t0s)} rows as Ray tasks: {n} done")
     elif executor == "local":
         for i, t0 in enumerate(t0s):
@@ -240,10 +246,20 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             place(i, row, True)
     else:
         raise C.ConfigError("executor", executor, "choose local or ray")
-    result = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base,
-                           _meta(cfg, started, run, lockstep=how, executor=executor))
+    meta = _meta(cfg, started, run, lockstep=how, executor=executor)
+    meta["sgd_steps"] += task_steps
+    result = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta)
     result.arrays.update(live.arrays())
     return result
+
+
+def chaos_plan(run: Run, cfg: C.ChaosConfig, executor: str = "local") -> dict[str, Any]:
+    """What every row of one chaos run must share: the lockstep path (loop or stack)."""
+    how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(cfg.perturb_seeds),
+                                                                           with_control=True)
+    if executor == "ray" and cfg.lockstep == "auto" and run.device.type != "cpu":
+        how = "stack"  # rows may land on other GPUs than the base run's: the control trains beside its copies
+    return {"how": how}
 
 
 def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str) -> float:
@@ -331,6 +347,7 @@ def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any
         run = Run(cfg.train, store)
         x, y = _eval_set(run, cfg.eval_size)
         row = chaos_row(run, cfg, t0, how, x, y, prog=units)
+        row["sgd_steps"] = np.array(run.steps_done)
     if report is not None:
         report(units.done)
     return row
@@ -349,10 +366,12 @@ def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base
 @_served_from_store
 def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
-             executor: str = "local") -> Result:
+             executor: str = "local", plan: dict[str, Any] | None = None,
+             units: dict[int, str] | None = None) -> Result:
     """Kernels at every checkpoint, their Gram matrix once, and every view derived from it. With
     executor="ray" each checkpoint's kernel is a task (the path the automatic choice takes on the first
-    checkpoint, here, is used by every task)."""
+    checkpoint, here, is used by every task). `plan` and `units` (kernel files by checkpoint, written
+    elsewhere with that plan: a Ray sweep) only assemble them."""
     from . import ntk
 
     h = C.config_hash(cfg)
@@ -372,19 +391,19 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     live = _Live(run, xt, yt, send)
     base.ensure(its, live.step(prog.add), cancel, on_wait=_waiting(prog))
     live.finish(its)
-    idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
+    plan = plan or cone_plan(run, cfg)
+    subset, entk_method = plan["subset"], plan["method"]  # one path for every checkpoint
+    idx = torch.as_tensor(subset, device=run.device)
     x = run.ds.x_train[idx]
 
     acc = [live.acc[t] for t in its]
     prog.set_stage("kernels")
-    subset = idx.cpu().tolist()
-    entk_method = ntk.choose_method(base.model(its[0]), x, cfg.kernel)  # one path for every checkpoint
     t_kernel, reused = time.time(), 0
-    if executor == "ray":
+    if units is not None or executor == "ray":
         from .ray_exec import cone_kernels
 
-        names = dict(cone_kernels(cfg, its, subset, entk_method, store.files, cancel,
-                                  on_done=lambda: prog.add(kernel_units)))
+        names = units if units is not None else dict(
+            cone_kernels(cfg, its, subset, entk_method, store.files, cancel, on_done=lambda: prog.add(kernel_units)))
         kernels = []
         for t in its:  # written by the tasks beside the checkpoints; recomputed here if it did not read back
             k = store.load_kernel(run.key, names[t])
@@ -438,11 +457,13 @@ LIN_UNITS = 3.0  # a linearised step costs about three plain ones
 @_served_from_store
 def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
-               executor: str = "local") -> Result:
+               executor: str = "local", plan: dict[str, Any] | None = None,
+               units: dict[int, float] | None = None) -> Result:
     """Test accuracy at T of the model linearised at each switch time t, beside full training.
 
     The base run trains first; then each switch time is one unit of work (`linear_switch`), run here
-    one after another or as Ray tasks with executor="ray", with the same result."""
+    one after another or as Ray tasks with executor="ray", with the same result. `units` (accuracies
+    by switch time, computed elsewhere: a Ray sweep) only assemble them."""
     h = C.config_hash(cfg)
     started = time.time()
     run = Run(cfg.train, store)
@@ -466,7 +487,9 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     acc_full = live.acc[T]
     acc_switch = np.array([live.acc[t] for t in ts])
 
-    if executor == "ray":
+    if units is not None:
+        got = ((t, units[t]) for t in ts)
+    elif executor == "ray":
         from .ray_exec import linear_switches
 
         prog.set_stage(f"{len(ts)} switch times as Ray tasks")
@@ -517,6 +540,16 @@ def linear_switch_from_store(cfg_dict: dict[str, Any], t: int, files: Any,
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 
+def cone_plan(run: Run, cfg: C.ConeConfig) -> dict[str, Any]:
+    """What every kernel of one cone run must share: the samples and the eNTK path (the automatic
+    choice, made on the first checkpoint, which must be stored)."""
+    from . import ntk
+
+    idx = stratified_subset(run.ds.y_train, cfg.n_samples, cfg.subset_seed).to(run.device)
+    model = run.base().model(min(cfg.checkpoints))
+    return {"subset": idx.cpu().tolist(), "method": ntk.choose_method(model, run.ds.x_train[idx], cfg.kernel)}
+
+
 def kernel_name(cfg: C.ConeConfig, run: Run, t: int, subset: list[int], method: str) -> str:
     """The file of one checkpoint's eNTK: everything its values depend on besides the checkpoint (the
     samples, the kernel, the path, the device, the code's schema)."""
@@ -556,11 +589,16 @@ def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], 
         return kernel_name(cfg, run, t, subset, method)
 
 
-def compute_experiment(cfg: Any, store: Store) -> Result:
+PLANS = {"chaos": lambda run, cfg: chaos_plan(run, cfg, "ray"), "cone": cone_plan, "linear": lambda run, cfg: {}}
+"""What the units of one experiment share, made once where its base run is (a Ray sweep's prepare task)."""
+
+
+def compute_experiment(cfg: Any, store: Store, **given: Any) -> Result:
     """The experiment computed, not looked up nor stored: what a remote task runs (reading and writing
-    checkpoints under the store's storage root) before it hands the result back to the driver."""
+    checkpoints under the store's storage root) before it hands the result back to the driver.
+    `given`: plan= and units= when its units were computed by other tasks."""
     C.validate(cfg)
-    return RUNNERS[C.kind_of(cfg)].compute(cfg, store, None, None, None)
+    return RUNNERS[C.kind_of(cfg)].compute(cfg, store, None, None, None, **given)
 
 
 def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,

@@ -5,9 +5,9 @@ per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked wit
 or against the base run, and the row's metrics). A cone experiment is its base run and one task per
 checkpoint kernel (written beside the checkpoints; the Gram matrix and the projections follow on the
 driver). A linear run is its
-base run and one task per switch time. A sweep is one task per point, and points that share a base
-run wait for one task that trains it (a Ray dependency: it holds across machines, and no task holds
-a CPU while it waits).
+base run and one task per switch time. A sweep is one graph of all of these across its points: a
+prepare task per base run (trained once, at every checkpoint its points read), the units of every
+point once their base run is there, and a task per point that assembles its result (`run_points`).
 
 Tasks read and write checkpoints in the driver's storage root (`storage.py`): the store's own folder
 on one machine; a shared filesystem or an object store (s3://, through fsspec) across machines. Each
@@ -94,9 +94,12 @@ def _linear_task(cfg_dict: dict[str, Any], t: int, files: Any, board: Any = None
     return t, _reporting(board, t, lambda report: linear_switch_from_store(cfg_dict, t, files, report))
 
 
-def _base_task(train_dict: dict[str, Any], needed: list[int], files: Any) -> int:
-    """Train (or find) one base run's checkpoints at `needed`: the part several sweep points share."""
+def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
+                  files: Any) -> dict[str, dict[str, Any]]:
+    """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
+    each point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
     from . import config as C
+    from .experiments import PLANS
     from .store import task_store
     from .train import Run, configure_threads
 
@@ -104,14 +107,29 @@ def _base_task(train_dict: dict[str, Any], needed: list[int], files: Any) -> int
     with task_store(files) as store:
         run = Run(C.from_dict(C.TrainConfig, train_dict), store)
         run.base().ensure(needed)
-        return run.steps_done
+        plans = {}
+        for kind, d in points:
+            cfg = C.from_dict(C.KINDS[kind], d)
+            plans[C.config_hash(cfg)] = PLANS[kind](run, cfg)
+        return plans
 
 
-def _point_task(cfg_dict: dict[str, Any], kind: str, files: Any,
-                base_done: int | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """One sweep point, computed in the task's process (checkpoints in the storage root); the result
-    travels back as arrays and metadata and the driver stores it. `base_done` is the shared base run's
-    task: Ray starts this one only once it has finished."""
+def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str) -> Any:
+    """One unit of a sweep point (a chaos row, a cone kernel's file name, a linear switch accuracy)."""
+    from .experiments import chaos_row_from_store, cone_kernel_from_store, linear_switch_from_store
+
+    plan = plans[h]
+    if kind == "chaos":
+        return chaos_row_from_store(cfg_dict, key, plan["how"], files)
+    if kind == "cone":
+        return cone_kernel_from_store(cfg_dict, key, plan["subset"], plan["method"], files)
+    return linear_switch_from_store(cfg_dict, key, files)
+
+
+def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plans: dict[str, Any], h: str, keys: list[int],
+                   *results: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """A sweep point's result from its units (given as arguments: Ray starts this when they are all
+    done); it travels back as arrays and metadata and the driver stores it."""
     from . import config as C
     from .experiments import compute_experiment
     from .store import task_store
@@ -119,13 +137,22 @@ def _point_task(cfg_dict: dict[str, Any], kind: str, files: Any,
 
     configure_threads()
     with task_store(files) as store:
-        r = compute_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store)
+        r = compute_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store, executor="ray", plan=plans[h],
+                               units=dict(zip(keys, results, strict=True)))
     return r.arrays, r.hash, {**r.meta, "config": r.config}
 
 
-def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None) -> Iterator[Any]:
-    """Results as tasks finish, `poll()` between waits; on cancel, every task still running is stopped
-    and Cancelled raised."""
+def unit_keys(cfg: Any) -> list[int]:
+    """The units of one experiment: chaos t0, cone checkpoints, linear switch times."""
+    from . import config as C
+
+    kind = C.kind_of(cfg)
+    return sorted(cfg.t0 if kind == "chaos" else cfg.checkpoints if kind == "cone" else cfg.switch)
+
+
+def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None, upstream: Sequence[Any] = ()) -> Iterator[Any]:
+    """Results as tasks finish, `poll()` between waits; on cancel, every task still running (and every
+    `upstream` task they wait on) is stopped and Cancelled raised."""
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
@@ -134,7 +161,7 @@ def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None) -> Iterato
         for ref in done:
             yield ray.get(ref)
         if cancel is not None and cancel.is_set():
-            for ref in pending:
+            for ref in [*pending, *upstream]:
                 ray.cancel(ref, force=True)
             cancel.check()
 
@@ -199,11 +226,14 @@ def cone_kernels(cfg: Any, its: Sequence[int], subset: list[int], method: str, f
 
 
 def run_points(configs: Sequence[Any], files: Any, cancel: Any = None) -> Iterator[Any]:
-    """Results of whole experiments (sweep points) run as Ray tasks, as they finish.
+    """Results of whole experiments (sweep points) as their tasks finish, every point split into its units.
 
-    Points that share a base run (one trajectory key) need it trained once: one task trains it, at
-    every checkpoint any of them reads, and those points start when it has finished (a Ray dependency,
-    not a lock, so it holds across machines and object stores, and no task sits on a CPU waiting)."""
+    One graph of tasks, no task waiting on another inside it: per base run (trajectory key), a prepare
+    task trains it at every checkpoint its points read and makes each point's plan; per point, one
+    task per unit (chaos row, cone kernel, linear switch time) starts when that is done; then one task
+    assembles the point's result from its units. So a base run is trained once whatever the storage
+    (a Ray dependency, not a lock: it holds across machines and object stores), units of all points
+    spread over the cluster together, and nothing holds a CPU or GPU while it waits."""
     from . import config as C
     from .results import Result
 
@@ -211,18 +241,21 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None) -> Iterat
     groups: dict[str, list[Any]] = {}
     for cfg in configs:
         groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
-    refs = []
+    finals, upstream = [], []
     for members in groups.values():
-        base = None
-        if len(members) > 1:
-            needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
-            train = members[0].train
-            base = ray.remote(max_retries=3, **_resources(members[0]))(_base_task).remote(
-                C.to_dict(train), needed, files)
+        needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
+        points = [(C.kind_of(c), C.to_dict(c)) for c in members]
+        prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
+            C.to_dict(members[0].train), needed, points, files)
+        upstream.append(prep)
         for cfg in members:
-            task = ray.remote(max_retries=3, **_resources(cfg))(_point_task)
-            refs.append(task.remote(C.to_dict(cfg), C.kind_of(cfg), files, base))
-    for arrays, h, meta in _gather(ray, refs, cancel):
+            kind, d, h, keys = C.kind_of(cfg), C.to_dict(cfg), C.config_hash(cfg), unit_keys(cfg)
+            unit = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
+            units = [unit.remote(kind, d, k, files, prep, h) for k in keys]
+            upstream.extend(units)
+            finals.append(ray.remote(max_retries=3, **_resources(cfg))(_assemble_task).remote(
+                kind, d, files, prep, h, keys, *units))
+    for arrays, h, meta in _gather(ray, finals, cancel, upstream=upstream):
         config = meta.pop("config")
         yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
 

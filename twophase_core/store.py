@@ -848,6 +848,8 @@ def task_store(files: CheckpointFiles) -> Iterator[Store]:
     """A store for a task on any machine (Ray): the shared checkpoint files, and a throwaway index in a
     temp folder, since only the driver writes results into the real one (which may be on a disk this
     machine cannot see)."""
+    if not isinstance(files, LocalFiles | ObjectFiles):  # a bare path would silently be another root
+        raise TypeError(f"task_store takes the driver's Store.files, not {type(files).__name__}")
     scratch = tempfile.mkdtemp(prefix="twophase-task-")
     store = Store(scratch, storage=files)
     try:
