@@ -23,6 +23,9 @@ FROM ${BASE_IMAGE}
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX=
 ARG TORCH_PACKAGES="torch torchvision"
+# optional extras from pyproject.toml, comma-separated: EXTRAS=ray,s3 for a Ray cluster's image whose
+# checkpoints live in S3 (README, "Scale-out on Ray"); none by default (the app and the CLI need none)
+ARG EXTRAS=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -82,7 +85,12 @@ RUN --mount=type=secret,id=ca,required=false \
     set -eu; \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb')); \
-print('\n'.join(p['project']['dependencies'] + p['build-system']['requires']))" > /tmp/requirements.txt; \
+extras = [e.strip() for e in '${EXTRAS}'.split(',') if e.strip()]; \
+unknown = [e for e in extras if e not in p['project']['optional-dependencies']]; \
+assert not unknown, f'EXTRAS: no such extra {unknown}; choose from {sorted(p[\"project\"][\"optional-dependencies\"])}'; \
+deps = p['project']['dependencies'] + p['build-system']['requires']; \
+deps += [d for e in extras for d in p['project']['optional-dependencies'][e]]; \
+print('\n'.join(deps))" > /tmp/requirements.txt; \
     pip install -c /opt/venv/torch-constraint.txt -r /tmp/requirements.txt; \
     rm /tmp/requirements.txt /tmp/pyproject.toml
 

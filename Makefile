@@ -48,14 +48,15 @@ RUN_URL_HOST = $(if $(filter 0.0.0.0 :: 127.0.0.1,$(HOST)),localhost,$(HOST))
 
 # Docker (README, "Docker"): `make docker` builds $(IMAGE) with BuildKit. The base image defaults to
 # one made here from Debian's packages (debootstrap) when it is missing, since Docker Hub may be out of
-# reach; BASE_IMAGE=python:3.11-slim uses Docker Hub's instead. TORCH_VARIANT=cpu|cuda, TORCH_INDEX=URL:
-# see the Dockerfile. A CPU torch wheel on this disk (TORCH_WHEEL) is handed to the build as an image.
+# reach; BASE_IMAGE=python:3.11-slim uses Docker Hub's instead. TORCH_VARIANT=cpu|cuda, TORCH_INDEX=URL,
+# EXTRAS=ray,s3 (optional dependencies, for a Ray cluster's image): see the Dockerfile. A CPU torch wheel on this disk (TORCH_WHEEL) is handed to the build as an image.
 IMAGE ?= twophase
 BASE_IMAGE ?= twophase-base:bookworm
 LOCAL_BASE_IMAGE := twophase-base:bookworm
 DEBIAN_SUITE ?= bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 TORCH_VARIANT ?= cpu
+EXTRAS ?=
 TORCH_INDEX ?=
 TORCH_WHEEL ?= $(if $(filter cpu,$(TORCH_VARIANT)),$(if $(TORCH_INDEX),,$(lastword $(sort $(wildcard /opt/wheels/torch-*+cpu-cp311-*.whl)))))
 TORCH_WHEELS_IMAGE ?= $(if $(TORCH_WHEEL),twophase-torch-wheels:$(subst +,-,$(word 2,$(subst -, ,$(notdir $(TORCH_WHEEL))))),scratch)
@@ -85,7 +86,7 @@ docker: docker-base
 	  echo "twophase: handing $(TORCH_WHEEL) to the build as $(TORCH_WHEELS_IMAGE)"; \
 	  tar -C $(dir $(TORCH_WHEEL)) -c $(notdir $(TORCH_WHEEL)) | $(DOCKER) import - $(TORCH_WHEELS_IMAGE); fi
 	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	  --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg TORCH_INDEX=$(TORCH_INDEX) \
+	  --build-arg TORCH_VARIANT=$(TORCH_VARIANT) --build-arg TORCH_INDEX=$(TORCH_INDEX) --build-arg EXTRAS=$(EXTRAS) \
 	  --build-arg TORCH_WHEELS_IMAGE=$(TORCH_WHEELS_IMAGE) $(if $(CA_BUNDLE),--secret id=ca$(comma)src=$(CA_BUNDLE)) \
 	  $(DOCKER_BUILD_FLAGS) .
 	@$(DOCKER) image inspect -f 'twophase: built $(IMAGE), {{.Size}} bytes' $(IMAGE)

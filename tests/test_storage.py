@@ -51,7 +51,7 @@ def test_storage_urls_open_what_they_name(tmp_path):
         open_storage("file://server/share")
 
 
-def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_path, s3_root):
+def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_path, s3_root, capsys):
     from twophase_core.experiments import run_chaos
 
     url, _, fs = s3_root
@@ -70,7 +70,10 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
     report = store.check()
     assert report["ok"] and report["storage"] == url and report["checkpoints"]["verified"] == len(objects)
     assert store.info()["checkpoints"] == len(objects)
-    assert store.clear() and fs.find(url) == []
+    from twophase_core.cli import main
+
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert fs.find(url) == [] and f"and every checkpoint at {url}" in capsys.readouterr().out
 
 
 def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s3_root):

@@ -250,7 +250,9 @@ def _cache(action: str, cache_dir: str | None) -> int:
         print(json.dumps(r, indent=2))
         return 0 if r["after"]["ok"] else 1
     r = store.clear()
-    print(f"cleared {r['root']} ({r['bytes_removed']} bytes)")
+    inside = r["storage"].startswith(Path(r["root"]).resolve().as_uri())
+    elsewhere = "" if inside else f", and every checkpoint at {r['storage']}"
+    print(f"cleared {r['root']} ({r['bytes_removed']} bytes){elsewhere}")
     return 0
 
 

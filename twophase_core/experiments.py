@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from .store import Store, task_store
 from .train import CancelToken, Run
 
 ProgressCallback = Callable[[float, str], None]
+Out = TypeVar("Out")
 
 
 def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
@@ -335,22 +336,31 @@ class _Units:
 
 def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any,
                          report: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
-    """`chaos_row` from plain arguments, for a task in another process (Ray): reads and writes
-    checkpoints in `files` (the driver's storage root), rebuilds the run and the evaluation set, and
-    returns the row; `report(units)` hears its progress."""
+    """`chaos_row` from plain arguments, for a task in another process (Ray), with the SGD steps it
+    took (`sgd_steps`)."""
+
+    def row(run: Run, cfg: C.ChaosConfig, units: _Units) -> dict[str, np.ndarray]:
+        out = chaos_row(run, cfg, t0, how, *_eval_set(run, cfg.eval_size), prog=units)
+        out["sgd_steps"] = np.array(run.steps_done)
+        return out
+
+    return _unit_in_task(C.ChaosConfig, cfg_dict, files, report, row)
+
+
+def _unit_in_task(cls: type, cfg_dict: dict[str, Any], files: Any, report: Callable[[float], None] | None,
+                  work: Callable[[Run, Any, _Units], Out]) -> Out:
+    """A unit of work in a task's process (Ray): one torch thread, the config rebuilt from plain data,
+    the run on the driver's storage root `files`; `report(units)` hears its progress, last at the end."""
     from .train import configure_threads
 
     configure_threads()
-    cfg = C.from_dict(C.ChaosConfig, cfg_dict)
+    cfg = C.from_dict(cls, cfg_dict)
     units = _Units(report)
     with task_store(files) as store:
-        run = Run(cfg.train, store)
-        x, y = _eval_set(run, cfg.eval_size)
-        row = chaos_row(run, cfg, t0, how, x, y, prog=units)
-        row["sgd_steps"] = np.array(run.steps_done)
+        out = work(Run(cfg.train, store), cfg, units)
     if report is not None:
         report(units.done)
-    return row
+    return out
 
 
 def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
@@ -523,18 +533,8 @@ def linear_switch(run: Run, cfg: C.LinearConfig, t: int, x: torch.Tensor, y: tor
 def linear_switch_from_store(cfg_dict: dict[str, Any], t: int, files: Any,
                              report: Callable[[float], None] | None = None) -> float:
     """`linear_switch` from plain arguments, for a task in another process (Ray)."""
-    from .train import configure_threads
-
-    configure_threads()
-    cfg = C.from_dict(C.LinearConfig, cfg_dict)
-    units = _Units(report)
-    with task_store(files) as store:
-        run = Run(cfg.train, store)
-        x, y = _eval_set(run, cfg.eval_size)
-        acc = linear_switch(run, cfg, t, x, y, units)
-    if report is not None:
-        report(units.done)
-    return acc
+    return _unit_in_task(C.LinearConfig, cfg_dict, files, report,
+                         lambda run, cfg, units: linear_switch(run, cfg, t, *_eval_set(run, cfg.eval_size), units))
 
 
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
@@ -578,15 +578,12 @@ def cone_kernel(run: Run, cfg: C.ConeConfig, t: int, x: torch.Tensor, subset: li
 def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> str:
     """One checkpoint's eNTK from plain arguments, for a task in another process (Ray): written to the
     storage root beside the checkpoints; the name of its file goes back to the driver."""
-    from .train import configure_threads
 
-    configure_threads()
-    cfg = C.from_dict(C.ConeConfig, cfg_dict)
-    with task_store(files) as store:
-        run = Run(cfg.train, store)
-        x = run.ds.x_train[torch.as_tensor(subset, device=run.device)]
-        cone_kernel(run, cfg, t, x, subset, method)
+    def kernel(run: Run, cfg: C.ConeConfig, _: _Units) -> str:
+        cone_kernel(run, cfg, t, run.ds.x_train[torch.as_tensor(subset, device=run.device)], subset, method)
         return kernel_name(cfg, run, t, subset, method)
+
+    return _unit_in_task(C.ConeConfig, cfg_dict, files, None, kernel)
 
 
 PLANS = {"chaos": lambda run, cfg: chaos_plan(run, cfg, "ray"), "cone": cone_plan, "linear": lambda run, cfg: {}}

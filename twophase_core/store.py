@@ -836,7 +836,7 @@ class Store:
                 self._open()
         self._keep_reserve()
         return {"root": str(self.root), "bytes_removed": max(before - _tree_bytes(self.root), 0),
-                "free_bytes": self.free_bytes()}
+                "free_bytes": self.free_bytes(), "storage": self.files.url}
 
     def close(self) -> None:
         if self._cache is not None:
