@@ -177,3 +177,21 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
     c = run_cone(third, store)
     assert c.meta["kernels_reused"] == len(its) - 1 and len(calls) == 1
     assert np.array_equal(c.arrays["S"], a.arrays["S"])
+
+
+def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):
+    """The free-space check at submit (the app's process) has no disk to check on an object store: it
+    must not list the bucket (no network wait in the page, no s3fs needed there)."""
+    from twophase_core.jobs import JobManager
+
+    store = Store(tmp_path / "cache")
+
+    def no_network(*a, **k):
+        raise AssertionError("the submit path listed the object store")
+
+    store.files.iterations = store.files.listing = store.files.size = no_network
+    JobManager(store)._check_space(CHAOS, "job-x")  # returns without a look at the bucket
+    local = Store(tmp_path / "local", storage=tmp_path / "runs")
+    local.files.iterations = no_network
+    with pytest.raises(AssertionError, match="listed"):
+        JobManager(local)._check_space(CHAOS, "job-y")  # a folder is checked (the oracle: the check runs)

@@ -330,6 +330,8 @@ class JobManager:
 
     def _check_space(self, cfg: Any, job_id: str) -> None:
         """StoreFull if the checkpoints this job would write clearly do not fit (estimated without torch)."""
+        if self.store.files.free_bytes() is None:
+            return  # checkpoints go to an object store: no disk of ours to fill, and no listing to wait for
         one = self.store.checkpoint_bytes(cfg.train.trajectory_key())
         if one is None:
             return  # no checkpoint of this model yet: the engine checks before it trains
