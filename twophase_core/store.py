@@ -17,17 +17,16 @@ reported missing, so the caller recomputes it and never shows it. A damaged inde
 (`index.damaged-<time>-<pid>/`, never emptied in place) and rebuilt from what verifies on disk.
 Nothing here imports torch at module level: the app's process reads results without it.
 
-Past 900 lines, knowingly: the record format and the healing (check, repair, rebuild from what
-verifies) read each other's invariants and were fault-tested together. Locks (`locks.py`) and where
-checkpoint files live (`storage.py`) are out; reading a damaged index (the `_salvage` half) is the
-next to go.
+Past 700 lines, knowingly: opening, healing, checking and repairing read each other's invariants
+and were fault-tested together. What they build on lives beside it: the record format (`records.py`),
+reading a damaged index without writing to it (`index_salvage.py`), locks (`locks.py`) and where
+checkpoint files live (`storage.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import logging
@@ -43,9 +42,17 @@ from typing import Any, TypeVar
 
 import diskcache
 import numpy as np
-from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, UNKNOWN
+from diskcache.core import MODE_PICKLE, MODE_RAW
 
+from .index_salvage import inspect_index, mtime, salvage_rows, size_of, tree_bytes, unreferenced
 from .locks import file_lock, is_locked
+from .records import (
+    SafeDisk,
+    pack_arrays,
+    sha_hex,
+    unframe_record,
+    unpack_arrays,
+)
 from .storage import (
     CKPT_MAGIC,
     ENV_ROOT,
@@ -63,11 +70,8 @@ from .storage import (
 ENV_STORAGE = ENV_ROOT  # the storage root's variable, under the name the store has always exported
 
 ENV = "TWOPHASE_CACHE_DIR"
-REC_MAGIC = b"TPREC1\n"  # then a 4-byte header length, the JSON header {key, sha}, then the blob
-FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their size: they survive the db
 RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
-STRAY_AGE_S = 60.0  # an index entry file with no row, older than this, is left over from a killed writer
 log = logging.getLogger("twophase.store")
 T = TypeVar("T")
 _CORRUPT = object()  # an entry that could not be read (pickled, malformed): dropped like a bad checksum
@@ -110,10 +114,6 @@ class StoreDamaged(StoreError):
     """The index cannot be read and was not repaired (the store was opened with heal=False)."""
 
 
-class UnsafeEntry(ValueError):
-    """An index entry that would need unpickling (or points outside the index): refused unread."""
-
-
 def human(n: int | None) -> str:
     if n is None:
         return "?"
@@ -145,104 +145,6 @@ def _is_full(e: BaseException, root: Path | None = None) -> bool:
     if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
         return True
     return root is not None and isinstance(e, OSError | sqlite3.OperationalError) and free_bytes(root) < FULL_BELOW
-
-
-def _sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def pack_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-    return buf.getvalue()
-
-
-def unpack_arrays(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        meta = json.loads(z["__meta__"].tobytes().decode())
-    return arrays, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# Framing: records and checkpoints that verify by themselves
-
-
-def frame_record(key: str, sha: str, blob: bytes) -> bytes:
-    head = json.dumps({"key": key, "sha": sha}).encode()
-    return REC_MAGIC + len(head).to_bytes(4, "big") + head + blob
-
-
-def unframe_record(data: bytes) -> tuple[str, str, bytes]:
-    """(key, sha, blob) of a framed record; ValueError if it is not one. The sha is not checked here."""
-    if not data.startswith(REC_MAGIC) or len(data) < len(REC_MAGIC) + 4:
-        raise ValueError("not a framed record")
-    n = int.from_bytes(data[len(REC_MAGIC):len(REC_MAGIC) + 4], "big")
-    start = len(REC_MAGIC) + 4
-    head = json.loads(data[start:start + n].decode())
-    if not (isinstance(head, dict) and isinstance(head.get("key"), str) and isinstance(head.get("sha"), str)):
-        raise ValueError("bad record header")
-    return head["key"], head["sha"], data[start + n:]
-
-
-class UnsafeKey(bytes):
-    """A key diskcache stored pickled: never unpickled, only skipped or deleted."""
-
-
-class SafeDisk(diskcache.Disk):
-    """diskcache serialisation that never unpickles.
-
-    Keys are strings; values are str, int, float, bytes or a checksummed record `{"sha", "blob"}`
-    (framed as bytes with its key, in the database or, for `FILE_PREFIXES` and anything large, in a
-    file of its own). A pickled value or key found on disk raises `UnsafeEntry` / comes back as an
-    `UnsafeKey` instead of being loaded, and a file name pointing outside the index is refused.
-    """
-
-    def put(self, key: Any) -> tuple[Any, bool]:
-        if type(key) is not str:
-            raise TypeError(f"store keys are strings, not {type(key).__name__}")
-        return super().put(key)
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            return UnsafeKey(bytes(key))
-        return super().get(key, raw)
-
-    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
-        if type(value) is dict and set(value) == {"sha", "blob"}:
-            data = frame_record(key if type(key) is str else "", str(value["sha"]), bytes(value["blob"]))
-            if (type(key) is str and key.startswith(FILE_PREFIXES)) or len(data) >= self.min_file_size:
-                filename, full_path = self.filename(key, data)
-                self._write(full_path, io.BytesIO(data), "xb")
-                return len(data), MODE_BINARY, filename, None
-            return 0, MODE_RAW, None, sqlite3.Binary(data)
-        if type(value) in (str, int, float, bytes) and not read:
-            return super().store(value, read, key)
-        raise TypeError(f"the store keeps strings, numbers, bytes and checksummed records, not {type(value).__name__}")
-
-    def _inside(self, filename: str) -> str:
-        full = os.path.realpath(os.path.join(self._directory, filename))
-        if not full.startswith(os.path.realpath(self._directory) + os.sep):
-            raise UnsafeEntry(f"an index entry points outside the index: {filename!r}")
-        return full
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == MODE_PICKLE:
-            raise UnsafeEntry("a pickled entry (the store never unpickles)")
-        if filename is not None:
-            self._inside(filename)
-        out = super().fetch(mode, filename, value, read)
-        if type(out) is bytes and out.startswith(REC_MAGIC):
-            _, sha, blob = unframe_record(out)
-            return {"sha": sha, "blob": blob}
-        return out
-
-    def remove(self, file_path: str) -> None:
-        try:
-            self._inside(file_path)
-        except UnsafeEntry:
-            return
-        super().remove(file_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +298,7 @@ class Store:
     def _recover_from(self, aside: Path, report: dict[str, Any]) -> None:
         """Copy into the fresh index every record of the moved-aside one that verifies."""
         got: dict[str, tuple[str, bytes] | str] = {}
-        rows, read_error = _salvage_rows(aside / "cache.db")
+        rows, read_error = salvage_rows(aside / "cache.db")
         for key, raw, mode, value in rows:
             if not raw or mode == MODE_PICKLE:
                 report["refused_pickles"] += 1
@@ -410,7 +312,7 @@ class Store:
                 except ValueError:
                     report["unverifiable"] += 1
                     continue
-                if _sha(blob) == sha and k in (key, ""):
+                if sha_hex(blob) == sha and k in (key, ""):
                     got[key] = (sha, blob)
                 else:
                     report["unverifiable"] += 1
@@ -420,7 +322,7 @@ class Store:
             except (OSError, ValueError):
                 report["unverifiable"] += 1
                 continue
-            if k and _sha(blob) == sha:
+            if k and sha_hex(blob) == sha:
                 got.setdefault(k, (sha, blob))
             else:
                 report["unverifiable"] += 1
@@ -464,13 +366,14 @@ class Store:
 
     # -- blobs ------------------------------------------------------------------------------
     def put_blob(self, key: str, blob: bytes) -> None:
-        self._set(key, {"sha": _sha(blob), "blob": blob})
+        self._set(key, {"sha": sha_hex(blob), "blob": blob})
 
     def get_blob(self, key: str) -> bytes | None:
         rec = self._healing(lambda: self._fetch(key))
         if rec is None:
             return None
-        if not (isinstance(rec, dict) and isinstance(rec.get("blob"), bytes) and _sha(rec["blob"]) == rec.get("sha")):
+        blob = rec.get("blob") if isinstance(rec, dict) else None
+        if not (isinstance(blob, bytes) and sha_hex(blob) == rec.get("sha")):
             self.delete(key)  # pickled, malformed or failing its checksum: never returned
             return None
         return rec["blob"]
@@ -580,7 +483,7 @@ class Store:
         payload = verify_checkpoint(data)
         if payload is None and not data.startswith(CKPT_MAGIC) and self._cache is not None:
             sha = self._legacy_sha(run, t)  # a file from before checkpoints carried their checksum
-            payload = data if sha is not None and _sha(data) == sha else None
+            payload = data if sha is not None and sha_hex(data) == sha else None
         if payload is None:
             self.drop_checkpoint(run, t)
             return None
@@ -684,8 +587,8 @@ class Store:
         try:
             results, volume = len(self.keys("result/")), self.cache.volume()
         except StoreError:
-            results = _inspect_index(self.db_path, self.index_dir)["results"]
-            volume = _tree_bytes(self.index_dir) if self.index_dir.is_dir() else 0
+            results = inspect_index(self.db_path, self.index_dir)["results"]
+            volume = tree_bytes(self.index_dir) if self.index_dir.is_dir() else 0
         return {
             "root": str(self.root),
             "storage": self.files.url,
@@ -710,7 +613,7 @@ class Store:
         full-disk index is reported, not opened for writing), every checkpoint file is read and checked.
         """
         problems: list[str] = []
-        index = _inspect_index(self.db_path, self.index_dir)
+        index = inspect_index(self.db_path, self.index_dir)
         if index["problem"] is None:
             index["problem"] = self._index_problem() if self.db_path.exists() else None
         if index["problem"]:
@@ -735,7 +638,7 @@ class Store:
                 ckpt["bad"].append(str(self.files.path(run, t)))
             elif verify_checkpoint(data) is not None:
                 ckpt["verified"] += 1
-            elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{run}/{t}") == _sha(data):
+            elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{run}/{t}") == sha_hex(data):
                 ckpt["legacy"] += 1
             else:
                 ckpt["bad"].append(str(self.files.path(run, t)))
@@ -743,7 +646,7 @@ class Store:
             problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum or cannot be read")
         now = time.time()
         temps = self._temp_files()
-        orphans = [p for p in temps if now - _mtime(p) >= ORPHAN_AGE_S and not is_locked(p)]
+        orphans = [p for p in temps if now - mtime(p) >= ORPHAN_AGE_S and not is_locked(p)]
         if orphans:
             problems.append(f"{len(orphans)} orphan temp files")
         copies = self._damaged_copies()
@@ -751,7 +654,7 @@ class Store:
                 "index": index,
                 "checkpoints": ckpt,
                 "temp_files": {"in_use": len(temps) - len(orphans), "orphans": len(orphans),
-                               "orphan_bytes": sum(_size(p) for p in orphans)},
+                               "orphan_bytes": sum(size_of(p) for p in orphans)},
                 "damaged_index_copies": [str(p) for p in copies], "free_bytes": self.free_bytes()}
 
     def repair(self) -> dict[str, Any]:
@@ -772,7 +675,7 @@ class Store:
                 self._open()
             done["index_entries_removed"] = self._purge_index()
             referenced = {f for (f,) in self.cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-            stray = _unreferenced(self.index_dir, referenced)
+            stray = unreferenced(self.index_dir, referenced)
             for p in stray:
                 p.unlink(missing_ok=True)
             done["unreferenced_files_removed"] = len(stray)
@@ -783,7 +686,7 @@ class Store:
                 except OSError:
                     data = b""
                 ok = verify_checkpoint(data) is not None or (
-                    not data.startswith(CKPT_MAGIC) and self._legacy_sha(run, t) == _sha(data))
+                    not data.startswith(CKPT_MAGIC) and self._legacy_sha(run, t) == sha_hex(data))
                 if not ok:
                     self.drop_checkpoint(run, t)
                     removed.append(str(self.files.path(run, t)))
@@ -804,7 +707,8 @@ class Store:
                 except Exception:  # noqa: BLE001
                     bad = True
                 else:  # ours are checksummed records, or checksums (str) of old checkpoint files
-                    bad = not isinstance(val, dict | str) or (isinstance(val, dict) and _sha(val["blob"]) != val["sha"])
+                    bad = not isinstance(val, dict | str) or (
+                        isinstance(val, dict) and sha_hex(val["blob"]) != val["sha"])
             if bad:
                 if raw:
                     self.cache.delete(key)
@@ -816,7 +720,7 @@ class Store:
         """Remove every result, job record, log and checkpoint; works on a damaged index and a full
         disk (it deletes files, it never needs to write into the old index). A worker still running
         finds its index gone and fails loudly."""
-        before = _tree_bytes(self.root)
+        before = tree_bytes(self.root)
         with self._root_lock():
             if self._cache is not None:
                 with contextlib.suppress(Exception):
@@ -835,7 +739,7 @@ class Store:
             with contextlib.suppress(StoreFull):  # a disk still full: the index is created on first use
                 self._open()
         self._keep_reserve()
-        return {"root": str(self.root), "bytes_removed": max(before - _tree_bytes(self.root), 0),
+        return {"root": str(self.root), "bytes_removed": max(before - tree_bytes(self.root), 0),
                 "free_bytes": self.free_bytes(), "storage": self.files.url}
 
     def close(self) -> None:
@@ -857,122 +761,3 @@ def task_store(files: CheckpointFiles) -> Iterator[Store]:
     finally:
         store.close()
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a possibly damaged index without writing to it
-
-
-def _connect_ro(db: Path) -> sqlite3.Connection:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        con.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        return con
-    except sqlite3.Error:
-        return sqlite3.connect(f"file:{db}?immutable=1", uri=True)
-
-
-def _salvage_rows(db: Path) -> tuple[list[tuple[Any, int, int, Any]], str | None]:
-    """(key, raw, mode, value) of every row that can still be read; values in files are left to the file scan."""
-    rows: list[tuple[Any, int, int, Any]] = []
-    if not db.is_file() or db.stat().st_size == 0:
-        return rows, None
-    try:
-        con = _connect_ro(db)
-    except sqlite3.Error as e:
-        return rows, str(e)
-    try:
-        for key, raw, mode, value in con.execute("SELECT key, raw, mode, value FROM Cache"):
-            rows.append((key, raw, mode, bytes(value) if isinstance(value, bytes | memoryview) else value))
-    except sqlite3.Error as e:
-        return rows, str(e)
-    finally:
-        con.close()
-    return rows, None
-
-
-def _inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": str(db), "state": "ok", "problem": None, "entries": 0, "results": 0,
-                           "jobs": 0, "pickled": 0, "bad_records": 0, "legacy_shas": {}}
-    if not db.exists():
-        out["state"] = "missing"
-        leftovers = list(index_dir.rglob("*.val")) if index_dir.is_dir() else []
-        if leftovers:
-            out["problem"] = f"cache.db is missing but {len(leftovers)} entry files remain"
-        return out
-    rows, err = _salvage_rows(db)
-    if err:
-        out["state"], out["problem"] = "damaged", err
-    out["entries"] = len(rows)
-    disk = SafeDisk(str(index_dir))
-    for key, raw, mode, value in rows:
-        if not raw or mode == MODE_PICKLE:
-            out["pickled"] += 1
-            continue
-        if isinstance(key, str) and key.startswith("result/"):
-            out["results"] += 1
-        if isinstance(key, str) and key.startswith("job/"):
-            out["jobs"] += 1
-        if isinstance(key, str) and key.startswith("ckpt/") and isinstance(value, str):
-            out["legacy_shas"][key] = value
-        if mode in (MODE_RAW, MODE_BINARY) and not isinstance(value, str | int | float):
-            try:
-                data = value if mode == MODE_RAW else None
-                if data is None:
-                    continue  # a file: read below
-                _, sha, blob = unframe_record(data)
-                if _sha(blob) != sha:
-                    out["bad_records"] += 1
-            except ValueError:
-                out["bad_records"] += 1
-    with contextlib.suppress(sqlite3.Error):
-        con = _connect_ro(db)
-        try:
-            files = con.execute("SELECT filename, raw, mode FROM Cache WHERE filename IS NOT NULL").fetchall()
-        finally:
-            con.close()
-        for filename, raw, mode in files:
-            if not raw or mode != MODE_BINARY:
-                continue  # counted as pickled above
-            try:
-                _, sha, blob = unframe_record(Path(disk._inside(filename)).read_bytes())
-                ok = _sha(blob) == sha
-            except (OSError, ValueError):
-                ok = False
-            out["bad_records"] += not ok
-        if not err:
-            stray = _unreferenced(index_dir, {f for f, _, _ in files})
-            out["unreferenced_files"], out["unreferenced_bytes"] = len(stray), sum(_size(p) for p in stray)
-    if out["state"] == "ok" and db.stat().st_size == 0:
-        out["state"], out["problem"] = "empty", "cache.db is empty (0 bytes): cut short"
-    return out
-
-
-def _unreferenced(index_dir: Path, referenced: set[str]) -> list[Path]:
-    """Entry files no index row points to, older than a minute (a writer files its value just before
-    its row): left by a process killed in between."""
-    now = time.time()
-    return [p for p in index_dir.rglob("*.val") if str(p.relative_to(index_dir)) not in referenced
-            and now - _mtime(p) > STRAY_AGE_S]
-
-
-def _size(p: Path) -> int:
-    try:
-        return p.stat().st_size
-    except OSError:
-        return 0
-
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            total += _size(Path(dirpath) / f)
-    return total
