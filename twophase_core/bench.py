@@ -277,7 +277,7 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     print("timing a page render ...", flush=True)
     out["page_render_seconds"] = bench_page()
     from .bench_browser import bench_demo_in_browser
-    from .bench_scale import bench_ray, bench_sweep
+    from .bench_scale import bench_ray, bench_storage, bench_sweep
 
     print("timing the demo in Chromium: Run the demo -> live curve -> first heatmap cell ...", flush=True)
     out.update(bench_demo_in_browser())
@@ -285,6 +285,8 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     out.update(bench_sweep())
     print("timing Ray: task overhead, 1 against 2 one-CPU nodes, Ray against the local runner ...", flush=True)
     out.update(bench_ray())
+    print("timing checkpoints in an object store (a local S3 server) against a folder ...", flush=True)
+    out.update(bench_storage())
     print(f"\n{'measure':36s} {'value':>12s}  target")
     for k, v in out.items():
         shown = f"{v:12.4g}" if isinstance(v, float) else f"{v!s:>12s}"

@@ -7,6 +7,10 @@
   1 one-CPU node, T1 / (2 T2); the base run and Ray's start-up (workers warmed) are not timed.
 - `ray_vs_local_sweep`: one sweep through Ray on 2 CPUs against the local job runner with 2 workers
   (TWOPHASE_MAX_JOBS=2), both from an empty store.
+- `storage_object_vs_folder`: a small chaos run (every checkpoint written, listed and read back)
+  with its checkpoints in an S3 bucket against a folder, min of interleaved rounds. The bucket is an
+  S3-compatible server on this machine (moto, a test dependency), so this is the cost of the object
+  store path itself (requests, no rename, fresh listings), without a network's latency.
 """
 
 from __future__ import annotations
@@ -144,3 +148,39 @@ def _ray_vs_local() -> dict[str, float]:
         ray.shutdown()
     return {"sweep_local_2_jobs_seconds": local, "sweep_ray_2_cpus_seconds": on_ray,
             "ray_vs_local_sweep": on_ray / local}
+
+
+def bench_storage(rounds: int = 2) -> dict[str, Any]:
+    """`storage_object_vs_folder` (see the module docstring); None where moto is not installed."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return {"storage_object_vs_folder": None}
+    import fsspec
+
+    from .experiments import run_chaos
+    from .storage import ObjectFiles
+    from .store import Store
+
+    cfg = C.replace(preset("demo", "chaos"), iterations=200, t0=(0, 50, 100, 150), t1=(50, 100, 150, 200),
+                    perturb_seeds=(0,))  # the demo CNN: 15 checkpoints of 140 KB, 700 SGD steps
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        opts = {"endpoint_url": f"http://{host}:{port}", "key": "bench", "secret": "bench"}
+        fsspec.filesystem("s3", **opts).mkdir("bench")
+        times: dict[str, list[float]] = {"folder": [], "object": []}
+        with tempfile.TemporaryDirectory() as d:
+            run_chaos(preset("tiny", "chaos"), Store(Path(d) / "warm"))  # imports, data
+            for r in range(rounds):
+                for name in times:
+                    files = ObjectFiles(f"s3://bench/r{r}", opts) if name == "object" else Path(d) / f"runs{r}"
+                    t = time.perf_counter()
+                    run_chaos(cfg, Store(Path(d) / f"{name}{r}", storage=files))
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        server.stop()
+    return {"storage_folder_seconds": min(times["folder"]), "storage_object_seconds": min(times["object"]),
+            "storage_object_vs_folder": min(times["object"]) / min(times["folder"])}
+
