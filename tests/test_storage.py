@@ -195,3 +195,20 @@ def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):
     local.files.iterations = no_network
     with pytest.raises(AssertionError, match="listed"):
         JobManager(local)._check_space(CHAOS, "job-y")  # a folder is checked (the oracle: the check runs)
+
+
+def test_resuming_from_an_object_store_never_retrains_a_stored_checkpoint(tmp_path, s3_root):
+    """A second process (another Store, another Run) extends the run from what the bucket holds: the
+    SGD steps it takes are only the new ones, and the bits are those of an unbroken run."""
+    from twophase_core.train import Run
+
+    first = Run(CHAOS.train, Store(tmp_path / "a"))
+    first.base().ensure([20, 40])
+    assert first.steps_done == 40
+    again = Run(CHAOS.train, Store(tmp_path / "b"))  # a fresh index: only the bucket is shared
+    again.base().ensure([20, 40, 60])
+    assert again.steps_done == 20
+    unbroken = Run(CHAOS.train, Store(tmp_path / "c", storage=tmp_path / "runs"))
+    unbroken.base().ensure([60])
+    a, b = again.base().state(60).model.state_dict(), unbroken.base().state(60).model.state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
