@@ -263,3 +263,39 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
     fresh = run_sweep(sweep, Store(tmp_path / "fresh"))
     for h, r in fresh.results.items():
         assert np.array_equal(again.results[h].arrays["C"], r.arrays["C"], equal_nan=True)
+
+
+def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result(ray_cluster, tmp_path):
+    """Kill the process of a running unit task (a chaos row of a sweep point): Ray retries it, it resumes
+    from the checkpoints in the storage root, and the sweep's results are the local sweep's."""
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+
+    base = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
+    sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
+    killed: list[int] = []
+
+    def killer() -> None:
+        end = time.time() + 90
+        while time.time() < end and not killed:
+            out = subprocess.run(["pgrep", "-f", "ray::_unit_task"], capture_output=True, text=True).stdout
+            pids = [int(p) for p in out.split()]
+            if pids:
+                time.sleep(0.5)
+                try:  # still running a unit (not an idle worker left by a finished one): kill it mid-task
+                    running = b"_unit_task" in Path(f"/proc/{pids[0]}/cmdline").read_bytes()
+                except OSError:
+                    running = False
+                if running:
+                    os.kill(pids[0], 9)
+                    killed.append(pids[0])
+            time.sleep(0.1)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    got = run_sweep(sweep, Store(tmp_path / "kill"), executor="ray")
+    th.join(timeout=5)
+    assert killed, "no unit task was seen running"
+    local = run_sweep(sweep, Store(tmp_path / "local"))
+    for h, r in local.results.items():
+        for k in ("C", "B", "D", "path"):
+            assert np.array_equal(r.arrays[k], got.results[h].arrays[k], equal_nan=True), k

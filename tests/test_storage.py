@@ -26,7 +26,9 @@ def _exercise(files):
     files.write("k", 2, b"two!")
     files.write("other", 0, b"0")
     files.write("k", 10, b"TEN")  # a rewrite replaces the whole file
+    files.write("k", "kernels/a.npy", b"kernel")  # a file beside the checkpoints: not one of them
     seen["after"] = (files.iterations("k"), files.listing(), files.read("k", 10), files.size("k", 2))
+    seen["kernels"] = (files.kernel_listing(), files.read("k", "kernels/a.npy"))
     files.delete("k", 2)
     files.delete("k", 2)  # twice: nothing to delete is not an error
     seen["deleted"] = (files.iterations("k"), files.size("k", 2))
@@ -41,6 +43,7 @@ def test_a_folder_and_an_object_store_answer_alike(tmp_path, s3_root):
     assert local == remote
     assert local["after"] == ([2, 10], [("k", 2, 4), ("k", 10, 3), ("other", 0, 1)], b"TEN", 4)
     assert local["missing"] is None and local["deleted"] == ([10], None) and local["cleared"] == []
+    assert local["kernels"] == ([("k", "kernels/a.npy", 6)], b"kernel")
 
 
 def test_storage_urls_open_what_they_name(tmp_path):
@@ -177,6 +180,13 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
     c = run_cone(third, store)
     assert c.meta["kernels_reused"] == len(its) - 1 and len(calls) == 1
     assert np.array_equal(c.arrays["S"], a.arrays["S"])
+    # `cache check` verifies kernel files too, and `repair` removes a bad one
+    kernel_files[2].write_bytes(b"not a kernel")
+    report = store.check()
+    assert not report["ok"] and report["kernels"]["bad"] == [str(kernel_files[2])]
+    assert report["kernels"]["files"] == len(its) and report["kernels"]["verified"] == len(its) - 1
+    assert store.repair()["kernels_removed"] == [str(kernel_files[2])] and not kernel_files[2].exists()
+    assert store.check()["ok"]
 
 
 def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):

@@ -146,6 +146,14 @@ class LocalFiles:
                         out.append((d.name, t, f.stat().st_size))
         return out
 
+    def kernel_listing(self) -> list[tuple[str, str, int]]:
+        """(run, kernels/<name>, bytes) of every kernel file."""
+        out = []
+        for f in sorted(self.root.glob("*/kernels/*.npy")) if self.root.is_dir() else ():
+            with contextlib.suppress(OSError):
+                out.append((f.parent.parent.name, f"kernels/{f.name}", f.stat().st_size))
+        return out
+
     def size(self, run: str, t: int | str) -> int | None:
         try:
             return self.path(run, t).stat().st_size
@@ -292,6 +300,14 @@ class ObjectFiles:
             t = iteration_of(parts[-1]) if len(parts) == 2 else None
             if t is not None:
                 out.append((parts[0], t, int(info.get("size") or 0)))
+        return out
+
+    def kernel_listing(self) -> list[tuple[str, str, int]]:
+        out = []
+        for k, info in sorted(self._find(self._root).items()):
+            parts = k[len(self._root):].strip("/").split("/")
+            if len(parts) == 3 and parts[1] == "kernels" and parts[2].endswith(".npy"):
+                out.append((parts[0], f"kernels/{parts[2]}", int(info.get("size") or 0)))
         return out
 
     def size(self, run: str, t: int | str) -> int | None:

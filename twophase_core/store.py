@@ -644,6 +644,11 @@ class Store:
                 ckpt["bad"].append(str(self.files.path(run, t)))
         if ckpt["bad"]:
             problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum or cannot be read")
+        n_kernels = len(self.files.kernel_listing())
+        bad_kernels = [str(self.files.path(run, name)) for run, name in self._bad_kernels()]
+        kernels = {"files": n_kernels, "verified": n_kernels - len(bad_kernels), "bad": bad_kernels}
+        if kernels["bad"]:
+            problems.append(f"kernels: {len(kernels['bad'])} fail their checksum or cannot be read")
         now = time.time()
         temps = self._temp_files()
         orphans = [p for p in temps if now - mtime(p) >= ORPHAN_AGE_S and not is_locked(p)]
@@ -652,7 +657,7 @@ class Store:
         copies = self._damaged_copies()
         return {"root": str(self.root), "storage": self.files.url, "ok": not problems, "problems": problems,
                 "index": index,
-                "checkpoints": ckpt,
+                "checkpoints": ckpt, "kernels": kernels,
                 "temp_files": {"in_use": len(temps) - len(orphans), "orphans": len(orphans),
                                "orphan_bytes": sum(size_of(p) for p in orphans)},
                 "damaged_index_copies": [str(p) for p in copies], "free_bytes": self.free_bytes()}
@@ -691,9 +696,25 @@ class Store:
                     self.drop_checkpoint(run, t)
                     removed.append(str(self.files.path(run, t)))
             done["checkpoints_removed"] = removed
+            bad_kernels = self._bad_kernels()
+            for run, name in bad_kernels:
+                self.files.delete(run, name)
+            done["kernels_removed"] = [str(self.files.path(run, name)) for run, name in bad_kernels]
         self._keep_reserve()
         done["after"] = self.check()
         return done
+
+    def _bad_kernels(self) -> list[tuple[str, str]]:
+        """(run, name) of every kernel file that fails its checksum or cannot be read."""
+        bad = []
+        for run, name, _ in self.files.kernel_listing():
+            try:
+                data = self.files.read(run, name)
+            except OSError:
+                data = None
+            if data is None or verify_checkpoint(data, KERNEL_MAGIC) is None:
+                bad.append((run, name))
+        return bad
 
     def _purge_index(self) -> int:
         """Delete index rows that are pickled, point outside the index or fail their checksum."""
