@@ -7,6 +7,7 @@ keeps its checkpoints and a resubmission ends with the same result; a storage ro
 or in an object store (S3, a local S3-compatible server) serves tasks in other processes.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,29 +81,46 @@ def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
         assert np.array_equal(r.arrays["C"], res.results[h].arrays["C"], equal_nan=True)
 
 
+@contextlib.contextmanager
+def killing_one_running(task: str):
+    """While the block runs, kill -9 the first worker process seen running `task` (checked in its
+    command line just before: a running task, not an idle worker a finished one left); yields the
+    list of killed pids."""
+    killed: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.is_set() and not killed:
+            out = subprocess.run(["pgrep", "-f", f"ray::{task}"], capture_output=True, text=True).stdout
+            pids = [int(p) for p in out.split()]
+            if pids:
+                time.sleep(0.5)  # let it train a little and save a checkpoint or two
+                try:
+                    running = task.encode() in Path(f"/proc/{pids[0]}/cmdline").read_bytes()
+                except OSError:
+                    running = False
+                if running:
+                    os.kill(pids[0], 9)
+                    killed.append(pids[0])
+            time.sleep(0.1)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        th.join(timeout=5)
+
+
 def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the worker process of a running row task: Ray retries it, the row resumes from checkpoints."""
     from twophase_core.experiments import run_chaos
 
-    cfg = C.replace(CHAOS, t0=(0, 5), iterations=300, t1=(100, 300), perturb_seeds=(0,))
+    cfg = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
-    killed: list[int] = []
-
-    def killer() -> None:
-        end = time.time() + 60
-        while time.time() < end and not killed:
-            out = subprocess.run(["pgrep", "-f", "ray::_chaos_row_task"], capture_output=True, text=True).stdout
-            pids = [int(p) for p in out.split()]
-            if pids:
-                time.sleep(1.0)  # let it train a little and save a checkpoint or two
-                os.kill(pids[0], 9)
-                killed.append(pids[0])
-            time.sleep(0.2)
-
-    th = threading.Thread(target=killer, daemon=True)
-    th.start()
-    got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
-    th.join(timeout=5)
+    with killing_one_running("_chaos_row_task") as killed:
+        got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
     assert killed, "no row task was seen running"
     for k in ("C", "B", "D", "path"):
         assert np.array_equal(expected.arrays[k], got.arrays[k], equal_nan=True), k
@@ -119,13 +137,14 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
 
     def progress(frac: float, stage: str) -> None:
         seen.append(stage)
-        if "Ray" in stage:
-            threading.Timer(2.0, token.set).start()
+        if "Ray tasks: 1 done" in stage:  # cancelled with the other rows still out there (never a race)
+            token.set()
 
     with pytest.raises(Cancelled):
         run_chaos(cfg, store, progress=progress, cancel=token, executor="ray")
     run = __import__("twophase_core.train", fromlist=["Run"]).Run(cfg.train, store)
     assert run.store.checkpoints(run.base().key)  # the base run's checkpoints stay
+    assert not any("Ray tasks: 2 done" in st for st in seen)
     again = run_chaos(cfg, store, executor="ray")
     fresh = run_chaos(cfg, Store(tmp_path / "fresh"))
     assert np.array_equal(again.arrays["C"], fresh.arrays["C"], equal_nan=True)
@@ -272,28 +291,8 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
 
     base = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
-    killed: list[int] = []
-
-    def killer() -> None:
-        end = time.time() + 90
-        while time.time() < end and not killed:
-            out = subprocess.run(["pgrep", "-f", "ray::_unit_task"], capture_output=True, text=True).stdout
-            pids = [int(p) for p in out.split()]
-            if pids:
-                time.sleep(0.5)
-                try:  # still running a unit (not an idle worker left by a finished one): kill it mid-task
-                    running = b"_unit_task" in Path(f"/proc/{pids[0]}/cmdline").read_bytes()
-                except OSError:
-                    running = False
-                if running:
-                    os.kill(pids[0], 9)
-                    killed.append(pids[0])
-            time.sleep(0.1)
-
-    th = threading.Thread(target=killer, daemon=True)
-    th.start()
-    got = run_sweep(sweep, Store(tmp_path / "kill"), executor="ray")
-    th.join(timeout=5)
+    with killing_one_running("_unit_task") as killed:
+        got = run_sweep(sweep, Store(tmp_path / "kill"), executor="ray")
     assert killed, "no unit task was seen running"
     local = run_sweep(sweep, Store(tmp_path / "local"))
     for h, r in local.results.items():
