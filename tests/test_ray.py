@@ -298,3 +298,17 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
     for h, r in local.results.items():
         for k in ("C", "B", "D", "path"):
             assert np.array_equal(r.arrays[k], got.results[h].arrays[k], equal_nan=True), k
+
+
+def test_a_ray_sweep_moves_its_bar_with_the_tasks_progress(ray_cluster, tmp_path):
+    """The bar and ETA move while the base run and the rows train, not only when a point is done."""
+    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+
+    base = C.replace(CHAOS, iterations=2000, t0=(0, 1000), t1=(1500, 2000), perturb_seeds=(0,))
+    seen: list[tuple[float, str]] = []
+    run_sweep(Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"])), Store(tmp_path / "s"), executor="ray",
+              progress=lambda f, st: seen.append((f, st)))
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    before_any_point = {round(f, 3) for f, st in seen if st.startswith("0 of 2 points")}
+    assert len(before_any_point) >= 2 and max(before_any_point) > 0.1, seen

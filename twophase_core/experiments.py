@@ -284,7 +284,7 @@ def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, 
     """
     from . import metrics
 
-    prog = prog or _Units(None)
+    prog = prog or Units(None)
     t1s, seeds = sorted(cfg.t1), list(cfg.perturb_seeds)
     later = [t1 for t1 in t1s if t1 > t0]
     train_x = run.ds.x_train if cfg.bn == "reset" else None
@@ -319,7 +319,7 @@ def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, 
     return row
 
 
-class _Units:
+class Units:
     """A task's progress: units done so far, told to `report(units)` at most once a second and at the end."""
 
     def __init__(self, report: Callable[[float], None] | None):
@@ -339,7 +339,7 @@ def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any
     """`chaos_row` from plain arguments, for a task in another process (Ray), with the SGD steps it
     took (`sgd_steps`)."""
 
-    def row(run: Run, cfg: C.ChaosConfig, units: _Units) -> dict[str, np.ndarray]:
+    def row(run: Run, cfg: C.ChaosConfig, units: Units) -> dict[str, np.ndarray]:
         out = chaos_row(run, cfg, t0, how, *_eval_set(run, cfg.eval_size), prog=units)
         out["sgd_steps"] = np.array(run.steps_done)
         return out
@@ -348,14 +348,14 @@ def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any
 
 
 def _unit_in_task(cls: type, cfg_dict: dict[str, Any], files: Any, report: Callable[[float], None] | None,
-                  work: Callable[[Run, Any, _Units], Out]) -> Out:
+                  work: Callable[[Run, Any, Units], Out]) -> Out:
     """A unit of work in a task's process (Ray): one torch thread, the config rebuilt from plain data,
     the run on the driver's storage root `files`; `report(units)` hears its progress, last at the end."""
     from .train import configure_threads
 
     configure_threads()
     cfg = C.from_dict(cls, cfg_dict)
-    units = _Units(report)
+    units = Units(report)
     with task_store(files) as store:
         out = work(Run(cfg.train, store), cfg, units)
     if report is not None:
@@ -389,7 +389,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     run = Run(cfg.train, store)
     its = sorted(cfg.checkpoints)
     base = run.base()
-    kernel_units = 10.0
+    kernel_units = KERNEL_UNITS
     prog = _Progress(progress, base.steps_needed(its) + kernel_units * len(its))
     prog.set_stage("base run")
     xt, yt = run.ds.x_test, run.ds.y_test
@@ -462,6 +462,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
 
 
 LIN_UNITS = 3.0  # a linearised step costs about three plain ones
+KERNEL_UNITS = 10.0  # one checkpoint's eNTK, in SGD steps of progress (small nets: about that)
 
 
 @_served_from_store
@@ -523,7 +524,7 @@ def linear_switch(run: Run, cfg: C.LinearConfig, t: int, x: torch.Tensor, y: tor
     work of a linear run (needs the base checkpoint at t)."""
     from .linear import linear_accuracy, train_linearised
 
-    prog = prog or _Units(None)
+    prog = prog or Units(None)
     prog.set_stage(f"linearised from t={t}")
     lin, params = train_linearised(run, run.base().state(t), cfg.train.iterations, cfg.bn_stats,
                                    lambda n: prog.add(LIN_UNITS * n), cancel)
@@ -575,15 +576,43 @@ def cone_kernel(run: Run, cfg: C.ConeConfig, t: int, x: torch.Tensor, subset: li
     return k, False
 
 
-def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> str:
+def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any,
+                           report: Callable[[float], None] | None = None) -> str:
     """One checkpoint's eNTK from plain arguments, for a task in another process (Ray): written to the
     storage root beside the checkpoints; the name of its file goes back to the driver."""
 
-    def kernel(run: Run, cfg: C.ConeConfig, _: _Units) -> str:
+    def kernel(run: Run, cfg: C.ConeConfig, units: Units) -> str:
         cone_kernel(run, cfg, t, run.ds.x_train[torch.as_tensor(subset, device=run.device)], subset, method)
+        units.add(KERNEL_UNITS)
         return kernel_name(cfg, run, t, subset, method)
 
-    return _unit_in_task(C.ConeConfig, cfg_dict, files, None, kernel)
+    return _unit_in_task(C.ConeConfig, cfg_dict, files, report, kernel)
+
+
+def units_of(run: Run, cfg: Any) -> float:
+    """Progress units (SGD steps and their equivalents) the units of one experiment will take, its base
+    run aside: for a sweep's bar and ETA. Chaos rows are counted on the loop path (the plan is not
+    made yet); the stacked path adds one control per row."""
+    kind = C.kind_of(cfg)
+    if kind == "chaos":
+        return sum(_row_units(run, cfg, t0, [t1 for t1 in cfg.t1 if t1 > t0], "loop") for t0 in cfg.t0)
+    if kind == "cone":
+        return KERNEL_UNITS * len(cfg.checkpoints)
+    return LIN_UNITS * sum(cfg.train.iterations - t for t in cfg.switch)
+
+
+def sweep_units(configs: list[Any], store: Store) -> float:
+    """Progress units of running these experiments from what the store holds: each base run once (the
+    checkpoints all its points read) plus every point's units."""
+    groups: dict[str, list[Any]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
+    total = 0.0
+    for members in groups.values():
+        run = Run(members[0].train, store)
+        total += run.base().steps_needed(set().union(*(C.base_checkpoints(c) for c in members)))
+        total += sum(units_of(run, c) for c in members)
+    return total
 
 
 PLANS = {"chaos": lambda run, cfg: chaos_plan(run, cfg, "ray"), "cone": cone_plan, "linear": lambda run, cfg: {}}

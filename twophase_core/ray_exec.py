@@ -56,16 +56,16 @@ class _Board:
     sum about once a second, so the job's bar and ETA move while rows train on other machines."""
 
     def __init__(self) -> None:
-        self.units: dict[int, float] = {}
+        self.units: dict[Any, float] = {}
 
-    def report(self, t0: int, units: float) -> None:
-        self.units[t0] = max(units, self.units.get(t0, 0.0))  # a retried task starts again from 0
+    def report(self, key: Any, units: float) -> None:
+        self.units[key] = max(units, self.units.get(key, 0.0))  # a retried task starts again from 0
 
     def total(self) -> float:
         return sum(self.units.values())
 
 
-def _reporting(board: Any, key: int, work: Any) -> Any:
+def _reporting(board: Any, key: Any, work: Any) -> Any:
     """Run `work(report)` in a task, telling the board its units under `key`; the final count is on the
     board before the driver sees the result."""
     import ray
@@ -95,35 +95,46 @@ def _linear_task(cfg_dict: dict[str, Any], t: int, files: Any, board: Any = None
 
 
 def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
-                  files: Any) -> dict[str, dict[str, Any]]:
+                  files: Any, board: Any = None, key: str = "") -> dict[str, dict[str, Any]]:
     """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
     each point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
     from . import config as C
-    from .experiments import PLANS
+    from .experiments import PLANS, Units
     from .store import task_store
     from .train import Run, configure_threads
 
-    configure_threads()
-    with task_store(files) as store:
-        run = Run(C.from_dict(C.TrainConfig, train_dict), store)
-        run.base().ensure(needed)
-        plans = {}
-        for kind, d in points:
-            cfg = C.from_dict(C.KINDS[kind], d)
-            plans[C.config_hash(cfg)] = PLANS[kind](run, cfg)
+    def prepare(report: Any) -> dict[str, dict[str, Any]]:
+        configure_threads()
+        steps = Units(report)
+        with task_store(files) as store:
+            run = Run(C.from_dict(C.TrainConfig, train_dict), store)
+            run.base().ensure(needed, steps.add)
+            plans = {}
+            for kind, d in points:
+                cfg = C.from_dict(C.KINDS[kind], d)
+                plans[C.config_hash(cfg)] = PLANS[kind](run, cfg)
+        if report is not None:
+            report(steps.done)
         return plans
 
+    return _reporting(board, ("base", key), prepare)
 
-def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str) -> Any:
+
+def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str,
+               board: Any = None) -> Any:
     """One unit of a sweep point (a chaos row, a cone kernel's file name, a linear switch accuracy)."""
     from .experiments import chaos_row_from_store, cone_kernel_from_store, linear_switch_from_store
 
     plan = plans[h]
-    if kind == "chaos":
-        return chaos_row_from_store(cfg_dict, key, plan["how"], files)
-    if kind == "cone":
-        return cone_kernel_from_store(cfg_dict, key, plan["subset"], plan["method"], files)
-    return linear_switch_from_store(cfg_dict, key, files)
+
+    def unit(report: Any) -> Any:
+        if kind == "chaos":
+            return chaos_row_from_store(cfg_dict, key, plan["how"], files, report)
+        if kind == "cone":
+            return cone_kernel_from_store(cfg_dict, key, plan["subset"], plan["method"], files, report)
+        return linear_switch_from_store(cfg_dict, key, files, report)
+
+    return _reporting(board, (h, key), unit)
 
 
 def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plans: dict[str, Any], h: str, keys: list[int],
@@ -166,13 +177,9 @@ def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None, upstream: 
             cancel.check()
 
 
-def _units_tasks(fn: Any, cfg: Any, keys: Sequence[int], args: tuple[Any, ...], files: Any, cancel: Any,
-                 on_units: Any) -> Iterator[Any]:
-    """One task `fn(cfg, key, *args, files, board)` per key, results as they finish; `on_units(n)` hears
-    the tasks' progress, summed on a small actor and read about once a second."""
-    from . import config as C
-
-    ray = connect()
+def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
+    """A progress board for tasks to report to (None without `on_units`), and `poll()`, which passes what
+    they added since the last poll to `on_units`."""
     board = ray.remote(num_cpus=0)(_Board).remote() if on_units is not None else None
     told = [0.0]
 
@@ -183,6 +190,17 @@ def _units_tasks(fn: Any, cfg: Any, keys: Sequence[int], args: tuple[Any, ...], 
                 on_units(total - told[0])
                 told[0] = total
 
+    return board, poll
+
+
+def _units_tasks(fn: Any, cfg: Any, keys: Sequence[int], args: tuple[Any, ...], files: Any, cancel: Any,
+                 on_units: Any) -> Iterator[Any]:
+    """One task `fn(cfg, key, *args, files, board)` per key, results as they finish; `on_units(n)` hears
+    the tasks' progress, summed on a small actor and read about once a second."""
+    from . import config as C
+
+    ray = connect()
+    board, poll = _board(ray, on_units)
     task = ray.remote(max_retries=3, **_resources(cfg))(fn)
     refs = [task.remote(C.to_dict(cfg), int(k), *args, files, board) for k in keys]
     for got in _gather(ray, refs, cancel, poll):
@@ -225,7 +243,7 @@ def cone_kernels(cfg: Any, its: Sequence[int], subset: list[int], method: str, f
         yield got
 
 
-def run_points(configs: Sequence[Any], files: Any, cancel: Any = None) -> Iterator[Any]:
+def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units: Any = None) -> Iterator[Any]:
     """Results of whole experiments (sweep points) as their tasks finish, every point split into its units.
 
     One graph of tasks, no task waiting on another inside it: per base run (trajectory key), a prepare
@@ -233,11 +251,13 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None) -> Iterat
     task per unit (chaos row, cone kernel, linear switch time) starts when that is done; then one task
     assembles the point's result from its units. So a base run is trained once whatever the storage
     (a Ray dependency, not a lock: it holds across machines and object stores), units of all points
-    spread over the cluster together, and nothing holds a CPU or GPU while it waits."""
+    spread over the cluster together, and nothing holds a CPU or GPU while it waits. `on_units(n)` hears
+    the tasks' progress (SGD steps and their equivalents, `experiments.units_of`) as it grows."""
     from . import config as C
     from .results import Result
 
     ray = connect()
+    board, poll = _board(ray, on_units)
     groups: dict[str, list[Any]] = {}
     for cfg in configs:
         groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
@@ -246,16 +266,17 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None) -> Iterat
         needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
         points = [(C.kind_of(c), C.to_dict(c)) for c in members]
         prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
-            C.to_dict(members[0].train), needed, points, files)
+            C.to_dict(members[0].train), needed, points, files, board, members[0].train.trajectory_key())
         upstream.append(prep)
         for cfg in members:
             kind, d, h, keys = C.kind_of(cfg), C.to_dict(cfg), C.config_hash(cfg), unit_keys(cfg)
             unit = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
-            units = [unit.remote(kind, d, k, files, prep, h) for k in keys]
+            units = [unit.remote(kind, d, k, files, prep, h, board) for k in keys]
             upstream.extend(units)
             finals.append(ray.remote(max_retries=3, **_resources(cfg))(_assemble_task).remote(
                 kind, d, files, prep, h, keys, *units))
-    for arrays, h, meta in _gather(ray, finals, cancel, upstream=upstream):
+    for arrays, h, meta in _gather(ray, finals, cancel, poll, upstream=upstream):
+        poll()
         config = meta.pop("config")
         yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
 

@@ -172,8 +172,9 @@ def expand(sweep: Sweep) -> list[Point]:
 def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], None] | None = None,
               cancel: Any = None, executor: str = "local") -> SweepResult:
     """Every point, then the summary. Locally: in this process, points sharing a base run one after
-    another. On Ray: one task per point not yet stored, as many at once as the cluster has CPUs."""
-    from .experiments import run_experiment
+    another. On Ray: the points not yet stored as one graph of tasks (`ray_exec.run_points`: base runs,
+    then every point's units, then each point's result), the bar moving with the tasks' progress."""
+    from .experiments import run_experiment, sweep_units
     from .store import Store
 
     store = store if store is not None else Store()
@@ -188,11 +189,21 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
         todo = [points[i].config for i in order if points[i].hash not in results]
         if todo:
             store.check_storage()
-        for k, r in enumerate(run_points(todo, store.files, cancel)):
+        stored, finished, units = len(points) - len(todo), [0], [0.0]
+        total = sweep_units(todo, store) if todo and progress is not None else 0.0
+
+        def tell(added: float = 0.0) -> None:  # the tasks' units as they grow, and points as they finish
+            units[0] += added
+            if progress is not None:
+                running = min(units[0] / total, 1.0) * len(todo) if total else finished[0]
+                progress(min((stored + max(running, finished[0])) / len(points), 0.999),
+                         f"{finished[0]} of {len(todo)} points done on Ray")
+
+        for r in run_points(todo, store.files, cancel, on_units=tell if progress is not None else None):
             save_result(store, r)  # only the driver writes the index
             results[r.hash] = r
-            if progress is not None:
-                progress((len(points) - len(todo) + k + 1) / len(points), f"{k + 1} of {len(todo)} points on Ray")
+            finished[0] += 1
+            tell()
         order = []
     elif executor != "local":
         raise ConfigError("executor", executor, "choose local or ray")
