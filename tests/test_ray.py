@@ -119,7 +119,7 @@ def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
 
     cfg = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
-    with killing_one_running("_chaos_row_task") as killed:
+    with killing_one_running("_unit_task") as killed:
         got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
     assert killed, "no row task was seen running"
     for k in ("C", "B", "D", "path"):

@@ -72,7 +72,7 @@ def _warm(ray: Any, n: int) -> None:
 def _time_rows(address: str, n_cpus: int) -> float:
     import ray
 
-    from .ray_exec import chaos_rows, connect
+    from .ray_exec import connect, unit_results
     from .store import Store
     from .train import Run
 
@@ -83,7 +83,7 @@ def _time_rows(address: str, n_cpus: int) -> float:
         run = Run(SCALE_CHAOS.train, store)
         run.base().ensure(sorted(SCALE_CHAOS.t0) + list(SCALE_CHAOS.t1))
         t = time.perf_counter()
-        rows = list(chaos_rows(SCALE_CHAOS, sorted(SCALE_CHAOS.t0), "loop", store.files))
+        rows = list(unit_results(SCALE_CHAOS, {"how": "loop"}, store.files))
         elapsed = time.perf_counter() - t
         assert len(rows) == len(SCALE_CHAOS.t0)
         store.close()

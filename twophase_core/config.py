@@ -231,6 +231,14 @@ def base_checkpoints(cfg: Any) -> set[int]:
     return set(cfg.switch) | {cfg.train.iterations}
 
 
+def by_base_run(configs: Any) -> dict[str, list[Any]]:
+    """Experiments grouped by the base run they share (their trajectory key), in first-seen order."""
+    groups: dict[str, list[Any]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
+    return groups
+
+
 def config_hash(cfg: Any) -> str:
     """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version."""
     return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg)})

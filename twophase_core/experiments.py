@@ -234,10 +234,10 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             place(t0s.index(t0), units[t0], True)
             task_steps += int(units[t0].get("sgd_steps", 0))
     elif executor == "ray":
-        from .ray_exec import chaos_rows
+        from .ray_exec import unit_results
 
         prog.set_stage(f"{len(t0s)} rows as Ray tasks")
-        for n, (t0, row) in enumerate(chaos_rows(cfg, t0s, how, store.files, cancel, on_units=prog.add), 1):
+        for n, (t0, row) in enumerate(unit_results(cfg, {"how": how}, store.files, cancel, prog.add), 1):
             place(t0s.index(t0), row, True)
             task_steps += int(row.get("sgd_steps", 0))
             prog.set_stage(f"{len(t0s)} rows as Ray tasks: {n} done")
@@ -389,8 +389,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     run = Run(cfg.train, store)
     its = sorted(cfg.checkpoints)
     base = run.base()
-    kernel_units = KERNEL_UNITS
-    prog = _Progress(progress, base.steps_needed(its) + kernel_units * len(its))
+    prog = _Progress(progress, base.steps_needed(its) + KERNEL_UNITS * len(its))
     prog.set_stage("base run")
     xt, yt = run.ds.x_test, run.ds.y_test
 
@@ -410,10 +409,9 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     prog.set_stage("kernels")
     t_kernel, reused = time.time(), 0
     if units is not None or executor == "ray":
-        from .ray_exec import cone_kernels
+        from .ray_exec import unit_results
 
-        names = units if units is not None else dict(
-            cone_kernels(cfg, its, subset, entk_method, store.files, cancel, on_done=lambda: prog.add(kernel_units)))
+        names = units if units is not None else dict(unit_results(cfg, plan, store.files, cancel, prog.add))
         kernels = []
         for t in its:  # written by the tasks beside the checkpoints; recomputed here if it did not read back
             k = store.load_kernel(run.key, names[t])
@@ -427,7 +425,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
             k, was_stored = cone_kernel(run, cfg, t, x, subset, entk_method)
             kernels.append(torch.as_tensor(k))
             reused += was_stored
-            prog.add(kernel_units)
+            prog.add(KERNEL_UNITS)
     t_kernel = time.time() - t_kernel
     R = ntk.gram(kernels)
     del kernels
@@ -501,10 +499,10 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     if units is not None:
         got = ((t, units[t]) for t in ts)
     elif executor == "ray":
-        from .ray_exec import linear_switches
+        from .ray_exec import unit_results
 
         prog.set_stage(f"{len(ts)} switch times as Ray tasks")
-        got = linear_switches(cfg, ts, store.files, cancel, on_units=prog.add)
+        got = unit_results(cfg, {}, store.files, cancel, prog.add)
     elif executor == "local":
         got = ((t, linear_switch(run, cfg, t, x, y, prog, cancel)) for t in ts)
     else:
@@ -554,10 +552,7 @@ def cone_plan(run: Run, cfg: C.ConeConfig) -> dict[str, Any]:
 def kernel_name(cfg: C.ConeConfig, run: Run, t: int, subset: list[int], method: str) -> str:
     """The file of one checkpoint's eNTK: everything its values depend on besides the checkpoint (the
     samples, the kernel, the path, the device, the code's schema)."""
-    import hashlib
-    import json
-
-    samples = hashlib.sha256(json.dumps(subset).encode()).hexdigest()[:16]
+    samples = C.digest(subset)
     return f"t{t:09d}-{cfg.kernel}-{method}-{run.device.type}-n{len(subset)}-{samples}-s{C.SCHEMA}.npy"
 
 
@@ -604,19 +599,16 @@ def units_of(run: Run, cfg: Any) -> float:
 def sweep_units(configs: list[Any], store: Store) -> float:
     """Progress units of running these experiments from what the store holds: each base run once (the
     checkpoints all its points read) plus every point's units."""
-    groups: dict[str, list[Any]] = {}
-    for cfg in configs:
-        groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
     total = 0.0
-    for members in groups.values():
+    for members in C.by_base_run(configs).values():
         run = Run(members[0].train, store)
         total += run.base().steps_needed(set().union(*(C.base_checkpoints(c) for c in members)))
         total += sum(units_of(run, c) for c in members)
     return total
 
 
+# What the units of one experiment share, made once where its base run is (a Ray sweep's prepare task).
 PLANS = {"chaos": lambda run, cfg: chaos_plan(run, cfg, "ray"), "cone": cone_plan, "linear": lambda run, cfg: {}}
-"""What the units of one experiment share, made once where its base run is (a Ray sweep's prepare task)."""
 
 
 def compute_experiment(cfg: Any, store: Store, **given: Any) -> Result:

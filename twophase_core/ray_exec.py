@@ -81,19 +81,6 @@ def _reporting(board: Any, key: Any, work: Any) -> Any:
     return out
 
 
-def _chaos_row_task(cfg_dict: dict[str, Any], t0: int, how: str, files: Any,
-                    board: Any = None) -> tuple[int, dict[str, Any]]:
-    from .experiments import chaos_row_from_store
-
-    return t0, _reporting(board, t0, lambda report: chaos_row_from_store(cfg_dict, t0, how, files, report))
-
-
-def _linear_task(cfg_dict: dict[str, Any], t: int, files: Any, board: Any = None) -> tuple[int, float]:
-    from .experiments import linear_switch_from_store
-
-    return t, _reporting(board, t, lambda report: linear_switch_from_store(cfg_dict, t, files, report))
-
-
 def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
                   files: Any, board: Any = None, key: str = "") -> dict[str, dict[str, Any]]:
     """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
@@ -122,7 +109,9 @@ def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tu
 
 def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str,
                board: Any = None) -> Any:
-    """One unit of a sweep point (a chaos row, a cone kernel's file name, a linear switch accuracy)."""
+    """One unit of an experiment (a chaos row, a cone kernel's file name, a linear switch accuracy), with
+    the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
+    sweep); its progress goes to the board."""
     from .experiments import chaos_row_from_store, cone_kernel_from_store, linear_switch_from_store
 
     plan = plans[h]
@@ -161,16 +150,18 @@ def unit_keys(cfg: Any) -> list[int]:
     return sorted(cfg.t0 if kind == "chaos" else cfg.checkpoints if kind == "cone" else cfg.switch)
 
 
-def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None, upstream: Sequence[Any] = ()) -> Iterator[Any]:
-    """Results as tasks finish, `poll()` between waits; on cancel, every task still running (and every
-    `upstream` task they wait on) is stopped and Cancelled raised."""
+def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None,
+            upstream: Sequence[Any] = ()) -> Iterator[tuple[int, Any]]:
+    """(index in `refs`, result) as tasks finish, `poll()` between waits; on cancel, every task still
+    running (and every `upstream` task they wait on) is stopped and Cancelled raised."""
+    index = {ref: i for i, ref in enumerate(refs)}
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
         if poll is not None:
             poll()
         for ref in done:
-            yield ray.get(ref)
+            yield index[ref], ray.get(ref)
         if cancel is not None and cancel.is_set():
             for ref in [*pending, *upstream]:
                 ray.cancel(ref, force=True)
@@ -193,54 +184,21 @@ def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
     return board, poll
 
 
-def _units_tasks(fn: Any, cfg: Any, keys: Sequence[int], args: tuple[Any, ...], files: Any, cancel: Any,
-                 on_units: Any) -> Iterator[Any]:
-    """One task `fn(cfg, key, *args, files, board)` per key, results as they finish; `on_units(n)` hears
-    the tasks' progress, summed on a small actor and read about once a second."""
+def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
+                 on_units: Any = None) -> Iterator[tuple[int, Any]]:
+    """(key, result) of every unit of one experiment (`unit_keys`: chaos rows by t0, cone kernel file
+    names by checkpoint, linear accuracies by switch time), one task each, as they finish; all share
+    `plan` (`experiments.PLANS`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
     from . import config as C
 
     ray = connect()
     board, poll = _board(ray, on_units)
-    task = ray.remote(max_retries=3, **_resources(cfg))(fn)
-    refs = [task.remote(C.to_dict(cfg), int(k), *args, files, board) for k in keys]
-    for got in _gather(ray, refs, cancel, poll):
+    kind, h, keys = C.kind_of(cfg), C.config_hash(cfg), unit_keys(cfg)
+    task = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
+    refs = [task.remote(kind, C.to_dict(cfg), k, files, {h: plan}, h, board) for k in keys]
+    for i, got in _gather(ray, refs, cancel, poll):
         poll()
-        yield got
-
-
-def chaos_rows(cfg: Any, t0s: Sequence[int], how: str, files: Any, cancel: Any = None,
-               on_units: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(t0, row) for every t0, in the order the tasks finish. The base run must be stored already.
-    `on_units(n)` hears the rows' progress as it grows (the units of `experiments._row_units`)."""
-    return _units_tasks(_chaos_row_task, cfg, t0s, (how,), files, cancel, on_units)
-
-
-def linear_switches(cfg: Any, ts: Sequence[int], files: Any, cancel: Any = None,
-                    on_units: Any = None) -> Iterator[tuple[int, float]]:
-    """(t, accuracy of the model linearised at t) for every switch time, one task each, as they finish.
-    The base run must be stored already."""
-    return _units_tasks(_linear_task, cfg, ts, (), files, cancel, on_units)
-
-
-def _kernel_task(cfg_dict: dict[str, Any], t: int, subset: list[int], method: str, files: Any) -> tuple[int, str]:
-    from .experiments import cone_kernel_from_store
-
-    return t, cone_kernel_from_store(cfg_dict, t, subset, method, files)
-
-
-def cone_kernels(cfg: Any, its: Sequence[int], subset: list[int], method: str, files: Any, cancel: Any = None,
-                 on_done: Any = None) -> Iterator[tuple[int, str]]:
-    """(t, name of its kernel's file) for every checkpoint, one task each, as they finish: the kernels
-    go to the storage root (`Store.load_kernel` reads them), not through Ray. The base run must be stored."""
-    from . import config as C
-
-    ray = connect()
-    task = ray.remote(max_retries=3, **_resources(cfg))(_kernel_task)
-    refs = [task.remote(C.to_dict(cfg), int(t), subset, method, files) for t in its]
-    for got in _gather(ray, refs, cancel):
-        if on_done is not None:
-            on_done()
-        yield got
+        yield keys[i], got
 
 
 def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units: Any = None) -> Iterator[Any]:
@@ -258,11 +216,8 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units:
 
     ray = connect()
     board, poll = _board(ray, on_units)
-    groups: dict[str, list[Any]] = {}
-    for cfg in configs:
-        groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
     finals, upstream = [], []
-    for members in groups.values():
+    for members in C.by_base_run(configs).values():
         needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
         points = [(C.kind_of(c), C.to_dict(c)) for c in members]
         prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
@@ -275,7 +230,7 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units:
             upstream.extend(units)
             finals.append(ray.remote(max_retries=3, **_resources(cfg))(_assemble_task).remote(
                 kind, d, files, prep, h, keys, *units))
-    for arrays, h, meta in _gather(ray, finals, cancel, poll, upstream=upstream):
+    for _, (arrays, h, meta) in _gather(ray, finals, cancel, poll, upstream=upstream):
         poll()
         config = meta.pop("config")
         yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
