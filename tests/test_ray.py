@@ -173,7 +173,7 @@ def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_pat
 
 def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):
     from twophase_core.experiments import run_chaos
-    from twophase_core.store import ENV_STORAGE
+    from twophase_core.storage import ENV_ROOT as ENV_STORAGE
 
     plain = run_chaos(CHAOS, Store(tmp_path / "plain"))
     shared = tmp_path / "shared"

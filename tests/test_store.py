@@ -456,7 +456,7 @@ def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_pat
     other machines), the index stays in the store, and the result is the same bits."""
     from twophase_core.experiments import run_chaos
     from twophase_core.presets import preset
-    from twophase_core.store import ENV_STORAGE
+    from twophase_core.storage import ENV_ROOT as ENV_STORAGE
 
     cfg = preset("tiny", "chaos")
     plain = run_chaos(cfg, Store(tmp_path / "plain"))

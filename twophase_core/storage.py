@@ -61,6 +61,17 @@ def verify_checkpoint(data: bytes, magic: bytes = CKPT_MAGIC) -> bytes | None:
     return payload if hashlib.sha256(payload).digest() == data[n:n + 32] else None
 
 
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent); 0 if it cannot be read."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return 0
+
+
 def file_name(t: int) -> str:
     return f"t{t:09d}.pt"
 
@@ -82,8 +93,6 @@ def iteration_of(name: str) -> int | None:
 
 class LocalFiles:
     """Checkpoints in a folder (local, or shared by every worker at the same path)."""
-
-    local = True
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
@@ -168,8 +177,6 @@ class LocalFiles:
         return list(self.root.rglob("tmp*.tmp")) if self.root.is_dir() else []
 
     def free_bytes(self) -> int | None:
-        from .store import free_bytes
-
         return free_bytes(self.root)
 
     def clear(self) -> None:
@@ -192,8 +199,6 @@ class ObjectFiles:
     Pickles as its URL and options (a Ray task opens its own connection); the filesystem is made on
     first use, so opening a store never touches the network.
     """
-
-    local = False
 
     def __init__(self, url: str, options: dict[str, Any] | None = None):
         self.url = url.rstrip("/")

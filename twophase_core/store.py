@@ -55,19 +55,17 @@ from .records import (
 )
 from .storage import (
     CKPT_MAGIC,
-    ENV_ROOT,
     KERNEL_MAGIC,
     CheckpointFiles,
     LocalFiles,
     ObjectFiles,
     StoreError,
     frame_checkpoint,
+    free_bytes,
     open_storage,
     storage_from_env,
     verify_checkpoint,
 )
-
-ENV_STORAGE = ENV_ROOT  # the storage root's variable, under the name the store has always exported
 
 ENV = "TWOPHASE_CACHE_DIR"
 RESERVE_BYTES = 1 << 20
@@ -122,16 +120,6 @@ def human(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000  # type: ignore[assignment]
     return str(n)
-
-
-def free_bytes(path: str | Path) -> int:
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return 0
 
 
 FULL_BELOW = 64 * 1024  # free bytes under which an I/O error is taken for a full disk
