@@ -33,7 +33,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
             executor: str = "local") -> Result:
         C.validate(cfg)
-        check_executor(C.kind_of(cfg), executor)
+        check_executor(executor)
         store = store or Store()
         cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
         if cached is None:
@@ -53,7 +53,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
 EXECUTORS = ("local", "ray")
 
 
-def check_executor(kind: str, executor: str) -> None:
+def check_executor(executor: str) -> None:
     """local or ray, for every kind (on Ray: chaos rows, cone kernels, linear switch times, sweep points)."""
     if executor not in EXECUTORS:
         raise C.ConfigError("executor", executor, f"choose one of {', '.join(EXECUTORS)}")
