@@ -8,16 +8,20 @@ never depend on what ran before, so a copy resumed or branched at t sees the ide
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig
+from .settings import shown
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,95 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+class CifarBatchError(ValueError):
+    """A file of cifar-10-batches-py that is not a CIFAR-10 batch: one line naming it, why, and what to do."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is not a CIFAR-10 batch ({why}); replace it with the original file")
+
+
+class _ForeignGlobal(pickle.UnpicklingError):
+    """The pickle asks for a global the CIFAR-10 format never holds (a planted payload, or not a batch)."""
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as pickle protocol 2 uses it to write bytes from python 3; no other codec is run."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _ForeignGlobal(f"it asks for _codecs.encode with {shown(encoding)}, which the format never holds")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """`bytes()`, as pickle protocol 2 writes b'' from python 3; never `bytes(n)`, which could ask for any size."""
+    if args:
+        raise _ForeignGlobal("it asks for bytes with arguments, which the format never holds")
+    return b""
+
+
+def _numpy_core(module: str) -> ModuleType:
+    """numpy's `_core.<module>` (numpy 2), else `core.<module>` (numpy 1.x): never the deprecated alias of 2."""
+    try:
+        return importlib.import_module(f"numpy._core.{module}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{module}")
+
+
+@functools.cache
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """Every global a CIFAR-10 batch may ask for, under the names numpy 1.x (the real files, from python 2)
+    and numpy 2 write, and what each resolves to: numpy arrays, their dtypes and scalars, and bytes."""
+    multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes,
+        ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
+    for core in ("numpy.core", "numpy._core"):
+        table[f"{core}.multiarray", "_reconstruct"] = multiarray._reconstruct
+        table[f"{core}.multiarray", "scalar"] = multiarray.scalar
+        table[f"{core}.numeric", "_frombuffer"] = numeric._frombuffer  # numpy's own pickles at protocol 5
+    return table
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR-10 python format holds (dicts, lists, str, bytes, int, numpy arrays):
+    every other global, os.system or any class a planted pickle names, is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _cifar_globals().get((module, name))
+        if found is None:
+            raise _ForeignGlobal(f"it asks for {shown(f'{module}.{name}')}, which the format never holds")
+        return found
+
+
+def _is_label(y: object) -> bool:
+    return isinstance(y, int | np.integer) and not isinstance(y, bool) and 0 <= y < 10
+
+
+def _checked_batch(path: Path, d: object) -> tuple[np.ndarray, list[int]]:
+    """(images (N, 3, 32, 32) uint8, labels) of an unpickled batch, after checking it has CIFAR-10's shape."""
+    if not isinstance(d, dict):
+        raise CifarBatchError(path, f"it holds a {type(d).__name__}, not a dict")
+    data, labels = (d.get(k, d.get(k.encode())) for k in ("data", "labels"))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise CifarBatchError(path, "its data is not a uint8 array of rows of 3072 pixels")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(_is_label(y) for y in labels)):
+        raise CifarBatchError(path, f"its labels are not a list of {len(data)} whole numbers in 0..9")
+    return data.reshape(-1, 3, 32, 32), [int(y) for y in labels]
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
-    """One pickled batch of the cifar-10-batches-py layout (python-2 pickles: latin1)."""
+    """One batch of the cifar-10-batches-py layout (python-2 pickles: latin1), read with the restricted
+    unpickler and checked: a planted pickle's payload never runs, and is named instead."""
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
-    get = lambda k: d[k] if k in d else d[k.encode()]
-    return np.asarray(get("data"), dtype=np.uint8).reshape(-1, 3, 32, 32), list(get("labels"))
+        try:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+        except _ForeignGlobal as e:
+            raise CifarBatchError(path, str(e)) from None
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways; each is one line here
+            raise CifarBatchError(path, "it does not unpickle: " + " ".join(f"{type(e).__name__}: {e}".split())[:200]
+                                  ) from None
+    return _checked_batch(path, d)
 
 
 def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
@@ -120,7 +207,9 @@ def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
     try:
         parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
         xte, yte = _read_cifar_batch(folder / "test_batch")
-    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as e:
+    except CifarBatchError as e:
+        raise ConfigError("data_root", root, str(e)) from None
+    except OSError as e:
         raise ConfigError("data_root", root, f"CIFAR-10 at {folder} is unreadable ({e}); remove it and "
                           "download again") from e
     xtr = np.concatenate([p[0] for p in parts])
