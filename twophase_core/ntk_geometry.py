@@ -40,12 +40,13 @@ def kernel_distance(h1: Tensor | np.ndarray, h2: Tensor | np.ndarray) -> float:
     b = _flat(h2).to(a.device).double()
     if a.shape != b.shape:
         raise ValueError(f"kernels differ in size: {tuple(a.shape)} vs {tuple(b.shape)}")
-    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    if na == 0 or nb == 0:
+    aa, bb = torch.dot(a, a), torch.dot(b, b)
+    if aa == 0 or bb == 0:
         raise ValueError("kernel_distance of a zero kernel is undefined")
     d = a - b
-    dn = torch.dot(d, a + b) / (na + nb)
-    s = (torch.dot(d, d) - dn * dn) / (2 * na * nb)
+    dn = torch.dot(d, a + b) / (aa.sqrt() + bb.sqrt())
+    # |a||b| as sqrt(<a,a><b,b>): for b = -a that is sqrt(x*x) = x exactly, so S(H, -H) is exactly 2
+    s = (torch.dot(d, d) - dn * dn) / (2 * (aa * bb).sqrt())
     return float(s.clamp(0.0, 2.0))
 
 
