@@ -19,21 +19,30 @@ from twophase_core.store import Store
 CHAOS = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
 
 
+K, OTHER = "0123456789abcdef0123", "fedcba9876543210fedc"  # trajectory keys, as config.digest writes them
+KERNEL = "kernels/t000000010-full-jacobian-cpu-n8-0123456789abcdef0123-s1.npy"
+
+
+def _listing(files):
+    return sorted((e.run, e.name, e.what, e.size) for e in files.scan().entries)
+
+
 def _exercise(files):
     """The same operations on any storage, and what they gave."""
-    seen = {"missing": files.read("k", 7), "empty": (files.iterations("k"), files.listing())}
-    files.write("k", 10, b"ten")
-    files.write("k", 2, b"two!")
-    files.write("other", 0, b"0")
-    files.write("k", 10, b"TEN")  # a rewrite replaces the whole file
-    files.write("k", "kernels/a.npy", b"kernel")  # a file beside the checkpoints: not one of them
-    seen["after"] = (files.iterations("k"), files.listing(), files.read("k", 10), files.size("k", 2))
-    seen["kernels"] = (files.kernel_listing(), files.read("k", "kernels/a.npy"))
-    files.delete("k", 2)
-    files.delete("k", 2)  # twice: nothing to delete is not an error
-    seen["deleted"] = (files.iterations("k"), files.size("k", 2))
-    files.clear()
-    seen["cleared"] = files.listing()
+    seen = {"missing": files.read(K, 7), "empty": (files.iterations(K), _listing(files))}
+    files.write(K, 10, b"ten")
+    files.write(K, 2, b"two!")
+    files.write(OTHER, 0, b"0")
+    files.write(K, 10, b"TEN")  # a rewrite replaces the whole file
+    files.write(K, KERNEL, b"kernel")  # a file beside the checkpoints: not one of them
+    seen["after"] = (files.iterations(K), _listing(files), files.read(K, 10), files.size(K, 2))
+    seen["kernel"] = files.read(K, KERNEL)
+    files.delete(K, 2)
+    files.delete(K, 2)  # twice: nothing to delete is not an error
+    seen["deleted"] = (files.iterations(K), files.size(K, 2))
+    for e in files.scan().entries:
+        files.remove(e)
+    seen["removed"] = _listing(files)
     return seen
 
 
@@ -41,9 +50,12 @@ def test_a_folder_and_an_object_store_answer_alike(tmp_path, s3_root):
     url, opts, _ = s3_root
     local, remote = _exercise(LocalFiles(tmp_path / "ck")), _exercise(ObjectFiles(url, opts))
     assert local == remote
-    assert local["after"] == ([2, 10], [("k", 2, 4), ("k", 10, 3), ("other", 0, 1)], b"TEN", 4)
-    assert local["missing"] is None and local["deleted"] == ([10], None) and local["cleared"] == []
-    assert local["kernels"] == ([("k", "kernels/a.npy", 6)], b"kernel")
+    listed = [(K, KERNEL, "kernel", 6), (K, "t000000002.pt", "checkpoint", 4), (K, "t000000010.pt", "checkpoint", 3),
+              (OTHER, "t000000000.pt", "checkpoint", 1)]
+    assert local["after"] == ([2, 10], listed, b"TEN", 4)
+    assert local["missing"] is None and local["deleted"] == ([10], None) and local["removed"] == []
+    assert local["kernel"] == b"kernel"
+    assert not any((tmp_path / "ck").iterdir())  # emptied trajectory folders go with their last file
 
 
 def test_storage_urls_open_what_they_name(tmp_path):
@@ -76,7 +88,9 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
     from twophase_core.cli import main
 
     assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert fs.find(url) == [] and f"and every checkpoint at {url}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert fs.find(url) == [] and f"and {url}: {len(objects)} checkpoints" in out
+    assert fs.exists(url.split("/")[2])  # the bucket stays
 
 
 def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s3_root):
@@ -181,12 +195,15 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
     assert c.meta["kernels_reused"] == len(its) - 1 and len(calls) == 1
     assert np.array_equal(c.arrays["S"], a.arrays["S"])
     # `cache check` verifies kernel files too, and `repair` removes a bad one
-    kernel_files[2].write_bytes(b"not a kernel")
+    kernel_files[2].write_bytes(kernel_files[2].read_bytes()[:-1] + b"?")  # ours (its header), damaged
+    foreign = kernel_files[3].with_name("t000000099-full-mine-cpu-n1-x-s1.npy")  # our naming, not our file
+    foreign.write_bytes(b"not a kernel")
     report = store.check()
     assert not report["ok"] and report["kernels"]["bad"] == [str(kernel_files[2])]
-    assert report["kernels"]["files"] == len(its) and report["kernels"]["verified"] == len(its) - 1
+    assert report["kernels"]["files"] == len(its) + 1 and report["kernels"]["verified"] == len(its) - 1
+    assert any(x.startswith(f"{foreign}: not a kernel twophase wrote") for x in report["left_alone"])
     assert store.repair()["kernels_removed"] == [str(kernel_files[2])] and not kernel_files[2].exists()
-    assert store.check()["ok"]
+    assert store.check()["ok"] and foreign.read_bytes() == b"not a kernel"
 
 
 def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):

@@ -60,12 +60,29 @@ def test_unreadable_checkpoint_is_recomputed_through_the_experiment(store):
     cfg = C.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
     first = run_linear(cfg, store)
     key = cfg.train.trajectory_key()
-    store.checkpoint_path(key, 30).write_bytes(b"not a checkpoint")  # unreadable: fails its checksum
+    path = store.checkpoint_path(key, 30)
+    path.write_bytes(path.read_bytes()[:-1] + b"?")  # ours (its header), but it fails its checksum
     store.delete(result_key("linear", first.hash))
     second = run_linear(cfg, store)
     assert second.meta["sgd_steps"] == 10  # from checkpoint 20
     for k in first.arrays:
         np.testing.assert_array_equal(first.arrays[k], second.arrays[k], err_msg=k)
+
+
+def test_a_file_of_our_name_without_our_header_is_named_and_never_touched(store):
+    """A file twophase did not write, at a checkpoint's path: the run stops with one line naming it, and
+    the file is neither deleted nor written over (nor is it used)."""
+    cfg = C.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
+    run_linear(cfg, store)
+    key = cfg.train.trajectory_key()
+    path = store.checkpoint_path(key, 30)
+    path.write_bytes(b"my own notes")
+    with pytest.raises(StoreError, match=r"t000000030\.pt is not a checkpoint twophase wrote .* move it away"):
+        store.load_checkpoint(key, 30)
+    report = store.check()
+    assert report["ok"] and any(x.startswith(f"{path}: not a checkpoint") for x in report["left_alone"])
+    assert store.repair()["checkpoints_removed"] == []
+    assert path.read_bytes() == b"my own notes"
 
 
 def test_a_checkpoint_that_never_reads_back_says_so(store, monkeypatch):
@@ -228,13 +245,16 @@ def test_planted_pickle_is_never_executed(store, tmp_path):
     con.close()
     (store.index_dir / fname).write_bytes(payload)
 
-    assert jm.get(rec.id) is None  # refused unread, dropped
+    assert jm.get(rec.id) is None  # refused unread, and left where it is
     assert store.get_blob("result/chaos/big") is None
-    assert jm.list() == [] and store.keys() == []
+    assert jm.list() == []
     report = Store(store.root, heal=False).check()
-    assert report["index"]["pickled"] == 1 and report["ok"] is False  # the pickled key is still there
-    assert store.repair()["index_entries_removed"] == 1
-    assert store.check()["ok"] is True
+    assert report["index"]["pickled"] == 3 and report["ok"] is False  # named, never dropped on a read
+    assert {d["key"] for d in report["index"]["damaged"]} >= {f"job/{rec.id}", "result/chaos/big"}
+    moved = store.repair()["records_moved_aside"]
+    assert len(moved) == 3 and store.keys() == [] and store.check()["ok"] is True
+    kept = {Path(m["to"]).read_bytes() for m in moved}  # moved aside whole, never unpickled
+    assert payload in kept
     assert not marker.exists()
 
 
@@ -245,13 +265,14 @@ def test_planted_pickle_is_never_executed(store, tmp_path):
 def test_orphan_temp_files_are_cleaned_at_start_and_counted(tmp_path):
     root = tmp_path / "cache"
     Store(root).close()
-    d = root / "runs" / "somekey"
+    d = root / "runs" / "0123456789abcdef0123"
     d.mkdir(parents=True)
-    orphan, live = d / "tmpdead.tmp", d / "tmplive.tmp"
-    orphan.write_bytes(b"x" * 1000)
-    live.write_bytes(b"y" * 10)
+    orphan, live, mine = d / "tmpdead.tmp", d / "tmplive.tmp", d / "tmpmine.tmp"
+    orphan.write_bytes(b"TPCKPT1\n" + b"x" * 992)  # a checkpoint cut short when its writer was killed
+    live.write_bytes(b"TPCK")
+    mine.write_bytes(b"a user's own temp file, named like ours")
     old = time.time() - 60
-    for p in (orphan, live):
+    for p in (orphan, live, mine):
         os.utime(p, (old, old))
     with open(live, "rb") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a writer still at work: never removed
@@ -259,7 +280,7 @@ def test_orphan_temp_files_are_cleaned_at_start_and_counted(tmp_path):
         assert before == {"in_use": 1, "orphans": 1, "orphan_bytes": 1000}
         s = Store(root)
         info = s.info()
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and mine.exists()
     assert info["orphan_temp_files_removed"] == 1 and info["orphan_temp_bytes_removed"] == 1000
     assert info["temp_files"] == 1
 
@@ -267,11 +288,12 @@ def test_orphan_temp_files_are_cleaned_at_start_and_counted(tmp_path):
 def test_a_killed_checkpoint_writer_leaves_only_an_orphan_the_next_store_removes(tmp_path):
     root = tmp_path / "cache"
     Store(root).close()
-    d = root / "runs" / "k"
+    d = root / "runs" / "0123456789abcdef0123"
     d.mkdir(parents=True)
     script = ("import fcntl, os, tempfile, time, sys\n"
               f"fd, p = tempfile.mkstemp(dir={str(d)!r}, suffix='.tmp')\n"
-              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'z' * 5000); print(p, flush=True); time.sleep(60)\n")
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'TPCKPT1\\n' + b'z' * 5000); print(p, flush=True)\n"
+              "time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     tmp = Path(p.stdout.readline().strip())
     os.utime(tmp, (time.time() - 60,) * 2)
@@ -406,8 +428,9 @@ def test_checkpoints_from_before_the_header_still_load_through_the_index(store):
     path = store.checkpoint_path(run.key, 0)
     path.parent.mkdir(parents=True)
     path.write_bytes(buf.getvalue())
-    assert store.load_checkpoint(run.key, 0) is None and not path.exists()  # no checksum anywhere: not trusted
-    path.write_bytes(buf.getvalue())
+    with pytest.raises(StoreError, match="not a checkpoint twophase wrote"):  # no checksum anywhere: not trusted
+        store.load_checkpoint(run.key, 0)
+    assert path.read_bytes() == buf.getvalue()  # nor touched
     store.cache.set(f"ckpt/{run.key}/0", hashlib.sha256(buf.getvalue()).hexdigest())
     _same_state(state, store.load_checkpoint(run.key, 0))
     assert store.check()["checkpoints"] == {"runs": 1, "files": 1, "verified": 0, "legacy": 1, "bad": []}
@@ -441,13 +464,20 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
     store.put_blob("result/chaos/x", b"kept")
     stray, young = store.index_dir / "ab" / "cd" / "stray.val", store.index_dir / "ab" / "cd" / "young.val"
     stray.parent.mkdir(parents=True, exist_ok=True)
-    stray.write_bytes(b"a value whose row was never written (writer killed)")
-    young.write_bytes(b"a value whose row is being written right now")
+    from twophase_core.records import frame_record, sha_hex
+
+    blob = b"a value whose row was never written (writer killed)"
+    stray.write_bytes(frame_record("result/chaos/y", sha_hex(blob), blob))
+    young.write_bytes(frame_record("result/chaos/z", sha_hex(b"now"), b"now"))  # its row is being written now
+    foreign = stray.with_name("0123456789abcdef0123456789ab.val")
+    foreign.write_bytes(b"not a record of ours")
     os.utime(stray, (time.time() - 600,) * 2)
+    os.utime(foreign, (time.time() - 600,) * 2)
     report = store.check()
     assert report["index"]["unreferenced_files"] == 1 and "1 entry files no record points to" in report["problems"][0]
     fixed = store.repair()
     assert fixed["unreferenced_files_removed"] == 1 and not stray.exists() and young.exists()
+    assert foreign.read_bytes() == b"not a record of ours"
     assert store.get_blob("result/chaos/x") == b"kept"
 
 
@@ -470,4 +500,5 @@ def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_pat
     assert store.checkpoints(key) == Store(tmp_path / "plain").checkpoints(key)
     for k in ("C", "B", "D", "train_loss"):
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True)
-    assert store.clear()["root"] == str(tmp_path / "cache") and not shared.exists()
+    assert store.clear()["root"] == str(tmp_path / "cache")
+    assert shared.is_dir() and not any(shared.iterdir())  # every file of ours gone, the root itself kept

@@ -14,7 +14,7 @@ from typing import Any
 
 from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
 
-from .records import SafeDisk, sha_hex, unframe_record
+from .records import REC_MAGIC, SafeDisk, sha_hex, unframe_record
 
 STRAY_AGE_S = 60.0  # an index entry file with no row, older than this, is left over from a killed writer
 
@@ -47,9 +47,16 @@ def salvage_rows(db: Path) -> tuple[list[tuple[Any, int, int, Any]], str | None]
     return rows, None
 
 
+def key_text(key: Any) -> str:
+    """A row's key as text for a report: a key stored pickled is never unpickled, only described."""
+    return key if isinstance(key, str) else f"<pickled key, {len(bytes(key)) if key is not None else 0} bytes>"
+
+
 def inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
+    """What the index holds, read without writing: counts, and every record that cannot be trusted,
+    named (`damaged`: key and why)."""
     out: dict[str, Any] = {"path": str(db), "state": "ok", "problem": None, "entries": 0, "results": 0,
-                           "jobs": 0, "pickled": 0, "bad_records": 0, "legacy_shas": {}}
+                           "jobs": 0, "pickled": 0, "bad_records": 0, "damaged": [], "legacy_shas": {}}
     if not db.exists():
         out["state"] = "missing"
         leftovers = list(index_dir.rglob("*.val")) if index_dir.is_dir() else []
@@ -61,9 +68,15 @@ def inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
         out["state"], out["problem"] = "damaged", err
     out["entries"] = len(rows)
     disk = SafeDisk(str(index_dir))
+
+    def bad(key: Any, why: str) -> None:
+        out["bad_records"] += 1
+        out["damaged"].append({"key": key_text(key), "why": why})
+
     for key, raw, mode, value in rows:
         if not raw or mode == MODE_PICKLE:
             out["pickled"] += 1
+            out["damaged"].append({"key": key_text(key), "why": "stored pickled (refused, never read)"})
             continue
         if isinstance(key, str) and key.startswith("result/"):
             out["results"] += 1
@@ -71,23 +84,21 @@ def inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
             out["jobs"] += 1
         if isinstance(key, str) and key.startswith("ckpt/") and isinstance(value, str):
             out["legacy_shas"][key] = value
-        if mode in (MODE_RAW, MODE_BINARY) and not isinstance(value, str | int | float):
+        if mode == MODE_RAW and not isinstance(value, str | int | float):
             try:
-                data = value if mode == MODE_RAW else None
-                if data is None:
-                    continue  # a file: read below
-                _, sha, blob = unframe_record(data)
-                if sha_hex(blob) != sha:
-                    out["bad_records"] += 1
+                _, sha, blob = unframe_record(value)
             except ValueError:
-                out["bad_records"] += 1
+                bad(key, "not a framed record")
+                continue
+            if sha_hex(blob) != sha:
+                bad(key, "fails its checksum")
     with contextlib.suppress(sqlite3.Error):
         con = connect_ro(db)
         try:
-            files = con.execute("SELECT filename, raw, mode FROM Cache WHERE filename IS NOT NULL").fetchall()
+            files = con.execute("SELECT key, filename, raw, mode FROM Cache WHERE filename IS NOT NULL").fetchall()
         finally:
             con.close()
-        for filename, raw, mode in files:
+        for key, filename, raw, mode in files:
             if not raw or mode != MODE_BINARY:
                 continue  # counted as pickled above
             try:
@@ -95,9 +106,10 @@ def inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
                 ok = sha_hex(blob) == sha
             except (OSError, ValueError):
                 ok = False
-            out["bad_records"] += not ok
+            if not ok:
+                bad(key, "its file fails its checksum or cannot be read")
         if not err:
-            stray = unreferenced(index_dir, {f for f, _, _ in files})
+            stray = unreferenced(index_dir, {f for _, f, _, _ in files})
             out["unreferenced_files"], out["unreferenced_bytes"] = len(stray), sum(size_of(p) for p in stray)
     if out["state"] == "ok" and db.stat().st_size == 0:
         out["state"], out["problem"] = "empty", "cache.db is empty (0 bytes): cut short"
@@ -105,11 +117,19 @@ def inspect_index(db: Path, index_dir: Path) -> dict[str, Any]:
 
 
 def unreferenced(index_dir: Path, referenced: set[str]) -> list[Path]:
-    """Entry files no index row points to, older than a minute (a writer files its value just before
-    its row): left by a process killed in between."""
+    """Entry files of ours (framed records) no index row points to, older than a minute (a writer files
+    its value just before its row): left by a process killed in between. Anything else is not ours."""
     now = time.time()
     return [p for p in index_dir.rglob("*.val") if str(p.relative_to(index_dir)) not in referenced
-            and now - mtime(p) > STRAY_AGE_S]
+            and now - mtime(p) > STRAY_AGE_S and not p.is_symlink() and _head(p) == REC_MAGIC]
+
+
+def _head(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            return f.read(len(REC_MAGIC))
+    except OSError:
+        return b""
 
 
 def size_of(p: Path) -> int:

@@ -2,7 +2,9 @@
 
 One per trajectory (whoever trains it holds it) and one per store root (opening, repairing,
 clearing). The kernel drops a flock when its holder dies, kill -9 included, so a dead holder never
-blocks anyone: no lease, no timeout, nothing to clean up.
+blocks anyone: no lease, no timeout, nothing to clean up. A lock file is opened without following a
+link (O_NOFOLLOW): a `.lock` that is a link or a folder is refused by name, and nothing is ever created
+outside the store through one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import StoreError
 
 LOCK_POLL_S = 0.1
 
@@ -36,8 +40,7 @@ def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[No
         wait()  # type: ignore[misc]
     try:
         if entry[2] == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(path)
             try:
                 while True:
                     try:
@@ -64,10 +67,23 @@ def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[No
         rlock.release()
 
 
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, made if missing; never through a link, never a folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        if os.path.islink(path) or path.is_dir():
+            what = "a link" if os.path.islink(path) else "a folder"
+            raise StoreError(f"{path} is {what}, not a lock file twophase made; twophase never follows one: "
+                             "remove it and try again") from None
+        raise  # permissions, a full disk: the caller names it
+
+
 def is_locked(path: Path) -> bool:
     """Another process holds a flock on `path` (a live writer or trainer)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:

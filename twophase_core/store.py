@@ -31,8 +31,10 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -44,35 +46,79 @@ import diskcache
 import numpy as np
 from diskcache.core import MODE_PICKLE, MODE_RAW
 
-from .index_salvage import inspect_index, mtime, salvage_rows, size_of, tree_bytes, unreferenced
+from .errors import StorageSettingError, StoreError
+from .index_salvage import inspect_index, key_text, salvage_rows, tree_bytes, unreferenced
 from .locks import file_lock, is_locked
-from .records import (
-    SafeDisk,
-    pack_arrays,
-    sha_hex,
-    unframe_record,
-    unpack_arrays,
-)
+from .records import REC_MAGIC, SafeDisk, pack_arrays, sha_hex, unframe_record, unpack_arrays
 from .storage import (
     CKPT_MAGIC,
+    ENV_ROOT,
     KERNEL_MAGIC,
     CheckpointFiles,
+    Entry,
     LocalFiles,
     ObjectFiles,
-    StoreError,
+    Scan,
     frame_checkpoint,
     free_bytes,
+    has_header,
+    iteration_of,
     open_storage,
     storage_from_env,
     verify_checkpoint,
 )
+
+__all__ = ["StoreError", "StorageSettingError"]  # re-exported: callers of the store know one module
 
 ENV = "TWOPHASE_CACHE_DIR"
 RESERVE_BYTES = 1 << 20
 ORPHAN_AGE_S = 1.0  # an unlocked temp file older than this is left over from a killed writer
 log = logging.getLogger("twophase.store")
 T = TypeVar("T")
-_CORRUPT = object()  # an entry that could not be read (pickled, malformed): dropped like a bad checksum
+_CORRUPT = object()  # an entry that could not be read (pickled, malformed): damaged, like a bad checksum
+
+# The store's own files under its root, by exact name (anything else there is not its own, and stays)
+DAMAGED_DIR = "damaged"  # records moved aside by repair: <time>-<key>.rec and .why
+INDEX_FILES = ("cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal")
+VAL_NAME = re.compile(r"[0-9a-f]{28}\.val")  # diskcache's entry files, under two levels of 2-hex folders
+LOG_NAME = re.compile(r"[a-z]+-[0-9a-f]{20}\.log")  # a worker's log: jobs/<job id>.log
+LOG_HEADER = b"--- "  # its first line, written by the job runner before the worker starts
+ASIDE_NAME = re.compile(r"[0-9]{8}-[0-9]{6}-[A-Za-z0-9._-]{1,120}(-[0-9]+)?\.(rec|why)")
+
+
+def _plain(p: Path) -> bool:
+    """A plain file, not a link (nothing is deleted through one)."""
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _starts_with(p: Path, prefix: bytes) -> bool:
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
+def _size(p: Path) -> int:
+    try:
+        return os.lstat(p).st_size
+    except OSError:
+        return 0
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove `folder` and the folders under it that are empty (real folders only, deepest first)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def default_root() -> Path:
@@ -84,7 +130,10 @@ def default_root() -> Path:
     """
     env = os.environ.get(ENV)
     if env:
-        return Path(env).expanduser().resolve()
+        try:
+            return Path(env).expanduser().resolve()
+        except RuntimeError as e:  # ~nosuchuser/...
+            raise StorageSettingError(ENV, env, f"{e}; give a folder that exists or can be made") from None
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "twophase_core").is_dir():
         return checkout / "cache"
@@ -110,6 +159,16 @@ class StoreFull(StoreError):
 
 class StoreDamaged(StoreError):
     """The index cannot be read and was not repaired (the store was opened with heal=False)."""
+
+
+class DamagedRecord(StoreError):
+    """A record is in the index but cannot be trusted: it is named, left in place, and moved aside by
+    `repair` (into `damaged/`), never silently dropped."""
+
+    def __init__(self, key: str, why: str):
+        self.key, self.why = key, why
+        super().__init__(f"store record {key} is damaged: {why}; `twophase cache check` lists it and "
+                         "`twophase cache repair` moves it aside")
 
 
 def human(n: int | None) -> str:
@@ -152,14 +211,17 @@ class Store:
     def __init__(self, root: str | Path | None = None, heal: bool = True,
                  storage: CheckpointFiles | str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
-        # checkpoint files: `root/runs`, or a storage root shared with workers on other machines
+        # checkpoint files: `root/runs`, or a storage root shared with workers on other machines; resolved
+        # first, so a bad storage setting is named before anything is made
         if storage is None:
             self.files = storage_from_env(self.root / "runs")
         elif isinstance(storage, LocalFiles | ObjectFiles):
             self.files = storage
         else:
             self.files = open_storage(storage)
+        if isinstance(self.files, LocalFiles) and self.files.setting == ENV_ROOT:
+            self.files.probe()  # a folder the user named: made (or refused in one line) before the store is
+        self.root.mkdir(parents=True, exist_ok=True)
         self.index_dir = self.root / "index"
         self.db_path = self.index_dir / "cache.db"
         self.problem: str | None = None  # why the index could not be used (heal=False only)
@@ -169,6 +231,7 @@ class Store:
         self._ident: tuple[int, int] | None = None
         self._reopen_lock = threading.RLock()
         self.cleaned = {"files": 0, "bytes": 0}
+        self._damaged_seen: set[str] = set()  # damaged records already logged by this object
         with self._root_lock(), contextlib.suppress(StoreFull):  # on a full disk the index opens on first use
             self.cleaned = self._clean_orphans() if heal else {"files": 0, "bytes": 0}
             problem = self._index_problem()
@@ -356,40 +419,69 @@ class Store:
     def put_blob(self, key: str, blob: bytes) -> None:
         self._set(key, {"sha": sha_hex(blob), "blob": blob})
 
-    def get_blob(self, key: str) -> bytes | None:
+    def read_blob(self, key: str) -> bytes | None:
+        """The blob under `key`, None if there is none; DamagedRecord if it is there but fails its checksum
+        or was stored pickled. Reading never changes the store: a damaged record stays where it is until
+        `repair` moves it aside, so it is named, never silently dropped."""
         rec = self._healing(lambda: self._fetch(key))
         if rec is None:
             return None
+        if rec is _CORRUPT:
+            raise DamagedRecord(key, "it cannot be read (pickled or malformed)")
         blob = rec.get("blob") if isinstance(rec, dict) else None
-        if not (isinstance(blob, bytes) and sha_hex(blob) == rec.get("sha")):
-            self.delete(key)  # pickled, malformed or failing its checksum: never returned
+        if not isinstance(blob, bytes):
+            raise DamagedRecord(key, "it is not a checksummed record")
+        if sha_hex(blob) != rec.get("sha"):
+            raise DamagedRecord(key, "it fails its checksum")
+        return blob
+
+    def get_blob(self, key: str) -> bytes | None:
+        """The blob, or None if it is missing or damaged (logged once, left in place: never returned)."""
+        try:
+            return self.read_blob(key)
+        except DamagedRecord as e:
+            self._warn_damaged(e)
             return None
-        return rec["blob"]
+
+    def _warn_damaged(self, e: DamagedRecord) -> None:
+        if e.key not in self._damaged_seen:
+            self._damaged_seen.add(e.key)
+            log.warning("%s", e)
 
     def put_json(self, key: str, obj: Any) -> None:
         self.put_blob(key, json.dumps(obj).encode())
 
-    def get_json(self, key: str) -> Any:
-        b = self.get_blob(key)
+    def read_json(self, key: str) -> Any:
+        """The JSON value under `key`, None if there is none; DamagedRecord if it is damaged or not JSON."""
+        b = self.read_blob(key)
         if b is None:
             return None
         try:
             return json.loads(b.decode())
-        except ValueError:
-            self.delete(key)
+        except (ValueError, RecursionError):  # (nested past Python's recursion limit: not a record of ours)
+            raise DamagedRecord(key, "it is not JSON") from None
+
+    def get_json(self, key: str) -> Any:
+        """The JSON value, or None if it is missing or damaged (logged once, left in place)."""
+        try:
+            return self.read_json(key)
+        except DamagedRecord as e:
+            self._warn_damaged(e)
             return None
 
     def put_arrays(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.put_blob(key, pack_arrays(arrays, meta))
 
     def get_arrays(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """Arrays and metadata, or None if missing or damaged: a damaged result is recomputed by whoever
+        asked, and the new one replaces it; it is never shown."""
         b = self.get_blob(key)
         if b is None:
             return None
         try:
             return unpack_arrays(b)
         except Exception:  # noqa: BLE001
-            self.delete(key)
+            self._warn_damaged(DamagedRecord(key, "its arrays do not parse"))
             return None
 
     def delete(self, key: str) -> None:
@@ -442,11 +534,8 @@ class Store:
                          f"writing kernel {name} of {run}")
 
     def load_kernel(self, run: str, name: str) -> np.ndarray | None:
-        """The kernel, or None if it is missing, unreadable or fails its checksum (then it is removed)."""
-        try:
-            data = self.files.read(run, f"kernels/{name}")
-        except OSError:
-            data = b""
+        """The kernel, or None if it is missing or a damaged one of ours (then it is removed and recomputed)."""
+        data = self._read_owned(run, f"kernels/{name}", KERNEL_MAGIC, "kernel")
         if data is None:
             return None
         payload = verify_checkpoint(data, KERNEL_MAGIC)
@@ -459,19 +548,16 @@ class Store:
         return None
 
     def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """The checkpoint, or None if it is missing, unreadable or fails its checksum (then it is removed).
-        An object store that cannot be reached raises StoreError: its checkpoints are not damaged."""
-        try:
-            data = self.files.read(run, t)
-        except OSError:
-            self.drop_checkpoint(run, t)
-            return None
+        """The checkpoint, or None if it is missing or a damaged one of ours (then it is removed, and whoever
+        asked trains it again). A file of that name twophase did not write is never used nor touched:
+        StoreError says where it is. An object store that cannot be reached raises StoreError too: its
+        checkpoints are not damaged."""
+        data = self._read_owned(run, t, CKPT_MAGIC, "checkpoint")
         if data is None:
             return None
         payload = verify_checkpoint(data)
-        if payload is None and not data.startswith(CKPT_MAGIC) and self._cache is not None:
-            sha = self._legacy_sha(run, t)  # a file from before checkpoints carried their checksum
-            payload = data if sha is not None and sha_hex(data) == sha else None
+        if payload is None and not data.startswith(CKPT_MAGIC):
+            payload = data  # a file from before checkpoints carried their checksum: _read_owned verified it
         if payload is None:
             self.drop_checkpoint(run, t)
             return None
@@ -483,7 +569,24 @@ class Store:
             self.drop_checkpoint(run, t)
             return None
 
+    def _read_owned(self, run: str, name: int | str, magic: bytes, what: str) -> bytes | None:
+        """A file's bytes if it is twophase's (its header, or an old checkpoint whose checksum the index
+        holds), None if there is none; StoreError if it cannot be read or is someone else's."""
+        try:
+            data = self.files.read(run, name)
+        except OSError as e:
+            raise StoreError(f"{what} {self.files.path(run, name)} cannot be read ({e.strerror or e}); twophase "
+                             "leaves it alone: fix its permissions or move it away") from None
+        if data is None or data.startswith(magic):
+            return data
+        if isinstance(name, int) and self._legacy_sha(run, name) == sha_hex(data):
+            return data
+        raise StoreError(f"{self.files.path(run, name)} is not a {what} twophase wrote (no twophase header); it is "
+                         "left as it is: move it away, and the run computes its own")
+
     def _legacy_sha(self, run: str, t: int) -> str | None:
+        if self._cache is None:
+            return None
         try:
             sha = self.cache.get(f"ckpt/{run}/{t}")
         except Exception:  # noqa: BLE001
@@ -491,6 +594,7 @@ class Store:
         return sha if isinstance(sha, str) else None
 
     def drop_checkpoint(self, run: str, t: int) -> None:
+        """Remove a damaged checkpoint of ours (its caller checked its header), so it is trained again."""
         self.files.delete(run, t)
         if self._cache is not None:
             with contextlib.suppress(Exception):
@@ -549,29 +653,34 @@ class Store:
         except OSError:
             return False
 
-    # -- housekeeping -----------------------------------------------------------------------
-    def _temp_files(self) -> list[Path]:
-        return self.files.temp_files()
+    # -- housekeeping: only what twophase can tell is its own -------------------------------
+    def _temps(self, scan: Scan | None = None) -> list[Entry]:
+        """Temp files of our checkpoint writers, live or killed (named as ours and beginning as ours do), in a
+        folder storage root. An object store has none, and is not listed for them: opening a store never
+        waits on the network."""
+        if not isinstance(self.files, LocalFiles):
+            return []
+        scan = scan if scan is not None else self.files.scan()
+        return [e for e in scan.of("temp") if has_header(self.files.head(e), "temp")]
+
+    def _orphans(self, temps: list[Entry]) -> list[Entry]:
+        """Temp files no live writer holds: left by kill -9 during a write."""
+        now = time.time()
+        return [e for e in temps if now - e.mtime >= ORPHAN_AGE_S
+                and not is_locked(Path(self.files.path(e.run, e.name)))]
 
     def _clean_orphans(self) -> dict[str, int]:
-        """Remove temp files no live writer holds (left by kill -9 during a checkpoint write)."""
         n = size = 0
-        now = time.time()
-        for p in self._temp_files():
-            try:
-                st = p.stat()
-                if now - st.st_mtime < ORPHAN_AGE_S or is_locked(p):
-                    continue
-                p.unlink()
-            except OSError:
-                continue
-            n, size = n + 1, size + st.st_size
+        if self.files.deletion_refused() is None:
+            for e in self._orphans(self._temps()):
+                self.files.remove(e)
+                n, size = n + 1, size + e.size
         return {"files": n, "bytes": size}
 
     def info(self) -> dict[str, Any]:
         """Counts and sizes; on a full disk or a damaged index (not opened) they are read read-only."""
-        files = self.files.listing()
-        temps = self._temp_files()
+        scan = self.files.scan()
+        ckpts = scan.of("checkpoint")
         try:
             results, volume = len(self.keys("result/")), self.cache.volume()
         except StoreError:
@@ -581,9 +690,9 @@ class Store:
             "root": str(self.root),
             "storage": self.files.url,
             "results": results,
-            "checkpoints": len(files),
-            "bytes": volume + sum(size for _, _, size in files),
-            "temp_files": len(temps),  # being written now (orphans are removed when a store opens)
+            "checkpoints": len(ckpts),
+            "bytes": volume + sum(e.size for e in ckpts + scan.of("kernel")),
+            "temp_files": len(self._temps(scan)),  # being written now (orphans are removed when a store opens)
             "orphan_temp_files_removed": self.cleaned["files"],
             "orphan_temp_bytes_removed": self.cleaned["bytes"],
             "damaged_index_copies": [str(p) for p in self._damaged_copies()],
@@ -592,164 +701,291 @@ class Store:
         }
 
     def _damaged_copies(self) -> list[Path]:
-        return sorted(self.root.glob("index.damaged-*"))
+        return sorted(p for p in self.root.glob("index.damaged-*") if p.is_dir() and not p.is_symlink())
+
+    def _sort_files(self, scan: Scan, legacy: dict[str, str]) -> dict[str, list[Any]]:
+        """Checkpoint and kernel files read whole and sorted: `verified`, `legacy` (an old checkpoint whose
+        checksum the index holds), `bad` (ours: our header, but failing its checksum) and `foreign`
+        ((entry, why): no twophase header, or unreadable: never touched)."""
+        out: dict[str, list[Any]] = {"verified": [], "legacy": [], "bad": [], "foreign": []}
+        for e in scan.of("checkpoint") + scan.of("kernel"):
+            magic = CKPT_MAGIC if e.what == "checkpoint" else KERNEL_MAGIC
+            try:
+                data = self.files.read(e.run, e.name)
+            except OSError as ex:
+                out["foreign"].append((e, f"cannot be read ({ex.strerror or ex})"))
+                continue
+            if data is None:
+                continue  # gone since the listing (a clear, a repair elsewhere)
+            if verify_checkpoint(data, magic) is not None:
+                out["verified"].append(e)
+            elif data.startswith(magic):
+                out["bad"].append(e)
+            elif e.what == "checkpoint" and legacy.get(f"ckpt/{e.run}/{iteration_of(e.name)}") == sha_hex(data):
+                out["legacy"].append(e)
+            else:
+                out["foreign"].append((e, f"not a {e.what} twophase wrote (no twophase header)"))
+        return out
+
+    def _left_alone(self, scan: Scan, foreign: list[tuple[Entry, str]]) -> list[str]:
+        """What twophase found in its places but will not touch, with why (shown by check and clear)."""
+        out = list(scan.left_alone) + [f"{self.files.path(e.run, e.name)}: {why}" for e, why in foreign]
+        refused = self.files.deletion_refused()
+        if refused:
+            out.append(refused)
+        parents = {self.root}
+        if isinstance(self.files, LocalFiles):
+            parents.add(self.files.root.parent)
+        for parent in sorted(parents):
+            for p in sorted(parent.glob(".clearing-*")):
+                out.append(f"{p}: set aside by `cache clear` of an earlier twophase version, which could take files "
+                           "that were not its own; look inside, then remove it yourself")
+        return out
 
     def check(self) -> dict[str, Any]:
         """Verify everything without changing anything; a JSON-ready report (`ok`, `problems`, counts).
 
         Works on any store: the index is read through a read-only connection (a damaged, missing or
-        full-disk index is reported, not opened for writing), every checkpoint file is read and checked.
-        """
+        full-disk index is reported, not opened for writing), every checkpoint and kernel file is read and
+        checked. `ok` says whether anything twophase can repair is wrong; what is not twophase's is listed
+        under `left_alone` and never counts as a problem (repair would not touch it)."""
         problems: list[str] = []
         index = inspect_index(self.db_path, self.index_dir)
         if index["problem"] is None:
             index["problem"] = self._index_problem() if self.db_path.exists() else None
         if index["problem"]:
             problems.append(f"index: {index['problem']}")
-        if index["pickled"]:
-            problems.append(f"index: {index['pickled']} pickled entries (refused, never read)")
-        if index["bad_records"]:
-            problems.append(f"index: {index['bad_records']} records fail their checksum")
+        if index["damaged"]:
+            named = "; ".join(f"{d['key']} ({d['why']})" for d in index["damaged"][:5])
+            more = f" and {len(index['damaged']) - 5} more" if len(index["damaged"]) > 5 else ""
+            problems.append(f"index: {len(index['damaged'])} damaged records: {named}{more} (repair moves them aside)")
         if index.get("unreferenced_files"):
             problems.append(f"index: {index['unreferenced_files']} entry files no record points to")
-        ckpt = {"runs": 0, "files": 0, "verified": 0, "legacy": 0, "bad": []}
-        legacy = index.pop("legacy_shas")
-        listing = self.files.listing()
-        ckpt["runs"] = len({run for run, _, _ in listing})
-        for run, t, _ in listing:
-            ckpt["files"] += 1
-            try:
-                data = self.files.read(run, t)
-            except OSError:
-                data = None
-            if data is None:
-                ckpt["bad"].append(str(self.files.path(run, t)))
-            elif verify_checkpoint(data) is not None:
-                ckpt["verified"] += 1
-            elif not data.startswith(CKPT_MAGIC) and legacy.get(f"ckpt/{run}/{t}") == sha_hex(data):
-                ckpt["legacy"] += 1
-            else:
-                ckpt["bad"].append(str(self.files.path(run, t)))
+        scan = self.files.scan()
+        files = self._sort_files(scan, index.pop("legacy_shas"))
+        ckpt = {"runs": len({e.run for e in scan.of("checkpoint")}), "files": len(scan.of("checkpoint")),
+                "verified": sum(e.what == "checkpoint" for e in files["verified"]),
+                "legacy": len(files["legacy"]),
+                "bad": [str(self.files.path(e.run, e.name)) for e in files["bad"] if e.what == "checkpoint"]}
+        kernels = {"files": len(scan.of("kernel")), "verified": sum(e.what == "kernel" for e in files["verified"]),
+                   "bad": [str(self.files.path(e.run, e.name)) for e in files["bad"] if e.what == "kernel"]}
         if ckpt["bad"]:
-            problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum or cannot be read")
-        n_kernels = len(self.files.kernel_listing())
-        bad_kernels = [str(self.files.path(run, name)) for run, name in self._bad_kernels()]
-        kernels = {"files": n_kernels, "verified": n_kernels - len(bad_kernels), "bad": bad_kernels}
+            problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum")
         if kernels["bad"]:
-            problems.append(f"kernels: {len(kernels['bad'])} fail their checksum or cannot be read")
-        now = time.time()
-        temps = self._temp_files()
-        orphans = [p for p in temps if now - mtime(p) >= ORPHAN_AGE_S and not is_locked(p)]
+            problems.append(f"kernels: {len(kernels['bad'])} fail their checksum")
+        temps = self._temps(scan)
+        orphans = self._orphans(temps)
         if orphans:
             problems.append(f"{len(orphans)} orphan temp files")
-        copies = self._damaged_copies()
+        left = self._left_alone(scan, files["foreign"])
         return {"root": str(self.root), "storage": self.files.url, "ok": not problems, "problems": problems,
-                "index": index,
-                "checkpoints": ckpt, "kernels": kernels,
+                "index": index, "checkpoints": ckpt, "kernels": kernels,
                 "temp_files": {"in_use": len(temps) - len(orphans), "orphans": len(orphans),
-                               "orphan_bytes": sum(size_of(p) for p in orphans)},
-                "damaged_index_copies": [str(p) for p in copies], "free_bytes": self.free_bytes()}
+                               "orphan_bytes": sum(e.size for e in orphans)},
+                "left_alone": left, "damaged_index_copies": [str(p) for p in self._damaged_copies()],
+                "free_bytes": self.free_bytes()}
 
-    def repair(self) -> dict[str, Any]:
-        """Fix what `check` finds; a JSON-ready report of what was done and the check after it.
+    def repair(self, dry_run: bool = False) -> dict[str, Any]:
+        """Fix what `check` finds; a JSON-ready report of what was done (or, dry, would be) and the check after.
 
-        A damaged or missing index is moved aside and rebuilt (never emptied in place); pickled and
-        failing entries are deleted; checkpoints that fail their checksum are removed (recomputed on
-        demand); orphan temp files are removed. Works on a full disk as far as deleting goes.
+        A damaged or missing index is moved aside and rebuilt (never emptied in place); damaged records are
+        moved aside into `damaged/`; checkpoints and kernels of ours that fail their checksum are removed
+        (recomputed on demand); orphan temp files of ours are removed. Nothing that is not twophase's is
+        touched. Works on a full disk as far as deleting goes.
         """
-        done: dict[str, Any] = {"root": str(self.root)}
+        done: dict[str, Any] = {"root": str(self.root), "dry_run": dry_run}
+        before = self.check()
         with self._root_lock():
+            refused = self.files.deletion_refused()
+            orphans = [] if refused else self._orphans(self._temps())
+            done["orphan_temp_files_removed"] = len(orphans)
+            legacy = inspect_index(self.db_path, self.index_dir)["legacy_shas"]
+            files = self._sort_files(self.files.scan(), legacy)
+            bad = [] if refused else files["bad"]
+            done["checkpoints_removed"] = [str(self.files.path(e.run, e.name)) for e in bad if e.what == "checkpoint"]
+            done["kernels_removed"] = [str(self.files.path(e.run, e.name)) for e in bad if e.what == "kernel"]
+            if refused:
+                done["refused"] = refused
+            if dry_run:
+                done["index"] = before["index"]["problem"] and "would be moved aside and rebuilt"
+                done["records_moved_aside"] = before["index"]["damaged"]
+                return done
             self.release_reserve()  # room to work on a full disk; recreated at the end
-            done["orphan_temp_files_removed"] = self._clean_orphans()["files"]
+            for e in orphans:
+                self.files.remove(e)
             problem = self._index_problem()
             if problem is not None:
                 done["rebuilt_index"] = self.healed = self._rebuild(problem)
             elif self._cache is None or self._db_ident() != self._ident:
                 self._open()
-            done["index_entries_removed"] = self._purge_index()
-            referenced = {f for (f,) in self.cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-            stray = unreferenced(self.index_dir, referenced)
-            for p in stray:
-                p.unlink(missing_ok=True)
-            done["unreferenced_files_removed"] = len(stray)
-            removed = []
-            for run, t, _ in self.files.listing():
-                try:
-                    data = self.files.read(run, t) or b""
-                except OSError:
-                    data = b""
-                ok = verify_checkpoint(data) is not None or (
-                    not data.startswith(CKPT_MAGIC) and self._legacy_sha(run, t) == sha_hex(data))
-                if not ok:
-                    self.drop_checkpoint(run, t)
-                    removed.append(str(self.files.path(run, t)))
-            done["checkpoints_removed"] = removed
-            bad_kernels = self._bad_kernels()
-            for run, name in bad_kernels:
-                self.files.delete(run, name)
-            done["kernels_removed"] = [str(self.files.path(run, name)) for run, name in bad_kernels]
+            done["records_moved_aside"] = self._move_damaged_rows()
+            done["unreferenced_files_removed"] = self._remove_unreferenced()
+            for e in bad:
+                if e.what == "checkpoint":
+                    self.drop_checkpoint(e.run, int(iteration_of(e.name) or 0))
+                else:
+                    self.files.remove(e)
         self._keep_reserve()
         done["after"] = self.check()
         return done
 
-    def _bad_kernels(self) -> list[tuple[str, str]]:
-        """(run, name) of every kernel file that fails its checksum or cannot be read."""
-        bad = []
-        for run, name, _ in self.files.kernel_listing():
-            try:
-                data = self.files.read(run, name)
-            except OSError:
-                data = None
-            if data is None or verify_checkpoint(data, KERNEL_MAGIC) is None:
-                bad.append((run, name))
-        return bad
+    def _remove_unreferenced(self) -> int:
+        """Delete index entry files no row points to (a writer killed between file and row) that are records."""
+        referenced = {f for (f,) in self.cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        stray = unreferenced(self.index_dir, referenced)
+        for p in stray:
+            p.unlink(missing_ok=True)
+        return len(stray)
 
-    def _purge_index(self) -> int:
-        """Delete index rows that are pickled, point outside the index or fail their checksum."""
+    # -- damaged records: named, moved aside, never dropped ---------------------------------
+    def move_aside(self, key: str, why: str) -> str:
+        """Move a record's stored bytes out of the index into `damaged/` (named by the time and its key) and
+        remove it from the index; returns where they went ('' if there is no such record)."""
+        with self._root_lock():
+            rows = self.cache._sql("SELECT rowid FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+            return self._move_row_aside(rows[0][0], key, why) if rows else ""
+
+    def _move_row_aside(self, rowid: int, name: str, why: str) -> str:
         con = self.cache._sql  # diskcache's connection for this thread
-        n = 0
+        row = con("SELECT value, filename FROM Cache WHERE rowid = ?", (rowid,)).fetchone()
+        if row is None:
+            return ""
+        value, filename = row
+        data = b""
+        path = None
+        if filename is not None:
+            with contextlib.suppress(OSError, ValueError):
+                path = Path(SafeDisk(str(self.index_dir))._inside(filename))
+                data = path.read_bytes()
+        elif isinstance(value, bytes | memoryview):
+            data = bytes(value)
+        elif value is not None:
+            data = str(value).encode()
+        folder = self.root / DAMAGED_DIR
+        folder.mkdir(exist_ok=True)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:120]}"
+        dest = folder / f"{stem}.rec"
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = folder / f"{stem}-{n}.rec"
+        dest.write_bytes(data)
+        (folder / f"{dest.stem}.why").write_text(f"{name}: {why}\n")
+        con("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+        if path is not None:
+            path.unlink(missing_ok=True)
+        log.warning("store record %s (%s) moved aside to %s", name, why, dest)
+        return str(dest)
+
+    def _move_damaged_rows(self) -> list[dict[str, str]]:
+        """Move aside every index row that is pickled, points outside the index or fails its checksum."""
+        con = self.cache._sql
+        moved = []
         for rowid, key, raw, mode in con("SELECT rowid, key, raw, mode FROM Cache").fetchall():
-            bad = not raw or mode == MODE_PICKLE
-            if not bad:
+            why = "stored pickled (refused, never read)" if not raw or mode == MODE_PICKLE else None
+            if why is None:
                 try:
                     val = self.cache.get(key)
                 except Exception:  # noqa: BLE001
-                    bad = True
+                    why = "cannot be read"
                 else:  # ours are checksummed records, or checksums (str) of old checkpoint files
-                    bad = not isinstance(val, dict | str) or (
-                        isinstance(val, dict) and sha_hex(val["blob"]) != val["sha"])
-            if bad:
-                if raw:
-                    self.cache.delete(key)
-                con("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-                n += 1
-        return n
+                    if not isinstance(val, dict | str):
+                        why = "not a record"
+                    elif isinstance(val, dict) and sha_hex(val["blob"]) != val["sha"]:
+                        why = "fails its checksum"
+            if why is not None:
+                name = key_text(key)
+                moved.append({"key": name, "why": why, "to": self._move_row_aside(rowid, name, why)})
+        return moved
 
-    def clear(self) -> dict[str, Any]:
-        """Remove every result, job record, log and checkpoint; works on a damaged index and a full
-        disk (it deletes files, it never needs to write into the old index). A worker still running
-        finds its index gone and fails loudly."""
-        before = tree_bytes(self.root)
+    # -- clear: what twophase wrote, and nothing else -----------------------------------------
+    def _owned_storage(self, legacy: dict[str, str]) -> tuple[list[Entry], list[str]]:
+        """Entries of the storage root that are verifiably twophase's and free to delete (no live writer or
+        trainer holds them), and what is left alone and why."""
+        scan = self.files.scan()
+        left = list(scan.left_alone)
+        busy = {e.run for e in scan.of("lock") if is_locked(Path(self.files.path(e.run, e.name)))}
+        if isinstance(self.files, ObjectFiles):
+            busy |= {e.run for e in scan.entries if e.run and is_locked(self.files.lock_path(e.run))}
+        owned = []
+        for e in scan.entries:
+            if e.run in busy:
+                continue
+            head = self.files.head(e)
+            ours = has_header(head, e.what) if e.what != "lock" else e.size == 0
+            if not ours and e.what == "checkpoint" and f"ckpt/{e.run}/{iteration_of(e.name)}" in legacy:
+                data = self.files.read(e.run, e.name)
+                ours = data is not None and sha_hex(data) == legacy[f"ckpt/{e.run}/{iteration_of(e.name)}"]
+            if ours:
+                owned.append(e)
+            else:
+                left.append(f"{self.files.path(e.run, e.name)}: not a {e.what} file twophase wrote")
+        left += [f"{self.files.path(run, '')}: in use by a running job, left for it" for run in sorted(busy)]
+        locks_last = sorted(owned, key=lambda e: e.what == "lock")  # a folder's lock goes after its files
+        return locks_last, left
+
+    def _owned_here(self) -> list[Path]:
+        """The store's own files under its root: the index (its database and record files), copies of a
+        damaged index, moved-aside records and worker logs, each by its exact name and, where it has one,
+        its header. The root's `.lock` and `.reserve` stay."""
+        out: list[Path] = []
+        for folder in (self.index_dir, *self._damaged_copies()):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            out += [p for p in (folder / n for n in INDEX_FILES) if _plain(p)]
+            out += [p for p in sorted(folder.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"))
+                    if VAL_NAME.fullmatch(p.name) and _plain(p) and not p.parent.is_symlink()
+                    and not p.parent.parent.is_symlink() and _starts_with(p, REC_MAGIC)]
+        jobs = self.root / "jobs"
+        if jobs.is_dir() and not jobs.is_symlink():
+            out += [p for p in sorted(jobs.iterdir()) if LOG_NAME.fullmatch(p.name) and _plain(p)
+                    and _starts_with(p, LOG_HEADER)]
+        damaged = self.root / DAMAGED_DIR
+        if damaged.is_dir() and not damaged.is_symlink():
+            out += [p for p in sorted(damaged.iterdir()) if ASIDE_NAME.fullmatch(p.name) and _plain(p)]
+        return out
+
+    def clear(self, dry_run: bool = False) -> dict[str, Any]:
+        """Remove every result, job record, log, checkpoint and kernel that twophase wrote, and nothing else:
+        never the root, bucket or prefix itself, never a file it cannot tell is its own, never through a link;
+        what is left alone is listed. Works on a damaged index and a full disk (it only deletes). A worker
+        still running finds its index gone and fails loudly; a trajectory a live job holds is left to it.
+        With `dry_run`, lists what would go and changes nothing."""
+        report: dict[str, Any] = {"root": str(self.root), "storage": self.files.url, "dry_run": dry_run}
         with self._root_lock():
+            legacy = inspect_index(self.db_path, self.index_dir)["legacy_shas"]
+            refused = self.files.deletion_refused()
+            entries, left = ([], [refused]) if refused else self._owned_storage(legacy)
+            if self.root.is_symlink():
+                here: list[Path] = []
+                left.append(f"store {self.root} is a link; twophase never deletes through one: give its target "
+                            f"({self.root.resolve()}) as --cache-dir to clear it there")
+            else:
+                here = self._owned_here()
+            report["removed"] = {what: sum(e.what == what for e in entries)
+                                 for what in ("checkpoint", "kernel", "temp", "lock", "probe")}
+            report["removed"]["store files"] = len(here)
+            report["bytes_removed"] = sum(e.size for e in entries) + sum(_size(p) for p in here)
+            report["left_alone"] = left
+            if dry_run:
+                report["would_remove"] = [str(self.files.path(e.run, e.name)) for e in entries] + [str(p) for p in here]
+                return report
             if self._cache is not None:
                 with contextlib.suppress(Exception):
                     self._cache.close()
                 self._cache = None
-            self.files.clear()
-            for p in (self.index_dir, self.root / "jobs", *self._damaged_copies()):
-                name = p.name
-                if p.exists():  # renamed beside itself: a storage root may be another filesystem
-                    gone = p.parent / f".clearing-{name}-{os.getpid()}-{time.monotonic_ns()}"
-                    os.rename(p, gone)  # the old tree vanishes at once, then is deleted
-                    shutil.rmtree(gone, ignore_errors=True)
-            for p in self.root.glob(".clearing-*"):  # left by an earlier clear that was killed
-                shutil.rmtree(p, ignore_errors=True)
+            for e in entries:
+                self.files.remove(e)
+            for p in here:  # the database first: no row is left pointing at a deleted file
+                p.unlink(missing_ok=True)
+            for folder in (self.index_dir, *self._damaged_copies(), self.root / "jobs", self.root / DAMAGED_DIR):
+                _remove_empty_folders(folder)
             self.healed = self.problem = None
             with contextlib.suppress(StoreFull):  # a disk still full: the index is created on first use
                 self._open()
         self._keep_reserve()
-        return {"root": str(self.root), "bytes_removed": max(before - tree_bytes(self.root), 0),
-                "free_bytes": self.free_bytes(), "storage": self.files.url}
+        report["free_bytes"] = self.free_bytes()
+        return report
 
     def close(self) -> None:
         if self._cache is not None:
