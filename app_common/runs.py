@@ -16,6 +16,7 @@ import streamlit as st
 
 from twophase_core import catalog as K
 from twophase_core import config as C
+from twophase_core import record_types as R
 from twophase_core.jobs import JobManager, JobRecord
 from twophase_core.results import Result, load_result
 from twophase_core.store import Store, default_root
@@ -132,6 +133,17 @@ def run_entries() -> list[K.RunEntry]:
     """Every run of the store (jobs, and results computed without one), newest first, each once."""
     jm = job_manager()
     return K.list_runs(jm.store, jm.list(), result_info=_result_info)
+
+
+def warn_skipped(problems: list[R.RecordProblem]) -> None:
+    """One warning naming the stored records a page skipped, and how to repair them; nothing if none."""
+    if problems:
+        st.warning(R.skipped_text(problems), icon=":material/report:")
+
+
+def warn_skipped_runs(entries: list[K.RunEntry]) -> None:
+    """The job records and run notes skipped while listing `entries` (by `run_entries`), in one warning."""
+    warn_skipped(job_manager().skipped + K.skipped_notes(entries))
 
 
 def run_name(run_id: str, config: Any | None) -> str:

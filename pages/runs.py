@@ -6,6 +6,7 @@ import hashlib
 import streamlit as st
 
 import app_common as ui
+from app_common.runs import warn_skipped_runs
 from twophase_core import catalog as K
 from twophase_core import config as C
 from twophase_core.jobs import STATUSES
@@ -120,6 +121,7 @@ def _actions(picked: list[K.RunEntry]) -> None:
 def runs_view() -> None:
     jm.pump()
     entries = ui.run_entries()
+    warn_skipped_runs(entries)
     if not entries:
         st.info("No runs yet. Start one from an experiment page, or run the demo from Home.", icon=":material/info:")
         return

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import app_common as ui
+from app_common.runs import warn_skipped
 from twophase_core import config as C
 from twophase_core import figures as F
 from twophase_core import sweep as S
@@ -22,7 +23,10 @@ def _lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-with st.expander("New sweep", expanded=not S.list_sweeps(jm.store)):
+sweeps, skipped = S.list_sweeps(jm.store)
+warn_skipped(skipped)
+
+with st.expander("New sweep", expanded=not sweeps):
     c = st.columns(3)
     kind = c[0].radio("experiment", list(ui.KINDS), horizontal=True, key="sweep_kind",
                       format_func=lambda k: ui.KIND_TITLES[k])
@@ -62,7 +66,6 @@ with st.expander("New sweep", expanded=not S.list_sweeps(jm.store)):
             st.query_params["sweep"] = rec["id"]
             st.rerun()
 
-sweeps = S.list_sweeps(jm.store)
 if not sweeps:
     st.info("No sweeps yet. Fill in the form above; with the demo-sweep preset the defaults show the "
             "transition with its interval.", icon=":material/info:")
@@ -77,7 +80,7 @@ pick = st.selectbox("Sweep", ids, index=ids.index(sid) if sid in ids else 0, key
                                                f"{', '.join(r['sweep']['vary']) or 'seeds only'} · "
                                                f"{ui.fmt_time(r.get('created'))}" for r in sweeps if r["id"] == i))
 st.query_params["sweep"] = pick
-rec = S.load_sweep(jm.store, pick)
+rec = next(r for r in sweeps if r["id"] == pick)
 sweep = S.Sweep.from_dict(rec["sweep"])
 
 

@@ -19,31 +19,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import config as C
+from . import record_types as R
 from .cli import preset_differences
 from .jobs import JobRecord, log_path, record_key
 from .results import result_key
 from .settings import format_value
 from .store import Store
 
-META_PREFIX = "runmeta/"
+META_PREFIX = R.PREFIXES["runmeta"]
 SEP = " · "
 VALUE_CHARS = 28  # a long list in a name or a table cell is cut here, with an ellipsis
 
 
 @dataclass
 class RunMeta:
-    """What a user says about a run; every field optional."""
+    """What a user says about a run; every field optional. `problem` names a stored note that failed its
+    checks (this RunMeta is then empty): the run is still listed, and the page says what was skipped."""
 
     name: str = ""
     tags: tuple[str, ...] = ()
     note: str = ""
+    problem: R.RecordProblem | None = field(default=None, compare=False)
 
     def is_empty(self) -> bool:
         return not (self.name or self.tags or self.note)
 
 
 def meta_key(run_id: str) -> str:
-    return f"{META_PREFIX}{run_id}"
+    return R.key("runmeta", run_id)
 
 
 def parse_tags(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -57,16 +60,17 @@ def parse_tags(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def load_meta(store: Store, run_id: str) -> RunMeta:
-    """The run's name, tags and note; empty where none were saved (or the entry is unreadable)."""
-    d = store.get_json(meta_key(run_id))
-    if not isinstance(d, dict):
-        return RunMeta()
-    return RunMeta(name=str(d.get("name") or "").strip(), tags=parse_tags(d.get("tags") or ()),
-                   note=str(d.get("note") or ""))
+    """The run's name, tags and note; empty where none were saved, and empty naming its `problem` where the
+    stored note fails its checks (left in place: `cache check` names it, `cache repair` moves it aside)."""
+    d, bad = R.read(store, "runmeta", run_id)
+    if d is None:
+        return RunMeta(problem=bad)
+    return RunMeta(name=d.get("name", "").strip(), tags=parse_tags(d.get("tags", [])), note=d.get("note", ""))
 
 
 def save_meta(store: Store, run_id: str, meta: RunMeta) -> None:
-    """Saved as given; an empty one removes the entry (the run goes back to its default name)."""
+    """Saved as given; an empty one removes the entry (the run goes back to its default name). A stored note
+    that failed its checks is replaced or removed too: the user has just written this run's note anew."""
     if meta.is_empty():
         store.delete(meta_key(run_id))
         return
@@ -211,6 +215,11 @@ def list_runs(store: Store, records: list[JobRecord], result_info: Any = None) -
         out.append(RunEntry(rid, kind, h, _typed(kind, cfg_d), None, load_meta(store, rid), created=_created(meta),
                             seconds=float(secs) if isinstance(secs, int | float) else None))
     return sorted(out, key=lambda e: e.created or 0.0, reverse=True)
+
+
+def skipped_notes(entries: list[RunEntry]) -> list[R.RecordProblem]:
+    """The stored notes `list_runs` could not use (their runs are listed without them)."""
+    return [e.meta.problem for e in entries if e.meta.problem is not None]
 
 
 def filter_runs(entries: list[RunEntry], kinds: list[str] | None = None, statuses: list[str] | None = None,

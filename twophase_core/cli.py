@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
+from .placement import EXECUTORS, check_placement, resolve_executor
 from .presets import PRESETS, preset, sweep_replicates
 from .settings import ConfigError, bounds_text, format_value
 
+PIPE_CLOSED = 141  # the status a shell reports for a command ended by SIGPIPE (128 + 13)
 METAVARS = {"choice": "NAME", "int": "N", "float": "X", "text": "TEXT", "step": "STEP", "steps": "STEPS",
             "ints": "N,N,...", "window": "START,END"}
 
@@ -166,7 +168,7 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
     p.add_argument("--cache-dir", help="result store (default $TWOPHASE_CACHE_DIR, else the checkout's cache/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit")
     # every kind has units of work Ray can spread: chaos rows, cone kernels, linear switch times, sweep points
-    p.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("TWOPHASE_EXECUTOR") or "local",
+    p.add_argument("--executor", choices=EXECUTORS, default=None,  # None: _resolve_executor reads the environment
                    help="where the work runs: local (this process) or ray (tasks on $TWOPHASE_RAY_ADDRESS, "
                         "default a local Ray); default $TWOPHASE_EXECUTOR or local")
     add_setting_flags(p, kind)
@@ -204,17 +206,20 @@ def check_output_path(path: str | None) -> None:
         raise ConfigError("--json", path, "is not writable")
 
 
-def open_store(cache_dir: str | None) -> Any:
-    """The store at `cache_dir` (default location if None), or a one-line ConfigError saying why not."""
+def open_store(cache_dir: str | None, heal: bool = True) -> Any:
+    """The store at `cache_dir` (default location if None), or a one-line ConfigError saying why not.
+    `heal=False` (cache check, repair, clear): opened as it is, so what is wrong is reported, not fixed."""
+    from .store import ENV as ENV_CACHE
     from .store import Store, default_root
 
     root = Path(cache_dir) if cache_dir else default_root()
+    named = "--cache-dir" if cache_dir else ENV_CACHE if os.environ.get(ENV_CACHE) else "store"
     if root.exists() and not root.is_dir():
-        raise ConfigError("--cache-dir", str(root), "is a file, not a folder")
+        raise ConfigError(named, str(root), "is a file, not a folder")
     try:
-        return Store(root)
+        return Store(root, heal=heal)
     except OSError as e:
-        raise ConfigError("--cache-dir", str(root), f"cannot be used as a store: {e.strerror or e}") from None
+        raise ConfigError(named, str(root), f"cannot be used as a store: {e.strerror or e}") from None
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -229,31 +234,85 @@ def _write_json(path: str | None, payload: Any) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
-def _cache(action: str, cache_dir: str | None) -> int:
+def _cache(action: str, cache_dir: str | None, dry_run: bool = False) -> int:
     """`twophase cache info|check|repair|clear`: check and repair open the store without healing it
-    first, so they report (and fix) what is really there; clear works on any store, full or damaged."""
-    from .store import Store, default_root
-
-    root = Path(cache_dir) if cache_dir else default_root()
-    if root.exists() and not root.is_dir():
-        raise ConfigError("--cache-dir", str(root), "is a file, not a folder")
+    first, so they report (and fix) what is really there; clear works on any store, full or damaged.
+    Records are checked by type too (`record_types`): a bad one is named by check, moved aside by repair."""
     if action == "info":
         print(json.dumps(open_store(cache_dir).info(), indent=2))
         return 0
-    store = Store(root, heal=False)
+    store = open_store(cache_dir, heal=False)
     if action == "check":
-        r = store.check()
+        r = _with_records(store, store.check())
         print(json.dumps(r, indent=2))
         return 0 if r["ok"] else 1
     if action == "repair":
-        r = store.repair()
+        r = store.repair(dry_run=dry_run)
+        if not (dry_run and store.problem):  # (dry, a damaged index is not read: repair rebuilds it first)
+            moved = _move_bad_records(store, dry_run)
+            r["records_moved_aside"] = [*r.get("records_moved_aside", []), *moved]
+        if not dry_run:
+            r["after"] = _with_records(store, store.check())
         print(json.dumps(r, indent=2))
-        return 0 if r["after"]["ok"] else 1
-    r = store.clear()
-    inside = r["storage"].startswith(Path(r["root"]).resolve().as_uri())
-    elsewhere = "" if inside else f", and every checkpoint at {r['storage']}"
-    print(f"cleared {r['root']} ({r['bytes_removed']} bytes){elsewhere}")
+        return 0 if dry_run or r["after"]["ok"] else 1
+    r = store.clear(dry_run=dry_run)
+    print(_clear_summary(r))
     return 0
+
+
+def _with_records(store: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """`check`'s report with every job, note and sweep record that fails its type check named."""
+    from dataclasses import asdict
+
+    from .record_types import record_problems
+
+    if report["index"]["problem"]:
+        return report  # the index cannot be read as it is: repair rebuilds it first
+    bad = [p for p in record_problems(store) if p.field]  # damaged ones are in the index report already
+    report["records"] = [asdict(p) for p in bad]
+    if bad:
+        named = "; ".join(f"{p.key} (field {p.field}: {p.why})" for p in bad[:5])
+        report["problems"].append(f"records: {len(bad)} fail their type check: {named} (repair moves them aside)")
+        report["ok"] = False
+    return report
+
+
+def _move_bad_records(store: Any, dry_run: bool) -> list[dict[str, str]]:
+    from .record_types import record_problems
+
+    out = []
+    for p in record_problems(store):
+        why = f"field {p.field}: {p.why}" if p.field else p.why
+        out.append({"key": p.key, "why": why, "to": "" if dry_run else store.move_aside(p.key, why)})
+    return out
+
+
+def _clear_summary(r: dict[str, Any]) -> str:
+    """What `cache clear` removed (or, dry, would remove) and what it left alone, for a person."""
+    plural = {k: k if k.endswith("files") else f"{k}s" for k in r["removed"]}
+    what = ", ".join(f"{v} {plural[k] if v != 1 else k}" for k, v in r["removed"].items() if v) or "nothing"
+    lines = [f"{'would remove' if r['dry_run'] else 'cleared'} from {r['root']} and {r['storage']}: {what} "
+             f"({r['bytes_removed']} bytes)"]
+    lines += [f"  {p}" for p in r.get("would_remove", [])]
+    if r["left_alone"]:
+        lines.append(f"left alone ({len(r['left_alone'])}: not twophase's, or in use):")
+        lines += [f"  {x}" for x in r["left_alone"][:20]]
+        if len(r["left_alone"]) > 20:
+            lines.append(f"  ... and {len(r['left_alone']) - 20} more (`twophase cache check` lists them)")
+    return "\n".join(lines)
+
+
+def _resolve_executor(args: argparse.Namespace) -> None:
+    """--executor, else $TWOPHASE_EXECUTOR, else local. argparse checks `choices` against a flag given,
+    never against a default, so the environment's value is checked here: one line naming the variable."""
+    if hasattr(args, "executor"):  # a command that runs experiments
+        args.executor = resolve_executor(args.executor)
+
+
+def check_devices(configs: Any, executor: str) -> None:
+    """Each distinct device of `configs` usable where `executor` runs them, and on Ray a usable address,
+    before anything is written."""
+    check_placement((cfg.train.device for cfg in configs), executor)
 
 
 def _flag_hint(name: str) -> str:
@@ -265,6 +324,24 @@ def _flag_hint(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `twophase` command. A reader that stops early (`twophase settings | head -1`) ends it quietly
+    with status PIPE_CLOSED, as the Python docs recommend: stdout is pointed at devnull so that the
+    interpreter's own flush at exit cannot fail again, and no traceback is printed."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help and usage lines: flushed here too
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # here, not at exit: a closed pipe is found inside this try
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return PIPE_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="twophase", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     _experiment_parser(sub, "chaos", "Chaos Effect: C, B, D over (t0, t1)")
@@ -288,15 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("settings", help="print the table of every setting (as in the README)")
     pc = sub.add_parser("cache", help="inspect, check, repair or clear the result store")
     pc.add_argument("action", choices=["info", "check", "repair", "clear"],
-                    help="info: sizes; check: report problems, change nothing; repair: rebuild the index and drop "
-                         "what fails its checksum; clear: remove everything (works on a damaged or full store)")
+                    help="info: sizes; check: report problems, change nothing; repair: rebuild the index, move "
+                         "damaged records aside and drop checkpoints of ours that fail their checksum; clear: remove "
+                         "everything twophase wrote and nothing else (works on a damaged or full store)")
     pc.add_argument("--cache-dir")
+    pc.add_argument("--dry-run", action="store_true", help="repair, clear: list what would change, change nothing")
     pb = sub.add_parser("bench", help="measure speed against baselines in the same run")
     pb.add_argument("--json", metavar="OUT")
     pb.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
 
     try:
+        _resolve_executor(args)
         if args.cmd == "presets":
             for name, (desc, _) in PRESETS.items():
                 print(f"{name:18s} {desc}")
@@ -305,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             print(settings_table(), end="")
             return 0
         if args.cmd == "cache":
-            return _cache(args.action, args.cache_dir)
+            return _cache(args.action, args.cache_dir, args.dry_run)
         from .train import configure_threads
 
         configure_threads()
@@ -320,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "jobs":
             return _jobs(args.cache_dir)
         cfg = build_config(args.cmd, args)
+        check_devices([cfg], args.executor)
         if args.print_config:
             print(json.dumps(C.to_dict(cfg), indent=2))
             return 0
@@ -327,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args.cache_dir)
         from .experiments import run_experiment
 
-        result = run_experiment(cfg, store, progress=_Bar(args.quiet), executor=getattr(args, "executor", "local"))
+        result = run_experiment(cfg, store, progress=_Bar(args.quiet), executor=args.executor)
         _write_json(args.json, result.to_json())
         print(summary(result))
         return 0
@@ -347,14 +428,16 @@ def main(argv: list[str] | None = None) -> int:
 def _submit(args: argparse.Namespace) -> int:
     """`twophase submit KIND ...`: a job exactly as the app makes one (it shows on the Runs page); prints
     its id; with --wait, a progress bar until it ends (exit 1 unless it is done)."""
-    from .jobs import JobManager
+    from .jobs import JobManager, env_max_jobs
 
     cfg = build_config(args.submit_kind, args)
+    check_devices([cfg], args.executor)
     if args.print_config:
         print(json.dumps(C.to_dict(cfg), indent=2))
         return 0
-    jm = JobManager(open_store(args.cache_dir))
-    rec = jm.submit(cfg, executor=getattr(args, "executor", None))
+    max_running = env_max_jobs()  # a bad $TWOPHASE_MAX_JOBS is named before open_store makes the store
+    jm = JobManager(open_store(args.cache_dir), max_running=max_running)
+    rec = jm.submit(cfg, executor=args.executor)
     print(rec.id)
     if not args.wait:
         print(f"{rec.status}: follow it with `twophase jobs` or in the app (?run={rec.id})", file=sys.stderr)
@@ -377,12 +460,17 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(cache_dir: str | None) -> int:
-    """`twophase jobs`: one line per job, newest first."""
+    """`twophase jobs`: one line per job, newest first; a record failing its checks is named on stderr and
+    left in place (exit 0: the good jobs were listed)."""
     import pandas as pd
 
     from .jobs import JobManager
+    from .record_types import REPAIR_HINT
 
-    recs = JobManager(open_store(cache_dir)).list()
+    jm = JobManager(open_store(cache_dir))
+    recs = jm.list()
+    for bad in jm.skipped:
+        print(f"twophase: skipped {bad} ({REPAIR_HINT})", file=sys.stderr)
     if not recs:
         print("no jobs")
         return 0
@@ -406,6 +494,7 @@ def _sweep(args: argparse.Namespace) -> int:
     check("--replicates", rep_spec, replicates)
     sweep = Sweep(base, parse_vary(kind, args.vary), seeds, replicates)
     points = expand(sweep)
+    check_devices([p.config for p in points], args.executor)
     if args.print_config:
         print(json.dumps({**sweep.to_dict(), "points": len(points)}, indent=2))
         return 0

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import config as C
+from . import record_types as R
+from .placement import check_placement, resolve_executor
 from .results import Result, load_result
+from .settings import Spec, from_env
 from .store import Store, human
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -82,21 +85,22 @@ class JobRecord:
 
 
 def record_key(job_id: str) -> str:
-    return f"job/{job_id}"
+    return R.key("job", job_id)
 
 
 def log_path(root: str | Path, job_id: str) -> Path:
     return Path(root) / "jobs" / f"{job_id}.log"
 
 
+def read_record(store: Store, job_id: str) -> tuple[JobRecord | None, R.RecordProblem | None]:
+    """(record, None), (None, why it was skipped) for a record that fails its checks, or (None, None)."""
+    d, bad = R.read(store, "job", job_id)
+    return (None if d is None else JobRecord.from_dict(d)), bad
+
+
 def load_record(store: Store, job_id: str) -> JobRecord | None:
-    d = store.get_json(record_key(job_id))
-    if not isinstance(d, dict):
-        return None
-    try:
-        return JobRecord.from_dict(d)
-    except TypeError:  # missing fields: not a record we can use
-        return None
+    """The job's record, None if there is none or it fails its checks (left in place: `cache check` names it)."""
+    return read_record(store, job_id)[0]
 
 
 def save_record(store: Store, rec: JobRecord) -> None:
@@ -104,7 +108,8 @@ def save_record(store: Store, rec: JobRecord) -> None:
 
 
 def update_record(store: Store, job_id: str, fn: Callable[[JobRecord], bool | None]) -> JobRecord | None:
-    """Atomic read-modify-write across processes: `fn` edits the record; returning False skips the write."""
+    """Atomic read-modify-write across processes: `fn` edits the record; returning False skips the write.
+    A record that cannot be read is never written (None): it stays as found, for `cache check` to name."""
     with store.cache.transact():
         rec = load_record(store, job_id)
         if rec is None:
@@ -238,17 +243,9 @@ class LocalProcessExecutor:
 # The manager
 
 
-def _env_max_jobs() -> int:
-    v = os.environ.get(ENV_MAX_JOBS, "").strip()
-    if not v:
-        return 1
-    try:
-        n = int(v)
-    except ValueError:
-        raise C.ConfigError(ENV_MAX_JOBS, v, "must be a whole number >= 1") from None
-    if n < 1:
-        raise C.ConfigError(ENV_MAX_JOBS, v, "must be a whole number >= 1")
-    return n
+def env_max_jobs() -> int:
+    """$TWOPHASE_MAX_JOBS (default 1), checked like a setting: a bad value names the variable."""
+    return int(from_env(ENV_MAX_JOBS, Spec("int", "jobs running at once", lo=1, hi=1024), 1))
 
 
 class JobManager:
@@ -257,12 +254,13 @@ class JobManager:
     def __init__(self, store: Store | None = None, max_running: int | None = None,
                  executor: Executor | None = None):
         self.store = store if store is not None else Store()
-        self.max_running = max_running if max_running is not None else _env_max_jobs()
+        self.max_running = max_running if max_running is not None else env_max_jobs()
         if not isinstance(self.max_running, int) or self.max_running < 1:
             raise C.ConfigError("max_running", self.max_running, "must be a whole number >= 1")
         # workers pump the queue when they end: they must use the same limit
         self.executor: Executor = executor or LocalProcessExecutor(env={ENV_MAX_JOBS: str(self.max_running)})
         self.cache_dir = str(Path(self.store.root).resolve())
+        self.skipped: list[R.RecordProblem] = []  # job records the last `list` could not use
 
     # -- ids and records --------------------------------------------------------------------
     @staticmethod
@@ -276,11 +274,19 @@ class JobManager:
         return rec
 
     def list(self) -> list[JobRecord]:
-        out = []
+        """Every job, newest first. Records that fail their checks are skipped, never deleted, and named in
+        `self.skipped` (refreshed by each call) for the caller to show."""
+        out, skipped = [], []
         for key in self.store.keys("job/"):
-            rec = self.get(key[len("job/"):])
+            job_id = key[len("job/"):]
+            rec, bad = read_record(self.store, job_id)
+            if rec is not None and rec.status == "running":
+                rec = self._reconcile(job_id)
             if rec is not None:
                 out.append(rec)
+            elif bad is not None:
+                skipped.append(bad)
+        self.skipped = skipped
         return sorted(out, key=lambda r: r.created, reverse=True)
 
     def result(self, job_id: str) -> Result | None:
@@ -299,10 +305,10 @@ class JobManager:
     # -- submit, cancel, pump ---------------------------------------------------------------
     def submit(self, cfg: Any, executor: str | None = None) -> JobRecord:
         """Queue `cfg` (validated first: ConfigError propagates, nothing is created) and pump. `executor`
-        ("local" or "ray") is where its worker runs the work; None: the worker's $TWOPHASE_EXECUTOR."""
+        ("local" or "ray") is where its worker runs the work; None: the worker's $TWOPHASE_EXECUTOR.
+        A record of this id that fails its checks is replaced by the new one: the user is submitting again."""
         C.validate(cfg)
-        if executor is not None and executor not in ("local", "ray"):
-            raise C.ConfigError("executor", executor, "choose local or ray")
+        check_placement([cfg.train.device], resolve_executor(executor))  # as the worker will resolve it
         kind, h = C.kind_of(cfg), C.config_hash(cfg)
         job_id = f"{kind}-{h}"
         has_result = load_result(self.store, kind, h) is not None

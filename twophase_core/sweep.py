@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import config as C
+from . import record_types as R
 from .results import Result, load_result, nested, save_result
 from .settings import ConfigError, Spec, check, format_value, parse_text, split_list
 from .transition import estimate_kernel_transition, estimate_transitions, replicate_band, transition_json
@@ -105,8 +106,10 @@ def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, .
 
 
 def _value(name: str, spec: Spec, text: str) -> Any:
-    """A typed value; steps written in epochs stay text until the point's run is known."""
+    """A typed value; steps written in epochs stay text until the point's run is known (their form, ASCII
+    digits included, is checked now: stripping first would drop a no-break space unseen)."""
     if spec.type in ("step", *LIST_TYPES) and "ep" in text:
+        parse_text(name, spec, text, iterations_per_epoch=1)
         return text.strip()
     v = parse_text(name, spec, text)
     check(name, spec, v)
@@ -354,12 +357,13 @@ def sweep_key(sweep_id: str) -> str:
 
 def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
     """Record the sweep and queue its points on the job runner (points sharing a base run queued
-    together); a point already computed or queued is attached to, not run again."""
+    together); a point already computed or queued is attached to, not run again. A stored record of this
+    sweep that fails its checks is replaced: the user is submitting the sweep again."""
     points = expand(sweep)
     sid = sweep.id()
-    old = jm.store.get_json(sweep_key(sid))
+    old = load_sweep(jm.store, sid)
     rec = {"id": sid, "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
-           "created": old["created"] if isinstance(old, dict) and "created" in old else time.time()}
+           "created": old["created"] if old is not None and "created" in old else time.time()}
     jm.store.put_json(sweep_key(sid), rec)
     for p in sorted(points, key=lambda p: p.config.train.trajectory_key()):
         jm.submit(p.config)
@@ -367,13 +371,14 @@ def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
 
 
 def load_sweep(store: Any, sweep_id: str) -> dict[str, Any] | None:
-    rec = store.get_json(sweep_key(sweep_id))
-    return rec if isinstance(rec, dict) and {"id", "sweep", "runs"} <= set(rec) else None
+    """The sweep's record; None if there is none or it fails its checks (`list_sweeps` names those)."""
+    return R.read(store, "sweep", sweep_id)[0]
 
 
-def list_sweeps(store: Any) -> list[dict[str, Any]]:
-    recs = [load_sweep(store, k[len("sweep/"):]) for k in store.keys("sweep/")]
-    return sorted((r for r in recs if r is not None), key=lambda r: r.get("created", 0), reverse=True)
+def list_sweeps(store: Any) -> tuple[list[dict[str, Any]], list[R.RecordProblem]]:
+    """Every sweep record, newest first, and the records skipped as failing their checks (left in place)."""
+    recs, skipped = R.read_all(store, "sweep")
+    return sorted(recs, key=lambda r: r.get("created", 0.0), reverse=True), skipped
 
 
 def sweep_progress(jm: Any, rec: dict[str, Any]) -> dict[str, Any]:

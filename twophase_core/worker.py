@@ -28,11 +28,11 @@ import traceback
 from typing import Any
 
 from . import config as C
-from .jobs import RESUME_HINT, JobManager, JobRecord, load_record, save_record, update_record
+from .jobs import RESUME_HINT, JobManager, JobRecord, read_record, save_record, update_record
+from .placement import resolve_executor
+from .record_types import REPAIR_HINT
 from .store import Store, StoreError, StoreFull
 
-ENV_THREADS = "TWOPHASE_THREADS"
-ENV_EXECUTOR = "TWOPHASE_EXECUTOR"
 WRITE_EVERY_S = 0.2  # progress writes: at most ~5 a second
 HEARTBEAT_S = 1.0  # a write at least this often, even without progress
 
@@ -125,9 +125,10 @@ def _claim(store: Store, job_id: str, pid: int) -> JobRecord | None:
     """Mark the job running under this pid; None if it is not ours to run."""
     now = time.time()
     with store.cache.transact():
-        rec = load_record(store, job_id)
+        rec, bad = read_record(store, job_id)
         if rec is None:
-            print(f"worker: no job record {job_id!r} in this store", file=sys.stderr)
+            why = f"skipped {bad} ({REPAIR_HINT})" if bad else f"no job record {job_id!r} in this store"
+            print(f"worker: {why}", file=sys.stderr)
             return None
         if rec.status not in ("queued", "running") or rec.pid not in (None, pid):
             print(f"worker: job {job_id} is {rec.status} (pid {rec.pid}); nothing to do", file=sys.stderr)
@@ -152,12 +153,13 @@ def run_job(store: Store, job_id: str) -> int:
     print(f"worker {pid}: {job_id} started", flush=True)
     import torch
 
+    from .train import configure_threads
+
     try:
-        threads = max(int(os.environ.get(ENV_THREADS, "").strip() or 1), 1)
-    except ValueError:
-        print(f"worker: {ENV_THREADS}={os.environ[ENV_THREADS]!r} is not a whole number; using 1", file=sys.stderr)
-        threads = 1
-    torch.set_num_threads(threads)
+        configure_threads()
+    except C.ConfigError as e:  # the job runs; the log says what was wrong
+        print(f"worker: {e}; using 1 thread", file=sys.stderr)
+        torch.set_num_threads(1)
     from .experiments import run_experiment
     from .results import load_result, result_key, save_result
     from .train import Cancelled, CancelToken
@@ -179,7 +181,7 @@ def run_job(store: Store, job_id: str) -> int:
     try:
         cfg = C.from_dict(C.KINDS[rec.kind], rec.config)
         # TWOPHASE_EXECUTOR=ray: this worker process is the Ray driver of its job (never the app's server)
-        executor = rec.executor or os.environ.get(ENV_EXECUTOR, "local").strip() or "local"
+        executor = resolve_executor(rec.executor)
         run_experiment(cfg, store, progress=mon.report, cancel=token,
                        partial=lambda r: save_result(store, r, partial=True),
                        executor=executor)
