@@ -6,14 +6,12 @@ The screenshot lands in tests/artifacts/ (git-ignored).
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,27 +22,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
 def _stop_workers(cache: Path) -> None:
@@ -71,7 +48,7 @@ def cache(tmp_path):
 
 @pytest.fixture
 def app_url(tmp_path, cache):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
@@ -80,7 +57,7 @@ def app_url(tmp_path, cache):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.terminate()

@@ -252,3 +252,126 @@ def test_submit_wait_and_jobs_use_the_apps_job_runner(tmp_path, monkeypatch):
     assert bad.returncode == 1 and "failed" in bad.stderr and "non-finite" in bad.stderr
     listed = subprocess.run([*cmd, "jobs"], capture_output=True, text=True, env=env, timeout=60)
     assert job_id in listed.stdout and "done" in listed.stdout and "failed" in listed.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Checked before trusted (issue 18): device, environment, ASCII numbers, a closed pipe
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This machine as one without CUDA, whatever it has."""
+    from twophase_core import placement
+
+    monkeypatch.setattr(placement, "cuda_available", lambda: False)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("twophase: error:"), err
+    return err[0]
+
+
+def test_submit_cuda_without_cuda_is_one_line_exit_2_and_queues_no_job(no_cuda, tmp_path, capsys):
+    from twophase_core.store import Store
+
+    root = tmp_path / "cache"
+    Store(root).close()  # a user's existing store: the refused job must leave no record in it
+    assert main(["submit", "chaos", "--preset", "tiny", "--device", "cuda", "--cache-dir", str(root)]) == 2
+    line = _one_error_line(capsys)
+    assert "device='cuda'" in line and "device=cpu" in line and "--device" in line
+    store = Store(root)
+    assert list(store.keys("job/")) == []
+    store.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ["chaos", "--preset", "tiny", "--device", "cuda", "--print-config"],
+    ["sweep", "chaos", "--preset", "tiny", "--vary", "device=cpu,cuda", "--print-config"],
+])
+def test_a_cuda_run_or_sweep_point_without_cuda_is_refused_even_for_print_config(no_cuda, argv, capsys):
+    assert main(argv) == 2
+    assert "device='cuda'" in _one_error_line(capsys)
+
+
+def test_cuda_on_ray_is_left_to_the_cluster_and_auto_is_always_fine(no_cuda, capsys):
+    from twophase_core.placement import check_device
+
+    check_device("auto")
+    check_device("cuda", "ray")
+    assert main(["chaos", "--preset", "tiny", "--device", "cuda", "--executor", "ray", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["device"] == "cuda"
+
+
+def test_the_cuda_probe_loads_no_torch_into_its_process_and_agrees_with_torch():
+    """The app's process asks without importing torch: a child interpreter answers."""
+    import torch
+
+    probe = ("import sys; from twophase_core.placement import cuda_available\n"
+             "print(cuda_available(), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(torch.cuda.is_available()), "False"]
+
+
+@pytest.mark.parametrize("argv", [["chaos", "--preset", "tiny", "--print-config"],
+                                  ["submit", "chaos", "--preset", "tiny"]])
+def test_a_bad_twophase_executor_is_one_line_exit_2_naming_it(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TWOPHASE_EXECUTOR", "slurm")
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(argv) == 2
+    assert "TWOPHASE_EXECUTOR='slurm'" in _one_error_line(capsys)
+    assert not (tmp_path / "cache").exists()
+    assert main([*argv, "--executor", "local", "--print-config"]) == 0  # the flag given wins
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_a_bad_twophase_max_jobs_is_one_line_exit_2_before_the_store_is_made(value, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TWOPHASE_MAX_JOBS", value)
+    root = tmp_path / "cache"
+    assert main(["submit", "chaos", "--preset", "tiny", "--cache-dir", str(root)]) == 2
+    assert "TWOPHASE_MAX_JOBS=" in _one_error_line(capsys)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "١"), ("--lr", "0.1_0"), ("--lr", "0.1\u00a0"), ("--lr", "Infinity"),
+                                         ("--batch-size", "１６"), ("--t0", "0,1_0"), ("--t0", "0\u30005"),
+                                         ("--perturb-seeds", "٣")])
+def test_numbers_in_other_scripts_or_with_underscores_are_refused(flag, value, capsys):
+    assert main(["chaos", "--preset", "tiny", f"{flag}={value}", "--print-config"]) == 2
+    assert f"{flag[2:].replace('-', '_')}=" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv", [["settings"], ["presets"],
+                                  ["sweep", "chaos", "--preset", "tiny", "--print-config"]])
+def test_output_into_a_closed_pipe_ends_quietly_with_status_141(argv):
+    """The reader is gone before the first write, so every run meets the closed pipe (no race)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "twophase_core", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_a_reader_that_stops_after_one_line_ends_the_sweep_print_config_quietly():
+    """`twophase sweep ... --print-config | head -1`: the config (12,000 seeds, about 150 kB) is larger
+    than the pipe (64 kB) and one read, so the writer meets the closed pipe after the first line."""
+    alternatives = "|".join(",".join(str(k * 1000 + i) for i in range(600)) for k in range(20))
+    p = subprocess.Popen([sys.executable, "-m", "twophase_core", "sweep", "chaos", "--preset", "tiny",
+                          "--vary", f"perturb_seeds={alternatives}", "--print-config"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141
+    assert first == "{\n" and "Traceback" not in err and err == ""
+
+
+@pytest.mark.parametrize("vary, name", [("t0=0,2ep\u00a0", "t0"), ("iterations=٢ep", "iterations"),
+                                        ("lr=0.1\u30000.2", "lr"), ("eps=1_0e-7", "eps")])
+def test_sweep_values_in_other_scripts_or_with_underscores_are_refused(vary, name, capsys):
+    assert main(["sweep", "chaos", "--preset", "tiny", "--vary", vary, "--print-config"]) == 2
+    assert f"{name}=" in _one_error_line(capsys)

@@ -86,3 +86,43 @@ def test_iterations_per_epoch_matches_the_loaded_data(dataset):
     cfg = C.TrainConfig(dataset=dataset, model="mlp", batch_size=50)
     n = len(get_dataset(cfg).x_train)
     assert C.iterations_per_epoch(cfg) == BatchSchedule(n, 50, 0, False).steps_per_epoch == n // 50
+
+
+@pytest.mark.parametrize("cfg, needle", [
+    (C.ChaosConfig(train=T, t0=(100,), t1=(50,)), "t0=(100,) is invalid: every value must be in [0, 99] "
+                                                   "(iterations T = 100), got 100"),
+    (C.ChaosConfig(train=T, t0=(0,), t1=(101,)), "in [1, 100] (iterations T = 100), got 101"),
+    (C.ConeConfig(train=T, checkpoints=(0, 10, 101)), "in [0, 100] (iterations T = 100), got 101"),
+    (C.LinearConfig(train=T, switch=(100,)), "in [0, 99] (iterations T = 100), got 100"),
+])
+def test_range_messages_name_the_run_length_t_not_the_last_allowed_step(cfg, needle):
+    with pytest.raises(C.ConfigError) as e:
+        C.validate(cfg)
+    assert needle in str(e.value)
+
+
+_SPECS = C.settings_of(C.ConeConfig) | C.settings_of(C.ChaosConfig)
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("lr", "1e-7", 1e-7), ("lr", " +.5 ", 0.5), ("lr", "5.", 5.0), ("lr", "2E3", 2000.0),
+    ("batch_size", "+16", 16), ("iterations", "2ep5it", 2 * 10 + 5), ("t0", "0 10;20", (0, 10, 20)),
+    ("perturb_seeds", "3,4", (3, 4)), ("cone_window", "1, 2ep", (1, 20)),
+])
+def test_plain_ascii_numbers_parse(name, text, value):
+    from twophase_core.settings import parse_text
+
+    assert parse_text(name, _SPECS[name][0], text, iterations_per_epoch=10) == value
+
+
+@pytest.mark.parametrize("name, text", [
+    ("lr", "١"), ("lr", "0.1_0"), ("lr", "inf"), ("lr", "nan"), ("lr", "Infinity"), ("lr", "1e999"), ("lr", "0x10"),
+    ("lr", "0.1\u00a0"), ("batch_size", "1_6"), ("batch_size", "１６"), ("iterations", "٥ep"), ("t0", "0\u200310"),
+    ("t0", "0,1_0"), ("perturb_seeds", "٣"), ("cone_window", "1,２"),
+])
+def test_numbers_in_other_scripts_with_underscores_or_in_words_are_refused(name, text):
+    from twophase_core.settings import parse_text
+
+    with pytest.raises(C.ConfigError) as e:
+        parse_text(name, _SPECS[name][0], text, iterations_per_epoch=10)
+    assert e.value.field == name

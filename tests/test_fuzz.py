@@ -116,3 +116,18 @@ def test_cone_references_none_is_a_config_error():
     d["references"] = None
     with pytest.raises(C.ConfigError, match="references"):
         C.validate(C.from_dict(C.ConeConfig, d))
+
+
+NUMERIC = sorted({(name, spec) for kind in KINDS for name, (spec, _) in C.settings_of(C.KINDS[kind]).items()
+                  if spec.type in ("int", "float", "step", "steps", "ints", "window")}, key=lambda x: x[0])
+not_plain = st.tuples(st.text(max_size=10), st.one_of(st.just("_"), st.characters(min_codepoint=128)),
+                      st.text(max_size=10)).map("".join)
+
+
+@given(setting=st.sampled_from(NUMERIC), text=not_plain)
+def test_a_number_with_a_non_ascii_character_or_underscore_is_a_config_error(setting, text):
+    from twophase_core.settings import parse_text
+
+    name, spec = setting
+    with pytest.raises(C.ConfigError):
+        parse_text(name, spec, text, iterations_per_epoch=10)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import gone, wait_for
 
 from twophase_core import config as C
 from twophase_core.experiments import run_experiment
@@ -17,28 +18,6 @@ from twophase_core.presets import preset
 from twophase_core.store import Store
 from twophase_core.train import Run
 from twophase_core.worker import run_job
-
-TIMEOUT = 60.0
-
-
-def wait_for(what: str, cond, timeout: float = TIMEOUT, every: float = 0.05):
-    """Poll `cond()` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie counts as gone; reaping is left to the manager)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def worker_pids(job_id: str) -> list[int]:

@@ -1,50 +1,185 @@
-"""Ray as an executor, on a real local cluster (`ray start --head --num-cpus=2`, one per test session).
+"""Ray as an executor, on a real local cluster of the tests' own (`RayHead`: one head per test session, on free
+ports, in its own temp folder, joined by its address and stopped alone: any other Ray on the machine is left be).
 
 Checks what scale-out must never change: chaos, cone and linear results through Ray equal the local
 executor's (bit for bit where the arithmetic is the same); a sweep whose points share a base run
 trains it once; a task whose process is killed is retried and gives the same result; a cancelled run
 keeps its checkpoints and a resubmission ends with the same result; a storage root in another folder
-or in an object store (S3, a local S3-compatible server) serves tasks in other processes.
+or in an object store (S3, a local S3-compatible server) serves tasks in other processes. And an address
+that cannot work is one line naming TWOPHASE_RAY_ADDRESS, never a traceback or a wait of minutes.
 """
+
+from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import free_port, gone, wait_for
 
 from twophase_core import config as C
+from twophase_core import ray_exec
 from twophase_core.presets import preset
+from twophase_core.ray_exec import ENV_ADDRESS, check_address
+from twophase_core.settings import ConfigError
 from twophase_core.store import Store
 
-pytestmark = pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None,
-                                reason="ray is not installed (pip install -e '.[ray]'; make test installs it)")
 RAY = str(Path(sys.executable).parent / "ray")
+NO_RAY = "ray is not installed (pip install -e '.[ray]'; make test installs it)"
+HAVE_RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+# every port `ray start --head` would otherwise take at a fixed default (6379, 8265, 10001, 52365...) or pick
+# itself: each gets a free one, so a second cluster on this machine (a user's, another checkout's tests) never
+# collides; workers bind ports the OS assigns (--min/max-worker-port=0)
+PORT_FLAGS = ("port", "node-manager-port", "object-manager-port", "dashboard-port", "dashboard-agent-listen-port",
+              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+STOP_ORDER = {"raylet": 0, "gcs_server": 2}  # which processes of a head end first; any other: 1
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` different ports that nothing listens on now."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def _pids() -> Iterator[int]:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            yield int(d.name)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _refers_to(pid: int, folder: Path) -> bool:
+    """Whether process `pid`'s command line or one of its open files names `folder`: the GCS, raylet and
+    their helpers get it as arguments; workers, whose command line Ray rewrites to `ray::<task>`, write
+    their output to log files in it. A zombie has neither, so it never counts."""
+    if re.search(re.escape(os.fsencode(folder)) + rb"(?=/|\0|$)", _cmdline(pid)):
+        return True
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target == str(folder) or target.startswith(f"{folder}/"):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A Ray head node of the tests' own: free ports and a temp folder of its own, so that stopping it (the
+    processes that name that folder, `pids`) stops nothing else, where Ray's own stop command would stop
+    every Ray of this user on the machine."""
+
+    temp_dir: Path
+    port: int
+
+    @property
+    def address(self) -> str:
+        """Its GCS address: never 'auto', which joins whatever cluster runs on this machine."""
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, num_cpus: int = 2) -> RayHead:
+        # short, under /tmp: Ray's unix socket paths inside it must stay within 107 characters
+        temp_dir = Path(tempfile.mkdtemp(prefix="tp-ray-", dir="/tmp"))
+        flags = [*PORT_FLAGS, *(["ray-client-server-port"] if ray_exec._installed("grpc") else [])]
+        ports = dict(zip(flags, _free_ports(len(flags)), strict=True))
+        head = cls(temp_dir, ports["port"])
+        # its processes' temp files (a killed task's scratch index among them) go with its folder
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0",
+                                                                             "TMPDIR": str(temp_dir)}
+        r = subprocess.run([RAY, "start", "--head", f"--num-cpus={num_cpus}", "--include-dashboard=false",
+                            "--disable-usage-stats", f"--temp-dir={temp_dir}", "--min-worker-port=0",
+                            "--max-worker-port=0", *(f"--{flag}={port}" for flag, port in ports.items())],
+                           capture_output=True, text=True, env=env, timeout=180)
+        if r.returncode != 0:
+            head.stop()
+            pytest.fail(f"ray start --head failed: {r.stderr[-2000:]}")
+        return head
+
+    def pids(self) -> set[int]:
+        """Its live processes (never this one, which keeps a driver's log open in the folder)."""
+        return {pid for pid in _pids() if pid != os.getpid() and _refers_to(pid, self.temp_dir)}
+
+    def running(self, task: str) -> list[int]:
+        """Its workers running `task` now (an idle worker is titled ray::IDLE). Ray's state API
+        (ray.util.state.list_tasks) would say it too, but it needs the dashboard, which ray[default] brings."""
+        title = f"ray::{task}".encode()
+        return [pid for pid in _pids() if _cmdline(pid).split(b"\0")[0].strip() == title
+                and _refers_to(pid, self.temp_dir)]
+
+    def stop(self, grace_s: float = 10) -> None:
+        """Its processes in the order Ray's CLI stops a node: the raylet (its workers and agents end with it), the
+        others, the GCS last (a raylet whose GCS is gone waits a minute for it); then its temp folder goes."""
+        for stage in (0, 1, 2):
+            _end({pid for pid in self.pids() if STOP_ORDER.get(_program(pid), 1) == stage}, grace_s)
+        assert not self.pids(), sorted(self.pids())
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _program(pid: int) -> str:
+    """The file name of the program process `pid` runs (as its command line starts), e.g. 'raylet'."""
+    return Path(os.fsdecode(_cmdline(pid).split(b"\0")[0])).name
+
+
+def _end(pids: set[int], grace_s: float) -> None:
+    """SIGTERM to `pids`, SIGKILL to those alive after `grace_s`; back once every one has exited."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        for pid in pids:
+            if not gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        try:
+            wait_for(f"processes {sorted(pids)} to exit on {sig.name}", lambda: all(gone(pid) for pid in pids),
+                     wait_s, every=0.1)
+            return
+        except pytest.fail.Exception:
+            if sig == signal.SIGKILL:
+                raise
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """One head node for the whole session; drivers join it with address 'auto'."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=60)
-    r = subprocess.run([RAY, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
-                        "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    os.environ["TWOPHASE_RAY_ADDRESS"] = "auto"
-    yield "auto"
-    import ray
+def ray_cluster() -> Iterator[RayHead]:
+    """One head of the tests' own for the whole session; drivers join it by its address
+    ($TWOPHASE_RAY_ADDRESS), and it alone is stopped at the end."""
+    if not HAVE_RAY:
+        pytest.skip(NO_RAY)
+    head = RayHead.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ENV_ADDRESS, head.address)
+            yield head
+    finally:
+        import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=60)
-    os.environ.pop("TWOPHASE_RAY_ADDRESS", None)
+        if ray.is_initialized():
+            ray.shutdown()
+        head.stop()
 
 
 CHAOS = C.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
@@ -82,26 +217,19 @@ def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
 
 
 @contextlib.contextmanager
-def killing_one_running(task: str):
-    """While the block runs, kill -9 the first worker process seen running `task` (checked in its
-    command line just before: a running task, not an idle worker a finished one left); yields the
-    list of killed pids."""
+def killing_one_running(head: RayHead, task: str) -> Iterator[list[int]]:
+    """While the block runs, kill -9 the first worker of `head` seen running `task` (seen again 0.2 s later:
+    still that task, training); yields the list of killed pids."""
     killed: list[int] = []
     done = threading.Event()
 
     def killer() -> None:
         while not done.is_set() and not killed:
-            out = subprocess.run(["pgrep", "-f", f"ray::{task}"], capture_output=True, text=True).stdout
-            pids = [int(p) for p in out.split()]
-            if pids:
+            for pid in head.running(task)[:1]:
                 time.sleep(0.2)  # let it start training
-                try:
-                    running = task.encode() in Path(f"/proc/{pids[0]}/cmdline").read_bytes()
-                except OSError:
-                    running = False
-                if running:
-                    os.kill(pids[0], 9)
-                    killed.append(pids[0])
+                if pid in head.running(task):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.1)
 
     th = threading.Thread(target=killer, daemon=True)
@@ -119,7 +247,7 @@ def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
 
     cfg = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
-    with killing_one_running("_unit_task") as killed:
+    with killing_one_running(ray_cluster, "_unit_task") as killed:
         got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
     assert killed, "no row task was seen running"
     for k in ("C", "B", "D", "path"):
@@ -188,7 +316,7 @@ def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, mon
 def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_cluster, tmp_path):
     from twophase_core.jobs import JobManager
 
-    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), "TWOPHASE_RAY_ADDRESS": "auto"}
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), ENV_ADDRESS: ray_cluster.address}
     r = subprocess.run([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "tiny", "--executor",
                         "ray", "--wait", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -291,7 +419,7 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
 
     base = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
-    with killing_one_running("_unit_task") as killed:
+    with killing_one_running(ray_cluster, "_unit_task") as killed:
         got = run_sweep(sweep, Store(tmp_path / "kill"), executor="ray")
     assert killed, f"no unit task was seen running; results: {sorted(got.results)}"
     local = run_sweep(sweep, Store(tmp_path / "local"))
@@ -312,3 +440,147 @@ def test_a_ray_sweep_moves_its_bar_with_the_tasks_progress(ray_cluster, tmp_path
     assert fracs == sorted(fracs) and fracs[-1] == 1.0
     before_any_point = {round(f, 3) for f, st in seen if st.startswith("0 of 2 points")}
     assert len(before_any_point) >= 2 and max(before_any_point) > 0.1, seen
+
+
+def _core(head: RayHead) -> set[int]:
+    """The GCS server and raylet of `head`: its processes that live as long as it does."""
+    return {pid for pid in head.pids() if _program(pid) in ("gcs_server", "raylet")}
+
+
+def test_stopping_a_second_head_leaves_the_first_running_and_serving(ray_cluster):
+    """Two clusters on one machine (as a user's and the tests', or two checkouts' test runs): the stop that
+    ends the session's head, run on another head, ends every process of that one and none of the first."""
+    ray = ray_exec.connect()
+    core = _core(ray_cluster)
+    assert len(core) == 2, sorted(ray_cluster.pids())
+    other = RayHead.start(num_cpus=1)
+    try:
+        theirs = other.pids()
+        assert len(_core(other)) == 2 and not theirs & ray_cluster.pids() and other.port != ray_cluster.port
+    finally:
+        other.stop()
+    assert all(gone(pid) for pid in theirs) and not other.temp_dir.exists()
+    assert _core(ray_cluster) == core  # the first head's GCS and raylet are the same processes, alive
+    assert ray.get(ray.remote(lambda: os.getpid()).remote()) in ray_cluster.pids()  # a task runs on its workers
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """installed(*modules): only these are importable, as far as ray_exec's checks can tell."""
+    def only(*modules: str) -> None:
+        monkeypatch.setattr(ray_exec, "_installed", lambda module: module in modules)
+
+    return only
+
+
+@pytest.mark.parametrize("address", ["", "auto", "local", "127.0.0.1:6379", "head-1.example.org:1", "ray_head:6379",
+                                     "[::1]:65535", "ray://10.0.0.5:10001", " 127.0.0.1:6379 "])
+def test_check_address_accepts_every_form_ray_joins(installed, address):
+    installed("ray", "grpc")
+    assert check_address(address) is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:0", "host:65536", ":6379", "host:", "http://host:1",
+                                     "ray://host", "ray://", "a b:1", "host:port", "host:-1", "127.0.0.1:６３７９",
+                                     "-host:1", "auto:x"])
+def test_a_malformed_address_is_one_config_error_naming_the_variable_and_the_forms_allowed(installed, address):
+    installed("ray", "grpc")
+    with pytest.raises(ConfigError) as e:
+        check_address(address)
+    assert (e.value.field, e.value.value) == (ENV_ADDRESS, address.strip())
+    assert "host:port" in e.value.allowed and "'auto'" in e.value.allowed and "\n" not in str(e.value)
+
+
+def test_a_ray_client_address_without_the_client_extra_says_to_install_it_or_give_the_gcs_address(installed):
+    installed("ray")
+    with pytest.raises(ConfigError) as e:
+        check_address("ray://127.0.0.1:1")
+    assert e.value.field == ENV_ADDRESS and "pip install 'ray[client]'" in e.value.allowed
+    assert "host:port" in e.value.allowed
+    assert check_address("127.0.0.1:1") is None  # a GCS address needs no client
+
+
+def test_without_ray_every_address_says_to_install_the_ray_extra(installed):
+    installed()
+    for address in ("", "auto", "127.0.0.1:6379", "ray://127.0.0.1:1"):
+        with pytest.raises(ConfigError) as e:
+            check_address(address)
+        assert e.value.field == ENV_ADDRESS and "pip install 'twophase[ray]'" in e.value.allowed
+
+
+def test_check_address_without_an_argument_reads_the_environment(installed, monkeypatch):
+    installed("ray")
+    monkeypatch.setenv(ENV_ADDRESS, " 127.0.0.1:0 ")
+    with pytest.raises(ConfigError) as e:
+        check_address()
+    assert e.value.value == "127.0.0.1:0"
+    monkeypatch.setenv(ENV_ADDRESS, "auto")
+    assert check_address() is None
+
+
+def test_connect_checks_the_address_before_importing_or_reaching_ray(installed, monkeypatch):
+    """Cheap and offline: a bad address is refused before Ray is imported (an import that fails would
+    be a traceback) or anything is connected to."""
+    installed("ray")
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing it would raise ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'ray\[client\]'"):
+        ray_exec.connect("ray://127.0.0.1:1")
+
+
+def test_the_cli_with_a_ray_client_address_and_no_client_extra_is_one_line_and_exit_2(installed, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """The issue's reproduction: TWOPHASE_RAY_ADDRESS=ray://127.0.0.1:1 twophase chaos --executor ray."""
+    from twophase_core.cli import main
+
+    installed("ray")
+    monkeypatch.setenv(ENV_ADDRESS, "ray://127.0.0.1:1")
+    assert main(["chaos", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"twophase: error: {ENV_ADDRESS}='ray://127.0.0.1:1' is invalid: ")
+    assert "pip install 'ray[client]'" in err[0] and not (tmp_path / "c").exists()  # nothing written
+
+
+@needs_ray
+def test_an_address_where_no_cluster_listens_is_one_line_and_exit_2_in_seconds(tmp_path):
+    """Nothing listens at the address: one line from the CLI, at once (Ray itself retries such an address
+    for about 14 minutes). A sweep joins Ray before it trains anything."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, ENV_ADDRESS: address, "TWOPHASE_CACHE_DIR": str(tmp_path / "c")}
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "twophase_core", "sweep", "chaos", "--preset", "tiny", "--executor",
+                        "ray", "--quiet"], capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - t
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [f"twophase: error: {ENV_ADDRESS}={address!r} is invalid: no Ray cluster answers "
+                                     "there (Connection refused): start one (ray start --head) or give the address "
+                                     "it printed"]
+    assert took < 60, took
+
+
+@needs_ray
+def test_a_cluster_that_accepts_but_never_answers_gets_one_ray_attempt_and_ends_in_one_line(monkeypatch):
+    """Something listens at the address but is no GCS: the TCP probe passes, Ray gets one connection attempt
+    (RAY_gcs_server_port_wait_time_s=1; measured: 42 s, where its default 20 attempts take about 14 min) and its
+    ConnectionError becomes one line. ray.init is stood in for, as the real one would take those 42 s."""
+    import ray
+
+    key, seen = "RAY_gcs_server_port_wait_time_s", []
+
+    def init(**kw: object) -> None:
+        seen.append(os.environ.get(key))
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1. Check that Ray...\nmore")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv(key, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+        with pytest.raises(ConfigError) as e:
+            ray_exec.connect(address)
+        assert seen == ["1"] and key not in os.environ  # bounded while ray.init ran, restored after
+        assert str(e.value).startswith(f"{ENV_ADDRESS}={address!r} is invalid: no Ray cluster could be joined "
+                                       "(Failed to connect to Ray cluster at 127.0.0.1:1): ")
+        monkeypatch.setenv(key, "7")
+        with pytest.raises(ConfigError):
+            ray_exec.connect(address)
+    assert seen == ["1", "7"]  # a budget the user set stands

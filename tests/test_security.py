@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_browser import _free_port, _wait_healthy
+from waiting import free_port, wait_healthy
 
 from twophase_core.cli import main
 from twophase_core.config import ConfigError
@@ -191,7 +191,7 @@ def _listening(pid: int, port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv
 def _serve(tmp_path: Path, *flags: str, **env: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Start `streamlit run app.py` from the repository root as a user would (no STREAMLIT_* variables but `env`,
     no flags but `flags`), wait until it answers on 127.0.0.1, and return where it listens; stop it."""
-    port = _free_port()
+    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "streamlit"), "run", "app.py", "--server.port", str(port),
@@ -199,7 +199,7 @@ def _serve(tmp_path: Path, *flags: str, **env: str) -> set[ipaddress.IPv4Address
         env={**clean, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=60)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=60)
         return _listening(proc.pid, port)
     finally:
         proc.terminate()

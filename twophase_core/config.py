@@ -285,11 +285,11 @@ def validate_train(c: TrainConfig) -> None:
         raise ConfigError("checkpoint_every", c.checkpoint_every, f"must be at most iterations ({c.iterations})")
 
 
-def _in_run(name: str, v: tuple[int, ...], lo: int, hi: int) -> None:
+def _in_run(name: str, v: tuple[int, ...], lo: int, hi: int, T: int) -> None:
+    """Every step of `v` within [lo, hi]; T is given, not guessed from hi (t0's hi is T - 1)."""
     for t in v:
         if not lo <= t <= hi:
-            raise ConfigError(name, v, f"every value must be in [{lo}, {hi}] (iterations T = {hi if hi else lo}), "
-                              f"got {t}")
+            raise ConfigError(name, v, f"every value must be in [{lo}, {hi}] (iterations T = {T}), got {t}")
 
 
 def validate(cfg: Any) -> None:
@@ -303,15 +303,15 @@ def validate(cfg: Any) -> None:
     _check_fields(cfg)
     T = cfg.train.iterations
     if isinstance(cfg, ChaosConfig):
-        _in_run("t0", cfg.t0, 0, T - 1)
-        _in_run("t1", cfg.t1, 1, T)
+        _in_run("t0", cfg.t0, 0, T - 1, T)
+        _in_run("t1", cfg.t1, 1, T, T)
         if min(cfg.t0) >= max(cfg.t1):
             raise ConfigError("t1", cfg.t1, f"needs at least one t1 > the smallest t0 ({min(cfg.t0)})")
         cells = sum(t1 > t0 for t0 in cfg.t0 for t1 in cfg.t1) * len(cfg.perturb_seeds)
         if cells * cfg.n_alpha > 10**7:
             raise ConfigError("n_alpha", cfg.n_alpha, f"{cells} cells x {cfg.n_alpha} points is too many evaluations")
     elif isinstance(cfg, ConeConfig):
-        _in_run("checkpoints", cfg.checkpoints, 0, T)
+        _in_run("checkpoints", cfg.checkpoints, 0, T, T)
         if len(cfg.checkpoints) < 3:
             raise ConfigError("checkpoints", cfg.checkpoints, "needs at least 3 checkpoints for a trajectory")
         if 0 not in cfg.checkpoints:
@@ -329,7 +329,7 @@ def validate(cfg: Any) -> None:
             if w[0] >= w[1] or len(inside) < 3:
                 raise ConfigError("cone_window", w, "needs start < end with >= 3 checkpoints inside")
     elif isinstance(cfg, LinearConfig):
-        _in_run("switch", cfg.switch, 0, T - 1)
+        _in_run("switch", cfg.switch, 0, T - 1, T)
 
 
 def with_settings(cfg: Any, values: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ import torch
 from . import __version__, lockstep
 from . import config as C
 from .data import stratified_subset
+from .placement import resolve_executor
 from .results import Result, load_result, save_result
 from .store import Store, task_store
 from .train import CancelToken, Run
@@ -33,7 +34,7 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
             executor: str = "local") -> Result:
         C.validate(cfg)
-        check_executor(executor)
+        resolve_executor(executor)  # local or ray, for every kind (on Ray: rows, kernels, switch times, points)
         store = store or Store()
         cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
         if cached is None:
@@ -50,13 +51,6 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
     return run
 
 
-EXECUTORS = ("local", "ray")
-
-
-def check_executor(executor: str) -> None:
-    """local or ray, for every kind (on Ray: chaos rows, cone kernels, linear switch times, sweep points)."""
-    if executor not in EXECUTORS:
-        raise C.ConfigError("executor", executor, f"choose one of {', '.join(EXECUTORS)}")
 
 
 class _Progress:

@@ -16,38 +16,119 @@ the store's index. The driver is the process that calls these functions (the CLI
 worker), never the Streamlit server.
 
 Where to run: `TWOPHASE_RAY_ADDRESS` (empty: start a local Ray for this process; `auto`: join the
-cluster on this machine; `ray://host:port`: a remote one). On CPU, results are bit for bit those of
-the local executor (tests check chaos, cone and linear): the same functions, one torch thread per task.
+cluster on this machine; `host:port`: a head's GCS address; `ray://host:port`: Ray Client). An address
+that cannot work is one line (`check_address`, offline, before anything is written; `connect`, when no
+cluster answers there), never a traceback or Ray's minutes of retries. On CPU, results are bit for bit
+those of the local executor (tests check chaos, cone and linear): the same functions, one torch thread
+per task.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import re
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .settings import ConfigError, Spec, from_env
+
 ENV_ADDRESS = "TWOPHASE_RAY_ADDRESS"
 ENV_GPUS = "TWOPHASE_RAY_GPUS"  # GPUs per task (fractions share a GPU), used when the config trains on cuda
+GPUS_SPEC = Spec("float", "GPUs per task", lo=0, lo_open=True, hi=64)
 POLL_S = 0.5  # how often a waiting driver looks at its cancel token
+PROBE_S = 5.0  # how long connect() waits for a TCP answer at host:port before calling the address unreachable
+# Ray's own budget for reaching a GCS that accepts connections but does not answer (node.py reads it at each
+# ray.init): one attempt, about 40 s with Ray's fixed 30 s per attempt, instead of its default 20 (about 14 min)
+GCS_ATTEMPTS = "1"
+_ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+                      r":(?P<port>[0-9]{1,5})", re.ASCII)
+_ADDRESS_HELP = ("give the head's GCS address host:port (ray start --head prints it), ray://host:port for Ray Client, "
+                 "'auto' to join the cluster on this machine, or leave it empty to start a local Ray")
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (cheap)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def _address(address: str | None) -> str:
+    return (address if address is not None else os.environ.get(ENV_ADDRESS, "")).strip()
+
+
+def check_address(address: str | None = None) -> None:
+    """Raise a one-line ConfigError if `address` (None: $TWOPHASE_RAY_ADDRESS) cannot work: malformed, Ray
+    missing, or a ray:// address without Ray Client's extra. It connects to nothing, so callers run it
+    before anything is written."""
+    value = _address(address)
+    m = _ADDRESS.fullmatch(value)
+    if value not in ("", "auto", "local") and not (m and 1 <= int(m["port"]) <= 65535):
+        raise ConfigError(ENV_ADDRESS, value, _ADDRESS_HELP)
+    if not _installed("ray"):
+        raise ConfigError(ENV_ADDRESS, value, "--executor ray needs Ray, which is not installed: "
+                                              "pip install 'twophase[ray]'")
+    if m and m["client"] and not _installed("grpc"):
+        raise ConfigError(ENV_ADDRESS, value, "a ray:// address needs Ray Client, which is not installed: "
+                                              "pip install 'ray[client]', or give the head's GCS address host:port")
+
+
+def _probe(address: str) -> None:
+    """A one-line ConfigError unless something accepts a TCP connection at `address` (host:port or
+    ray://host:port) within PROBE_S: Ray itself would retry a dead address for minutes."""
+    m = _ADDRESS.fullmatch(address)
+    if m is None:  # '', 'auto', 'local': Ray finds (or starts) the cluster itself
+        return
+    try:
+        socket.create_connection((m["host"].strip("[]"), int(m["port"])), timeout=PROBE_S).close()
+    except OSError as e:
+        raise ConfigError(ENV_ADDRESS, address, f"no Ray cluster answers there ({e.strerror or e}): start one "
+                                                "(ray start --head) or give the address it printed") from None
+
+
+@contextlib.contextmanager
+def _bounded_gcs_wait() -> Iterator[None]:
+    """Ray's GCS connection attempts bounded to GCS_ATTEMPTS while ray.init runs, unless the user set
+    RAY_gcs_server_port_wait_time_s; restored after."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = GCS_ATTEMPTS
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def connect(address: str | None = None) -> Any:
-    """The `ray` module, connected (once per process) to `address` or $TWOPHASE_RAY_ADDRESS."""
+    """The `ray` module, connected (once per process) to `address` or $TWOPHASE_RAY_ADDRESS. An address that
+    cannot work or where no cluster answers is a one-line ConfigError, in bounded time."""
+    addr = _address(address)
+    check_address(addr)
     import ray
 
     if not ray.is_initialized():
-        addr = address if address is not None else os.environ.get(ENV_ADDRESS, "").strip()
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": pkg_parent, "TWOPHASE_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        ray.init(address=addr or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": env}, configure_logging=False)
+        joining = addr not in ("", "local")
+        if joining:
+            _probe(addr)
+        try:
+            with _bounded_gcs_wait() if joining else contextlib.nullcontext():
+                ray.init(address=addr or None, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True, runtime_env={"env_vars": env}, configure_logging=False)
+        except ConnectionError as e:  # Ray's first sentence only: the rest speaks of its own flags
+            why = (str(e) or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(".")
+            raise ConfigError(ENV_ADDRESS, addr, f"no Ray cluster could be joined ({why}): {_ADDRESS_HELP}") from None
     return ray
 
 
 def _resources(cfg: Any) -> dict[str, float]:
-    gpus = float(os.environ.get(ENV_GPUS, "1") or 1) if cfg.train.device == "cuda" else 0.0
+    gpus = float(from_env(ENV_GPUS, GPUS_SPEC, 1.0)) if cfg.train.device == "cuda" else 0.0
     return {"num_cpus": 1, "num_gpus": gpus}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,8 @@ def spec_of(f: dataclasses.Field) -> Spec:
 # ---------------------------------------------------------------------------------------------
 # Steps: users think in epochs, the science counts iterations
 
-_STEP = re.compile(r"^\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*(?:it)?)?\s*$")
+# ASCII only: with re.ASCII, \d is [0-9] and \s is ASCII whitespace (not '١' or an ideographic space)
+_STEP = re.compile(r"\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*(?:it)?)?\s*", re.ASCII)
 STEP_HELP = "iterations ('500' or '500it'), epochs ('2ep') or both ('2ep50it')"
 
 
@@ -92,7 +94,7 @@ def parse_step(text: str | int, iterations_per_epoch: int | None, name: str = "s
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     s = str(text)
-    m = _STEP.match(s) if len(s) <= 40 else None
+    m = _STEP.fullmatch(s) if len(s) <= 40 else None
     if not m or (m.group(1) is None and m.group(2) is None):
         raise ConfigError(name, text, f"write {STEP_HELP}")
     if m.group(1) is not None and iterations_per_epoch is None:
@@ -101,28 +103,43 @@ def parse_step(text: str | int, iterations_per_epoch: int | None, name: str = "s
 
 
 def split_list(text: str) -> list[str]:
-    """The one list parser: items separated by commas, semicolons or spaces ('0, 100 2ep;5')."""
-    return [s for s in re.split(r"[,;\s]+", str(text).strip()) if s]
+    """The one list parser: items separated by commas, semicolons or ASCII whitespace ('0, 100 2ep;5'); other
+    whitespace stays inside an item, so a number parser refuses it rather than splitting on it."""
+    return [s for s in re.split(r"[,;\s]+", str(text), flags=re.ASCII) if s]
 
 
 # ---------------------------------------------------------------------------------------------
 # Text <-> value
 
 
+# Plain ASCII forms only: Python's int() and float() also take '1_000', other scripts' digits ('١'),
+# 'inf' and 'nan', none of which a reproduce command or the README would ever write.
+_INT = re.compile(r"[+-]?[0-9]{1,30}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NUMBER_TYPES = ("int", "float", "step", "steps", "ints", "window")
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
+
+
 def _int(name: str, tok: str) -> int:
-    if not re.fullmatch(r"[+-]?\d{1,30}", tok.strip()):
+    if not _INT.fullmatch(tok.strip(_ASCII_WHITESPACE)):
         raise ConfigError(name, tok, "must be a whole number, e.g. 3")
     return int(tok)
 
 
 def _float(name: str, tok: str) -> float:
-    try:
-        v = float(tok.strip())
-    except ValueError:
-        raise ConfigError(name, tok, "must be a number, e.g. 0.1 or 1e-7") from None
-    if not math.isfinite(v):
+    if not _FLOAT.fullmatch(tok.strip(_ASCII_WHITESPACE)):
+        raise ConfigError(name, tok, "must be a number, e.g. 0.1 or 1e-7")
+    v = float(tok)
+    if not math.isfinite(v):  # '1e999'
         raise ConfigError(name, tok, "must be a finite number")
     return v
+
+
+def _plain_ascii(name: str, text: str) -> None:
+    """Numbers are typed in ASCII without '_': str.strip and re's \\s would otherwise pass a no-break
+    space or other non-ASCII whitespace and let the value through with it silently dropped."""
+    if not text.isascii() or "_" in text:
+        raise ConfigError(name, text, "write numbers with the ASCII digits 0-9 only (no '_', no other characters)")
 
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -137,6 +154,8 @@ def parse_text(name: str, spec: Spec, text: Any, iterations_per_epoch: int | Non
     if len(s) > MAX_TEXT:
         raise ConfigError(name, text, f"is longer than {MAX_TEXT} characters")
     t = spec.type
+    if t in _NUMBER_TYPES:
+        _plain_ascii(name, text)
     if t == "text":
         return s
     if not s and not (t == "steps" and spec.allow_empty):
@@ -167,6 +186,17 @@ def parse_text(name: str, spec: Spec, text: Any, iterations_per_epoch: int | Non
             raise ConfigError(name, text, "give two steps: start, end")
         return tuple(parse_step(x, iterations_per_epoch, name) for x in items)
     raise AssertionError(t)
+
+
+def from_env(name: str, spec: Spec, default: Any) -> Any:
+    """A value from environment variable `name`, parsed and checked as if typed into a flag (plain ASCII
+    numbers, bounds); `default` when unset or empty. A bad one is a ConfigError naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    v = parse_text(name, spec, raw)
+    check(name, spec, v)
+    return v
 
 
 def format_value(spec: Spec, v: Any) -> str:
@@ -205,6 +235,14 @@ def _in_bounds(spec: Spec, v: float) -> bool:
     return not (spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi))
 
 
+def _finite(v: float) -> bool:
+    """math.isfinite, but False for an int too large for a float (10**400) instead of OverflowError."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def check(name: str, spec: Spec, v: Any) -> None:
     """Raise ConfigError unless `v` has the setting's type and lies within its bounds and choices."""
     t = spec.type
@@ -218,7 +256,7 @@ def check(name: str, spec: Spec, v: Any) -> None:
         if not _in_bounds(spec, v):
             raise ConfigError(name, v, f"must be a whole number {bounds_text(spec)}{why}")
     elif t == "float":
-        if not (isinstance(v, int | float) and not isinstance(v, bool)) or not math.isfinite(v):
+        if not (isinstance(v, int | float) and not isinstance(v, bool)) or not _finite(v):
             raise ConfigError(name, v, "must be a finite number")
         if not _in_bounds(spec, v):
             raise ConfigError(name, v, f"must be {bounds_text(spec)}{why}")

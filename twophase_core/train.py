@@ -22,6 +22,7 @@ from . import config as C
 from .data import BatchSchedule, Dataset, get_dataset
 from .models import build_model, trainable
 from .perturb import perturb_, perturbation_seed
+from .settings import Spec, from_env
 from .store import Store, StoreError
 
 StepCallback = Callable[[int], None]  # called with the number of SGD steps just done
@@ -88,6 +89,9 @@ def configure_determinism(device: torch.device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
+ENV_THREADS = "TWOPHASE_THREADS"
+THREADS_SPEC = Spec("int", "CPU threads for torch", lo=1, hi=1024)
+
 
 def configure_threads() -> int:
     """CPU threads for torch: TWOPHASE_THREADS, default 1.
@@ -95,8 +99,8 @@ def configure_threads() -> int:
     Measured on 2 shared cores: the demo's small models step faster on one thread, and two threads
     under any competing load (a second job, the app server) slow a step by 10x or more.
     """
-    n = int(os.environ.get("TWOPHASE_THREADS", "1"))
-    torch.set_num_threads(max(1, n))
+    n = int(from_env(ENV_THREADS, THREADS_SPEC, 1))
+    torch.set_num_threads(n)
     return n
 
 
