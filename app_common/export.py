@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from twophase_core import figures as F
+from twophase_core.interfaces import figures as F
 
 from .runs import RunView
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import streamlit as st
 
-from twophase_core import config as C
-from twophase_core.presets import PRESETS, preset
-from twophase_core.settings import Spec, format_value
-from twophase_core.store import StoreError
+from twophase_core.experiments.presets import PRESETS, preset
+from twophase_core.settings import config as C
+from twophase_core.settings.spec import Spec, format_value
+from twophase_core.storage.store import StoreError
 
 from .runs import job_manager, open_run
 

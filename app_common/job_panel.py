@@ -9,9 +9,9 @@ from typing import Any
 
 import streamlit as st
 
-from twophase_core import config as C
-from twophase_core.jobs import JobManager
-from twophase_core.store import StoreError
+from twophase_core.execution.jobs import JobManager
+from twophase_core.settings import config as C
+from twophase_core.storage.store import StoreError
 
 from .runs import KIND_TITLES, POLL_S, RunView, job_manager
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from twophase_core import figures as F
-from twophase_core.cli import command_for
+from twophase_core.interfaces import figures as F
+from twophase_core.interfaces.cli import command_for
 
 from .export import figure_block
 from .form import settings_form

@@ -14,12 +14,12 @@ from typing import Any
 
 import streamlit as st
 
-from twophase_core import catalog as K
-from twophase_core import config as C
-from twophase_core import record_types as R
-from twophase_core.jobs import JobManager, JobRecord
-from twophase_core.results import Result, load_result
-from twophase_core.store import Store, default_root
+from twophase_core.execution.jobs import JobManager, JobRecord
+from twophase_core.experiments.result import Result, load_result
+from twophase_core.interfaces import catalog as K
+from twophase_core.settings import config as C
+from twophase_core.storage import record_types as R
+from twophase_core.storage.store import Store, default_root
 
 KINDS = tuple(C.KINDS)
 PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",

@@ -3,8 +3,8 @@
 import streamlit as st
 
 import app_common as ui
-from twophase_core import compare_figures as CF
-from twophase_core import figures as F
+from twophase_core.interfaces import compare as CF
+from twophase_core.interfaces import figures as F
 
 st.title("Compare runs")
 views, problem = ui.compare_views()

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import app_common as ui
-from twophase_core.presets import preset
+from twophase_core.experiments.presets import preset
 
 st.title("Two-phase learning dynamics")
 st.markdown("An interactive lab for *New Evidence of the Two-Phase Learning Dynamics of Neural Networks* "

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import app_common as ui
-from twophase_core import figures as F
+from twophase_core.interfaces import figures as F
 
 KIND = "linear"
 view, cmd = ui.page_run(

@@ -7,10 +7,10 @@ import streamlit as st
 
 import app_common as ui
 from app_common.runs import warn_skipped_runs
-from twophase_core import catalog as K
-from twophase_core import config as C
-from twophase_core.jobs import STATUSES
-from twophase_core.store import StoreError
+from twophase_core.execution.jobs import STATUSES
+from twophase_core.interfaces import catalog as K
+from twophase_core.settings import config as C
+from twophase_core.storage.store import StoreError
 
 MAX_COMPARE = 6
 

@@ -5,12 +5,12 @@ import streamlit as st
 
 import app_common as ui
 from app_common.runs import warn_skipped
-from twophase_core import config as C
-from twophase_core import figures as F
-from twophase_core import sweep as S
-from twophase_core.presets import PRESETS, preset, sweep_replicates
-from twophase_core.settings import split_list
-from twophase_core.store import StoreError
+from twophase_core.experiments import sweep as S
+from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
+from twophase_core.interfaces import figures as F
+from twophase_core.settings import config as C
+from twophase_core.settings.spec import split_list
+from twophase_core.storage.store import StoreError
 
 st.title("Sweeps")
 st.caption("A sweep runs one experiment over several settings (any setting, several values) and several "

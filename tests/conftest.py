@@ -8,7 +8,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    from twophase_core.store import Store
+    from twophase_core.storage.store import Store
 
     monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "cache"))
     s = Store(tmp_path / "cache")
@@ -35,7 +35,7 @@ def lock_holder():
 
     def hold(path):
         p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                              "from twophase_core.locks import file_lock\n"
+                              "from twophase_core.storage.locks import file_lock\n"
                               "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
                               "    time.sleep(120)\n", str(path)], stdout=subprocess.PIPE, text=True)
         procs.append(p)
@@ -70,7 +70,7 @@ def s3_root(s3_server, monkeypatch, request):
 
     import fsspec
 
-    from twophase_core.storage import ENV_OPTIONS, ENV_ROOT
+    from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT
 
     bucket = re.sub(r"[^a-z0-9-]", "-", f"tp-{request.node.name.lower()}")[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     fs = fsspec.filesystem("s3", **s3_server)

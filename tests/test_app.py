@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from twophase_core import config as C
-from twophase_core.experiments import run_experiment
-from twophase_core.jobs import JobManager
-from twophase_core.presets import preset
-from twophase_core.store import Store
+from twophase_core.execution.jobs import JobManager
+from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.presets import preset
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["pages/home.py", "pages/chaos.py", "pages/cone.py", "pages/linear.py", "pages/runs.py"]
@@ -251,7 +251,7 @@ print('ok')
 
 def test_sweeps_page_shows_groups_transition_and_bands(empty):
     """A sweep whose points are stored (computed here, as the CLI would) draws its transition view."""
-    from twophase_core import sweep as S
+    from twophase_core.experiments import sweep as S
 
     base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
@@ -310,8 +310,8 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
 
     import numpy as np
 
-    from twophase_core.jobs import JobRecord, save_record
-    from twophase_core.results import save_result
+    from twophase_core.execution.jobs import JobRecord, save_record
+    from twophase_core.experiments.result import save_result
 
     cfg = C.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
     first = run_experiment(cfg, Store(tmp_path / "scratch"))  # then cut back to what exists mid-base-run
@@ -322,7 +322,7 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     first.arrays["acc_t"], first.arrays["acc"] = first.arrays["acc_t"][:1], first.arrays["acc"][:1]
     store = Store(empty)
     save_result(store, first, partial=True)
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.worker"])
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.execution.worker"])
     try:  # a live process whose command line names the worker: the job counts as running
         jid = f"chaos-{first.hash}"
         now = time.time()

@@ -26,8 +26,8 @@ pytestmark = [
 
 def _stop_workers(cache: Path) -> None:
     """Workers run in their own sessions and outlive the server: stop the ones this test started."""
-    from twophase_core.jobs import JobManager
-    from twophase_core.store import Store
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.storage.store import Store
 
     store = Store(cache)
     try:
@@ -122,11 +122,11 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
     """A stored sweep (computed as the CLI would) opened by its link: t* table, transition figure, bands."""
     from playwright.sync_api import expect, sync_playwright
 
-    from twophase_core import config as C
-    from twophase_core import sweep as S
-    from twophase_core.jobs import JobManager
-    from twophase_core.presets import preset
-    from twophase_core.store import Store
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.experiments import sweep as S
+    from twophase_core.experiments.presets import preset
+    from twophase_core.settings import config as C
+    from twophase_core.storage.store import Store
 
     base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)

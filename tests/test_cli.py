@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from twophase_core import config as C
-from twophase_core.cli import build_config, command_for, main
-from twophase_core.presets import preset
+from twophase_core.experiments.presets import preset
+from twophase_core.interfaces.cli import build_config, command_for, main
+from twophase_core.settings import config as C
 
 
 def _args(kind: str, *extra: str):
     import argparse
 
-    from twophase_core.cli import _experiment_parser
+    from twophase_core.interfaces.cli import _experiment_parser
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd")
@@ -161,7 +161,7 @@ def test_every_setting_has_a_flag_in_help(capsys):
 def test_readme_settings_table_is_current():
     from pathlib import Path
 
-    from twophase_core.cli import settings_table
+    from twophase_core.interfaces.cli import settings_table
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
@@ -235,8 +235,8 @@ def test_cache_check_repair_clear_on_a_damaged_index(tmp_path, capsys):
 
 def test_submit_wait_and_jobs_use_the_apps_job_runner(tmp_path, monkeypatch):
     """`twophase submit` makes the same job the app would (same id), `--wait` follows it, `jobs` lists it."""
-    from twophase_core.jobs import JobManager
-    from twophase_core.store import Store
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.storage.store import Store
 
     root = tmp_path / "cache"
     env = {**os.environ, "TWOPHASE_CACHE_DIR": str(root)}
@@ -261,7 +261,7 @@ def test_submit_wait_and_jobs_use_the_apps_job_runner(tmp_path, monkeypatch):
 @pytest.fixture
 def no_cuda(monkeypatch):
     """This machine as one without CUDA, whatever it has."""
-    from twophase_core import placement
+    from twophase_core.execution import placement
 
     monkeypatch.setattr(placement, "cuda_available", lambda: False)
 
@@ -273,7 +273,7 @@ def _one_error_line(capsys) -> str:
 
 
 def test_submit_cuda_without_cuda_is_one_line_exit_2_and_queues_no_job(no_cuda, tmp_path, capsys):
-    from twophase_core.store import Store
+    from twophase_core.storage.store import Store
 
     root = tmp_path / "cache"
     Store(root).close()  # a user's existing store: the refused job must leave no record in it
@@ -295,7 +295,7 @@ def test_a_cuda_run_or_sweep_point_without_cuda_is_refused_even_for_print_config
 
 
 def test_cuda_on_ray_is_left_to_the_cluster_and_auto_is_always_fine(no_cuda, capsys):
-    from twophase_core.placement import check_device
+    from twophase_core.execution.placement import check_device
 
     check_device("auto")
     check_device("cuda", "ray")
@@ -307,7 +307,7 @@ def test_the_cuda_probe_loads_no_torch_into_its_process_and_agrees_with_torch():
     """The app's process asks without importing torch: a child interpreter answers."""
     import torch
 
-    probe = ("import sys; from twophase_core.placement import cuda_available\n"
+    probe = ("import sys; from twophase_core.execution.placement import cuda_available\n"
              "print(cuda_available(), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twophase_core import config as C
-from twophase_core.experiments import run_experiment
-from twophase_core.presets import PRESETS, preset
-from twophase_core.results import load_result
-from twophase_core.store import Store
+from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.presets import PRESETS, preset
+from twophase_core.experiments.result import load_result
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "golden.json").read_text())

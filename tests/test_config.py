@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from twophase_core import config as C
-from twophase_core.presets import PRESETS, preset
+from twophase_core.experiments.presets import PRESETS, preset
+from twophase_core.settings import config as C
 
 T = C.TrainConfig(dataset="synthetic", model="mlp", iterations=100)
 
@@ -81,7 +81,7 @@ def test_parse_step_rejects_garbage():
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist1d", "synthetic"])
 def test_iterations_per_epoch_matches_the_loaded_data(dataset):
-    from twophase_core.data import BatchSchedule, get_dataset
+    from twophase_core.science.data import BatchSchedule, get_dataset
 
     cfg = C.TrainConfig(dataset=dataset, model="mlp", batch_size=50)
     n = len(get_dataset(cfg).x_train)
@@ -110,7 +110,7 @@ _SPECS = C.settings_of(C.ConeConfig) | C.settings_of(C.ChaosConfig)
     ("perturb_seeds", "3,4", (3, 4)), ("cone_window", "1, 2ep", (1, 20)),
 ])
 def test_plain_ascii_numbers_parse(name, text, value):
-    from twophase_core.settings import parse_text
+    from twophase_core.settings.spec import parse_text
 
     assert parse_text(name, _SPECS[name][0], text, iterations_per_epoch=10) == value
 
@@ -121,7 +121,7 @@ def test_plain_ascii_numbers_parse(name, text, value):
     ("t0", "0,1_0"), ("perturb_seeds", "٣"), ("cone_window", "1,２"),
 ])
 def test_numbers_in_other_scripts_with_underscores_or_in_words_are_refused(name, text):
-    from twophase_core.settings import parse_text
+    from twophase_core.settings.spec import parse_text
 
     with pytest.raises(C.ConfigError) as e:
         parse_text(name, _SPECS[name][0], text, iterations_per_epoch=10)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from twophase_core import config as C
-from twophase_core.experiments import run_chaos, run_experiment, run_linear
-from twophase_core.presets import preset
-from twophase_core.results import load_result, result_key
-from twophase_core.store import Store
-from twophase_core.train import Run
+from twophase_core.experiments.engine import run_chaos, run_experiment, run_linear
+from twophase_core.experiments.presets import preset
+from twophase_core.experiments.result import load_result, result_key
+from twophase_core.science.train import Run
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 CHAOS = preset("tiny", "chaos")
 CNN_CHAOS = C.replace(CHAOS, model="cnn", width=0.25, augment=True)
@@ -97,7 +97,7 @@ def test_linear_runs_and_matches_the_model_at_zero_steps(store):
 
 
 def test_taylor_model_is_exact_at_theta_t_and_first_order_nearby(store):
-    from twophase_core.linear import Linearised
+    from twophase_core.science.linearised import Linearised
 
     run = Run(preset("tiny", "linear").train, store)
     model = run.base().model(30)
@@ -135,7 +135,7 @@ def test_stacked_and_loop_paths_agree_and_stay_exact_at_zero_eps(tmp_path):
 def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
     """Partial results carry the base run's loss at every step and accuracy at its checkpoints before any
     cell exists; the final result keeps them; a later experiment on the stored run reads them back."""
-    from twophase_core import config as C
+    from twophase_core.settings import config as C
 
     cfg = C.replace(preset("tiny", "chaos"), iterations=400, t0=(0, 200), t1=(300, 400))
     seen = []

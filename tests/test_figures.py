@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from twophase_core import figures as F
-from twophase_core.experiments import run_experiment
-from twophase_core.presets import preset
-from twophase_core.store import Store
+from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.presets import preset
+from twophase_core.interfaces import figures as F
+from twophase_core.storage.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_csv_round_trips_every_table(results):
 
 def test_html_export_and_command(results):
     r = results["chaos"]
-    from twophase_core.cli import command_for
+    from twophase_core.interfaces.cli import command_for
 
     cfg = F.config_from_result(r)
     cmd = command_for(cfg)
@@ -185,7 +185,7 @@ def _falling_group(label, t_mid, replicates=5, seed=0):
 
 
 def test_transition_figure_draws_means_bands_and_t_star():
-    from twophase_core.transition import estimate_transition
+    from twophase_core.science.transition import estimate_transition
 
     g = _falling_group("lr=0.1", 30.0)
     fig = F.transition_figure([g], "C", n_boot=200)
@@ -228,7 +228,7 @@ def test_transition_figure_overlays_groups_and_tables_them():
 
 
 def test_transition_figure_with_zeros_given_estimates_and_none_found():
-    from twophase_core.transition import estimate_transition
+    from twophase_core.science.transition import estimate_transition
 
     g = _falling_group("zeros", 30.0)
     B = g["values"]["B"]

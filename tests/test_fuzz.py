@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twophase_core import config as C
-from twophase_core.cli import main
-from twophase_core.presets import preset
+from twophase_core.experiments.presets import preset
+from twophase_core.interfaces.cli import main
+from twophase_core.settings import config as C
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]  # capsys is read (so reset) every example
 settings.register_profile("fast", max_examples=150, deadline=2000, suppress_health_check=_QUIET)
@@ -126,7 +126,7 @@ not_plain = st.tuples(st.text(max_size=10), st.one_of(st.just("_"), st.character
 
 @given(setting=st.sampled_from(NUMERIC), text=not_plain)
 def test_a_number_with_a_non_ascii_character_or_underscore_is_a_config_error(setting, text):
-    from twophase_core.settings import parse_text
+    from twophase_core.settings.spec import parse_text
 
     name, spec = setting
     with pytest.raises(C.ConfigError):

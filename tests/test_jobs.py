@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from waiting import gone, wait_for
 
-from twophase_core import config as C
-from twophase_core.experiments import run_experiment
-from twophase_core.jobs import JobManager, JobRecord, save_record
-from twophase_core.presets import preset
-from twophase_core.store import Store
-from twophase_core.train import Run
-from twophase_core.worker import run_job
+from twophase_core.execution.jobs import JobManager, JobRecord, save_record
+from twophase_core.execution.worker import run_job
+from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.presets import preset
+from twophase_core.science.train import Run
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 
 def worker_pids(job_id: str) -> list[int]:
@@ -30,7 +30,7 @@ def worker_pids(job_id: str) -> list[int]:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"twophase_core.worker" in cmd and job_id.encode() in cmd and not gone(int(d.name)):
+        if b"twophase_core.execution.worker" in cmd and job_id.encode() in cmd and not gone(int(d.name)):
             out.append(int(d.name))
     return out
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from twophase_core import config as C
-from twophase_core import lockstep
-from twophase_core.presets import preset
-from twophase_core.store import Store
-from twophase_core.train import Cancelled, CancelToken, Run, TrainingDiverged
+from twophase_core.experiments.presets import preset
+from twophase_core.science import lockstep
+from twophase_core.science.train import Cancelled, CancelToken, Run, TrainingDiverged
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 TINY = preset("tiny", "chaos").train  # synthetic 3x8x8, mlp
 CNN = C.replace(preset("tiny", "chaos"), model="cnn", width=0.25).train  # conv-BN-ReLU

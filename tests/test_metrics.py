@@ -1,4 +1,4 @@
-"""Tests for twophase_core.metrics: exact zeros at eps = 0, agreement with hand-written references."""
+"""Tests for twophase_core.science.metrics: exact zeros at eps = 0, agreement with hand-written references."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twophase_core import metrics
-from twophase_core.metrics import (
+from twophase_core.science import metrics
+from twophase_core.science.metrics import (
     _interpolation_losses_loop,
     _interpolation_losses_stacked,
     barrier_from_path,
@@ -63,7 +63,7 @@ def make_bn_net(seed: int, k: int = 3) -> nn.Module:
 
 def make_cnn1d(seed: int, k: int = 3) -> nn.Module:
     """The demo's architecture (models.cnn: Conv1d-BatchNorm1d-ReLU x3, linear) at width 1/4, stats made non-trivial."""
-    from twophase_core.models import cnn
+    from twophase_core.science.models import cnn
 
     torch.manual_seed(seed)
     net = cnn((1, 12), k, 0.25, 0.0)

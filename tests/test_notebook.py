@@ -30,7 +30,7 @@ def test_importing_the_package_does_not_load_torch():
 
 
 def test_default_store_is_the_same_from_any_folder(tmp_path, monkeypatch):
-    from twophase_core.store import default_root
+    from twophase_core.storage.store import default_root
 
     monkeypatch.delenv("TWOPHASE_CACHE_DIR", raising=False)
     here = default_root()

@@ -1,4 +1,4 @@
-"""Tests for twophase_core.ntk: the eNTK against a per-sample autograd oracle, and the kernel geometry
+"""Tests for twophase_core.science.ntk: the eNTK against a per-sample autograd oracle, and the kernel geometry
 against explicit numpy / scikit-learn computations."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from twophase_core import ntk, ntk_blocks, ntk_geometry, ntk_structured
-from twophase_core.models import ResNet20, cnn, eval_mode
+from twophase_core.science import ntk
+from twophase_core.science.models import ResNet20, cnn, eval_mode
+from twophase_core.science.ntk import blocks as ntk_blocks
+from twophase_core.science.ntk import geometry as ntk_geometry
+from twophase_core.science.ntk import structured as ntk_structured
 
 
 def _mlp(seed: int = 0) -> nn.Module:

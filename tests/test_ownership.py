@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from twophase_core import config as C
-from twophase_core.cli import main
-from twophase_core.experiments import run_chaos, run_cone
-from twophase_core.presets import preset
-from twophase_core.storage import ENV_OPTIONS, ENV_ROOT
-from twophase_core.store import ENV as ENV_CACHE
-from twophase_core.store import Store, StoreError
+from twophase_core.experiments.engine import run_chaos, run_cone
+from twophase_core.experiments.presets import preset
+from twophase_core.interfaces.cli import main
+from twophase_core.settings import config as C
+from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT
+from twophase_core.storage.store import ENV as ENV_CACHE
+from twophase_core.storage.store import Store, StoreError
 
 CHAOS = preset("tiny", "chaos")
 KEY = CHAOS.train.trajectory_key()

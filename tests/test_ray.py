@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 from waiting import free_port, gone, wait_for
 
-from twophase_core import config as C
-from twophase_core import ray_exec
-from twophase_core.presets import preset
-from twophase_core.ray_exec import ENV_ADDRESS, check_address
-from twophase_core.settings import ConfigError
-from twophase_core.store import Store
+from twophase_core.execution import on_ray as ray_exec
+from twophase_core.execution.on_ray import ENV_ADDRESS, check_address
+from twophase_core.experiments.presets import preset
+from twophase_core.settings import config as C
+from twophase_core.settings.spec import ConfigError
+from twophase_core.storage.store import Store
 
 RAY = str(Path(sys.executable).parent / "ray")
 NO_RAY = "ray is not installed (pip install -e '.[ray]'; make test installs it)"
@@ -186,7 +186,7 @@ CHAOS = C.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0,
 
 
 def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
-    from twophase_core.experiments import run_chaos
+    from twophase_core.experiments.engine import run_chaos
 
     local = run_chaos(CHAOS, Store(tmp_path / "local"))
     seen: list[tuple[float, str]] = []
@@ -200,7 +200,7 @@ def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
 
 
 def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
-    from twophase_core.sweep import Sweep, load_results, parse_vary, run_sweep
+    from twophase_core.experiments.sweep import Sweep, load_results, parse_vary, run_sweep
 
     sweep = Sweep(preset("tiny", "chaos"), parse_vary("chaos", ["eps=1e-7,1e-6,1e-5"]))
     res = run_sweep(sweep, Store(tmp_path / "s"), executor="ray")
@@ -243,7 +243,7 @@ def killing_one_running(head: RayHead, task: str) -> Iterator[list[int]]:
 
 def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the worker process of a running row task: Ray retries it, the row resumes from checkpoints."""
-    from twophase_core.experiments import run_chaos
+    from twophase_core.experiments.engine import run_chaos
 
     cfg = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
@@ -255,8 +255,8 @@ def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
 
 
 def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
-    from twophase_core.experiments import run_chaos
-    from twophase_core.train import Cancelled, CancelToken
+    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.science.train import Cancelled, CancelToken
 
     cfg = C.replace(CHAOS, iterations=400, t0=(0, 50, 100, 200), t1=(300, 400), perturb_seeds=(0,))
     store = Store(tmp_path / "c")
@@ -270,7 +270,7 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
 
     with pytest.raises(Cancelled):
         run_chaos(cfg, store, progress=progress, cancel=token, executor="ray")
-    run = __import__("twophase_core.train", fromlist=["Run"]).Run(cfg.train, store)
+    run = __import__("twophase_core.science.train", fromlist=["Run"]).Run(cfg.train, store)
     assert run.store.checkpoints(run.base().key)  # the base run's checkpoints stay
     assert not any("Ray tasks: 2 done" in st for st in seen)
     again = run_chaos(cfg, store, executor="ray")
@@ -279,8 +279,8 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
 
 
 def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_path, capsys):
-    from twophase_core.cli import main
-    from twophase_core.experiments import run_cone
+    from twophase_core.experiments.engine import run_cone
+    from twophase_core.interfaces.cli import main
 
     out = tmp_path / "o.json"
     assert main(["chaos", "--preset", "tiny", "--executor", "ray", "--cache-dir", str(tmp_path / "c"),
@@ -300,8 +300,8 @@ def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_pat
 
 
 def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):
-    from twophase_core.experiments import run_chaos
-    from twophase_core.storage import ENV_ROOT as ENV_STORAGE
+    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.storage.files import ENV_ROOT as ENV_STORAGE
 
     plain = run_chaos(CHAOS, Store(tmp_path / "plain"))
     shared = tmp_path / "shared"
@@ -314,7 +314,7 @@ def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, mon
 
 
 def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_cluster, tmp_path):
-    from twophase_core.jobs import JobManager
+    from twophase_core.execution.jobs import JobManager
 
     env = {**os.environ, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), ENV_ADDRESS: ray_cluster.address}
     r = subprocess.run([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "tiny", "--executor",
@@ -326,7 +326,7 @@ def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_
 
 
 def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path):
-    from twophase_core.experiments import run_linear
+    from twophase_core.experiments.engine import run_linear
 
     cfg = C.replace(preset("tiny", "linear"), switch=(0, 10, 20, 40))
     local = run_linear(cfg, Store(tmp_path / "local"))
@@ -342,7 +342,7 @@ def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path
 def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root):
     """Checkpoints in a bucket, written and read by task processes that see nothing of the driver's disk
     but the bucket: the same bits as a plain local run."""
-    from twophase_core.experiments import run_chaos
+    from twophase_core.experiments.engine import run_chaos
 
     url, _, fs = s3_root
     plain = run_chaos(CHAOS, Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs"))
@@ -357,7 +357,7 @@ def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root)
 def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sweep(ray_cluster, tmp_path):
     """Two base runs (replicates), two points each: a prepare task per base run, the rows of all four
     points as tasks, one assembling task per point; the results are the local sweep's, bit for bit."""
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
     base = C.replace(preset("tiny", "chaos"), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]), replicates=2)
@@ -372,7 +372,7 @@ def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sw
 
 
 def test_linear_and_cone_sweeps_on_ray_match_the_local_ones(ray_cluster, tmp_path):
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
     for kind, vary in (("linear", "bn_stats=recompute,checkpoint"), ("cone", "n_samples=6,8")):
         sweep = Sweep(preset("tiny", kind), parse_vary(kind, [vary]))
@@ -385,8 +385,8 @@ def test_linear_and_cone_sweeps_on_ray_match_the_local_ones(ray_cluster, tmp_pat
 
 
 def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
-    from twophase_core.train import Cancelled, CancelToken
+    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.science.train import Cancelled, CancelToken
 
     base = C.replace(preset("tiny", "chaos"), iterations=1500, t0=(0, 500, 1000), t1=(1200, 1500),
                      perturb_seeds=(0,))
@@ -415,7 +415,7 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
 def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the process of a running unit task (a chaos row of a sweep point): Ray retries it, it resumes
     from the checkpoints in the storage root, and the sweep's results are the local sweep's."""
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
     base = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
@@ -430,7 +430,7 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
 
 def test_a_ray_sweep_moves_its_bar_with_the_tasks_progress(ray_cluster, tmp_path):
     """The bar and ETA move while the base run and the rows train, not only when a point is done."""
-    from twophase_core.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
     base = C.replace(CHAOS, iterations=2000, t0=(0, 1000), t1=(1500, 2000), perturb_seeds=(0,))
     seen: list[tuple[float, str]] = []
@@ -530,7 +530,7 @@ def test_connect_checks_the_address_before_importing_or_reaching_ray(installed, 
 def test_the_cli_with_a_ray_client_address_and_no_client_extra_is_one_line_and_exit_2(installed, tmp_path,
                                                                                        monkeypatch, capsys):
     """The issue's reproduction: TWOPHASE_RAY_ADDRESS=ray://127.0.0.1:1 twophase chaos --executor ray."""
-    from twophase_core.cli import main
+    from twophase_core.interfaces.cli import main
 
     installed("ray")
     monkeypatch.setenv(ENV_ADDRESS, "ray://127.0.0.1:1")

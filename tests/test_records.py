@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from twophase_core import catalog as K
-from twophase_core import config as C
-from twophase_core import record_types as R
-from twophase_core import sweep as S
-from twophase_core.cli import main
-from twophase_core.jobs import JobManager, JobRecord, load_record, update_record
-from twophase_core.presets import preset
-from twophase_core.store import Store
+from twophase_core.execution.jobs import JobManager, JobRecord, load_record, update_record
+from twophase_core.experiments import sweep as S
+from twophase_core.experiments.presets import preset
+from twophase_core.interfaces import catalog as K
+from twophase_core.interfaces.cli import main
+from twophase_core.settings import config as C
+from twophase_core.storage import record_types as R
+from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 NOW = 1_700_000_000.0  # 2023-11-14
@@ -428,7 +428,7 @@ def test_cache_check_names_bad_records_and_repair_moves_them_aside_whole(store, 
 
 
 def test_the_app_path_refuses_a_cuda_job_where_there_is_no_cuda_and_writes_no_record(store, monkeypatch):
-    from twophase_core import placement
+    from twophase_core.execution import placement
 
     monkeypatch.setattr(placement, "cuda_available", lambda: False)
     cfg = C.replace(preset("tiny", "chaos"), device="cuda")

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from waiting import free_port, wait_healthy
 
-from twophase_core.cli import main
-from twophase_core.config import ConfigError
-from twophase_core.data import load_cifar10_data
+from twophase_core.interfaces.cli import main
+from twophase_core.science.data import load_cifar10_data
+from twophase_core.settings.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from twophase_core import config as C
-from twophase_core.presets import preset
-from twophase_core.storage import ENV_OPTIONS, ENV_ROOT, LocalFiles, ObjectFiles, StoreError, open_storage
-from twophase_core.store import Store
+from twophase_core.experiments.presets import preset
+from twophase_core.settings import config as C
+from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT, LocalFiles, ObjectFiles, StoreError, open_storage
+from twophase_core.storage.store import Store
 
 CHAOS = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
 
@@ -67,7 +67,7 @@ def test_storage_urls_open_what_they_name(tmp_path):
 
 
 def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_path, s3_root, capsys):
-    from twophase_core.experiments import run_chaos
+    from twophase_core.experiments.engine import run_chaos
 
     url, _, fs = s3_root
     key = CHAOS.train.trajectory_key()
@@ -85,7 +85,7 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
     report = store.check()
     assert report["ok"] and report["storage"] == url and report["checkpoints"]["verified"] == len(objects)
     assert store.info()["checkpoints"] == len(objects)
-    from twophase_core.cli import main
+    from twophase_core.interfaces.cli import main
 
     assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
@@ -94,7 +94,7 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
 
 
 def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s3_root):
-    from twophase_core.train import Run
+    from twophase_core.science.train import Run
 
     url, _, fs = s3_root
     store = Store(tmp_path / "cache")
@@ -113,7 +113,7 @@ def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s
 
 def test_an_unreachable_object_store_is_an_error_never_a_missing_checkpoint(tmp_path, s3_root):
     """A read that fails for the network is not damage: the checkpoint stays and the error says where."""
-    from twophase_core.train import Run
+    from twophase_core.science.train import Run
 
     store = Store(tmp_path / "cache")
     run = Run(CHAOS.train, store)
@@ -130,7 +130,7 @@ def test_an_unreachable_object_store_is_an_error_never_a_missing_checkpoint(tmp_
 
 
 def test_wrong_storage_settings_are_named_before_any_training(tmp_path, s3_root, monkeypatch):
-    from twophase_core.experiments import run_chaos
+    from twophase_core.experiments.engine import run_chaos
 
     url, opts, fs = s3_root
     monkeypatch.setenv(ENV_ROOT, "s3://no-such-bucket/x")
@@ -153,7 +153,7 @@ def test_wrong_storage_settings_are_named_before_any_training(tmp_path, s3_root,
 
 
 def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
-    from twophase_core.experiments import run_cone, run_linear
+    from twophase_core.experiments.engine import run_cone, run_linear
 
     url, _, fs = s3_root
     lin, cone = preset("tiny", "linear"), preset("tiny", "cone")
@@ -168,8 +168,8 @@ def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
 def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monkeypatch):
     """Kernels are written beside the checkpoints: a second cone on the same checkpoints and samples
     (other views) computes none, and gives what a fresh store computes; a damaged kernel is recomputed."""
-    from twophase_core import ntk
-    from twophase_core.experiments import run_cone
+    from twophase_core.experiments.engine import run_cone
+    from twophase_core.science import ntk
 
     first = preset("tiny", "cone")
     its = sorted(first.checkpoints)
@@ -209,7 +209,7 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
 def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):
     """The free-space check at submit (the app's process) has no disk to check on an object store: it
     must not list the bucket (no network wait in the page, no s3fs needed there)."""
-    from twophase_core.jobs import JobManager
+    from twophase_core.execution.jobs import JobManager
 
     store = Store(tmp_path / "cache")
 
@@ -227,7 +227,7 @@ def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):
 def test_resuming_from_an_object_store_never_retrains_a_stored_checkpoint(tmp_path, s3_root):
     """A second process (another Store, another Run) extends the run from what the bucket holds: the
     SGD steps it takes are only the new ones, and the bits are those of an unbroken run."""
-    from twophase_core.train import Run
+    from twophase_core.science.train import Run
 
     first = Run(CHAOS.train, Store(tmp_path / "a"))
     first.base().ensure([20, 40])

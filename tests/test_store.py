@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from twophase_core import config as C
-from twophase_core.experiments import run_chaos, run_linear
-from twophase_core.jobs import JobManager, JobRecord, save_record
-from twophase_core.presets import preset
-from twophase_core.results import load_result, result_key
-from twophase_core.store import Store, StoreError, StoreFull
-from twophase_core.train import Run
+from twophase_core.execution.jobs import JobManager, JobRecord, save_record
+from twophase_core.experiments.engine import run_chaos, run_linear
+from twophase_core.experiments.presets import preset
+from twophase_core.experiments.result import load_result, result_key
+from twophase_core.science.train import Run
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store, StoreError, StoreFull
 
 TINY = preset("tiny", "chaos").train
 
@@ -361,7 +361,7 @@ def test_full_disk_mid_write_leaves_no_temp_and_names_the_disk(small_disk):
 
 
 def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
-    from twophase_core.worker import run_job
+    from twophase_core.execution.worker import run_job
 
     root = small_disk / "cache"
     store = Store(root)
@@ -398,7 +398,7 @@ def test_submit_refuses_a_job_that_cannot_fit(small_disk):
 def test_file_lock_excludes_other_threads_and_is_reentrant(tmp_path):
     import threading
 
-    from twophase_core.locks import file_lock
+    from twophase_core.storage.locks import file_lock
 
     path, order = tmp_path / "k" / ".lock", []
 
@@ -464,7 +464,7 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
     store.put_blob("result/chaos/x", b"kept")
     stray, young = store.index_dir / "ab" / "cd" / "stray.val", store.index_dir / "ab" / "cd" / "young.val"
     stray.parent.mkdir(parents=True, exist_ok=True)
-    from twophase_core.records import frame_record, sha_hex
+    from twophase_core.storage.records import frame_record, sha_hex
 
     blob = b"a value whose row was never written (writer killed)"
     stray.write_bytes(frame_record("result/chaos/y", sha_hex(blob), blob))
@@ -484,9 +484,9 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
 def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_path, monkeypatch):
     """TWOPHASE_STORAGE_ROOT=file:///elsewhere: checkpoints go there (a shared filesystem for workers on
     other machines), the index stays in the store, and the result is the same bits."""
-    from twophase_core.experiments import run_chaos
-    from twophase_core.presets import preset
-    from twophase_core.storage import ENV_ROOT as ENV_STORAGE
+    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.experiments.presets import preset
+    from twophase_core.storage.files import ENV_ROOT as ENV_STORAGE
 
     cfg = preset("tiny", "chaos")
     plain = run_chaos(cfg, Store(tmp_path / "plain"))

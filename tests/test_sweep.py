@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from twophase_core import config as C
-from twophase_core.cli import main
-from twophase_core.presets import preset
-from twophase_core.sweep import MAX_POINTS, Sweep, expand, parse_vary, run_sweep
+from twophase_core.experiments.presets import preset
+from twophase_core.experiments.sweep import MAX_POINTS, Sweep, expand, parse_vary, run_sweep
+from twophase_core.interfaces.cli import main
+from twophase_core.settings import config as C
 
 
 def _sweep(kind="chaos", vary=(), **kw):

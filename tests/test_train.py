@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from twophase_core import config as C
-from twophase_core.data import BatchSchedule, crop_flip, get_dataset
-from twophase_core.store import Store
-from twophase_core.train import Run, TrainingDiverged
+from twophase_core.science.data import BatchSchedule, crop_flip, get_dataset
+from twophase_core.science.train import Run, TrainingDiverged
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 T = C.TrainConfig(dataset="synthetic", model="cnn", width=0.25, lr=0.05, batch_size=32, iterations=40,
                   augment=True)
@@ -141,7 +141,7 @@ def test_cifar10_loader_reads_a_local_folder(tmp_path):
         pickle.dump(batch(6), f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"c"] * 10, b"num_cases_per_batch": 4, b"num_vis": 3072}, f)
-    from twophase_core.data import load_cifar10_data
+    from twophase_core.science.data import load_cifar10_data
 
     ds = load_cifar10_data(str(tmp_path), download=False)
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (6, 3, 32, 32)
@@ -159,7 +159,7 @@ def test_cifar10_missing_folder_says_what_to_do(tmp_path):
 
 
 def test_training_waits_for_the_process_holding_the_trajectory_and_a_cancel_ends_the_wait(store, lock_holder):
-    from twophase_core.train import Cancelled, CancelToken
+    from twophase_core.science.train import Cancelled, CancelToken
 
     run = Run(T, store)
     holder = lock_holder(store.root / "runs" / run.key / ".lock")

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from twophase_core import transition as T
+from twophase_core.science import transition as T
 
 T0 = np.array([0, 5, 10, 20, 40, 80, 160, 320])
 U = np.log1p(T0)

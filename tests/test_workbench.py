@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from twophase_core import catalog as K
-from twophase_core import compare_figures as CF
-from twophase_core import config as C
-from twophase_core import figures as F
-from twophase_core.cli import command_for, preset_differences
-from twophase_core.experiments import run_experiment
-from twophase_core.jobs import JobManager
-from twophase_core.presets import preset
-from twophase_core.results import load_result
-from twophase_core.store import Store
+from twophase_core.execution.jobs import JobManager
+from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.presets import preset
+from twophase_core.experiments.result import load_result
+from twophase_core.interfaces import catalog as K
+from twophase_core.interfaces import compare as CF
+from twophase_core.interfaces import figures as F
+from twophase_core.interfaces.cli import command_for, preset_differences
+from twophase_core.settings import config as C
+from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60

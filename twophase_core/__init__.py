@@ -22,12 +22,13 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run_chaos": "experiments", "run_cone": "experiments", "run_linear": "experiments",
-    "run_experiment": "experiments",
-    "ChaosConfig": "config", "ConeConfig": "config", "LinearConfig": "config", "TrainConfig": "config",
-    "ConfigError": "config", "replace": "config", "validate": "config", "config_hash": "config",
-    "preset": "presets", "PRESETS": "presets",
-    "Store": "store", "Result": "results", "load_result": "results",
+    "run_chaos": "experiments.engine", "run_cone": "experiments.engine", "run_linear": "experiments.engine",
+    "run_experiment": "experiments.engine",
+    "ChaosConfig": "settings.config", "ConeConfig": "settings.config", "LinearConfig": "settings.config",
+    "TrainConfig": "settings.config", "ConfigError": "settings.config", "replace": "settings.config",
+    "validate": "settings.config", "config_hash": "settings.config",
+    "preset": "experiments.presets", "PRESETS": "experiments.presets",
+    "Store": "storage.store", "Result": "experiments.result", "load_result": "experiments.result",
 }
 __all__ = sorted(_EXPORTS)
 

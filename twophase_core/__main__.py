@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from twophase_core.interfaces.cli import main
 
 sys.exit(main())

@@ -1,0 +1,332 @@
+"""Ray as an executor: the same units of work as the local runner, spread over a cluster.
+
+A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one task
+per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own control
+or against the base run, and the row's metrics). A cone experiment is its base run and one task per
+checkpoint kernel (written beside the checkpoints; the Gram matrix and the projections follow on the
+driver). A linear run is its
+base run and one task per switch time. A sweep is one graph of all of these across its points: a
+prepare task per base run (trained once, at every checkpoint its points read), the units of every
+point once their base run is there, and a task per point that assembles its result (`run_points`).
+
+Tasks read and write checkpoints in the driver's storage root (`storage.py`): the store's own folder
+on one machine; a shared filesystem or an object store (s3://, through fsspec) across machines. Each
+task opens a throwaway index of its own; it returns arrays, and only the driver writes results into
+the store's index. The driver is the process that calls these functions (the CLI, or a job's
+worker), never the Streamlit server.
+
+Where to run: `TWOPHASE_RAY_ADDRESS` (empty: start a local Ray for this process; `auto`: join the
+cluster on this machine; `host:port`: a head's GCS address; `ray://host:port`: Ray Client). An address
+that cannot work is one line (`check_address`, offline, before anything is written; `connect`, when no
+cluster answers there), never a traceback or Ray's minutes of retries. On CPU, results are bit for bit
+those of the local executor (tests check chaos, cone and linear): the same functions, one torch thread
+per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from twophase_core.settings.spec import ConfigError, Spec, from_env
+
+ENV_ADDRESS = "TWOPHASE_RAY_ADDRESS"
+ENV_GPUS = "TWOPHASE_RAY_GPUS"  # GPUs per task (fractions share a GPU), used when the config trains on cuda
+GPUS_SPEC = Spec("float", "GPUs per task", lo=0, lo_open=True, hi=64)
+POLL_S = 0.5  # how often a waiting driver looks at its cancel token
+PROBE_S = 5.0  # how long connect() waits for a TCP answer at host:port before calling the address unreachable
+# Ray's own budget for reaching a GCS that accepts connections but does not answer (node.py reads it at each
+# ray.init): one attempt, about 40 s with Ray's fixed 30 s per attempt, instead of its default 20 (about 14 min)
+GCS_ATTEMPTS = "1"
+_ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+                      r":(?P<port>[0-9]{1,5})", re.ASCII)
+_ADDRESS_HELP = ("give the head's GCS address host:port (ray start --head prints it), ray://host:port for Ray Client, "
+                 "'auto' to join the cluster on this machine, or leave it empty to start a local Ray")
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (cheap)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def _address(address: str | None) -> str:
+    return (address if address is not None else os.environ.get(ENV_ADDRESS, "")).strip()
+
+
+def check_address(address: str | None = None) -> None:
+    """Raise a one-line ConfigError if `address` (None: $TWOPHASE_RAY_ADDRESS) cannot work: malformed, Ray
+    missing, or a ray:// address without Ray Client's extra. It connects to nothing, so callers run it
+    before anything is written."""
+    value = _address(address)
+    m = _ADDRESS.fullmatch(value)
+    if value not in ("", "auto", "local") and not (m and 1 <= int(m["port"]) <= 65535):
+        raise ConfigError(ENV_ADDRESS, value, _ADDRESS_HELP)
+    if not _installed("ray"):
+        raise ConfigError(ENV_ADDRESS, value, "--executor ray needs Ray, which is not installed: "
+                                              "pip install 'twophase[ray]'")
+    if m and m["client"] and not _installed("grpc"):
+        raise ConfigError(ENV_ADDRESS, value, "a ray:// address needs Ray Client, which is not installed: "
+                                              "pip install 'ray[client]', or give the head's GCS address host:port")
+
+
+def _probe(address: str) -> None:
+    """A one-line ConfigError unless something accepts a TCP connection at `address` (host:port or
+    ray://host:port) within PROBE_S: Ray itself would retry a dead address for minutes."""
+    m = _ADDRESS.fullmatch(address)
+    if m is None:  # '', 'auto', 'local': Ray finds (or starts) the cluster itself
+        return
+    try:
+        socket.create_connection((m["host"].strip("[]"), int(m["port"])), timeout=PROBE_S).close()
+    except OSError as e:
+        raise ConfigError(ENV_ADDRESS, address, f"no Ray cluster answers there ({e.strerror or e}): start one "
+                                                "(ray start --head) or give the address it printed") from None
+
+
+@contextlib.contextmanager
+def _bounded_gcs_wait() -> Iterator[None]:
+    """Ray's GCS connection attempts bounded to GCS_ATTEMPTS while ray.init runs, unless the user set
+    RAY_gcs_server_port_wait_time_s; restored after."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = GCS_ATTEMPTS
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def connect(address: str | None = None) -> Any:
+    """The `ray` module, connected (once per process) to `address` or $TWOPHASE_RAY_ADDRESS. An address that
+    cannot work or where no cluster answers is a one-line ConfigError, in bounded time."""
+    addr = _address(address)
+    check_address(addr)
+    import ray
+
+    if not ray.is_initialized():
+        pkg_parent = str(Path(__file__).resolve().parents[2])
+        env = {"PYTHONPATH": pkg_parent, "TWOPHASE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        joining = addr not in ("", "local")
+        if joining:
+            _probe(addr)
+        try:
+            with _bounded_gcs_wait() if joining else contextlib.nullcontext():
+                ray.init(address=addr or None, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True, runtime_env={"env_vars": env}, configure_logging=False)
+        except ConnectionError as e:  # Ray's first sentence only: the rest speaks of its own flags
+            why = (str(e) or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(".")
+            raise ConfigError(ENV_ADDRESS, addr, f"no Ray cluster could be joined ({why}): {_ADDRESS_HELP}") from None
+    return ray
+
+
+def _resources(cfg: Any) -> dict[str, float]:
+    gpus = float(from_env(ENV_GPUS, GPUS_SPEC, 1.0)) if cfg.train.device == "cuda" else 0.0
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+class _Board:
+    """A tiny actor the tasks tell their progress to (units done so far, per task): the driver reads the
+    sum about once a second, so the job's bar and ETA move while rows train on other machines."""
+
+    def __init__(self) -> None:
+        self.units: dict[Any, float] = {}
+
+    def report(self, key: Any, units: float) -> None:
+        self.units[key] = max(units, self.units.get(key, 0.0))  # a retried task starts again from 0
+
+    def total(self) -> float:
+        return sum(self.units.values())
+
+
+def _reporting(board: Any, key: Any, work: Any) -> Any:
+    """Run `work(report)` in a task, telling the board its units under `key`; the final count is on the
+    board before the driver sees the result."""
+    import ray
+
+    last: list[Any] = []
+
+    def report(units: float) -> None:
+        last[:] = [board.report.remote(key, units)]
+
+    out = work(report if board is not None else None)
+    if last:
+        ray.get(last[0])
+    return out
+
+
+def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
+                  files: Any, board: Any = None, key: str = "") -> dict[str, dict[str, Any]]:
+    """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
+    each point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
+    from twophase_core.experiments.engine import PLANS, Units
+    from twophase_core.science.train import Run, configure_threads
+    from twophase_core.settings import config as C
+    from twophase_core.storage.store import task_store
+
+    def prepare(report: Any) -> dict[str, dict[str, Any]]:
+        configure_threads()
+        steps = Units(report)
+        with task_store(files) as store:
+            run = Run(C.from_dict(C.TrainConfig, train_dict), store)
+            run.base().ensure(needed, steps.add)
+            plans = {}
+            for kind, d in points:
+                cfg = C.from_dict(C.KINDS[kind], d)
+                plans[C.config_hash(cfg)] = PLANS[kind](run, cfg)
+        if report is not None:
+            report(steps.done)
+        return plans
+
+    return _reporting(board, ("base", key), prepare)
+
+
+def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str,
+               board: Any = None) -> Any:
+    """One unit of an experiment (a chaos row, a cone kernel's file name, a linear switch accuracy), with
+    the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
+    sweep); its progress goes to the board."""
+    from twophase_core.experiments.engine import chaos_row_from_store, cone_kernel_from_store, linear_switch_from_store
+
+    plan = plans[h]
+
+    def unit(report: Any) -> Any:
+        if kind == "chaos":
+            return chaos_row_from_store(cfg_dict, key, plan["how"], files, report)
+        if kind == "cone":
+            return cone_kernel_from_store(cfg_dict, key, plan["subset"], plan["method"], files, report)
+        return linear_switch_from_store(cfg_dict, key, files, report)
+
+    return _reporting(board, (h, key), unit)
+
+
+def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plans: dict[str, Any], h: str, keys: list[int],
+                   *results: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """A sweep point's result from its units (given as arguments: Ray starts this when they are all
+    done); it travels back as arrays and metadata and the driver stores it."""
+    from twophase_core.experiments.engine import compute_experiment
+    from twophase_core.science.train import configure_threads
+    from twophase_core.settings import config as C
+    from twophase_core.storage.store import task_store
+
+    configure_threads()
+    with task_store(files) as store:
+        r = compute_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store, executor="ray", plan=plans[h],
+                               units=dict(zip(keys, results, strict=True)))
+    return r.arrays, r.hash, {**r.meta, "config": r.config}
+
+
+def unit_keys(cfg: Any) -> list[int]:
+    """The units of one experiment: chaos t0, cone checkpoints, linear switch times."""
+    from twophase_core.settings import config as C
+
+    kind = C.kind_of(cfg)
+    return sorted(cfg.t0 if kind == "chaos" else cfg.checkpoints if kind == "cone" else cfg.switch)
+
+
+def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None,
+            upstream: Sequence[Any] = ()) -> Iterator[tuple[int, Any]]:
+    """(index in `refs`, result) as tasks finish, `poll()` between waits; on cancel, every task still
+    running (and every `upstream` task they wait on) is stopped and Cancelled raised."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+        if poll is not None:
+            poll()
+        for ref in done:
+            yield index[ref], ray.get(ref)
+        if cancel is not None and cancel.is_set():
+            for ref in [*pending, *upstream]:
+                ray.cancel(ref, force=True)
+            cancel.check()
+
+
+def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
+    """A progress board for tasks to report to (None without `on_units`), and `poll()`, which passes what
+    they added since the last poll to `on_units`."""
+    board = ray.remote(num_cpus=0)(_Board).remote() if on_units is not None else None
+    told = [0.0]
+
+    def poll() -> None:
+        if board is not None:
+            total = ray.get(board.total.remote())
+            if total > told[0]:
+                on_units(total - told[0])
+                told[0] = total
+
+    return board, poll
+
+
+def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
+                 on_units: Any = None) -> Iterator[tuple[int, Any]]:
+    """(key, result) of every unit of one experiment (`unit_keys`: chaos rows by t0, cone kernel file
+    names by checkpoint, linear accuracies by switch time), one task each, as they finish; all share
+    `plan` (`experiments.PLANS`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
+    from twophase_core.settings import config as C
+
+    ray = connect()
+    board, poll = _board(ray, on_units)
+    kind, h, keys = C.kind_of(cfg), C.config_hash(cfg), unit_keys(cfg)
+    task = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
+    refs = [task.remote(kind, C.to_dict(cfg), k, files, {h: plan}, h, board) for k in keys]
+    for i, got in _gather(ray, refs, cancel, poll):
+        poll()
+        yield keys[i], got
+
+
+def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units: Any = None) -> Iterator[Any]:
+    """Results of whole experiments (sweep points) as their tasks finish, every point split into its units.
+
+    One graph of tasks, no task waiting on another inside it: per base run (trajectory key), a prepare
+    task trains it at every checkpoint its points read and makes each point's plan; per point, one
+    task per unit (chaos row, cone kernel, linear switch time) starts when that is done; then one task
+    assembles the point's result from its units. So a base run is trained once whatever the storage
+    (a Ray dependency, not a lock: it holds across machines and object stores), units of all points
+    spread over the cluster together, and nothing holds a CPU or GPU while it waits. `on_units(n)` hears
+    the tasks' progress (SGD steps and their equivalents, `experiments.units_of`) as it grows."""
+    from twophase_core.experiments.result import Result
+    from twophase_core.settings import config as C
+
+    ray = connect()
+    board, poll = _board(ray, on_units)
+    finals, upstream = [], []
+    for members in C.by_base_run(configs).values():
+        needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
+        points = [(C.kind_of(c), C.to_dict(c)) for c in members]
+        prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
+            C.to_dict(members[0].train), needed, points, files, board, members[0].train.trajectory_key())
+        upstream.append(prep)
+        for cfg in members:
+            kind, d, h, keys = C.kind_of(cfg), C.to_dict(cfg), C.config_hash(cfg), unit_keys(cfg)
+            unit = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
+            units = [unit.remote(kind, d, k, files, prep, h, board) for k in keys]
+            upstream.extend(units)
+            finals.append(ray.remote(max_retries=3, **_resources(cfg))(_assemble_task).remote(
+                kind, d, files, prep, h, keys, *units))
+    for _, (arrays, h, meta) in _gather(ray, finals, cancel, poll, upstream=upstream):
+        poll()
+        config = meta.pop("config")
+        yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
+
+
+def trivial_overhead(n: int = 50) -> float:
+    """Seconds per trivial task through this module's path (submit, schedule, return): the bench's
+    `ray_overhead_seconds`."""
+    ray = connect()
+    noop = ray.remote(num_cpus=1)(_noop)
+    ray.get(noop.remote(0))  # warm: a worker process exists
+    t = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(n)])
+    return (time.perf_counter() - t) / n
+
+
+def _noop(i: int) -> int:
+    return i

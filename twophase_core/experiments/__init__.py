@@ -1,0 +1,1 @@
+"""The experiments: each kind's config, units, plan and result, presets and sweeps."""

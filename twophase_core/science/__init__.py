@@ -1,0 +1,1 @@
+"""The science: data, models, training with branches, metrics, the eNTK, the transition."""

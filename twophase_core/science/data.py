@@ -1,0 +1,353 @@
+"""Datasets (a registry) and the SGD noise schedule.
+
+Every dataset is held in memory as float32 tensors. The batch schedule is a pure function of
+(data seed, iteration): minibatch indices, crop offsets, flips and the dropout seed at step t
+never depend on what ran before, so a copy resumed or branched at t sees the identical batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from twophase_core.settings.config import ConfigError, TrainConfig
+from twophase_core.settings.spec import shown
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # (N, C, ...) float32, normalised
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    image: bool  # 2-D images: crop/flip augmentation applies
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device) -> Dataset:
+        """Move every split to `device` once, so training and evaluation never copy again."""
+        if self.x_train.device == device:
+            return self
+        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                       self.y_test.to(device), self.num_classes, self.image)
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std of the training split, applied to both splits."""
+    axes = (0,) + tuple(range(2, x_train.ndim))
+    mean = x_train.mean(axis=axes, keepdims=True)
+    std = x_train.std(axis=axes, keepdims=True) + 1e-8
+    f = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))
+    return f(x_train), f(x_test)
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int = 0):
+    perm = np.random.default_rng(seed).permutation(len(x))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def load_digits_data(root: str = "", download: bool = False) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, shipped inside scikit-learn): 1437 train / 360 test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float64)[:, None] / 16.0
+    xtr, ytr, xte, yte = _split(x, d.target, 360)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("digits", xtr_t, torch.from_numpy(ytr).long(), xte_t, torch.from_numpy(yte).long(), 10, True)
+
+
+def load_mnist1d_data(root: str = "", download: bool = False) -> Dataset:
+    """MNIST-1D generated offline with the mnist1d package's make_dataset (4000 train / 1000 test).
+
+    The templates ship inside the package; nothing is downloaded. Generation takes seconds, so
+    the arrays are kept in the result store's data/ folder (regenerated if unreadable).
+    """
+    from twophase_core.storage.store import default_root
+
+    path = default_root() / "data" / "mnist1d-default.npz"
+    try:
+        with np.load(path) as z:
+            d = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError):
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
+        os.replace(tmp, path)
+    xtr, xte = d["x"][:, None].astype(np.float64), d["x_test"][:, None].astype(np.float64)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("mnist1d", xtr_t, torch.from_numpy(np.asarray(d["y"])).long(), xte_t,
+                   torch.from_numpy(np.asarray(d["y_test"])).long(), 10, False)
+
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class CifarBatchError(ValueError):
+    """A file of cifar-10-batches-py that is not a CIFAR-10 batch: one line naming it, why, and what to do."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is not a CIFAR-10 batch ({why}); replace it with the original file")
+
+
+class _ForeignGlobal(pickle.UnpicklingError):
+    """The pickle asks for a global the CIFAR-10 format never holds (a planted payload, or not a batch)."""
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as pickle protocol 2 uses it to write bytes from python 3; no other codec is run."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _ForeignGlobal(f"it asks for _codecs.encode with {shown(encoding)}, which the format never holds")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """`bytes()`, as pickle protocol 2 writes b'' from python 3; never `bytes(n)`, which could ask for any size."""
+    if args:
+        raise _ForeignGlobal("it asks for bytes with arguments, which the format never holds")
+    return b""
+
+
+def _numpy_core(module: str) -> ModuleType:
+    """numpy's `_core.<module>` (numpy 2), else `core.<module>` (numpy 1.x): never the deprecated alias of 2."""
+    try:
+        return importlib.import_module(f"numpy._core.{module}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{module}")
+
+
+@functools.cache
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """Every global a CIFAR-10 batch may ask for, under the names numpy 1.x (the real files, from python 2)
+    and numpy 2 write, and what each resolves to: numpy arrays, their dtypes and scalars, and bytes."""
+    multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes,
+        ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
+    for core in ("numpy.core", "numpy._core"):
+        table[f"{core}.multiarray", "_reconstruct"] = multiarray._reconstruct
+        table[f"{core}.multiarray", "scalar"] = multiarray.scalar
+        table[f"{core}.numeric", "_frombuffer"] = numeric._frombuffer  # numpy's own pickles at protocol 5
+    return table
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR-10 python format holds (dicts, lists, str, bytes, int, numpy arrays):
+    every other global, os.system or any class a planted pickle names, is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _cifar_globals().get((module, name))
+        if found is None:
+            raise _ForeignGlobal(f"it asks for {shown(f'{module}.{name}')}, which the format never holds")
+        return found
+
+
+def _is_label(y: object) -> bool:
+    return isinstance(y, int | np.integer) and not isinstance(y, bool) and 0 <= y < 10
+
+
+def _checked_batch(path: Path, d: object) -> tuple[np.ndarray, list[int]]:
+    """(images (N, 3, 32, 32) uint8, labels) of an unpickled batch, after checking it has CIFAR-10's shape."""
+    if not isinstance(d, dict):
+        raise CifarBatchError(path, f"it holds a {type(d).__name__}, not a dict")
+    data, labels = (d.get(k, d.get(k.encode())) for k in ("data", "labels"))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise CifarBatchError(path, "its data is not a uint8 array of rows of 3072 pixels")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(_is_label(y) for y in labels)):
+        raise CifarBatchError(path, f"its labels are not a list of {len(data)} whole numbers in 0..9")
+    return data.reshape(-1, 3, 32, 32), [int(y) for y in labels]
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One batch of the cifar-10-batches-py layout (python-2 pickles: latin1), read with the restricted
+    unpickler and checked: a planted pickle's payload never runs, and is named instead."""
+    with open(path, "rb") as f:
+        try:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+        except _ForeignGlobal as e:
+            raise CifarBatchError(path, str(e)) from None
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways; each is one line here
+            raise CifarBatchError(path, "it does not unpickle: " + " ".join(f"{type(e).__name__}: {e}".split())[:200]
+                                  ) from None
+    return _checked_batch(path, d)
+
+
+def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
+    """CIFAR-10 from `root`/cifar-10-batches-py (torchvision layout), downloaded only on request."""
+    root = root or os.environ.get("TWOPHASE_CIFAR_ROOT", "") or str(Path.home() / "data")
+    folder = Path(root) / "cifar-10-batches-py"
+    if not folder.is_dir():
+        if not download:
+            raise ConfigError("data_root", root, f"no CIFAR-10 at {folder}: point data_root at the folder holding "
+                              "cifar-10-batches-py, or set download=True (needs internet)")
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(root, train=True, download=True)
+    try:
+        parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+        xte, yte = _read_cifar_batch(folder / "test_batch")
+    except CifarBatchError as e:
+        raise ConfigError("data_root", root, str(e)) from None
+    except OSError as e:
+        raise ConfigError("data_root", root, f"CIFAR-10 at {folder} is unreadable ({e}); remove it and "
+                          "download again") from e
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = [y for p in parts for y in p[1]]
+    mean = np.array(CIFAR_MEAN).reshape(1, 3, 1, 1)
+    std = np.array(CIFAR_STD).reshape(1, 3, 1, 1)
+    f = lambda a: torch.from_numpy(((a / 255.0 - mean) / std).astype(np.float32))
+    return Dataset("cifar10", f(xtr), torch.tensor(ytr).long(), f(xte), torch.tensor(yte).long(), 10, True)
+
+
+def load_synthetic_data(root: str = "", download: bool = False) -> Dataset:
+    """Tiny 3x8x8 Gaussian-cluster images, 4 classes (256 train / 128 test): for tests only."""
+    rng = np.random.default_rng(1234)
+    centres = rng.normal(size=(4, 3, 8, 8))
+    def draw(n):
+        y = np.arange(n) % 4
+        return centres[y] + 1.5 * rng.normal(size=(n, 3, 8, 8)), y
+    xtr, ytr = draw(256)
+    xte, yte = draw(128)
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("synthetic", xtr_t, torch.from_numpy(ytr).long(), xte_t, torch.from_numpy(yte).long(), 4, True)
+
+
+REGISTRY: dict[str, Callable[..., Dataset]] = {
+    "digits": load_digits_data,
+    "mnist1d": load_mnist1d_data,
+    "cifar10": load_cifar10_data,
+    "synthetic": load_synthetic_data,
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str, download: bool) -> Dataset:
+    return REGISTRY[name](root, download)
+
+
+def clear_cache() -> None:
+    """Forget the datasets loaded in this process (a cold-start measurement loads them again)."""
+    _load_cached.cache_clear()
+
+
+def get_dataset(cfg: TrainConfig) -> Dataset:
+    """The dataset of a training config (loaded once per process), cut to train_size if set."""
+    if cfg.dataset not in REGISTRY:
+        raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(REGISTRY)}")
+    ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download)
+    if cfg.train_size:
+        if cfg.train_size > len(ds.x_train):
+            raise ConfigError("train_size", cfg.train_size, f"{cfg.dataset} has {len(ds.x_train)} training points")
+        ds = Dataset(ds.name, ds.x_train[: cfg.train_size], ds.y_train[: cfg.train_size], ds.x_test, ds.y_test,
+                     ds.num_classes, ds.image)
+    if cfg.batch_size > len(ds.x_train):
+        raise ConfigError("batch_size", cfg.batch_size, f"must be <= the {len(ds.x_train)} training points")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD noise
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything random about SGD iteration t."""
+
+    indices: np.ndarray  # (B,) training indices
+    shifts: np.ndarray | None  # (B, 2) crop offsets in [0, 2*pad], or None without augmentation
+    flips: np.ndarray | None  # (B,) bool
+    dropout_seed: int
+
+
+class BatchSchedule:
+    """SGD noise as a pure function of (data seed, iteration).
+
+    Epoch e is a permutation drawn from SeedSequence([data_seed, e]); the batch at t is slice
+    t mod (N // B) of it (the last partial batch is dropped, so every step has B points).
+    """
+
+    PAD = 4
+
+    def __init__(self, n_train: int, batch_size: int, data_seed: int, augment: bool):
+        self.n = n_train
+        self.b = batch_size
+        self.seed = data_seed
+        self.augment = augment
+        self.steps_per_epoch = max(1, n_train // batch_size)
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one schedule per run; the cache dies with it
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 0]).permutation(self.n)
+
+    def plan(self, t: int) -> BatchPlan:
+        e, k = divmod(t, self.steps_per_epoch)
+        idx = self._perm(e)[k * self.b:(k + 1) * self.b]
+        rng = np.random.default_rng([self.seed, t, 1])
+        shifts = flips = None
+        if self.augment:
+            shifts = rng.integers(0, 2 * self.PAD + 1, size=(self.b, 2))
+            flips = rng.random(self.b) < 0.5
+        dropout_seed = int(rng.integers(0, 2**62))
+        return BatchPlan(idx, shifts, flips, dropout_seed)
+
+    def batch(self, ds: Dataset, t: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(x, y, dropout seed) of iteration t, on the dataset's device."""
+        p = self.plan(t)
+        idx = torch.from_numpy(p.indices).to(ds.x_train.device)
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        if p.shifts is not None:
+            x = crop_flip(x, p.shifts, p.flips, self.PAD)
+        return x, y, p.dropout_seed
+
+
+def crop_flip(x: torch.Tensor, shifts: np.ndarray, flips: np.ndarray, pad: int) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and horizontal flip, vectorised over the batch."""
+    b, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    sh = torch.from_numpy(shifts).to(dev)
+    rows = sh[:, 0:1] + torch.arange(h, device=dev)  # (B, H)
+    cols = sh[:, 1:2] + torch.arange(w, device=dev)  # (B, W)
+    fl = torch.from_numpy(flips).to(dev)
+    cols = torch.where(fl[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n indices with classes as balanced as possible (round-robin over shuffled classes)."""
+    rng = np.random.default_rng([seed, 2])
+    yn = y.cpu().numpy()
+    pools = [rng.permutation(np.flatnonzero(yn == c)).tolist() for c in np.unique(yn)]
+    out: list[int] = []
+    while len(out) < n:
+        progressed = False
+        for p in pools:
+            if p and len(out) < n:
+                out.append(p.pop())
+                progressed = True
+        if not progressed:
+            raise ConfigError("n_samples", n, f"the training set has only {len(yn)} points")
+    return torch.tensor(sorted(out), dtype=torch.long)

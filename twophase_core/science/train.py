@@ -1,0 +1,363 @@
+"""Training with branches: the base run, perturbed branches, checkpoints and resumption.
+
+A trajectory is a key, a start iteration and the state at that start. The base run starts at 0
+from theta_0; a branch starts at t0 from the base checkpoint plus eps. Both advance with the same
+`Run.step`, so a branch with eps = 0 reproduces the base run bit for bit: that is what lets the
+base run serve as the unperturbed control (docs/science.md: same code path). Checkpoint t is the
+state after t SGD steps; step t uses batch t of the schedule and lr_at(t).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from twophase_core.science.data import BatchSchedule, Dataset, get_dataset
+from twophase_core.science.models import build_model, trainable
+from twophase_core.science.perturb import perturb_, perturbation_seed
+from twophase_core.settings import config as C
+from twophase_core.settings.spec import Spec, from_env
+from twophase_core.storage.store import Store, StoreError
+
+StepCallback = Callable[[int], None]  # called with the number of SGD steps just done
+
+
+class Cancelled(Exception):
+    """The caller asked the computation to stop; finished checkpoints stay usable."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; checkpoints before it stay, no result is stored."""
+
+    def __init__(self, iteration: int, lr: float):
+        self.iteration = iteration
+        super().__init__(
+            f"training loss became non-finite at iteration {iteration} (lr={lr:g}): the learning rate is "
+            "probably too high for this model; lower lr (or add lr_milestones) and run again"
+        )
+
+
+class CancelToken:
+    """A flag the engine polls between steps; `poll` lets a worker read it from elsewhere."""
+
+    def __init__(self, poll: Callable[[], bool] | None = None, every_s: float = 0.5):
+        self._set = False
+        self._poll = poll
+        self._every = every_s
+        self._last = 0.0
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        if not self._set and self._poll is not None and time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            self._set = bool(self._poll())
+        return self._set
+
+    def check(self) -> None:
+        if self.is_set():
+            raise Cancelled("cancelled")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise C.ConfigError("device", name, "no CUDA device is visible here; use device=cpu")
+    return torch.device(name)
+
+
+def configure_determinism(device: torch.device) -> None:
+    """Bitwise-reproducible kernels on CUDA: eps = 0 must give exactly 0 (docs/science.md).
+
+    On the CPU every op the engine uses is already deterministic on a fixed thread count (the
+    eps = 0 and resume tests check it bit for bit), and torch.use_deterministic_algorithms costs
+    seconds of imports per process, so it is only switched on for CUDA.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+ENV_THREADS = "TWOPHASE_THREADS"
+THREADS_SPEC = Spec("int", "CPU threads for torch", lo=1, hi=1024)
+
+
+def configure_threads() -> int:
+    """CPU threads for torch: TWOPHASE_THREADS, default 1.
+
+    Measured on 2 shared cores: the demo's small models step faster on one thread, and two threads
+    under any competing load (a second job, the app server) slow a step by 10x or more.
+    """
+    n = int(from_env(ENV_THREADS, THREADS_SPEC, 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def lr_at(cfg: C.TrainConfig, t: int) -> float:
+    """Step schedule on absolute iterations, so the trajectory to t never depends on T."""
+    return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if t >= m)
+
+
+@dataclass
+class State:
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    t: int
+
+
+class Run:
+    """Everything a training config needs in one process: data on the device, schedule, builders."""
+
+    def __init__(self, cfg: C.TrainConfig, store: Store | None = None):
+        C.validate_train(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        configure_determinism(self.device)
+        self.ds: Dataset = get_dataset(cfg).to(self.device)
+        self.schedule = BatchSchedule(len(self.ds.x_train), cfg.batch_size, cfg.data_seed, cfg.augment)
+        self.store = store if store is not None else Store()
+        self.key = cfg.trajectory_key()
+        self.steps_done = 0  # SGD steps this object ran (tests count them)
+        # (iteration, training loss) of every step this object ran, per trajectory key: the live curve
+        self.losses: dict[str, list[tuple[int, float]]] = {}
+        # called as on_save(key, t, model) after each checkpoint is written (live test accuracy)
+        self.on_save: Callable[[str, int, nn.Module], None] | None = None
+        self.check_every = 1 if self.device.type == "cpu" else 25
+        # Dropout draws from the device's default generator; seeding only that one is ~100x cheaper
+        # than torch.manual_seed, which also walks every lazy accelerator backend on each call.
+        self.generator = (torch.default_generator if self.device.type == "cpu"
+                          else torch.cuda.default_generators[self.device.index or 0])
+
+    # -- building blocks --------------------------------------------------------------------
+    def new_model(self) -> nn.Module:
+        return build_model(self.cfg, self.ds.input_shape, self.ds.num_classes, self.device)
+
+    def new_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(trainable(model), lr=self.cfg.lr, momentum=self.cfg.momentum,
+                               weight_decay=self.cfg.weight_decay)
+
+    def step(self, model: nn.Module, opt: torch.optim.Optimizer, t: int) -> torch.Tensor:
+        """SGD step t: batch t, lr_at(t), dropout masks seeded by the schedule."""
+        x, y, dropout_seed = self.schedule.batch(self.ds, t)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(self.cfg, t)
+        self.generator.manual_seed(dropout_seed)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        self.steps_done += 1
+        return loss.detach()
+
+    def pack(self, s: State, loss: float | None, losses: list[tuple[int, float]] | None = None) -> dict[str, Any]:
+        """A checkpoint. `losses`: (iteration, training loss) of the steps trained since the state this
+        run started from or last saved, so the base run's whole loss curve can be read back from its
+        checkpoints, whichever process trained which part (results stay a function of the config)."""
+        ckpt = {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "iteration": s.t, "train_loss": loss}
+        if losses:
+            ckpt["loss_t"] = torch.tensor([t for t, _ in losses], dtype=torch.int64)
+            ckpt["loss"] = torch.tensor([v for _, v in losses], dtype=torch.float64)
+        return ckpt
+
+    def unpack(self, ckpt: dict[str, Any]) -> State:
+        model = self.new_model()
+        model.load_state_dict(ckpt["model"])
+        opt = self.new_optimizer(model)
+        opt.load_state_dict(ckpt["optimizer"])
+        return State(model, opt, int(ckpt["iteration"]))
+
+    def initial(self) -> State:
+        model = self.new_model()
+        return State(model, self.new_optimizer(model), 0)
+
+    # -- trajectories -----------------------------------------------------------------------
+    def base(self) -> Trajectory:
+        return Trajectory(self, self.key, 0, self.initial)
+
+    def branch(self, t0: int, eps: float, mode: str, seed: int) -> Trajectory:
+        key = C.digest({"base": self.key, "t0": t0, "eps": eps, "mode": mode, "seed": seed})
+
+        def start() -> State:
+            s = self.base().state(t0)
+            perturb_(s.model, eps, mode, perturbation_seed(seed, t0))
+            return s
+
+        return Trajectory(self, key, t0, start)
+
+    def perturbation_norms(self, t0: int, eps: float, mode: str, seed: int) -> dict[str, float]:
+        """Realized |theta' - theta| of a branch (re-derived: the perturbation is a pure function)."""
+        s = self.base().state(t0)
+        return perturb_(s.model, eps, mode, perturbation_seed(seed, t0))
+
+
+def checkpoint_size_estimate(run: Run, s: State) -> int:
+    """Bytes one checkpoint of this model takes on disk (weights, buffers and momentum), without writing one."""
+    model = sum(v.numel() * v.element_size() for v in s.model.state_dict().values())
+    grads = sum(p.numel() * p.element_size() for p in trainable(s.model))
+    return model + (grads if run.cfg.momentum else 0) + 16 * 1024  # + the zip's records (measured: 5-10 KB)
+
+
+def _waiter(cancel: CancelToken | None, on_wait: Callable[[], None] | None) -> Callable[[], None]:
+    """What a process blocked on a trajectory lock does every poll: tell once, honour a cancel."""
+    told: list[bool] = []
+
+    def wait() -> None:
+        if on_wait is not None and not told:
+            told.append(True)
+            on_wait()
+        if cancel is not None:
+            cancel.check()
+
+    return wait
+
+
+class Trajectory:
+    """A run from `start` whose checkpoints live in the store under `key`.
+
+    Checkpoints are a cache: one that is missing or fails its checksum is trained again from the
+    nearest earlier good one (on the CPU, bit for bit the one that was lost). Training holds the
+    store's lock on `key`, so two processes needing the same trajectory train it once: the second
+    waits, then reads what the first wrote.
+    """
+
+    def __init__(self, run: Run, key: str, start: int, start_state: Callable[[], State]):
+        self.run, self.key, self.start, self._make_start = run, key, start, start_state
+
+    def start_state(self) -> State:
+        """A fresh copy of the state at `start` (theta_0, or the base checkpoint at t0 plus eps)."""
+        return self._make_start()
+
+    def with_key(self, key: str) -> Trajectory:
+        """The same start state under another checkpoint key (lockstep's stacked twins)."""
+        return Trajectory(self.run, key, self.start, self._make_start)
+
+    def steps_needed(self, needed: Iterable[int]) -> int:
+        """SGD steps `ensure(needed)` would run now (for progress and ETA)."""
+        have = set(self.run.store.checkpoints(self.key))
+        pos, total = None, 0
+        for m in sorted(set(needed) - have):
+            s = max([h for h in have if h <= m], default=self.start)
+            if pos is None or s > pos:
+                pos = s
+            total += m - pos
+            pos = m
+        return total
+
+    def ensure(self, needed: Iterable[int], on_step: StepCallback | None = None,
+               cancel: CancelToken | None = None, on_wait: Callable[[], None] | None = None) -> None:
+        """Make sure checkpoints exist at every needed iteration, training only what is missing.
+
+        Each missing checkpoint is reached from the latest stored one at or before it (or the
+        trajectory's start), so extending a grid trains only the new part. Before training, the disk
+        must hold every checkpoint it will write (StoreFull otherwise, with nothing trained). While
+        another process trains this trajectory, `on_wait()` is called once and this one waits
+        (cancellable), then trains only what the other did not write.
+        """
+        store = self.run.store
+        needed = sorted(set(needed))
+        for m in needed:
+            if m < self.start:
+                raise ValueError(f"checkpoint {m} precedes the start {self.start} of trajectory {self.key}")
+        if not set(needed) - set(store.checkpoints(self.key)):
+            return
+        with store.trajectory_lock(self.key, wait=_waiter(cancel, on_wait)):
+            self._train_missing(needed, on_step, cancel)  # another process may have trained them meanwhile
+
+    def _saves(self, missing: list[int], have: set[int]) -> int:
+        every = self.run.cfg.checkpoint_every
+        extra = set(range((self.start // every + 1) * every, missing[-1] + 1, every)) if every else set()
+        return len((set(missing) | extra) - have)
+
+    def _train_missing(self, needed: list[int], on_step: StepCallback | None, cancel: CancelToken | None) -> None:
+        store, run = self.run.store, self.run
+        have = set(store.checkpoints(self.key))
+        missing = sorted(set(needed) - have)
+        if not missing:
+            return
+        targets = set(missing)
+        every = run.cfg.checkpoint_every
+        s: State | None = None
+        segment: list[tuple[int, float]] = []  # losses since `s` was loaded or last saved
+        for m in missing:
+            if m in have:
+                continue
+            best = max([h for h in have if h <= m], default=None)
+            if s is None or (best is not None and best > s.t):
+                first = s is None
+                s = self._load_or_start(best)
+                segment = []
+                if first:
+                    one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(run, s)
+                    n = self._saves(missing, have)
+                    store.require_space(n * one, f"training {n} checkpoints of {self.key}")
+                if s.t == m:  # the start itself was asked for
+                    store.save_checkpoint(self.key, m, run.pack(s, None))
+                    have.add(m)
+                    if run.on_save is not None:
+                        run.on_save(self.key, m, s.model)
+                    continue
+            buf: list[torch.Tensor] = []
+            while s.t < m:
+                if cancel is not None:
+                    cancel.check()
+                buf.append(run.step(s.model, s.opt, s.t))
+                s.t += 1
+                save = s.t in targets or (every and s.t % every == 0 and s.t not in have)
+                if len(buf) >= run.check_every or save or s.t == m:
+                    window = torch.stack(buf)
+                    finite = torch.isfinite(window)
+                    if not bool(finite.all()):
+                        first_bad = s.t - len(buf) + int((~finite).nonzero()[0, 0])
+                        raise TrainingDiverged(first_bad, lr_at(run.cfg, first_bad))
+                    values = window.tolist()
+                    last_loss = values[-1]
+                    steps = list(zip(range(s.t - len(values) + 1, s.t + 1), values, strict=True))
+                    run.losses.setdefault(self.key, []).extend(steps)
+                    segment.extend(steps)
+                    buf = []
+                    if on_step is not None:
+                        on_step(int(window.numel()))
+                if save:
+                    store.save_checkpoint(self.key, s.t, run.pack(s, last_loss, segment))
+                    segment = []
+                    have.add(s.t)
+                    if run.on_save is not None:
+                        run.on_save(self.key, s.t, s.model)
+
+    def _load_or_start(self, t: int | None) -> State:
+        """The state at stored checkpoint t, or at the nearest earlier good one, or the start."""
+        while t is not None:
+            ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
+            if ckpt is not None:
+                return self.run.unpack(ckpt)
+            # missing or corrupt (now dropped): fall back to the one before it
+            t = max((h for h in self.run.store.checkpoints(self.key) if h < t), default=None)
+        return self.start_state()
+
+    def state(self, t: int, on_step: StepCallback | None = None, cancel: CancelToken | None = None) -> State:
+        """The state at t (trained now if missing; a missing or corrupt file is recomputed, never used)."""
+        for _ in range(2):
+            self.ensure([t], on_step, cancel)
+            ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
+            if ckpt is not None:
+                return self.run.unpack(ckpt)
+        path = self.run.store.checkpoint_path(self.key, t)
+        raise StoreError(f"checkpoint {t} of {self.key} was written twice to {path} but did not read back intact "
+                         "either time: the disk may be failing (see `twophase cache check`)")
+
+    def model(self, t: int) -> nn.Module:
+        m = self.state(t).model
+        m.eval()
+        return m

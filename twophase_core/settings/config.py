@@ -1,0 +1,393 @@
+"""Typed, validated, hashable configuration: one object drives the CLI, the app and the tests.
+
+Every experiment config holds the `TrainConfig` of its base run. Each field is declared with
+`settings.setting`, which keeps its help, type, bounds and allowed values in the field's metadata:
+the CLI flags, the app's form, the reproduce command, the README table and the per-field checks of
+`validate` are generated from it. `validate` is the single place where settings are checked (the
+per-field checks, then the checks that relate fields); it raises `ConfigError` naming the field,
+the bad value and what is allowed. `config_hash` keys the result store;
+`TrainConfig.trajectory_key` keys checkpoints, and leaves out what cannot change the trajectory
+(the run length, where checkpoints are saved, where the data lives), so that every experiment on
+the same training run shares one base run. Definitions: docs/science.md.
+
+Past 350 lines on purpose: the specs are the one description of every setting, so they sit with
+the dataclasses they describe and the checks that relate them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from twophase_core.settings.spec import (
+    MAX_INT,
+    MAX_SEED,
+    ConfigError,
+    Spec,
+    check,
+    parse_step,
+    parse_text,
+    setting,
+    spec_of,
+)
+
+__all__ = ["ConfigError", "parse_step"]  # re-exported: callers know one config module
+
+SCHEMA = 1  # bump when a change of code changes results for the same config
+
+DATASETS = ("digits", "mnist1d", "cifar10", "synthetic")
+MODELS = ("mlp", "cnn", "resnet20", "vgg16_bn", "vgg16_bn_fc")
+EPS_MODES = ("per-coordinate", "total-l2", "relative")
+BN_MODES = ("interpolate", "reset")
+KERNELS = ("full", "trace")  # eNTK kernel: (N O x N O) or summed over logits (N x N)
+PROJECTIONS = ("pca", "mds")
+DEVICES = ("cpu", "cuda", "auto")
+LINEAR_BN_STATS = ("recompute", "checkpoint")
+LOCKSTEP = ("auto", "loop", "stack")
+
+
+_ADV = {"advanced": True}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The base training run: data, model, optimiser and SGD noise."""
+
+    dataset: str = setting("mnist1d", "training data; mnist1d, digits and synthetic ship with the installed packages",
+                           "choice", choices=DATASETS)
+    model: str = setting("cnn", "architecture (mnist1d is 1-D: mlp or cnn)", "choice", choices=MODELS)
+    width: float = setting(1.0, "width multiplier of every layer", "float", lo=0, lo_open=True, hi=16,
+                           label="width multiplier")
+    lr: float = setting(0.1, "SGD learning rate", "float", lo=0, lo_open=True, hi=1e6, label="learning rate")
+    momentum: float = setting(0.9, "SGD momentum", "float", lo=0, hi=1, hi_open=True, **_ADV)
+    weight_decay: float = setting(1e-4, "L2 weight decay", "float", lo=0, hi=1, hi_open=True, **_ADV)
+    lr_milestones: tuple[int, ...] = setting((), "iterations where lr is multiplied by lr_gamma (absolute, so the "
+                                             "trajectory to t never depends on T)", "steps", lo=1, hi=MAX_INT,
+                                             allow_empty=True, **_ADV)
+    lr_gamma: float = setting(0.1, "factor applied to lr at each milestone", "float", lo=0, lo_open=True, hi=1,
+                              **_ADV)
+    batch_size: int = setting(128, "minibatch size (at most the training set)", "int", lo=1, hi=MAX_INT)
+    iterations: int = setting(1000, "T, SGD iterations of the base run", "step", lo=1, hi=10**7,
+                              label="iterations T", hi_text="ten million steps")
+    checkpoint_every: int = setting(0, "also save a checkpoint every k iterations; 0: only those experiments need",
+                                    "step", lo=0, hi=MAX_INT, **_ADV)
+    init_seed: int = setting(0, "seed of theta_0", "int", lo=0, hi=MAX_SEED, aliases=("--seed",), label="init seed")
+    data_seed: int = setting(0, "seed of the SGD noise: batches, crops, flips, dropout masks", "int", lo=0,
+                             hi=MAX_SEED, label="data seed (SGD noise)")
+    augment: bool = setting(False, "random crop + flip (image data: cifar10, synthetic)", "bool", **_ADV)
+    dropout: float = setting(0.5, "dropout rate of vgg16_bn_fc (models without dropout ignore it)", "float",
+                             lo=0, hi=1, hi_open=True, **_ADV)
+    train_size: int = setting(0, "use the first n training points; 0: all", "int", lo=0, hi=MAX_INT, **_ADV)
+    device: str = setting("cpu", "where to train (auto: cuda if available)", "choice", choices=DEVICES, **_ADV)
+    data_root: str = setting("", "cifar10: folder holding cifar-10-batches-py ($TWOPHASE_CIFAR_ROOT if empty)",
+                             "text", **_ADV)
+    download: bool = setting(False, "cifar10: download if missing (needs internet)", "bool", **_ADV)
+
+    # Fields that cannot change the trajectory theta_0..theta_t: not part of its key.
+    _NOT_TRAJECTORY = ("iterations", "checkpoint_every", "data_root", "download")
+
+    def trajectory_key(self) -> str:
+        d = {k: v for k, v in to_dict(self).items() if k not in self._NOT_TRAJECTORY}
+        return digest({"kind": "trajectory", **d})
+
+
+_STEPS = {"lo": 0, "hi": MAX_INT}
+_EVAL_HELP = "the first n test points evaluate B and D (chaos) or the accuracy (linear); 0: the whole test set"
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """Perturb at t0, train perturbed copies under the base run's SGD noise, compare at t1."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    t0: tuple[int, ...] = setting((0, 100, 500), "iterations where a copy is perturbed", "steps",
+                                  label="t0: perturb at", **_STEPS)
+    t1: tuple[int, ...] = setting((200, 600, 1000), "iterations where the copies are compared", "steps",
+                                  label="t1: compare at", **_STEPS)
+    eps: float = setting(1e-7, "size of the nudge (see eps_mode); 0 is the exactness control", "float", lo=0, hi=1,
+                         hi_text="a perturbation is meant to be tiny; 1e-7 is the paper's")
+    eps_mode: str = setting("per-coordinate", "per-coordinate: N(0, eps^2) on every weight; total-l2: |eps|_2 = eps; "
+                            "relative: |eps|_2 = eps |theta_t0|_2", "choice", choices=EPS_MODES)
+    perturb_seeds: tuple[int, ...] = setting((0,), "one perturbed copy per seed; figures show their mean", "ints",
+                                             lo=0, hi=MAX_SEED, label="perturbation seeds")
+    n_alpha: int = setting(30, "points on the interpolation path of the loss barrier", "int", lo=2, hi=1000,
+                           label="interpolation points")
+    bn: str = setting("interpolate", "BatchNorm statistics along the path: interpolate them, or reset "
+                      "(recompute on training batches)", "choice", choices=BN_MODES, label="BatchNorm on the path")
+    eval_size: int = setting(0, _EVAL_HELP, "int", lo=0, hi=MAX_INT, **_ADV)
+    lockstep: str = setting("auto", "how perturbed copies train: auto (measured), loop, or stack (vmap)", "choice",
+                            choices=LOCKSTEP, **_ADV)
+
+
+@dataclass(frozen=True)
+class ConeConfig:
+    """The empirical NTK along the base run at chosen checkpoints."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoints: tuple[int, ...] = setting((0, 100, 200, 500, 1000), "iterations with a kernel (must include 0)",
+                                           "steps", **_STEPS)
+    n_samples: int = setting(50, "training inputs n of the kernel", "int", lo=2, hi=5000, label="inputs n")
+    kernel: str = setting("full", "full: (n O x n O); trace: n x n, summed over logits", "choice", choices=KERNELS)
+    subset_seed: int = setting(0, "seed of the stratified input subset", "int", lo=0, hi=MAX_SEED, **_ADV)
+    references: tuple[int, ...] = setting((0,), "checkpoints tau for S(theta_t, theta_tau) versus t", "steps",
+                                          label="references tau", **_STEPS)
+    dts: tuple[int, ...] = setting((100,), "steps dt for the kernel velocity S(theta_t, theta_t+dt)", "steps", lo=1,
+                                   hi=MAX_INT, label="neighbour steps dt")
+    cone_window: tuple[int, int] = setting((0, 0), "start,end iterations of the cone-angle window; 0,0: the second "
+                                           "half of the checkpoints", "window", label="cone window", **_STEPS)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Train normally to t, then the first-order Taylor model at theta_t until T."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    switch: tuple[int, ...] = setting((0, 100, 500), "iterations t where training switches to the linearised model",
+                                      "steps", label="switch times t", **_STEPS)
+    bn_stats: str = setting("recompute", "BatchNorm statistics of the linearised model: recompute at theta_t on "
+                            "training data, or the checkpoint's", "choice", choices=LINEAR_BN_STATS,
+                            label="BN statistics")
+    eval_size: int = setting(0, _EVAL_HELP, "int", lo=0, hi=MAX_INT, **_ADV)
+
+
+ExperimentConfig = ChaosConfig | ConeConfig | LinearConfig
+KINDS = {"chaos": ChaosConfig, "cone": ConeConfig, "linear": LinearConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings of a kind, flat: experiment fields and the nested TrainConfig's, names unique
+
+
+def settings_of(cls: type) -> dict[str, tuple[Spec, bool]]:
+    """name -> (spec, is a TrainConfig field), the experiment's own fields first."""
+    own = {f.name: (spec_of(f), False) for f in fields(cls) if f.name != "train"}
+    if cls is TrainConfig:
+        return {n: (s, True) for n, (s, _) in own.items()}
+    return {**own, **{f.name: (spec_of(f), True) for f in fields(TrainConfig)}}
+
+
+def flat(cfg: Any) -> dict[str, Any]:
+    """Every setting of an experiment config by name (train fields lifted out of `.train`)."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "train"}
+    if not isinstance(cfg, TrainConfig):
+        d.update({f.name: getattr(cfg.train, f.name) for f in fields(TrainConfig)})
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical form and hashing
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, JSON-ready dict (tuples become lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def from_dict(cls: type, d: Any) -> Any:
+    """Inverse of `to_dict`, strict: unknown or missing keys are a ConfigError (a typo, or a dict from
+    elsewhere, must not silently take defaults); values are checked by `validate`, not coerced."""
+    if not isinstance(d, dict):
+        raise ConfigError(cls.__name__, d, "must be a dict of settings (as config.to_dict writes)")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise ConfigError(str(unknown[0]), d[unknown[0]], f"unknown setting; known: {', '.join(sorted(known))}")
+    missing = [k for k in known if k not in d]
+    if missing:
+        raise ConfigError(cls.__name__, ", ".join(missing), "missing settings: give every field, or start from a "
+                          "preset and change what differs (config.replace)")
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "train":
+            v = from_dict(TrainConfig, v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def digest(obj: Any) -> str:
+    """20 hex digits of the sha256 of canonical JSON: the key of configs, trajectories and branches."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def kind_of(cfg: Any) -> str:
+    for name, cls in KINDS.items():
+        if isinstance(cfg, cls):
+            return name
+    raise TypeError(f"not an experiment config: {type(cfg).__name__}")
+
+
+def base_checkpoints(cfg: Any) -> set[int]:
+    """The iterations of the base run an experiment reads: chaos t0 and t1, the cone's checkpoints,
+    linear switch times and T."""
+    kind = kind_of(cfg)
+    if kind == "chaos":
+        return set(cfg.t0) | set(cfg.t1)
+    if kind == "cone":
+        return set(cfg.checkpoints)
+    return set(cfg.switch) | {cfg.train.iterations}
+
+
+def by_base_run(configs: Any) -> dict[str, list[Any]]:
+    """Experiments grouped by the base run they share (their trajectory key), in first-seen order."""
+    groups: dict[str, list[Any]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
+    return groups
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version."""
+    return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps: users think in epochs, the science counts iterations
+
+TRAIN_SIZES = {"digits": 1437, "mnist1d": 4000, "cifar10": 50000, "synthetic": 256}
+
+
+def iterations_per_epoch(cfg: TrainConfig) -> int:
+    """SGD steps per epoch (the last partial batch is dropped), without loading the data."""
+    n = cfg.train_size or TRAIN_SIZES.get(cfg.dataset, 0)
+    if not n:
+        raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(DATASETS)}")
+    return max(1, n // cfg.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the one place
+
+
+def _check_fields(cfg: Any) -> None:
+    for f in fields(cfg):
+        if f.name != "train":
+            check(f.name, spec_of(f), getattr(cfg, f.name))
+
+
+def validate_train(c: TrainConfig) -> None:
+    if not isinstance(c, TrainConfig):
+        raise ConfigError("train", c, "must be a TrainConfig (a dict of training settings in from_dict)")
+    _check_fields(c)
+    if c.dataset == "mnist1d" and c.model in ("resnet20", "vgg16_bn", "vgg16_bn_fc"):
+        raise ConfigError("model", c.model, "mnist1d is 1-D: use mlp or cnn")
+    if c.augment and c.dataset not in ("cifar10", "synthetic"):
+        raise ConfigError("augment", c.augment, "crop/flip augmentation is for image data (cifar10)")
+    n = TRAIN_SIZES[c.dataset]
+    if c.train_size > n:
+        raise ConfigError("train_size", c.train_size, f"{c.dataset} has {n} training points")
+    if c.batch_size > (c.train_size or n):
+        raise ConfigError("batch_size", c.batch_size, f"must be at most the training set ({c.train_size or n} points)")
+    if c.checkpoint_every > c.iterations:
+        raise ConfigError("checkpoint_every", c.checkpoint_every, f"must be at most iterations ({c.iterations})")
+
+
+def _in_run(name: str, v: tuple[int, ...], lo: int, hi: int, T: int) -> None:
+    """Every step of `v` within [lo, hi]; T is given, not guessed from hi (t0's hi is T - 1)."""
+    for t in v:
+        if not lo <= t <= hi:
+            raise ConfigError(name, v, f"every value must be in [{lo}, {hi}] (iterations T = {T}), got {t}")
+
+
+def validate(cfg: Any) -> None:
+    """Raise ConfigError for the first invalid setting of an experiment (or training) config."""
+    if isinstance(cfg, TrainConfig):
+        validate_train(cfg)
+        return
+    if not isinstance(cfg, ChaosConfig | ConeConfig | LinearConfig):
+        raise ConfigError("config", cfg, "must be a ChaosConfig, ConeConfig or LinearConfig")
+    validate_train(cfg.train)
+    _check_fields(cfg)
+    T = cfg.train.iterations
+    if isinstance(cfg, ChaosConfig):
+        _in_run("t0", cfg.t0, 0, T - 1, T)
+        _in_run("t1", cfg.t1, 1, T, T)
+        if min(cfg.t0) >= max(cfg.t1):
+            raise ConfigError("t1", cfg.t1, f"needs at least one t1 > the smallest t0 ({min(cfg.t0)})")
+        cells = sum(t1 > t0 for t0 in cfg.t0 for t1 in cfg.t1) * len(cfg.perturb_seeds)
+        if cells * cfg.n_alpha > 10**7:
+            raise ConfigError("n_alpha", cfg.n_alpha, f"{cells} cells x {cfg.n_alpha} points is too many evaluations")
+    elif isinstance(cfg, ConeConfig):
+        _in_run("checkpoints", cfg.checkpoints, 0, T, T)
+        if len(cfg.checkpoints) < 3:
+            raise ConfigError("checkpoints", cfg.checkpoints, "needs at least 3 checkpoints for a trajectory")
+        if 0 not in cfg.checkpoints:
+            raise ConfigError("checkpoints", cfg.checkpoints, "must include 0: H(theta_0) is the apex of the cone")
+        for tau in cfg.references:
+            if tau not in cfg.checkpoints:
+                raise ConfigError("references", cfg.references, f"{tau} is not one of the checkpoints")
+        ck = set(cfg.checkpoints)
+        for dt in cfg.dts:
+            if not any(t + dt in ck for t in ck):
+                raise ConfigError("dts", cfg.dts, f"no pair of checkpoints is {dt} iterations apart")
+        w = cfg.cone_window
+        if w != (0, 0):
+            inside = [t for t in cfg.checkpoints if w[0] <= t <= w[1]]
+            if w[0] >= w[1] or len(inside) < 3:
+                raise ConfigError("cone_window", w, "needs start < end with >= 3 checkpoints inside")
+    elif isinstance(cfg, LinearConfig):
+        _in_run("switch", cfg.switch, 0, T - 1, T)
+
+
+def with_settings(cfg: Any, values: dict[str, Any]) -> Any:
+    """`cfg` with settings given by name, as typed text (CLI, form) or as values; validated.
+
+    The one way user input becomes a config: each value is parsed by its setting's type and checked
+    at once (so '0' for batch_size is named before anything divides by it); steps written in epochs
+    ('2ep') are converted with the iterations per epoch of the resolved training run.
+    """
+    specs = settings_of(type(cfg))
+    for name in values:
+        if name not in specs:
+            raise ConfigError(name, values[name], f"is not a setting of {type(cfg).__name__}")
+    steps = {"step", "steps", "window"}
+    typed: dict[str, Any] = {}
+    for name, v in values.items():
+        spec = specs[name][0]
+        if spec.type not in steps:
+            typed[name] = parse_text(name, spec, v)
+            check(name, spec, typed[name])
+    cfg = replace(cfg, **typed)
+    train = cfg if isinstance(cfg, TrainConfig) else cfg.train
+    ipe: int | None = None
+    if any(specs[n][0].type in steps and isinstance(v, str) and "ep" in v for n, v in values.items()):
+        ipe = iterations_per_epoch(train)
+    typed = {}
+    for name, v in values.items():
+        spec = specs[name][0]
+        if spec.type in steps:
+            typed[name] = parse_text(name, spec, v, ipe)
+            check(name, spec, typed[name])
+    cfg = replace(cfg, **typed)
+    validate(cfg)
+    return cfg
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """dataclasses.replace that also reaches into .train for TrainConfig fields."""
+    if isinstance(cfg, TrainConfig):
+        return dataclasses.replace(cfg, **changes)
+    train_names = {f.name for f in fields(TrainConfig)}
+    own = {f.name for f in fields(cfg)}
+    mine = {k: v for k, v in changes.items() if k in own}
+    theirs = {k: v for k, v in changes.items() if k not in own}
+    for k in theirs:
+        if k not in train_names:
+            raise ConfigError(k, theirs[k], f"is not a setting of {type(cfg).__name__}")
+    if theirs:
+        base = mine.pop("train", cfg.train)
+        mine["train"] = dataclasses.replace(base, **theirs)
+    return dataclasses.replace(cfg, **mine)
