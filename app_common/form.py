@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 
 from twophase_core.experiments.presets import PRESETS, preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, format_value
 from twophase_core.storage.store import StoreError
 
@@ -48,8 +48,8 @@ def _grid(names: list[str], specs: dict[str, tuple[Spec, bool]], values: dict[st
 
 
 def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    specs = C.settings_of(C.KINDS[kind])
-    values = C.flat(base)
+    specs = conf.settings_of(conf.KINDS[kind])
+    values = conf.flat(base)
     out: dict[str, Any] = {}
     slots: dict[str, Any] = {}
     train = [n for n, (s, t) in specs.items() if t and not s.advanced]
@@ -88,9 +88,9 @@ def settings_form(kind: str, run_config: Any | None = None, run_id: str | None =
     if not submitted:
         return
     try:
-        cfg = C.with_settings(base, values)
+        cfg = conf.with_settings(base, values)
         rec = job_manager().submit(cfg)
-    except C.ConfigError as e:
+    except conf.ConfigError as e:
         if e.field in slots:
             slots[e.field].error(str(e), icon=":material/error:")
             general.warning(f"Nothing was started: fix **{e.field}** above.", icon=":material/warning:")

@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from twophase_core.execution.jobs import JobManager
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import StoreError
 
 from .runs import KIND_TITLES, POLL_S, RunView, job_manager
@@ -34,8 +34,8 @@ def _partial_mark(jm: JobManager, run_id: str) -> Any:
 def _submit_again(config: dict[str, Any], kind: str, key: str, label: str) -> None:
     if st.button(label, key=key, icon=":material/replay:"):
         try:
-            job_manager().submit(C.from_dict(C.KINDS[kind], config))
-        except (C.ConfigError, StoreError) as e:
+            job_manager().submit(conf.from_dict(conf.KINDS[kind], config))
+        except (conf.ConfigError, StoreError) as e:
             st.error(f"Nothing was started: {e}", icon=":material/error:")
             return
         st.rerun()

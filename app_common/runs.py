@@ -17,11 +17,11 @@ import streamlit as st
 from twophase_core.execution.jobs import JobManager, JobRecord
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.interfaces import catalog as K
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store, default_root
 
-KINDS = tuple(C.KINDS)
+KINDS = tuple(conf.KINDS)
 PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",
               "linear": "pages/linear.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py",
               "compare": "pages/compare.py"}
@@ -103,8 +103,8 @@ def config_of(view: RunView) -> Any | None:
     if d is None:
         return None
     try:
-        return C.from_dict(C.KINDS[view.kind], d)
-    except C.ConfigError:  # a record from an older schema: show it, but it cannot fill the form
+        return conf.from_dict(conf.KINDS[view.kind], d)
+    except conf.ConfigError:  # a record from an older schema: show it, but it cannot fill the form
         return None
 
 

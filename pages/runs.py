@@ -9,7 +9,7 @@ import app_common as ui
 from app_common.runs import warn_skipped_runs
 from twophase_core.execution.jobs import STATUSES
 from twophase_core.interfaces import catalog as K
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import StoreError
 
 MAX_COMPARE = 6
@@ -95,7 +95,7 @@ def _actions(picked: list[K.RunEntry]) -> None:
         try:
             for e in stopped:
                 jm.submit(e.config)
-        except (C.ConfigError, StoreError) as err:  # a full or damaged store: said as such, never a traceback
+        except (conf.ConfigError, StoreError) as err:  # a full or damaged store: said as such, never a traceback
             st.error(f"Nothing more was started: {err}", icon=":material/error:")
             return
         st.rerun()
@@ -135,8 +135,8 @@ def runs_view() -> None:
     st.caption(f"{len(shown)} of {len(entries)} runs. "
                + (f"Between name and status: the settings that differ between these runs ({', '.join(varying)})."
                   if varying else "These runs share every setting."))
-    spec_help = {n: C.settings_of(C.KINDS[e.kind])[n][0].help for e in shown if e.config is not None
-                 for n in varying if n in C.settings_of(C.KINDS[e.kind])}
+    spec_help = {n: conf.settings_of(conf.KINDS[e.kind])[n][0].help for e in shown if e.config is not None
+                 for n in varying if n in conf.settings_of(conf.KINDS[e.kind])}
     event = st.dataframe(
         rows, key=_table_key(shown), on_select="rerun", selection_mode="multi-row", hide_index=True, width="stretch",
         column_config={

@@ -8,7 +8,7 @@ from app_common.runs import warn_skipped
 from twophase_core.experiments import sweep as S
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
 from twophase_core.interfaces import figures as F
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import split_list
 from twophase_core.storage.store import StoreError
 
@@ -52,15 +52,15 @@ with st.expander("New sweep", expanded=not sweeps):
             over = dict(ln.split("=", 1) for ln in _lines(overrides) if "=" in ln)
             bad = [ln for ln in _lines(overrides) if "=" not in ln]
             if bad:
-                raise C.ConfigError("other settings", bad[0], "write FIELD=value, one per line")
-            base = C.with_settings(preset(start, kind), {k.strip(): v for k, v in over.items()})
+                raise conf.ConfigError("other settings", bad[0], "write FIELD=value, one per line")
+            base = conf.with_settings(preset(start, kind), {k.strip(): v for k, v in over.items()})
             n = reps.strip()
             if not n.isdigit() or int(n) < 1:
-                raise C.ConfigError("replicates", reps, "must be a whole number >= 1")
+                raise conf.ConfigError("replicates", reps, "must be a whole number >= 1")
             sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
                             int(n))
             rec = S.submit_sweep(jm, sweep)
-        except (C.ConfigError, StoreError) as e:
+        except (conf.ConfigError, StoreError) as e:
             error.error(f"Nothing was started: {e}", icon=":material/error:")
         else:
             st.query_params["sweep"] = rec["id"]

@@ -6,12 +6,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from launchers import FailingLauncher
 from streamlit.testing.v1 import AppTest
 
 from twophase_core.execution.jobs import JobManager
 from twophase_core.experiments.engine import run_experiment
 from twophase_core.experiments.presets import preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -127,17 +128,7 @@ def test_bad_form_value_shows_the_message_and_starts_nothing(empty, field, value
 
 
 def test_failed_job_shows_its_error_and_offers_resubmit(empty):
-    class Broken:
-        def launch(self, job_id, cache_dir):
-            raise OSError("no room for a worker")
-
-        def alive(self, pid):
-            return False
-
-        def kill(self, pid):
-            pass
-
-    rec = JobManager(Store(empty), executor=Broken()).submit(preset("tiny", "chaos"))
+    rec = JobManager(Store(empty), launcher=FailingLauncher()).submit(preset("tiny", "chaos"))
     assert rec.status == "failed"
     at = _app(page="chaos", run=rec.id)
     assert not at.exception
@@ -186,7 +177,7 @@ def test_open_run_fills_the_form_and_a_changed_field_starts_a_new_run(with_resul
     assert new != rid and new not in before
     rec = jm.get(new)
     assert rec.config["eps"] == 1e-6 and {k: v for k, v in rec.config.items() if k != "eps"} == \
-        {k: v for k, v in C.to_dict(preset("tiny", "chaos")).items() if k != "eps"}
+        {k: v for k, v in conf.to_dict(preset("tiny", "chaos")).items() if k != "eps"}
     jm.cancel(new)
     _stop_workers(Store().root)
 
@@ -253,7 +244,7 @@ def test_sweeps_page_shows_groups_transition_and_bands(empty):
     """A sweep whose points are stored (computed here, as the CLI would) draws its transition view."""
     from twophase_core.experiments import sweep as S
 
-    base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
+    base = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
     store = Store(empty)
     S.run_sweep(sweep, store)
@@ -292,7 +283,7 @@ def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
 
 
 def test_chaos_page_draws_the_transition_and_bands_over_perturbation_seeds(empty):
-    cfg = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
+    cfg = conf.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
     r = run_experiment(cfg, Store(empty))
     at = _app(page="chaos", run=f"chaos-{r.hash}")
     assert not at.exception
@@ -313,7 +304,7 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     from twophase_core.execution.jobs import JobRecord, save_record
     from twophase_core.experiments.result import save_result
 
-    cfg = C.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
+    cfg = conf.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
     first = run_experiment(cfg, Store(tmp_path / "scratch"))  # then cut back to what exists mid-base-run
     first.meta.update(partial=True, rows_done=0)
     for k in ("C", "B", "D", "acc_branch", "path"):
@@ -326,7 +317,7 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     try:  # a live process whose command line names the worker: the job counts as running
         jid = f"chaos-{first.hash}"
         now = time.time()
-        save_record(store, JobRecord(jid, "chaos", first.hash, C.to_dict(cfg), status="running", stage="base run",
+        save_record(store, JobRecord(jid, "chaos", first.hash, conf.to_dict(cfg), status="running", stage="base run",
                                      progress=0.2, pid=fake.pid, created=now, started=now, updated=now))
         at = _app(page="chaos", run=jid)
         assert not at.exception

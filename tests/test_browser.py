@@ -125,10 +125,10 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
     from twophase_core.execution.jobs import JobManager
     from twophase_core.experiments import sweep as S
     from twophase_core.experiments.presets import preset
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
     from twophase_core.storage.store import Store
 
-    base = C.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
+    base = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
     store = Store(cache)
     S.run_sweep(sweep, store)

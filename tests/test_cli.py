@@ -10,7 +10,7 @@ import pytest
 
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces.cli import build_config, command_for, main
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 
 def _args(kind: str, *extra: str):
@@ -27,7 +27,7 @@ def _args(kind: str, *extra: str):
 def test_overrides_accept_epochs_and_iterations():
     cfg = build_config("chaos", _args("chaos", "--preset", "demo", "--t0", "0,1ep,2ep5it", "--t1", "600",
                                       "--eps", "1e-6", "--eps-mode", "total-l2", "--seed", "3"))
-    ipe = C.iterations_per_epoch(cfg.train)
+    ipe = conf.iterations_per_epoch(cfg.train)
     assert cfg.t0 == (0, ipe, 2 * ipe + 5) and cfg.t1 == (600,)
     assert cfg.eps == 1e-6 and cfg.eps_mode == "total-l2" and cfg.train.init_seed == 3
 
@@ -43,7 +43,7 @@ def test_command_for_reproduces_the_config(kind, extra):
     parts = shlex.split(line)
     assert parts[:2] == ["twophase", kind]
     again = build_config(kind, _args(kind, *[p for p in parts[2:] if p not in ("--json", "out.json")]))
-    assert C.config_hash(again) == C.config_hash(cfg)
+    assert conf.config_hash(again) == conf.config_hash(cfg)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -110,19 +110,19 @@ def _random_value(name: str, spec, current, rng, T: int):
 def test_every_setting_round_trips_through_command_for_and_print_config(kind, draw, capsys):
     import numpy as np
 
-    rng = np.random.default_rng([draw, list(C.KINDS).index(kind)])
+    rng = np.random.default_rng([draw, list(conf.KINDS).index(kind)])
     base = preset("tiny", kind)
     T = 200
-    cfg = C.replace(base, iterations=T)
+    cfg = conf.replace(base, iterations=T)
     changed = set()
-    for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+    for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
         for _ in range(20):  # draw until the whole config is still valid (fields constrain each other)
-            v = _random_value(name, spec, C.flat(cfg)[name], rng, T)
+            v = _random_value(name, spec, conf.flat(cfg)[name], rng, T)
             if name == "device":
                 v = "cpu"  # cuda is not on this machine; auto resolves to a concrete device
             if name in ("dataset", "model"):
                 continue  # tied to each other and to the data on disk; the other fields vary
-            ck = sorted(C.flat(cfg).get("checkpoints", ()))
+            ck = sorted(conf.flat(cfg).get("checkpoints", ()))
             if name == "checkpoints":
                 v = tuple(sorted({0, *(int(x) for x in rng.integers(1, T, size=4))}))
             elif name == "references":
@@ -132,29 +132,29 @@ def test_every_setting_round_trips_through_command_for_and_print_config(kind, dr
             elif name == "cone_window":
                 v = (int(ck[1]), int(ck[-1]))
             try:
-                trial = C.replace(cfg, **{name: v})
-                C.validate(trial)
-            except C.ConfigError:
+                trial = conf.replace(cfg, **{name: v})
+                conf.validate(trial)
+            except conf.ConfigError:
                 continue
             cfg = trial
-            changed.add(name) if v != C.flat(base)[name] else None
+            changed.add(name) if v != conf.flat(base)[name] else None
             break
     fixed = {"dataset", "model", "device"}
-    names = set(C.settings_of(C.KINDS[kind]))
+    names = set(conf.settings_of(conf.KINDS[kind]))
     assert len(changed) >= len(names) - len(fixed) - 1, names - changed
     line = command_for(cfg, "tiny")
     argv = shlex.split(line)[1:]
     argv = [p for p in argv if p not in ("--json", "out.json")] + ["--print-config"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert json.loads(capsys.readouterr().out) == C.to_dict(cfg)
+    assert json.loads(capsys.readouterr().out) == conf.to_dict(cfg)
 
 
 def test_every_setting_has_a_flag_in_help(capsys):
-    for kind in C.KINDS:
+    for kind in conf.KINDS:
         with pytest.raises(SystemExit):
             main([kind, "--help"])
         out = capsys.readouterr().out
-        for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+        for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
             assert spec.flag(name) in out, (kind, name)
 
 

@@ -16,7 +16,7 @@ import pytest
 from twophase_core.experiments.engine import run_experiment
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.experiments.result import load_result
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 DATA = Path(__file__).parent / "data"
@@ -33,7 +33,7 @@ def test_every_presets_config_hash_and_trajectory_key_stay_as_they_were():
     for name in PRESETS:
         for kind in KINDS:
             cfg = preset(name, kind)
-            assert C.config_hash(cfg) == GOLDEN["hashes"][f"{name}/{kind}"], (name, kind)
+            assert conf.config_hash(cfg) == GOLDEN["hashes"][f"{name}/{kind}"], (name, kind)
             assert cfg.train.trajectory_key() == GOLDEN["trajectories"][f"{name}/{kind}"], (name, kind)
 
 
@@ -42,6 +42,6 @@ def test_tiny_results_keep_their_bits_and_a_store_from_before_serves_them(tmp_pa
     fresh = run_experiment(preset("tiny", kind), Store(tmp_path / "fresh"))
     assert {k: _digest(v) for k, v in fresh.arrays.items()} == GOLDEN["arrays"][kind]
     shutil.copytree(DATA / "store-v1", tmp_path / "old")
-    old = load_result(Store(tmp_path / "old"), kind, C.config_hash(preset("tiny", kind)))
+    old = load_result(Store(tmp_path / "old"), kind, conf.config_hash(preset("tiny", kind)))
     assert old is not None, "the result stored before is not found under its hash"
     assert {k: _digest(v) for k, v in old.arrays.items()} == GOLDEN["arrays"][kind]

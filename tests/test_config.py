@@ -5,58 +5,59 @@ import dataclasses
 import pytest
 
 from twophase_core.experiments.presets import PRESETS, preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
-T = C.TrainConfig(dataset="synthetic", model="mlp", iterations=100)
+T = conf.TrainConfig(dataset="synthetic", model="mlp", iterations=100)
 
 
 @pytest.mark.parametrize(
     "cfg, field",
     [
-        (C.ChaosConfig(train=T, t0=(100,), t1=(100,)), "t0"),  # t0 >= T
-        (C.ChaosConfig(train=T, t0=(), t1=(50,)), "t0"),  # empty grid
-        (C.ChaosConfig(train=T, t0=(0,), t1=()), "t1"),
-        (C.ChaosConfig(train=T, t0=(50,), t1=(10, 50)), "t1"),  # no t1 after any t0
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=-1e-7), "eps"),
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=float("nan")), "eps"),
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), eps_mode="l0"), "eps_mode"),
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), n_alpha=1), "n_alpha"),
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), bn="repair"), "bn"),
-        (C.ChaosConfig(train=T, t0=(0,), t1=(50,), perturb_seeds=()), "perturb_seeds"),
-        (C.ChaosConfig(train=T, t0=(0, 0), t1=(50,)), "t0"),
-        (C.ChaosConfig(train=dataclasses.replace(T, model="transformer"), t0=(0,), t1=(50,)), "model"),
-        (C.ChaosConfig(train=dataclasses.replace(T, dataset="imagenet"), t0=(0,), t1=(50,)), "dataset"),
-        (C.ChaosConfig(train=dataclasses.replace(T, lr=0.0), t0=(0,), t1=(50,)), "lr"),
-        (C.ChaosConfig(train=dataclasses.replace(T, batch_size=0), t0=(0,), t1=(50,)), "batch_size"),
-        (C.ChaosConfig(train=dataclasses.replace(T, iterations=0), t0=(0,), t1=(50,)), "iterations"),
-        (C.ChaosConfig(train=dataclasses.replace(T, device="tpu"), t0=(0,), t1=(50,)), "device"),
-        (C.ChaosConfig(train=dataclasses.replace(T, dataset="mnist1d", model="resnet20"), t0=(0,), t1=(50,)), "model"),
-        (C.ConeConfig(train=T, checkpoints=(10, 20, 30)), "checkpoints"),  # no 0
-        (C.ConeConfig(train=T, checkpoints=(0, 10)), "checkpoints"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), kernel="diag"), "kernel"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), references=(5,), dts=(10,)), "references"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(7,)), "dts"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(10,), n_samples=1), "n_samples"),
-        (C.ConeConfig(train=T, checkpoints=(0, 10, 20, 200), dts=(10,)), "checkpoints"),
-        (C.LinearConfig(train=T, switch=(100,)), "switch"),
-        (C.LinearConfig(train=T, switch=(0,), bn_stats="none"), "bn_stats"),
+        (conf.ChaosConfig(train=T, t0=(100,), t1=(100,)), "t0"),  # t0 >= T
+        (conf.ChaosConfig(train=T, t0=(), t1=(50,)), "t0"),  # empty grid
+        (conf.ChaosConfig(train=T, t0=(0,), t1=()), "t1"),
+        (conf.ChaosConfig(train=T, t0=(50,), t1=(10, 50)), "t1"),  # no t1 after any t0
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=-1e-7), "eps"),
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=float("nan")), "eps"),
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps_mode="l0"), "eps_mode"),
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), n_alpha=1), "n_alpha"),
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), bn="repair"), "bn"),
+        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), perturb_seeds=()), "perturb_seeds"),
+        (conf.ChaosConfig(train=T, t0=(0, 0), t1=(50,)), "t0"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, model="transformer"), t0=(0,), t1=(50,)), "model"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, dataset="imagenet"), t0=(0,), t1=(50,)), "dataset"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, lr=0.0), t0=(0,), t1=(50,)), "lr"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, batch_size=0), t0=(0,), t1=(50,)), "batch_size"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, iterations=0), t0=(0,), t1=(50,)), "iterations"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, device="tpu"), t0=(0,), t1=(50,)), "device"),
+        (conf.ChaosConfig(train=dataclasses.replace(T, dataset="mnist1d", model="resnet20"), t0=(0,), t1=(50,)),
+         "model"),
+        (conf.ConeConfig(train=T, checkpoints=(10, 20, 30)), "checkpoints"),  # no 0
+        (conf.ConeConfig(train=T, checkpoints=(0, 10)), "checkpoints"),
+        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), kernel="diag"), "kernel"),
+        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), references=(5,), dts=(10,)), "references"),
+        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(7,)), "dts"),
+        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(10,), n_samples=1), "n_samples"),
+        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20, 200), dts=(10,)), "checkpoints"),
+        (conf.LinearConfig(train=T, switch=(100,)), "switch"),
+        (conf.LinearConfig(train=T, switch=(0,), bn_stats="none"), "bn_stats"),
     ],
 )
 def test_bad_config_names_its_field(cfg, field):
-    with pytest.raises(C.ConfigError) as e:
-        C.validate(cfg)
+    with pytest.raises(conf.ConfigError) as e:
+        conf.validate(cfg)
     assert e.value.field == field
     assert field in str(e.value)
 
 
 def test_presets_are_valid_and_hash_stably():
     for name in PRESETS:
-        for kind in C.KINDS:
-            C.validate(preset(name, kind))
+        for kind in conf.KINDS:
+            conf.validate(preset(name, kind))
     a = preset("demo", "chaos")
-    assert C.config_hash(a) == C.config_hash(C.from_dict(C.ChaosConfig, C.to_dict(a)))
-    assert C.config_hash(a) != C.config_hash(C.replace(a, eps=2e-7))
-    assert C.config_hash(a) != C.config_hash(C.replace(a, init_seed=1))
+    assert conf.config_hash(a) == conf.config_hash(conf.from_dict(conf.ChaosConfig, conf.to_dict(a)))
+    assert conf.config_hash(a) != conf.config_hash(conf.replace(a, eps=2e-7))
+    assert conf.config_hash(a) != conf.config_hash(conf.replace(a, init_seed=1))
 
 
 def test_trajectory_key_ignores_what_cannot_change_the_trajectory():
@@ -65,43 +66,43 @@ def test_trajectory_key_ignores_what_cannot_change_the_trajectory():
 
 
 def test_unknown_key_is_an_error():
-    with pytest.raises(C.ConfigError, match="unknown setting"):
-        C.from_dict(C.ChaosConfig, {"t00": [1]})
+    with pytest.raises(conf.ConfigError, match="unknown setting"):
+        conf.from_dict(conf.ChaosConfig, {"t00": [1]})
 
 
 @pytest.mark.parametrize("text, it", [("500", 500), ("500it", 500), ("2ep", 782), ("2ep50it", 832), (7, 7)])
 def test_parse_step(text, it):
-    assert C.parse_step(text, 391) == it
+    assert conf.parse_step(text, 391) == it
 
 
 def test_parse_step_rejects_garbage():
-    with pytest.raises(C.ConfigError):
-        C.parse_step("two epochs", 391)
+    with pytest.raises(conf.ConfigError):
+        conf.parse_step("two epochs", 391)
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist1d", "synthetic"])
 def test_iterations_per_epoch_matches_the_loaded_data(dataset):
     from twophase_core.science.data import BatchSchedule, get_dataset
 
-    cfg = C.TrainConfig(dataset=dataset, model="mlp", batch_size=50)
+    cfg = conf.TrainConfig(dataset=dataset, model="mlp", batch_size=50)
     n = len(get_dataset(cfg).x_train)
-    assert C.iterations_per_epoch(cfg) == BatchSchedule(n, 50, 0, False).steps_per_epoch == n // 50
+    assert conf.iterations_per_epoch(cfg) == BatchSchedule(n, 50, 0, False).steps_per_epoch == n // 50
 
 
 @pytest.mark.parametrize("cfg, needle", [
-    (C.ChaosConfig(train=T, t0=(100,), t1=(50,)), "t0=(100,) is invalid: every value must be in [0, 99] "
+    (conf.ChaosConfig(train=T, t0=(100,), t1=(50,)), "t0=(100,) is invalid: every value must be in [0, 99] "
                                                    "(iterations T = 100), got 100"),
-    (C.ChaosConfig(train=T, t0=(0,), t1=(101,)), "in [1, 100] (iterations T = 100), got 101"),
-    (C.ConeConfig(train=T, checkpoints=(0, 10, 101)), "in [0, 100] (iterations T = 100), got 101"),
-    (C.LinearConfig(train=T, switch=(100,)), "in [0, 99] (iterations T = 100), got 100"),
+    (conf.ChaosConfig(train=T, t0=(0,), t1=(101,)), "in [1, 100] (iterations T = 100), got 101"),
+    (conf.ConeConfig(train=T, checkpoints=(0, 10, 101)), "in [0, 100] (iterations T = 100), got 101"),
+    (conf.LinearConfig(train=T, switch=(100,)), "in [0, 99] (iterations T = 100), got 100"),
 ])
 def test_range_messages_name_the_run_length_t_not_the_last_allowed_step(cfg, needle):
-    with pytest.raises(C.ConfigError) as e:
-        C.validate(cfg)
+    with pytest.raises(conf.ConfigError) as e:
+        conf.validate(cfg)
     assert needle in str(e.value)
 
 
-_SPECS = C.settings_of(C.ConeConfig) | C.settings_of(C.ChaosConfig)
+_SPECS = conf.settings_of(conf.ConeConfig) | conf.settings_of(conf.ChaosConfig)
 
 
 @pytest.mark.parametrize("name, text, value", [
@@ -123,6 +124,6 @@ def test_plain_ascii_numbers_parse(name, text, value):
 def test_numbers_in_other_scripts_with_underscores_or_in_words_are_refused(name, text):
     from twophase_core.settings.spec import parse_text
 
-    with pytest.raises(C.ConfigError) as e:
+    with pytest.raises(conf.ConfigError) as e:
         parse_text(name, _SPECS[name][0], text, iterations_per_epoch=10)
     assert e.value.field == name

@@ -8,18 +8,18 @@ import torch
 from twophase_core.experiments.engine import run_chaos, run_experiment, run_linear
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.result import load_result, result_key
-from twophase_core.science.train import Run
-from twophase_core.settings import config as C
+from twophase_core.science.train import Training
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 CHAOS = preset("tiny", "chaos")
-CNN_CHAOS = C.replace(CHAOS, model="cnn", width=0.25, augment=True)
+CNN_CHAOS = conf.replace(CHAOS, model="cnn", width=0.25, augment=True)
 
 
-@pytest.mark.parametrize("cfg", [CHAOS, CNN_CHAOS, C.replace(CNN_CHAOS, bn="reset")],
+@pytest.mark.parametrize("cfg", [CHAOS, CNN_CHAOS, conf.replace(CNN_CHAOS, bn="reset")],
                          ids=["mlp", "cnn-bn-interpolate", "cnn-bn-reset"])
 def test_zero_eps_gives_exactly_zero(store, cfg):
-    r = run_chaos(C.replace(cfg, eps=0.0), store)
+    r = run_chaos(conf.replace(cfg, eps=0.0), store)
     valid = ~np.isnan(r.arrays["C"])
     assert valid.sum() == 4  # every (t0, t1) cell has t1 > t0
     for k in ("C", "B", "D"):
@@ -28,10 +28,10 @@ def test_zero_eps_gives_exactly_zero(store, cfg):
 
 
 def test_nonzero_eps_moves_the_copy_and_records_the_realized_norm(store):
-    r = run_chaos(C.replace(CNN_CHAOS, eps=1e-3), store)
+    r = run_chaos(conf.replace(CNN_CHAOS, eps=1e-3), store)
     valid = ~np.isnan(r.arrays["C"])
     assert np.all(r.arrays["C"][valid] > 0)
-    P = sum(p.numel() for p in Run(CNN_CHAOS.train, store).new_model().parameters())
+    P = sum(p.numel() for p in Training(CNN_CHAOS.train, store).new_model().parameters())
     assert r.arrays["realized_eps_norm"][0, 0] == pytest.approx(1e-3 * np.sqrt(P), rel=0.1)
 
 
@@ -45,20 +45,20 @@ def test_same_config_twice_gives_identical_arrays(tmp_path):
 
 def test_second_request_is_served_from_the_cache_without_training(store, monkeypatch):
     steps = {"n": 0}
-    real = Run.step
+    real = Training.step
 
     def counting(self, *a, **k):
         steps["n"] += 1
         return real(self, *a, **k)
 
-    monkeypatch.setattr(Run, "step", counting)
+    monkeypatch.setattr(Training, "step", counting)
     first = run_chaos(CHAOS, store)
     assert steps["n"] == 60 + (60 - 0) + (60 - 20)  # base run + one branch per t0: the physical floor
     second = run_chaos(CHAOS, store)
     assert steps["n"] == 160
     assert np.array_equal(first.arrays["C"], second.arrays["C"], equal_nan=True)
     # a different metric setting reuses every checkpoint: no SGD step at all
-    run_chaos(C.replace(CHAOS, n_alpha=7), store)
+    run_chaos(conf.replace(CHAOS, n_alpha=7), store)
     assert steps["n"] == 160
 
 
@@ -84,7 +84,7 @@ def test_chaos_json_layout(store):
 
 
 def test_chaos_marks_cells_with_t1_not_after_t0(store):
-    cfg = C.replace(CHAOS, t0=(0, 30), t1=(30, 60))
+    cfg = conf.replace(CHAOS, t0=(0, 30), t1=(30, 60))
     j = run_chaos(cfg, store).to_json()
     assert j["C"][1][0] is None and j["C"][1][1] is not None
 
@@ -99,7 +99,7 @@ def test_linear_runs_and_matches_the_model_at_zero_steps(store):
 def test_taylor_model_is_exact_at_theta_t_and_first_order_nearby(store):
     from twophase_core.science.linearised import Linearised
 
-    run = Run(preset("tiny", "linear").train, store)
+    run = Training(preset("tiny", "linear").train, store)
     model = run.base().model(30)
     lin = Linearised(model)
     x = run.ds.x_test[:16]
@@ -116,18 +116,18 @@ def test_taylor_model_is_exact_at_theta_t_and_first_order_nearby(store):
 
 
 def test_run_experiment_dispatches_and_validates(store):
-    with pytest.raises(C.ConfigError):
-        run_experiment(C.replace(CHAOS, eps=-1.0), store)
+    with pytest.raises(conf.ConfigError):
+        run_experiment(conf.replace(CHAOS, eps=-1.0), store)
 
 
 def test_stacked_and_loop_paths_agree_and_stay_exact_at_zero_eps(tmp_path):
-    cfg = C.replace(CHAOS, perturb_seeds=(0, 1), eps=1e-7)
-    loop = run_chaos(C.replace(cfg, lockstep="loop"), Store(tmp_path / "loop"))
-    stack = run_chaos(C.replace(cfg, lockstep="stack"), Store(tmp_path / "stack"))
+    cfg = conf.replace(CHAOS, perturb_seeds=(0, 1), eps=1e-7)
+    loop = run_chaos(conf.replace(cfg, lockstep="loop"), Store(tmp_path / "loop"))
+    stack = run_chaos(conf.replace(cfg, lockstep="stack"), Store(tmp_path / "stack"))
     assert loop.meta["lockstep"] == "loop" and stack.meta["lockstep"] == "stack"
     for k in ("C", "B", "D"):
         assert np.nanmax(np.abs(loop.arrays[k] - stack.arrays[k])) < 1e-6, k
-    zero = run_chaos(C.replace(cfg, eps=0.0, lockstep="stack"), Store(tmp_path / "stack"))
+    zero = run_chaos(conf.replace(cfg, eps=0.0, lockstep="stack"), Store(tmp_path / "stack"))
     for k in ("C", "B", "D"):
         assert np.all(zero.arrays[k][~np.isnan(zero.arrays[k])] == 0.0), k
 
@@ -135,9 +135,9 @@ def test_stacked_and_loop_paths_agree_and_stay_exact_at_zero_eps(tmp_path):
 def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
     """Partial results carry the base run's loss at every step and accuracy at its checkpoints before any
     cell exists; the final result keeps them; a later experiment on the stored run reads them back."""
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
 
-    cfg = C.replace(preset("tiny", "chaos"), iterations=400, t0=(0, 200), t1=(300, 400))
+    cfg = conf.replace(preset("tiny", "chaos"), iterations=400, t0=(0, 200), t1=(300, 400))
     seen = []
     r = run_chaos(cfg, store, partial=lambda p: seen.append(p))
     first = seen[0]
@@ -148,10 +148,10 @@ def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
     assert list(a["acc_t"]) == [0, 200, 300, 400] and np.all((a["acc"] >= 0) & (a["acc"] <= 1))
     assert np.array_equal(a["acc_base"], a["acc"][2:])  # the same evaluation, measured once
     # the loss of step t is the one the checkpoint at t recorded
-    ck = store.load_checkpoint(C.replace(cfg, iterations=400).train.trajectory_key(), 300)
+    ck = store.load_checkpoint(conf.replace(cfg, iterations=400).train.trajectory_key(), 300)
     assert a["train_loss"][299] == pytest.approx(ck["train_loss"], abs=0)
     # another experiment on the same (stored) base run reads the same curve back from its checkpoints
-    lin = run_linear(C.replace(preset("tiny", "linear"), iterations=400, switch=(200,)), store)
+    lin = run_linear(conf.replace(preset("tiny", "linear"), iterations=400, switch=(200,)), store)
     assert np.array_equal(lin.arrays["train_t"], a["train_t"]) and np.array_equal(lin.arrays["train_loss"],
                                                                                    a["train_loss"])
     assert list(lin.arrays["acc_t"]) == [200, 400] and lin.arrays["acc"][0] == a["acc"][1]

@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces.cli import main
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]  # capsys is read (so reset) every example
 settings.register_profile("fast", max_examples=150, deadline=2000, suppress_health_check=_QUIET)
 settings.register_profile("long", max_examples=3000, deadline=5000, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("long" if os.environ.get("TWOPHASE_FUZZ") else "fast"))
 
-KINDS = list(C.KINDS)
-SETTINGS = {kind: sorted(C.settings_of(C.KINDS[kind])) for kind in KINDS}
+KINDS = list(conf.KINDS)
+SETTINGS = {kind: sorted(conf.settings_of(conf.KINDS[kind])) for kind in KINDS}
 
 hostile_text = st.one_of(
     st.text(max_size=30),
@@ -45,7 +45,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 @given(kind=st.sampled_from(KINDS), data=st.data())
 def test_cli_refuses_in_one_line_or_prints_a_valid_config(kind, data, capsys):
     name = data.draw(st.sampled_from(SETTINGS[kind]))
-    spec = C.settings_of(C.KINDS[kind])[name][0]
+    spec = conf.settings_of(conf.KINDS[kind])[name][0]
     value = data.draw(hostile_text)
     flag = spec.flag(name)
     argv = [kind, "--preset", "tiny", "--print-config"]
@@ -56,8 +56,8 @@ def test_cli_refuses_in_one_line_or_prints_a_valid_config(kind, data, capsys):
     code, out, err = _run(argv, capsys)
     assert "Traceback" not in err
     if code == 0:
-        cfg = C.from_dict(C.KINDS[kind], json.loads(out))
-        C.validate(cfg)  # what was accepted is valid
+        cfg = conf.from_dict(conf.KINDS[kind], json.loads(out))
+        conf.validate(cfg)  # what was accepted is valid
     else:
         assert code == 2, (argv, code, err)
         lines = [ln for ln in err.strip().splitlines() if ln.startswith("twophase: error:")]
@@ -72,10 +72,10 @@ value = st.one_of(leaf, st.lists(leaf, max_size=4), st.dictionaries(st.text(max_
 
 @given(kind=st.sampled_from(KINDS), data=st.data())
 def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
-    d = C.to_dict(preset("tiny", kind))
+    d = conf.to_dict(preset("tiny", kind))
     for _ in range(data.draw(st.integers(1, 4))):
         name = data.draw(st.sampled_from(SETTINGS[kind]))
-        where = d["train"] if C.settings_of(C.KINDS[kind])[name][1] else d
+        where = d["train"] if conf.settings_of(conf.KINDS[kind])[name][1] else d
         if data.draw(st.integers(0, 9)) == 0:
             where.pop(name, None)  # a missing key must not silently take a default
         else:
@@ -83,13 +83,13 @@ def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
     if data.draw(st.integers(0, 19)) == 0:
         d = data.draw(value)  # not even a dict
     try:
-        cfg = C.from_dict(C.KINDS[kind], d)
-        C.validate(cfg)
-    except C.ConfigError as e:
+        cfg = conf.from_dict(conf.KINDS[kind], d)
+        conf.validate(cfg)
+    except conf.ConfigError as e:
         assert len(str(e)) < 500
     else:
-        assert C.to_dict(cfg) == json.loads(json.dumps(C.to_dict(cfg)))  # a valid config is plain JSON
-        C.config_hash(cfg)
+        assert conf.to_dict(cfg) == json.loads(json.dumps(conf.to_dict(cfg)))  # a valid config is plain JSON
+        conf.config_hash(cfg)
 
 
 @pytest.mark.parametrize("d, needle", [
@@ -97,28 +97,28 @@ def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
     ({"train": "x"}, "missing"),
 ])
 def test_from_dict_refuses_non_configs(d, needle):
-    with pytest.raises(C.ConfigError, match=needle):
-        C.from_dict(C.ChaosConfig, d)
+    with pytest.raises(conf.ConfigError, match=needle):
+        conf.from_dict(conf.ChaosConfig, d)
 
 
 @pytest.mark.parametrize("field, v", [("augment", "false"), ("download", "no"), ("init_seed", 2**64),
                                       ("momentum", "0.9"), ("weight_decay", None), ("lr_gamma", None),
                                       ("dropout", "x")])
 def test_from_dict_takes_no_truthy_strings_or_none(field, v):
-    d = C.to_dict(preset("tiny", "chaos"))
+    d = conf.to_dict(preset("tiny", "chaos"))
     d["train"][field] = v
-    with pytest.raises(C.ConfigError, match=field):
-        C.validate(C.from_dict(C.ChaosConfig, d))
+    with pytest.raises(conf.ConfigError, match=field):
+        conf.validate(conf.from_dict(conf.ChaosConfig, d))
 
 
 def test_cone_references_none_is_a_config_error():
-    d = C.to_dict(preset("tiny", "cone"))
+    d = conf.to_dict(preset("tiny", "cone"))
     d["references"] = None
-    with pytest.raises(C.ConfigError, match="references"):
-        C.validate(C.from_dict(C.ConeConfig, d))
+    with pytest.raises(conf.ConfigError, match="references"):
+        conf.validate(conf.from_dict(conf.ConeConfig, d))
 
 
-NUMERIC = sorted({(name, spec) for kind in KINDS for name, (spec, _) in C.settings_of(C.KINDS[kind]).items()
+NUMERIC = sorted({(name, spec) for kind in KINDS for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items()
                   if spec.type in ("int", "float", "step", "steps", "ints", "window")}, key=lambda x: x[0])
 not_plain = st.tuples(st.text(max_size=10), st.one_of(st.just("_"), st.characters(min_codepoint=128)),
                       st.text(max_size=10)).map("".join)
@@ -129,5 +129,5 @@ def test_a_number_with_a_non_ascii_character_or_underscore_is_a_config_error(set
     from twophase_core.settings.spec import parse_text
 
     name, spec = setting
-    with pytest.raises(C.ConfigError):
+    with pytest.raises(conf.ConfigError):
         parse_text(name, spec, text, iterations_per_epoch=10)

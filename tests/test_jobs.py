@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from launchers import FailingLauncher
 from waiting import gone, wait_for
 
 from twophase_core.execution.jobs import JobManager, JobRecord, save_record
 from twophase_core.execution.worker import run_job
 from twophase_core.experiments.engine import run_experiment
 from twophase_core.experiments.presets import preset
-from twophase_core.science.train import Run
-from twophase_core.settings import config as C
+from twophase_core.science.train import Training
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 
@@ -40,11 +41,11 @@ def finished(jm: JobManager, job_id: str) -> JobRecord | None:
     return rec if rec is not None and rec.finished else None
 
 
-def fresh_steps(cfg: C.ChaosConfig, root: Path) -> int:
+def fresh_steps(cfg: conf.ChaosConfig, root: Path) -> int:
     """SGD steps a chaos run needs with nothing stored (the engine's own count, on an empty store)."""
     s = Store(root)
     try:
-        run = Run(cfg.train, s)
+        run = Training(cfg.train, s)
         t0s, t1s = sorted(cfg.t0), sorted(cfg.t1)
         n = run.base().steps_needed(t0s + t1s)
         for t0 in t0s:
@@ -55,8 +56,8 @@ def fresh_steps(cfg: C.ChaosConfig, root: Path) -> int:
         s.close()
 
 
-def long_chaos(iterations: int, **kw) -> C.ChaosConfig:
-    return C.replace(preset("tiny", "chaos"), iterations=iterations, t1=(30, iterations), **kw)
+def long_chaos(iterations: int, **kw) -> conf.ChaosConfig:
+    return conf.replace(preset("tiny", "chaos"), iterations=iterations, t1=(30, iterations), **kw)
 
 
 def assert_same_result(a, b) -> None:
@@ -69,12 +70,12 @@ def assert_same_result(a, b) -> None:
 
 def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, tmp_path):
     # long enough (a few seconds) that the 5-per-second progress reports catch it mid-run with an ETA
-    cfg = C.replace(preset("tiny", "chaos"), iterations=400, t1=(30, 400))
+    cfg = conf.replace(preset("tiny", "chaos"), iterations=400, t1=(30, 400))
     jm = JobManager(store, max_running=2)
     rec = jm.submit(cfg)
-    assert rec.id == jm.job_id(cfg) == f"chaos-{C.config_hash(cfg)}"
+    assert rec.id == jm.job_id(cfg) == f"chaos-{conf.config_hash(cfg)}"
     assert rec.status == "running" and rec.pid is not None and rec.pid != os.getpid()
-    assert rec.config == C.to_dict(cfg)
+    assert rec.config == conf.to_dict(cfg)
     # the same config again, from this page and from another process's manager: attached, not rerun
     same = [jm.submit(cfg), JobManager(Store(store.root), max_running=2).submit(cfg)]
     assert all(r.id == rec.id and r.status == "running" and r.pid == rec.pid for r in same)
@@ -118,12 +119,12 @@ def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, 
 
 def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     # six rows (one per t0): the first row's cells come after a third of the work (the live curve before)
-    long_cfg = C.replace(preset("tiny", "chaos"), iterations=600, t0=(0, 1, 2, 3, 4, 5), t1=(600,))
+    long_cfg = conf.replace(preset("tiny", "chaos"), iterations=600, t0=(0, 1, 2, 3, 4, 5), t1=(600,))
     next_cfg = preset("tiny", "chaos")
     jm = JobManager(store, max_running=1)
     first = jm.submit(long_cfg)
     second = jm.submit(next_cfg)
-    third = jm.submit(C.replace(next_cfg, data_seed=2))
+    third = jm.submit(conf.replace(next_cfg, data_seed=2))
     assert first.status == "running" and second.status == "queued" and second.pid is None
     assert third.status == "queued"
     assert [r.id for r in jm.list()] == [third.id, second.id, first.id]  # newest first
@@ -196,10 +197,10 @@ def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
 
 def test_diverging_training_fails_with_one_clear_line(store):
     """The worker's job body, run in this process (no torch import to wait for): status failed."""
-    cfg = C.replace(preset("tiny", "chaos"), lr=100.0, width=1.0)  # diverges within the allowed lr
+    cfg = conf.replace(preset("tiny", "chaos"), lr=100.0, width=1.0)  # diverges within the allowed lr
     jm = JobManager(store)
     job_id = jm.job_id(cfg)
-    save_record(store, JobRecord(job_id, "chaos", C.config_hash(cfg), C.to_dict(cfg), created=time.time(),
+    save_record(store, JobRecord(job_id, "chaos", conf.config_hash(cfg), conf.to_dict(cfg), created=time.time(),
                                  updated=time.time()))
     handler = signal.getsignal(signal.SIGINT)
     assert run_job(store, job_id) == 1
@@ -210,28 +211,17 @@ def test_diverging_training_fails_with_one_clear_line(store):
     assert "TrainingDiverged" in rec.traceback and "Traceback" in rec.traceback
     assert jm.result(job_id) is None
     # a resubmission re-queues it and pumps: here through an executor that cannot start anything
-    rec2 = JobManager(store, executor=NoCapacity()).submit(cfg)
+    rec2 = JobManager(store, launcher=FailingLauncher(RuntimeError("no capacity"))).submit(cfg)
     assert rec2.status == "failed" and rec2.error == "could not start a worker: no capacity"
     assert rec2.traceback is None and rec2.pid is None
 
 
-class NoCapacity:
-    """An executor whose launches fail (tests the Executor seam, not processes)."""
-
-    def launch(self, job_id: str, cache_dir: str) -> int:
-        raise RuntimeError("no capacity")
-
-    def alive(self, pid: int) -> bool:
-        return False
-
-    def kill(self, pid: int) -> None:
-        pass
 
 
 def test_invalid_config_raises_and_creates_no_record(store):
-    bad = C.replace(preset("tiny", "chaos"), t1=(30, 999))
+    bad = conf.replace(preset("tiny", "chaos"), t1=(30, 999))
     jm = JobManager(store)
-    with pytest.raises(C.ConfigError):
+    with pytest.raises(conf.ConfigError):
         jm.submit(bad)
     assert store.keys("job/") == [] and jm.list() == []
     assert not (store.root / "jobs").exists()
@@ -243,7 +233,7 @@ def test_max_running_from_env(store, monkeypatch):
     assert JobManager(store, max_running=2).max_running == 2
     monkeypatch.delenv("TWOPHASE_MAX_JOBS")
     assert JobManager(store).max_running == 1
-    with pytest.raises(C.ConfigError):
+    with pytest.raises(conf.ConfigError):
         JobManager(store, max_running=0)
     assert JobManager(store).get("chaos-unknown") is None
 
@@ -269,8 +259,8 @@ def test_resubmitting_right_after_a_kill_starts_a_new_worker(store):
     assert final.status == "done" and final.pid == again.pid, final.error
 
 
-def _cone(iterations: int, **kw) -> C.ConeConfig:
-    return C.replace(preset("tiny", "cone"), iterations=iterations, checkpoints=(0, 10, 20, 40, iterations), **kw)
+def _cone(iterations: int, **kw) -> conf.ConeConfig:
+    return conf.replace(preset("tiny", "cone"), iterations=iterations, checkpoints=(0, 10, 20, 40, iterations), **kw)
 
 
 def test_a_job_waits_for_the_trajectory_lock_and_reads_what_the_holder_trained(store):
@@ -283,7 +273,7 @@ def test_a_job_waits_for_the_trajectory_lock_and_reads_what_the_holder_trained(s
         time.sleep(1.0)
         assert store.checkpoints(key) == [] and jm.get(rec.id).status == "running"  # waiting, not training
         assert "waiting for another job" in jm.get(rec.id).stage  # and the page says so
-        Run(cfg.train, store).base().ensure(list(cfg.checkpoints))
+        Training(cfg.train, store).base().ensure(list(cfg.checkpoints))
     final = wait_for("the waiting job to finish", lambda: finished(jm, rec.id))
     assert final.status == "done", final.error
     assert jm.result(rec.id).meta["sgd_steps"] == 0  # it read the checkpoints the holder wrote
@@ -341,7 +331,7 @@ def test_a_job_whose_index_is_deleted_mid_run_fails_loudly(store):
 def test_finished_workers_are_reaped_not_left_as_zombies(store):
     """The app's manager starts workers; once they end, pump() collects them (no zombies pile up)."""
     jm = JobManager(store, max_running=2)
-    cfgs = [C.replace(preset("tiny", "linear"), switch=(s,)) for s in (0, 10, 20)]
+    cfgs = [conf.replace(preset("tiny", "linear"), switch=(s,)) for s in (0, 10, 20)]
     ids = [jm.submit(c).id for c in cfgs]
     deadline = time.time() + 240
     while time.time() < deadline and not all(jm.get(i).finished for i in ids):

@@ -5,13 +5,13 @@ import torch
 
 from twophase_core.experiments.presets import preset
 from twophase_core.science import lockstep
-from twophase_core.science.train import Cancelled, CancelToken, Run, TrainingDiverged
-from twophase_core.settings import config as C
+from twophase_core.science.train import Cancelled, CancelToken, Training, TrainingDiverged
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 TINY = preset("tiny", "chaos").train  # synthetic 3x8x8, mlp
-CNN = C.replace(preset("tiny", "chaos"), model="cnn", width=0.25).train  # conv-BN-ReLU
-DROPOUT = C.replace(preset("tiny", "chaos"), model="vgg16_bn_fc", width=1 / 64, dropout=0.5).train
+CNN = conf.replace(preset("tiny", "chaos"), model="cnn", width=0.25).train  # conv-BN-ReLU
+DROPOUT = conf.replace(preset("tiny", "chaos"), model="vgg16_bn_fc", width=1 / 64, dropout=0.5).train
 COPIES = [(0.0, 0), (1e-3, 1), (1e-3, 2)]  # (eps, seed): K = 3
 T0, NEEDED = 5, [10, 15]
 
@@ -26,7 +26,7 @@ def _momentum(opt_sd: dict) -> list[torch.Tensor]:
     return [opt_sd["state"][i]["momentum_buffer"] for i in sorted(opt_sd["state"])]
 
 
-def _branches(run: Run, copies=COPIES, t0=T0):
+def _branches(run: Training, copies=COPIES, t0=T0):
     return [run.branch(t0, eps, "per-coordinate", seed) for eps, seed in copies]
 
 
@@ -37,7 +37,7 @@ def _branches(run: Run, copies=COPIES, t0=T0):
 @pytest.mark.parametrize("cfg, needed", [(TINY, NEEDED), (CNN, NEEDED), (DROPOUT, [T0 + 1, T0 + 2])],
                          ids=["mlp", "cnn-bn", "vgg-dropout"])
 def test_stacked_agrees_with_the_loop(store, tmp_path, cfg, needed):
-    loop_run, stack_run = Run(cfg, store), Run(cfg, Store(tmp_path / "stack"))
+    loop_run, stack_run = Training(cfg, store), Training(cfg, Store(tmp_path / "stack"))
     for br in _branches(loop_run):
         br.ensure(needed)
     twins = lockstep.ensure_branches_stacked(stack_run, _branches(stack_run), needed, include_control=False)
@@ -58,7 +58,7 @@ def test_stacked_agrees_with_the_loop(store, tmp_path, cfg, needed):
 
 @pytest.mark.parametrize("cfg", [TINY, CNN], ids=["mlp", "cnn-bn"])
 def test_zero_eps_copy_equals_the_stacked_control_bitwise(store, cfg):
-    run = Run(cfg, store)
+    run = Training(cfg, store)
     every = [6, 9, 12, 20]
     brs = lockstep.ensure_branches_stacked(run, _branches(run, [(0.0, 3), (1e-3, 1)]), every, include_control=True)
     control = lockstep.control_branch(run, T0)
@@ -74,7 +74,7 @@ def test_zero_eps_copy_equals_the_stacked_control_bitwise(store, cfg):
 
 
 def test_control_key_is_not_trained_twice(store):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     brs = _branches(run, [(0.0, 0), (1e-3, 1)])  # eps 0, per-coordinate, seed 0: the control itself
     twins = lockstep.ensure_branches_stacked(run, brs, [10], include_control=True)
     assert twins[0].key == lockstep.control_branch(run, T0).key
@@ -82,7 +82,7 @@ def test_control_key_is_not_trained_twice(store):
 
 
 def test_the_paths_never_share_checkpoints(store):
-    run = Run(CNN, store)
+    run = Training(CNN, store)
     brs = _branches(run, [(0.0, 0), (1e-3, 1)])
     twins = lockstep.ensure_branches_stacked(run, brs, [12], include_control=True)
     assert {t.key for t in twins}.isdisjoint({b.key for b in brs} | {run.key})
@@ -94,7 +94,7 @@ def test_the_paths_never_share_checkpoints(store):
 
 @pytest.mark.parametrize("cfg", [TINY, CNN], ids=["mlp", "cnn-bn"])
 def test_stacked_checkpoints_resume_with_the_plain_path(store, cfg):
-    run = Run(cfg, store)
+    run = Training(cfg, store)
     brs = lockstep.ensure_branches_stacked(run, _branches(run), NEEDED, include_control=False)
     for br in brs:
         s = run.unpack(store.load_checkpoint(br.key, 10))  # Run.unpack reads the stacked format
@@ -115,7 +115,7 @@ def test_stacked_checkpoints_resume_with_the_plain_path(store, cfg):
 
 
 def test_nothing_is_trained_when_every_checkpoint_exists_and_resume_is_common(store):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     lockstep.ensure_branches_stacked(run, _branches(run), [10], include_control=True)
     done = run.steps_done
     lockstep.ensure_branches_stacked(run, _branches(run), [10], include_control=True)
@@ -125,18 +125,18 @@ def test_nothing_is_trained_when_every_checkpoint_exists_and_resume_is_common(st
 
 
 def test_divergence_and_cancel(store):
-    run = Run(C.replace(C.ChaosConfig(train=TINY), lr=1e4).train, store)
+    run = Training(conf.replace(conf.ChaosConfig(train=TINY), lr=1e4).train, store)
     with pytest.raises(TrainingDiverged, match=r"iteration \d+"):
         lockstep.ensure_branches_stacked(run, _branches(run, t0=0), [30], include_control=False)
     tok = CancelToken()
     tok.set()
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     with pytest.raises(Cancelled):
         lockstep.ensure_branches_stacked(run, _branches(run, t0=0), [10], include_control=False, cancel=tok)
 
 
 def test_train_stacked_checks_its_inputs(store):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     a, b = run.initial(), run.base().state(3)
     with pytest.raises(ValueError, match="one iteration"):
         lockstep.train_stacked(run, [a, b], 5, [5], ["x", "y"])
@@ -147,7 +147,7 @@ def test_train_stacked_checks_its_inputs(store):
 
 
 def test_choose_path_returns_a_path_and_caches(store, monkeypatch):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     monkeypatch.setattr(lockstep, "CALIBRATION_STEPS", 2)
     assert lockstep.choose_path(run, 1) == "loop"
     got = lockstep.choose_path(run, 3)

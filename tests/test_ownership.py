@@ -17,7 +17,7 @@ import pytest
 from twophase_core.experiments.engine import run_chaos, run_cone
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces.cli import main
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT
 from twophase_core.storage.store import ENV as ENV_CACHE
 from twophase_core.storage.store import Store, StoreError
@@ -225,7 +225,7 @@ def test_a_trajectory_a_live_job_holds_is_left_to_it_by_clear(tmp_path, lock_hol
 def test_eps_zero_still_gives_exact_zeros_after_a_clear(tmp_path):
     """Clearing and recomputing changes nothing of the science: the control stays exactly zero."""
     store = Store(tmp_path / "cache")
-    cfg = C.replace(CHAOS, eps=0.0)
+    cfg = conf.replace(CHAOS, eps=0.0)
     run_chaos(cfg, store)
     store.clear()
     again = run_chaos(cfg, store)

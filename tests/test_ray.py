@@ -34,7 +34,7 @@ from waiting import free_port, gone, wait_for
 from twophase_core.execution import on_ray as ray_exec
 from twophase_core.execution.on_ray import ENV_ADDRESS, check_address
 from twophase_core.experiments.presets import preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError
 from twophase_core.storage.store import Store
 
@@ -182,7 +182,7 @@ def ray_cluster() -> Iterator[RayHead]:
         head.stop()
 
 
-CHAOS = C.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
+CHAOS = conf.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
 
 
 def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
@@ -245,7 +245,7 @@ def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the worker process of a running row task: Ray retries it, the row resumes from checkpoints."""
     from twophase_core.experiments.engine import run_chaos
 
-    cfg = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
+    cfg = conf.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
     with killing_one_running(ray_cluster, "_unit_task") as killed:
         got = run_chaos(cfg, Store(tmp_path / "kill"), executor="ray")
@@ -258,7 +258,7 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
     from twophase_core.experiments.engine import run_chaos
     from twophase_core.science.train import Cancelled, CancelToken
 
-    cfg = C.replace(CHAOS, iterations=400, t0=(0, 50, 100, 200), t1=(300, 400), perturb_seeds=(0,))
+    cfg = conf.replace(CHAOS, iterations=400, t0=(0, 50, 100, 200), t1=(300, 400), perturb_seeds=(0,))
     store = Store(tmp_path / "c")
     token = CancelToken()
     seen: list[str] = []
@@ -328,7 +328,7 @@ def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_
 def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path):
     from twophase_core.experiments.engine import run_linear
 
-    cfg = C.replace(preset("tiny", "linear"), switch=(0, 10, 20, 40))
+    cfg = conf.replace(preset("tiny", "linear"), switch=(0, 10, 20, 40))
     local = run_linear(cfg, Store(tmp_path / "local"))
     seen: list[tuple[float, str]] = []
     remote = run_linear(cfg, Store(tmp_path / "ray"), executor="ray", progress=lambda f, s: seen.append((f, s)))
@@ -359,7 +359,7 @@ def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sw
     points as tasks, one assembling task per point; the results are the local sweep's, bit for bit."""
     from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
-    base = C.replace(preset("tiny", "chaos"), perturb_seeds=(0,))
+    base = conf.replace(preset("tiny", "chaos"), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]), replicates=2)
     remote = run_sweep(sweep, Store(tmp_path / "r"), executor="ray")
     local = run_sweep(sweep, Store(tmp_path / "l"))
@@ -388,7 +388,7 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
     from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
     from twophase_core.science.train import Cancelled, CancelToken
 
-    base = C.replace(preset("tiny", "chaos"), iterations=1500, t0=(0, 500, 1000), t1=(1200, 1500),
+    base = conf.replace(preset("tiny", "chaos"), iterations=1500, t0=(0, 500, 1000), t1=(1200, 1500),
                      perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
     store = Store(tmp_path / "c")
@@ -417,7 +417,7 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
     from the checkpoints in the storage root, and the sweep's results are the local sweep's."""
     from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
-    base = C.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
+    base = conf.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
     with killing_one_running(ray_cluster, "_unit_task") as killed:
         got = run_sweep(sweep, Store(tmp_path / "kill"), executor="ray")
@@ -432,7 +432,7 @@ def test_a_ray_sweep_moves_its_bar_with_the_tasks_progress(ray_cluster, tmp_path
     """The bar and ETA move while the base run and the rows train, not only when a point is done."""
     from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
 
-    base = C.replace(CHAOS, iterations=2000, t0=(0, 1000), t1=(1500, 2000), perturb_seeds=(0,))
+    base = conf.replace(CHAOS, iterations=2000, t0=(0, 1000), t1=(1500, 2000), perturb_seeds=(0,))
     seen: list[tuple[float, str]] = []
     run_sweep(Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"])), Store(tmp_path / "s"), executor="ray",
               progress=lambda f, st: seen.append((f, st)))

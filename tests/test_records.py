@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from launchers import FailingLauncher
 from streamlit.testing.v1 import AppTest
 
 from twophase_core.execution.jobs import JobManager, JobRecord, load_record, update_record
@@ -20,7 +21,7 @@ from twophase_core.experiments import sweep as S
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces import catalog as K
 from twophase_core.interfaces.cli import main
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store
 
@@ -31,24 +32,13 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
                                                                         HealthCheck.too_slow])
 
 
-class NoWorkers:
-    """An executor that starts nothing and sees no worker alive: a fuzzed pid never reaches a real process."""
-
-    def launch(self, job_id: str, cache_dir: str) -> int:
-        raise OSError("no workers in these tests")
-
-    def alive(self, pid: int) -> bool:
-        return False
-
-    def kill(self, pid: int) -> None:
-        raise AssertionError(f"kill({pid}) of a process no test started")
 
 
 def _job(cfg: Any = None, **changes: Any) -> dict[str, Any]:
     """A finished job record as JSON, with `changes` on top."""
     cfg = cfg if cfg is not None else preset("tiny", "chaos")
-    h = C.config_hash(cfg)
-    rec = JobRecord(f"{C.kind_of(cfg)}-{h}", C.kind_of(cfg), h, C.to_dict(cfg), status="done", progress=1.0,
+    h = conf.config_hash(cfg)
+    rec = JobRecord(f"{conf.kind_of(cfg)}-{h}", conf.kind_of(cfg), h, conf.to_dict(cfg), status="done", progress=1.0,
                     stage="done", created=NOW, started=NOW, updated=NOW + 5, finished_at=NOW + 5)
     return {**asdict(rec), **changes}
 
@@ -94,7 +84,7 @@ def _jobs(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str
 
 
 def test_jobs_names_a_record_with_a_flipped_byte_and_leaves_it_in_the_store(store, capsys):
-    good, bad = _job(), _job(C.replace(preset("tiny", "chaos"), eps=1e-5))
+    good, bad = _job(), _job(conf.replace(preset("tiny", "chaos"), eps=1e-5))
     store.put_json(f"job/{good['id']}", good)
     store.put_json(f"job/{bad['id']}", bad)
     flipped = _flip_a_byte(store, f"job/{bad['id']}")
@@ -116,7 +106,7 @@ def test_jobs_names_a_record_with_a_flipped_byte_and_leaves_it_in_the_store(stor
     ("status", "paused", "must be one of queued, running, done, failed, cancelled"),
 ])
 def test_jobs_skips_a_record_with_a_field_of_the_wrong_type_in_one_line(store, capsys, field, value, why):
-    good, bad = _job(), _job(C.replace(preset("tiny", "chaos"), eps=1e-5), **{field: value})
+    good, bad = _job(), _job(conf.replace(preset("tiny", "chaos"), eps=1e-5), **{field: value})
     store.put_json(f"job/{good['id']}", good)
     store.put_json(f"job/{bad['id']}", bad)
 
@@ -133,7 +123,7 @@ def test_a_record_that_fails_its_checks_is_never_rewritten_by_an_update(store):
     calls = []
 
     assert update_record(store, bad["id"], lambda r: calls.append(r)) is None
-    JobManager(store, executor=NoWorkers()).cancel(bad["id"])
+    JobManager(store, launcher=FailingLauncher()).cancel(bad["id"])
 
     assert calls == [] and _row(store, f"job/{bad['id']}") == before
 
@@ -143,13 +133,13 @@ def test_a_record_that_fails_its_checks_is_never_rewritten_by_an_update(store):
 
 
 def test_a_note_with_tags_5_leaves_its_run_listed_without_the_note(store):
-    one, two = _job(), _job(C.replace(preset("tiny", "chaos"), eps=1e-5))
+    one, two = _job(), _job(conf.replace(preset("tiny", "chaos"), eps=1e-5))
     for rec in (one, two):
         store.put_json(f"job/{rec['id']}", rec)
     store.put_json(f"runmeta/{one['id']}", {"name": "broken", "tags": 5, "note": ""})
     store.put_json(f"runmeta/{two['id']}", {"name": "fine", "tags": ["a"], "note": "n"})
 
-    entries = K.list_runs(store, JobManager(store, executor=NoWorkers()).list())
+    entries = K.list_runs(store, JobManager(store, launcher=FailingLauncher()).list())
 
     assert {e.id: (e.meta.name, e.meta.tags, e.meta.note) for e in entries} == {
         one["id"]: ("", (), ""), two["id"]: ("fine", ("a",), "n")}
@@ -162,7 +152,7 @@ def test_submitting_a_sweep_over_its_own_damaged_record_writes_a_fresh_one(store
     store.put_json(f"sweep/{rec['id']}", {**rec, "created": "yesterday"})
     sweep = S.Sweep.from_dict(rec["sweep"])
 
-    fresh = S.submit_sweep(JobManager(store, executor=NoWorkers()), sweep)
+    fresh = S.submit_sweep(JobManager(store, launcher=FailingLauncher()), sweep)
 
     assert type(fresh["created"]) is float and S.load_sweep(store, rec["id"]) == fresh
     assert S.list_sweeps(store) == ([fresh], [])
@@ -225,7 +215,7 @@ def test_listers_skip_bad_records_and_name_them(store):
     expected = _plant_every_problem(store)
     for kind, value in VALID.items():
         store.put_json(f"{R.PREFIXES[kind]}{IDS[kind]}", value)
-    jm = JobManager(store, executor=NoWorkers())
+    jm = JobManager(store, launcher=FailingLauncher())
 
     assert [r.id for r in jm.list()] == [IDS["job"]]
     assert {(p.kind, p.id, p.field) for p in jm.skipped} == {e for e in expected if e[0] == "job"}
@@ -261,7 +251,7 @@ def stored_records(draw: st.DrawFn) -> tuple[str, Any]:
     if how == "any":
         return kind, draw(json_values)
     if how == "vary":
-        setting = draw(st.sampled_from(sorted(C.settings_of(C.KINDS["chaos"]))))
+        setting = draw(st.sampled_from(sorted(conf.settings_of(conf.KINDS["chaos"]))))
         valid["sweep"] = valid["sweep"] | {"vary": {setting: draw(st.lists(json_values, min_size=1, max_size=3))}}
         return kind, valid
     if how in ("spec", "base"):
@@ -282,7 +272,7 @@ def stored_records(draw: st.DrawFn) -> tuple[str, Any]:
 
 def _read_everything(store: Store) -> None:
     """Every reader, lister and what the pages build from them."""
-    jm = JobManager(store, executor=NoWorkers())
+    jm = JobManager(store, launcher=FailingLauncher())
     load_record(store, IDS["job"])
     entries = K.list_runs(store, jm.list())
     K.load_meta(store, IDS["runmeta"])
@@ -357,13 +347,13 @@ def _page(page: str) -> AppTest:
 
 
 def test_runs_page_lists_every_good_run_beside_a_bad_note_and_a_bad_job(store):
-    good = [_job(), _job(C.replace(preset("tiny", "chaos"), eps=1e-5), status="failed", error="boom"),
+    good = [_job(), _job(conf.replace(preset("tiny", "chaos"), eps=1e-5), status="failed", error="boom"),
             _job(preset("tiny", "cone"))]
     for rec in good:
         store.put_json(f"job/{rec['id']}", rec)
     store.put_json(f"runmeta/{good[0]['id']}", {"tags": 5})
     store.put_json(f"runmeta/{good[1]['id']}", {"name": "named", "tags": ["t"]})
-    bad = _job(C.replace(preset("tiny", "chaos"), eps=1e-4), created="yesterday")
+    bad = _job(conf.replace(preset("tiny", "chaos"), eps=1e-4), created="yesterday")
     store.put_json(f"job/{bad['id']}", bad)
 
     at = _page("pages/runs.py")
@@ -399,8 +389,8 @@ def test_cache_check_names_bad_records_and_repair_moves_them_aside_whole(store, 
     damaged/ (the flipped row byte for byte), the good ones untouched, and check is clean after."""
     import json
 
-    good, typed, flipped = _job(), _job(C.replace(preset("tiny", "chaos"), eps=1e-5), created="yesterday"), \
-        _job(C.replace(preset("tiny", "chaos"), eps=1e-4))
+    good, typed, flipped = _job(), _job(conf.replace(preset("tiny", "chaos"), eps=1e-5), created="yesterday"), \
+        _job(conf.replace(preset("tiny", "chaos"), eps=1e-4))
     for rec in (good, typed, flipped):
         store.put_json(f"job/{rec['id']}", rec)
     store.put_json(f"runmeta/{good['id']}", {"name": "x", "tags": 5, "note": ""})
@@ -431,7 +421,7 @@ def test_the_app_path_refuses_a_cuda_job_where_there_is_no_cuda_and_writes_no_re
     from twophase_core.execution import placement
 
     monkeypatch.setattr(placement, "cuda_available", lambda: False)
-    cfg = C.replace(preset("tiny", "chaos"), device="cuda")
-    with pytest.raises(C.ConfigError, match="device='cuda' is invalid: no CUDA device is visible"):
-        JobManager(store, executor=NoWorkers()).submit(cfg)
+    cfg = conf.replace(preset("tiny", "chaos"), device="cuda")
+    with pytest.raises(conf.ConfigError, match="device='cuda' is invalid: no CUDA device is visible"):
+        JobManager(store, launcher=FailingLauncher()).submit(cfg)
     assert store.keys() == []

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from twophase_core.experiments.presets import preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT, LocalFiles, ObjectFiles, StoreError, open_storage
 from twophase_core.storage.store import Store
 
-CHAOS = C.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
+CHAOS = conf.replace(preset("tiny", "chaos"), perturb_seeds=(0, 1))
 
 
 K, OTHER = "0123456789abcdef0123", "fedcba9876543210fedc"  # trajectory keys, as config.digest writes them
@@ -24,7 +24,7 @@ KERNEL = "kernels/t000000010-full-jacobian-cpu-n8-0123456789abcdef0123-s1.npy"
 
 
 def _listing(files):
-    return sorted((e.run, e.name, e.what, e.size) for e in files.scan().entries)
+    return sorted((e.trajectory, e.name, e.what, e.size) for e in files.scan().entries)
 
 
 def _exercise(files):
@@ -94,11 +94,11 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
 
 
 def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s3_root):
-    from twophase_core.science.train import Run
+    from twophase_core.science.train import Training
 
     url, _, fs = s3_root
     store = Store(tmp_path / "cache")
-    run = Run(CHAOS.train, store)
+    run = Training(CHAOS.train, store)
     run.base().ensure([20, 40])
     obj = f"{url[5:]}/{run.base().key}/t{40:09d}.pt"
     good = fs.cat_file(obj)
@@ -107,16 +107,16 @@ def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s
     assert not report["ok"] and report["checkpoints"]["bad"] == [f"{url}/{run.base().key}/t{40:09d}.pt"]
     assert store.load_checkpoint(run.base().key, 40) is None  # never used; dropped
     assert not fs.exists(obj)
-    Run(CHAOS.train, store).base().ensure([20, 40])  # retrained from the checkpoint at 20
+    Training(CHAOS.train, store).base().ensure([20, 40])  # retrained from the checkpoint at 20
     assert fs.cat_file(obj) == good
 
 
 def test_an_unreachable_object_store_is_an_error_never_a_missing_checkpoint(tmp_path, s3_root):
     """A read that fails for the network is not damage: the checkpoint stays and the error says where."""
-    from twophase_core.science.train import Run
+    from twophase_core.science.train import Training
 
     store = Store(tmp_path / "cache")
-    run = Run(CHAOS.train, store)
+    run = Training(CHAOS.train, store)
     run.base().ensure([20])
 
     def down(*a, **k):
@@ -158,10 +158,10 @@ def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
     url, _, fs = s3_root
     lin, cone = preset("tiny", "linear"), preset("tiny", "cone")
     for run_, cfg in ((run_linear, lin), (run_cone, cone)):
-        a = run_(cfg, Store(tmp_path / f"s3-{C.kind_of(cfg)}"))
-        b = run_(cfg, Store(tmp_path / f"plain-{C.kind_of(cfg)}", storage=tmp_path / "runs"))
+        a = run_(cfg, Store(tmp_path / f"s3-{conf.kind_of(cfg)}"))
+        b = run_(cfg, Store(tmp_path / f"plain-{conf.kind_of(cfg)}", storage=tmp_path / "runs"))
         for k, v in a.arrays.items():
-            assert np.array_equal(v, b.arrays[k], equal_nan=True), (C.kind_of(cfg), k)
+            assert np.array_equal(v, b.arrays[k], equal_nan=True), (conf.kind_of(cfg), k)
     assert fs.find(url) and not (tmp_path / "s3-linear" / "runs").exists()
 
 
@@ -173,7 +173,7 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
 
     first = preset("tiny", "cone")
     its = sorted(first.checkpoints)
-    other = C.replace(first, references=(its[1],), dts=(its[2] - its[1],))
+    other = conf.replace(first, references=(its[1],), dts=(its[2] - its[1],))
     store = Store(tmp_path / "s")
     a = run_cone(first, store)
     assert a.meta["kernels_reused"] == 0
@@ -189,7 +189,7 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
         assert np.array_equal(b.arrays[k], fresh.arrays[k]), k
     # damage one kernel file: it is never read, but recomputed, and the result does not change
     kernel_files[1].write_bytes(kernel_files[1].read_bytes()[:-8] + b"\0" * 8)
-    third = C.replace(first, references=(its[0], its[-1]))
+    third = conf.replace(first, references=(its[0], its[-1]))
     calls.clear()
     c = run_cone(third, store)
     assert c.meta["kernels_reused"] == len(its) - 1 and len(calls) == 1
@@ -227,15 +227,15 @@ def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):
 def test_resuming_from_an_object_store_never_retrains_a_stored_checkpoint(tmp_path, s3_root):
     """A second process (another Store, another Run) extends the run from what the bucket holds: the
     SGD steps it takes are only the new ones, and the bits are those of an unbroken run."""
-    from twophase_core.science.train import Run
+    from twophase_core.science.train import Training
 
-    first = Run(CHAOS.train, Store(tmp_path / "a"))
+    first = Training(CHAOS.train, Store(tmp_path / "a"))
     first.base().ensure([20, 40])
     assert first.steps_done == 40
-    again = Run(CHAOS.train, Store(tmp_path / "b"))  # a fresh index: only the bucket is shared
+    again = Training(CHAOS.train, Store(tmp_path / "b"))  # a fresh index: only the bucket is shared
     again.base().ensure([20, 40, 60])
     assert again.steps_done == 20
-    unbroken = Run(CHAOS.train, Store(tmp_path / "c", storage=tmp_path / "runs"))
+    unbroken = Training(CHAOS.train, Store(tmp_path / "c", storage=tmp_path / "runs"))
     unbroken.base().ensure([60])
     a, b = again.base().state(60).model.state_dict(), unbroken.base().state(60).model.state_dict()
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

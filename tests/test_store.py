@@ -20,8 +20,8 @@ from twophase_core.execution.jobs import JobManager, JobRecord, save_record
 from twophase_core.experiments.engine import run_chaos, run_linear
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.result import load_result, result_key
-from twophase_core.science.train import Run
-from twophase_core.settings import config as C
+from twophase_core.science.train import Training
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store, StoreError, StoreFull
 
 TINY = preset("tiny", "chaos").train
@@ -42,13 +42,13 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 def test_missing_checkpoint_is_recomputed_bitwise_from_the_nearest_earlier_one(store):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     run.base().ensure([10, 20, 30, 40])
     key = run.key
     lost = store.load_checkpoint(key, 30)
     store.checkpoint_path(key, 30).unlink()  # the issue's `rm cache/runs/<key>/t000000030.pt`
     assert store.checkpoints(key) == [10, 20, 40]
-    again = Run(TINY, store)
+    again = Training(TINY, store)
     state = again.base().state(30)
     assert again.steps_done == 10  # from checkpoint 20, not from 0
     assert state.t == 30
@@ -57,7 +57,7 @@ def test_missing_checkpoint_is_recomputed_bitwise_from_the_nearest_earlier_one(s
 
 def test_unreadable_checkpoint_is_recomputed_through_the_experiment(store):
     """`twophase linear --preset tiny --switch 30` after losing checkpoint 30: the same result, 10 steps."""
-    cfg = C.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
+    cfg = conf.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
     first = run_linear(cfg, store)
     key = cfg.train.trajectory_key()
     path = store.checkpoint_path(key, 30)
@@ -72,7 +72,7 @@ def test_unreadable_checkpoint_is_recomputed_through_the_experiment(store):
 def test_a_file_of_our_name_without_our_header_is_named_and_never_touched(store):
     """A file twophase did not write, at a checkpoint's path: the run stops with one line naming it, and
     the file is neither deleted nor written over (nor is it used)."""
-    cfg = C.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
+    cfg = conf.replace(preset("tiny", "linear"), switch=(30,), checkpoint_every=10)
     run_linear(cfg, store)
     key = cfg.train.trajectory_key()
     path = store.checkpoint_path(key, 30)
@@ -86,14 +86,14 @@ def test_a_file_of_our_name_without_our_header_is_named_and_never_touched(store)
 
 
 def test_a_checkpoint_that_never_reads_back_says_so(store, monkeypatch):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     monkeypatch.setattr(store, "load_checkpoint", lambda *a, **k: None)
     with pytest.raises(StoreError, match=r"checkpoint 10 of \w+ was written twice to .*t000000010\.pt.*cache check"):
         run.base().state(10)
 
 
 def test_checkpoint_files_verify_without_the_index(store):
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     run.base().ensure([10])
     path = store.checkpoint_path(run.key, 10)
     data = bytearray(path.read_bytes())
@@ -230,7 +230,7 @@ def test_planted_pickle_is_never_executed(store, tmp_path):
     assert proof.exists()  # the payload is live: unpickling it runs code
     jm = JobManager(store)
     cfg = preset("tiny", "chaos")
-    rec = JobRecord(jm.job_id(cfg), "chaos", C.config_hash(cfg), C.to_dict(cfg), status="done")
+    rec = JobRecord(jm.job_id(cfg), "chaos", conf.config_hash(cfg), conf.to_dict(cfg), status="done")
     save_record(store, rec)
     store.put_blob("result/chaos/big", b"x" * 100_000)  # a value in its own file
     db = store.root / "index" / "cache.db"
@@ -332,7 +332,7 @@ def _fill(path: Path, leave: int) -> Path:
 def test_full_disk_is_reported_as_a_full_disk_and_clear_still_works(small_disk):
     root = small_disk / "cache"
     store = Store(root)
-    cfg = C.replace(preset("tiny", "chaos"), checkpoint_every=1)  # 60+ checkpoints of ~13 KB: more than is left
+    cfg = conf.replace(preset("tiny", "chaos"), checkpoint_every=1)  # 60+ checkpoints of ~13 KB: more than is left
     _fill(small_disk, 300_000)
     with pytest.raises(StoreFull) as e:
         run_chaos(cfg, store)
@@ -349,7 +349,7 @@ def test_full_disk_is_reported_as_a_full_disk_and_clear_still_works(small_disk):
 def test_full_disk_mid_write_leaves_no_temp_and_names_the_disk(small_disk):
     root = small_disk / "cache"
     store = Store(root)
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     state = run.pack(run.initial(), None)
     one = len(store.serialize(state))
     store.release_reserve()
@@ -365,10 +365,10 @@ def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
 
     root = small_disk / "cache"
     store = Store(root)
-    cfg = C.replace(preset("tiny", "chaos"), checkpoint_every=1)
+    cfg = conf.replace(preset("tiny", "chaos"), checkpoint_every=1)
     jm = JobManager(store)
     job_id = jm.job_id(cfg)
-    save_record(store, JobRecord(job_id, "chaos", C.config_hash(cfg), C.to_dict(cfg), created=time.time(),
+    save_record(store, JobRecord(job_id, "chaos", conf.config_hash(cfg), conf.to_dict(cfg), created=time.time(),
                                  updated=time.time()))
     monkeypatch.setattr(Store, "require_space", lambda *a, **k: None)  # skip the early check: hit ENOSPC for real
     _fill(small_disk, 200_000)
@@ -387,7 +387,7 @@ def test_submit_refuses_a_job_that_cannot_fit(small_disk):
     run_chaos(preset("tiny", "chaos"), store)  # the base run's checkpoints tell the size of one
     one = store.checkpoint_bytes(TINY.trajectory_key())
     _fill(small_disk, 20 * one)
-    big = C.replace(preset("tiny", "chaos"), checkpoint_every=1, eps=1e-6)  # ~180 more checkpoints
+    big = conf.replace(preset("tiny", "chaos"), checkpoint_every=1, eps=1e-6)  # ~180 more checkpoints
     jm = JobManager(store)
     with pytest.raises(StoreFull, match=rf"store {root} has .* free, too little: job chaos-\w+ \(\d+ checkpoints of"):
         jm.submit(big)
@@ -421,7 +421,7 @@ def test_checkpoints_from_before_the_header_still_load_through_the_index(store):
     import hashlib
     import io
 
-    run = Run(TINY, store)
+    run = Training(TINY, store)
     state = run.pack(run.initial(), None)
     buf = io.BytesIO()
     torch.save(state, buf)

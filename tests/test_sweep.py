@@ -8,7 +8,7 @@ import pytest
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.sweep import MAX_POINTS, Sweep, expand, parse_vary, run_sweep
 from twophase_core.interfaces.cli import main
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 
 def _sweep(kind="chaos", vary=(), **kw):
@@ -36,7 +36,7 @@ def test_listed_seeds_are_the_replicates_and_duplicates_collapse():
 
 def test_steps_in_epochs_and_list_settings_vary():
     pts = expand(_sweep(vary=["t1=30,60|60", "iterations=60,8ep"], replicates=1))
-    ipe = C.iterations_per_epoch(preset("tiny", "chaos").train)
+    ipe = conf.iterations_per_epoch(preset("tiny", "chaos").train)
     got = {(p.config.t1, p.config.train.iterations) for p in pts}
     assert got == {((30, 60), 60), ((30, 60), 8 * ipe), ((60,), 60), ((60,), 8 * ipe)}
 
@@ -50,7 +50,7 @@ def test_steps_in_epochs_and_list_settings_vary():
     (["batch_size=1000"], "training set"),
 ])
 def test_bad_vary_is_rejected_before_anything_runs(vary, needle):
-    with pytest.raises(C.ConfigError) as e:
+    with pytest.raises(conf.ConfigError) as e:
         expand(_sweep(vary=vary))
     assert needle in str(e.value)
 
@@ -58,7 +58,7 @@ def test_bad_vary_is_rejected_before_anything_runs(vary, needle):
 def test_too_many_points_is_rejected():
     n = int(np.ceil(np.sqrt(MAX_POINTS + 1)))
     vary = [f"data_seed={','.join(map(str, range(n)))}", f"n_alpha={','.join(map(str, range(2, n + 2)))}"]
-    with pytest.raises(C.ConfigError, match="at most"):
+    with pytest.raises(conf.ConfigError, match="at most"):
         expand(_sweep(vary=vary, seeds=("init_seed",)))
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from twophase_core.science.data import BatchSchedule, crop_flip, get_dataset
-from twophase_core.science.train import Run, TrainingDiverged
-from twophase_core.settings import config as C
+from twophase_core.science.train import Training, TrainingDiverged
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
-T = C.TrainConfig(dataset="synthetic", model="cnn", width=0.25, lr=0.05, batch_size=32, iterations=40,
+T = conf.TrainConfig(dataset="synthetic", model="cnn", width=0.25, lr=0.05, batch_size=32, iterations=40,
                   augment=True)
 
 
@@ -22,9 +22,9 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_resume_equals_continuous(tmp_path):
-    one = Run(T, Store(tmp_path / "a"))
+    one = Training(T, Store(tmp_path / "a"))
     one.base().ensure([40])
-    two = Run(T, Store(tmp_path / "b"))
+    two = Training(T, Store(tmp_path / "b"))
     two.base().ensure([15])
     two.base().ensure([40])  # resumes from 15: trains only 25 more steps
     assert one.steps_done == 40 and two.steps_done == 40
@@ -35,7 +35,7 @@ def test_resume_equals_continuous(tmp_path):
 
 
 def test_extending_trains_only_the_new_part(store):
-    run = Run(T, store)
+    run = Training(T, store)
     run.base().ensure([10, 20])
     assert run.steps_done == 20
     run.base().ensure([10, 20, 30])
@@ -43,7 +43,7 @@ def test_extending_trains_only_the_new_part(store):
 
 
 def test_zero_eps_branch_reproduces_the_base_run_bitwise(store):
-    run = Run(T, store)
+    run = Training(T, store)
     br = run.branch(10, 0.0, "per-coordinate", 0)
     br.ensure([25, 40])
     for t1 in (25, 40):
@@ -53,7 +53,7 @@ def test_zero_eps_branch_reproduces_the_base_run_bitwise(store):
 
 @pytest.mark.parametrize("mode, eps", [("per-coordinate", 1e-3), ("total-l2", 1e-2), ("relative", 1e-3)])
 def test_perturbation_modes_realize_their_norm(store, mode, eps):
-    run = Run(T, store)
+    run = Training(T, store)
     n = run.perturbation_norms(5, eps, mode, 1)
     P = sum(p.numel() for p in run.new_model().parameters())
     expected = {"per-coordinate": eps * np.sqrt(P), "total-l2": eps, "relative": eps * n["theta_norm"]}[mode]
@@ -63,14 +63,14 @@ def test_perturbation_modes_realize_their_norm(store, mode, eps):
 
 
 def test_tiny_total_norm_is_recorded_as_realized_after_the_cast(store):
-    run = Run(T, store)
+    run = Training(T, store)
     n = run.perturbation_norms(0, 1e-12, "total-l2", 0)
     assert n["realized"] < 1e-12 * 0.5  # below half an ulp of most weights: mostly rounded away
 
 
 def test_divergence_names_the_iteration_and_keeps_checkpoints(store):
     cfg = dataclasses.replace(T, model="mlp", lr=100.0, checkpoint_every=1, augment=False)
-    run = Run(cfg, store)
+    run = Training(cfg, store)
     with pytest.raises(TrainingDiverged, match=r"iteration \d+ \(lr=100\).*lower lr") as e:
         run.base().ensure([40])
     assert e.value.iteration >= 1
@@ -79,7 +79,7 @@ def test_divergence_names_the_iteration_and_keeps_checkpoints(store):
 
 
 def test_corrupt_checkpoint_is_recomputed_not_used(store):
-    run = Run(T, store)
+    run = Training(T, store)
     good = run.base().model(20)
     path = store.checkpoint_path(run.key, 20)
     data = bytearray(path.read_bytes())
@@ -117,8 +117,8 @@ def test_crop_flip_matches_a_per_image_loop():
 
 
 def test_dropout_masks_are_shared_between_copies(store):
-    cfg = C.TrainConfig(dataset="synthetic", model="vgg16_bn_fc", width=0.0625, batch_size=16, iterations=3)
-    run = Run(cfg, store)
+    cfg = conf.TrainConfig(dataset="synthetic", model="vgg16_bn_fc", width=0.0625, batch_size=16, iterations=3)
+    run = Training(cfg, store)
     a, b = run.initial(), run.initial()
     la = [float(run.step(a.model, a.opt, t)) for t in range(3)]
     lb = [float(run.step(b.model, b.opt, t)) for t in range(3)]
@@ -153,15 +153,15 @@ def test_cifar10_loader_reads_a_local_folder(tmp_path):
 
 
 def test_cifar10_missing_folder_says_what_to_do(tmp_path):
-    cfg = C.TrainConfig(dataset="cifar10", model="resnet20", data_root=str(tmp_path / "nowhere"))
-    with pytest.raises(C.ConfigError, match="cifar-10-batches-py"):
+    cfg = conf.TrainConfig(dataset="cifar10", model="resnet20", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(conf.ConfigError, match="cifar-10-batches-py"):
         get_dataset(cfg)
 
 
 def test_training_waits_for_the_process_holding_the_trajectory_and_a_cancel_ends_the_wait(store, lock_holder):
     from twophase_core.science.train import Cancelled, CancelToken
 
-    run = Run(T, store)
+    run = Training(T, store)
     holder = lock_holder(store.root / "runs" / run.key / ".lock")
     try:
         token, told = CancelToken(), []

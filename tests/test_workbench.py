@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from launchers import FailingLauncher, IdleLauncher
 from streamlit.testing.v1 import AppTest
 
 from twophase_core.execution.jobs import JobManager
@@ -24,7 +25,7 @@ from twophase_core.interfaces import catalog as K
 from twophase_core.interfaces import compare as CF
 from twophase_core.interfaces import figures as F
 from twophase_core.interfaces.cli import command_for, preset_differences
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -34,9 +35,9 @@ TIMEOUT = 60
 def _variants() -> dict[str, list]:
     """Two runs per kind on the tiny trajectory (the second shares the first's base run, so it is cheap)."""
     chaos, cone, linear = (preset("tiny", k) for k in ("chaos", "cone", "linear"))
-    return {"chaos": [chaos, C.replace(chaos, eps=1e-5)],
-            "cone": [cone, C.replace(cone, references=(0, 20))],
-            "linear": [linear, C.replace(linear, switch=(0, 20, 40))]}
+    return {"chaos": [chaos, conf.replace(chaos, eps=1e-5)],
+            "cone": [cone, conf.replace(cone, references=(0, 20))],
+            "linear": [linear, conf.replace(linear, switch=(0, 20, 40))]}
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +92,19 @@ def _charts(at: AppTest) -> list:
 
 
 def test_default_name_is_the_nearest_preset_and_what_differs():
-    cfg = C.replace(C.replace(preset("demo", "chaos"), eps=1e-6), data_seed=5)
+    cfg = conf.replace(conf.replace(preset("demo", "chaos"), eps=1e-6), data_seed=5)
     assert K.default_name(cfg) == "demo · eps=1e-6 · data_seed=5"
     assert K.default_name(preset("tiny", "cone")) == "tiny"
     name, changed = preset_differences(cfg)
     assert name == "demo" and changed == {"eps": 1e-6, "data_seed": 5}
     # the same helper gives the reproduce command: flags for exactly those settings
     assert command_for(cfg) == "twophase chaos --preset demo --eps 1e-06 --data-seed 5 --json out.json"
-    long = C.replace(preset("demo", "cone"), checkpoints=tuple(range(0, 600, 20)) + (600,))
+    long = conf.replace(preset("demo", "cone"), checkpoints=tuple(range(0, 600, 20)) + (600,))
     assert all(len(part) <= 40 for part in K.default_name(long).split(K.SEP))  # long lists are cut
 
 
 def test_differing_settings_across_runs_and_kinds():
-    a, b = preset("tiny", "chaos"), C.replace(preset("tiny", "chaos"), eps=1e-5, lr=0.1)
+    a, b = preset("tiny", "chaos"), conf.replace(preset("tiny", "chaos"), eps=1e-5, lr=0.1)
     assert K.differing_settings([a, b]) == ["eps", "lr"]
     assert K.differing_settings([a, a]) == []
     # a setting only some kinds have counts among the runs that have it
@@ -207,19 +208,10 @@ def test_delete_asks_first_and_keeps_checkpoints(own_store):
 
 
 def test_a_failed_run_shows_its_whole_error_when_selected_and_can_be_resubmitted(tmp_path, monkeypatch):
-    class Broken:
-        def launch(self, job_id, cache_dir):
-            raise OSError("no room for a worker: " + "x" * 300)  # longer than a table cell
-
-        def alive(self, pid):
-            return False
-
-        def kill(self, pid):
-            pass
-
     root = tmp_path / "cache"
     monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
-    rec = JobManager(Store(root), executor=Broken()).submit(C.replace(preset("tiny", "chaos"), eps=1e-3))
+    broken = FailingLauncher(OSError("no room for a worker: " + "x" * 300))  # longer than a table cell
+    rec = JobManager(Store(root), launcher=broken).submit(conf.replace(preset("tiny", "chaos"), eps=1e-3))
     assert rec.status == "failed"
     at = _runs_page()
     df = at.dataframe[0].value
@@ -232,8 +224,8 @@ def test_a_failed_run_shows_its_whole_error_when_selected_and_can_be_resubmitted
 
 
 def test_delete_run_refuses_a_running_job_and_removes_the_record(store):
-    worker = _NoWorker()
-    jm = JobManager(store, executor=worker)
+    worker = IdleLauncher()
+    jm = JobManager(store, launcher=worker)
     rec = jm.submit(preset("tiny", "linear"))
     [entry] = K.list_runs(store, jm.list())
     assert entry.status == "running"
@@ -247,20 +239,6 @@ def test_delete_run_refuses_a_running_job_and_removes_the_record(store):
     assert jm.list() == []
 
 
-class _NoWorker:
-    """An executor whose 'worker' stays alive and does nothing: a job that stays running."""
-
-    def __init__(self):
-        self.killed = set()
-
-    def launch(self, job_id, cache_dir):
-        return 4242
-
-    def alive(self, pid):
-        return pid not in self.killed
-
-    def kill(self, pid):
-        self.killed.add(pid)
 
 
 def test_compare_button_needs_two_to_six_runs_of_one_kind(with_results):

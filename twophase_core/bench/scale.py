@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from twophase_core.experiments.presets import preset
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 # Equal units of work: tiny data, T = 2,500, t0 = 0..7, so every branch costs about the same (seconds each).
-SCALE_CHAOS = C.replace(preset("tiny", "chaos"), iterations=2500, t0=(0, 1, 2, 3, 4, 5, 6, 7), t1=(2500,),
+SCALE_CHAOS = conf.replace(preset("tiny", "chaos"), iterations=2500, t0=(0, 1, 2, 3, 4, 5, 6, 7), t1=(2500,),
                         n_alpha=5)
 SWEEP_VARY = ["eps=1e-7,1e-6,1e-5,1e-4"]
 
@@ -32,7 +32,7 @@ SWEEP_VARY = ["eps=1e-7,1e-6,1e-5,1e-4"]
 def _sweep() -> Any:
     from twophase_core.experiments.sweep import Sweep, parse_vary
 
-    base = C.replace(preset("tiny", "chaos"), iterations=300, t0=(100, 200, 250), t1=(300,), n_alpha=5)
+    base = conf.replace(preset("tiny", "chaos"), iterations=300, t0=(100, 200, 250), t1=(300,), n_alpha=5)
     return Sweep(base, parse_vary("chaos", SWEEP_VARY))
 
 
@@ -73,15 +73,15 @@ def _time_rows(address: str, n_cpus: int) -> float:
     import ray
 
     from twophase_core.execution.on_ray import connect, unit_results
-    from twophase_core.science.train import Run
+    from twophase_core.science.train import Training
     from twophase_core.storage.store import Store
 
     connect(address)
     _warm(ray, n_cpus)
     with tempfile.TemporaryDirectory() as d:
         store = Store(d)
-        run = Run(SCALE_CHAOS.train, store)
-        run.base().ensure(sorted(SCALE_CHAOS.t0) + list(SCALE_CHAOS.t1))
+        training = Training(SCALE_CHAOS.train, store)
+        training.base().ensure(sorted(SCALE_CHAOS.t0) + list(SCALE_CHAOS.t1))
         t = time.perf_counter()
         rows = list(unit_results(SCALE_CHAOS, {"how": "loop"}, store.files))
         elapsed = time.perf_counter() - t
@@ -162,7 +162,7 @@ def bench_storage(rounds: int = 2) -> dict[str, Any]:
     from twophase_core.storage.files import ObjectFiles
     from twophase_core.storage.store import Store
 
-    cfg = C.replace(preset("demo", "chaos"), iterations=200, t0=(0, 50, 100, 150), t1=(50, 100, 150, 200),
+    cfg = conf.replace(preset("demo", "chaos"), iterations=200, t0=(0, 50, 100, 150), t1=(50, 100, 150, 200),
                     perturb_seeds=(0,))  # the demo CNN: 15 checkpoints of 140 KB, 700 SGD steps
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

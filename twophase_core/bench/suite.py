@@ -165,17 +165,17 @@ def _time_paths(key: str, model: Any, x: Any, kernel: str, repeats: int) -> dict
 def bench_step(steps: int) -> float:
     """Seconds per SGD step of the demo model (the unit of overhead_ratio)."""
     from twophase_core.experiments.presets import preset
-    from twophase_core.science.train import Run
+    from twophase_core.science.train import Training
     from twophase_core.storage.store import Store
 
     with tempfile.TemporaryDirectory() as d:
-        run = Run(preset("demo", "chaos").train, Store(d))
-        s = run.initial()
+        training = Training(preset("demo", "chaos").train, Store(d))
+        s = training.initial()
         for t in range(5):
-            run.step(s.model, s.opt, t)
+            training.step(s.model, s.opt, t)
         t0 = time.perf_counter()
         for t in range(5, 5 + steps):
-            run.step(s.model, s.opt, t)
+            training.step(s.model, s.opt, t)
         return (time.perf_counter() - t0) / steps
 
 

@@ -17,8 +17,8 @@ engine holds a lock per trajectory (see `Store.trajectory_lock`), whatever the e
 disk, estimated from the size of the trajectory's checkpoints already there; a first run of a model
 is checked by the engine before it trains.
 
-Processes are started by an `Executor`; `LocalProcessExecutor` is the only one here, and a
-distributed backend only has to implement `launch`, `alive` and `kill`. Nothing here imports torch.
+Processes are started by a `Launcher`; `LocalLauncher` is the only one here, and a
+backend implements the `Launcher` protocol (launch, alive, kill, reap, exit_status). Nothing here imports torch.
 
 Past 350 lines on purpose: the manager and its executors share one record protocol (claim, heartbeat,
 reconcile), and splitting them would put the two halves of each handshake in different files.
@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from twophase_core.execution.placement import check_placement, resolve_executor
 from twophase_core.experiments.result import Result, load_result
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, from_env
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store, human
@@ -121,11 +121,12 @@ def update_record(store: Store, job_id: str, fn: Callable[[JobRecord], bool | No
 
 
 # ---------------------------------------------------------------------------------------------
-# Executors
+# Launchers: what starts a job's worker process (not to be confused with the executor, local or
+# ray, which says where the worker then runs the experiment's units)
 
 
-class Executor(Protocol):
-    """Starts and watches workers; a distributed backend implements the same three calls.
+class Launcher(Protocol):
+    """Starts and watches workers; another backend (a batch scheduler) implements the same five calls.
 
     The worker claims its record only if the record's pid is None or its own `os.getpid()`, so a
     backend whose `launch` returns some other handle must also make the worker see that value.
@@ -141,6 +142,14 @@ class Executor(Protocol):
 
     def kill(self, pid: int) -> None: ...
 
+    def reap(self) -> None:
+        """Collect the workers of this launcher that have ended (a backend with no children: nothing)."""
+        ...
+
+    def exit_status(self, pid: int) -> int | None:
+        """The return code of an ended worker this launcher started (-N: signal N), None if unknown."""
+        ...
+
 
 def _proc_state(pid: int) -> str | None:
     """The state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...), '' without /proc, None if gone."""
@@ -154,7 +163,7 @@ def _proc_state(pid: int) -> str | None:
     return parts[1].split()[0] if len(parts) == 2 and parts[1].split() else ""
 
 
-class LocalProcessExecutor:
+class LocalLauncher:
     """Workers as local OS processes, each in its own session (a page reload never kills them)."""
 
     def __init__(self, env: dict[str, str] | None = None, python: str | None = None):
@@ -253,20 +262,20 @@ class JobManager:
     """Submit, watch, cancel and collect experiment jobs; state lives in `store`, not in this object."""
 
     def __init__(self, store: Store | None = None, max_running: int | None = None,
-                 executor: Executor | None = None):
+                 launcher: Launcher | None = None):
         self.store = store if store is not None else Store()
         self.max_running = max_running if max_running is not None else env_max_jobs()
         if not isinstance(self.max_running, int) or self.max_running < 1:
-            raise C.ConfigError("max_running", self.max_running, "must be a whole number >= 1")
+            raise conf.ConfigError("max_running", self.max_running, "must be a whole number >= 1")
         # workers pump the queue when they end: they must use the same limit
-        self.executor: Executor = executor or LocalProcessExecutor(env={ENV_MAX_JOBS: str(self.max_running)})
+        self.launcher: Launcher = launcher or LocalLauncher(env={ENV_MAX_JOBS: str(self.max_running)})
         self.cache_dir = str(Path(self.store.root).resolve())
         self.skipped: list[R.RecordProblem] = []  # job records the last `list` could not use
 
     # -- ids and records --------------------------------------------------------------------
     @staticmethod
     def job_id(cfg: Any) -> str:
-        return f"{C.kind_of(cfg)}-{C.config_hash(cfg)}"
+        return f"{conf.kind_of(cfg)}-{conf.config_hash(cfg)}"
 
     def get(self, job_id: str) -> JobRecord | None:
         rec = load_record(self.store, job_id)
@@ -308,9 +317,9 @@ class JobManager:
         """Queue `cfg` (validated first: ConfigError propagates, nothing is created) and pump. `executor`
         ("local" or "ray") is where its worker runs the work; None: the worker's $TWOPHASE_EXECUTOR.
         A record of this id that fails its checks is replaced by the new one: the user is submitting again."""
-        C.validate(cfg)
+        conf.validate(cfg)
         check_placement([cfg.train.device], resolve_executor(executor))  # as the worker will resolve it
-        kind, h = C.kind_of(cfg), C.config_hash(cfg)
+        kind, h = conf.kind_of(cfg), conf.config_hash(cfg)
         job_id = f"{kind}-{h}"
         has_result = load_result(self.store, kind, h) is not None
         now = time.time()
@@ -323,13 +332,13 @@ class JobManager:
                 return rec  # attach
             if has_result:
                 if rec is None or rec.status != "done":
-                    rec = JobRecord(job_id, kind, h, C.to_dict(cfg), status="done", progress=1.0,
+                    rec = JobRecord(job_id, kind, h, conf.to_dict(cfg), status="done", progress=1.0,
                                     stage="served from the store", eta_s=0.0, created=now, updated=now,
                                     finished_at=now)
                     save_record(self.store, rec)
                 return rec
             # new, or failed / cancelled / done-but-result-gone: queue it (the engine resumes)
-            rec = JobRecord(job_id, kind, h, C.to_dict(cfg), status="queued", stage="queued",
+            rec = JobRecord(job_id, kind, h, conf.to_dict(cfg), status="queued", stage="queued",
                             created=now, updated=now, log=str(log_path(self.cache_dir, job_id)), executor=executor)
             save_record(self.store, rec)
         self.pump()
@@ -363,9 +372,7 @@ class JobManager:
 
     def pump(self) -> None:
         """Start queued jobs, oldest first, while fewer than `max_running` run (and reap ended workers)."""
-        reap = getattr(self.executor, "reap", None)
-        if reap is not None:
-            reap()
+        self.launcher.reap()
         for key in self.store.keys("job/"):
             rec = load_record(self.store, key[len("job/"):])
             if rec is not None and rec.status == "running":
@@ -382,7 +389,7 @@ class JobManager:
                 now = time.time()
                 # launched inside the transaction: two pumping processes never exceed the limit
                 try:
-                    pid = self.executor.launch(rec.id, self.cache_dir)
+                    pid = self.launcher.launch(rec.id, self.cache_dir)
                 except Exception as e:  # noqa: BLE001 - reported on the job, not raised into the page
                     rec.status, rec.error, rec.finished_at = "failed", f"could not start a worker: {e}", now
                     rec.stage = "failed"
@@ -395,9 +402,8 @@ class JobManager:
     # -- dead workers -----------------------------------------------------------------------
     def _death_reason(self, rec: JobRecord) -> str:
         code = None
-        exit_status = getattr(self.executor, "exit_status", None)
-        if rec.pid is not None and exit_status is not None:
-            code = exit_status(rec.pid)
+        if rec.pid is not None:
+            code = self.launcher.exit_status(rec.pid)
         if code is not None and code > 0:  # (0: reaped elsewhere, Popen cannot tell; a clean exit reports)
             what = f"exited with status {code}; see {log_path(self.cache_dir, rec.id)}"
         elif code is not None and code < 0:
@@ -416,10 +422,10 @@ class JobManager:
         if rec is None or rec.status != "running":
             return rec
         now = time.time()
-        alive = rec.pid is not None and self.executor.alive(rec.pid)
+        alive = rec.pid is not None and self.launcher.alive(rec.pid)
         forced = alive and rec.cancel_requested is not None and now - rec.cancel_requested > CANCEL_GRACE_S
         if forced:  # it ignored the cancel (stuck in a long step): stop it the hard way
-            self.executor.kill(rec.pid)  # type: ignore[arg-type]
+            self.launcher.kill(rec.pid)  # type: ignore[arg-type]
         elif alive or (rec.pid is None and now - rec.updated <= STALE_S):
             return rec  # a dead worker is settled at once: its last heartbeat may be a second old
 
@@ -446,8 +452,8 @@ def checkpoints_to_write(cfg: Any, store: Store) -> int:
     seed, and the stacked path's control).
     """
     t = cfg.train
-    kind = C.kind_of(cfg)
-    base_needs = C.base_checkpoints(cfg)
+    kind = conf.kind_of(cfg)
+    base_needs = conf.base_checkpoints(cfg)
     top = max(base_needs)
     if t.checkpoint_every:
         base_needs |= set(range(t.checkpoint_every, top + 1, t.checkpoint_every))

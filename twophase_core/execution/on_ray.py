@@ -167,20 +167,20 @@ def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tu
     """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
     each point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
     from twophase_core.experiments.engine import PLANS, Units
-    from twophase_core.science.train import Run, configure_threads
-    from twophase_core.settings import config as C
+    from twophase_core.science.train import Training, configure_threads
+    from twophase_core.settings import config as conf
     from twophase_core.storage.store import task_store
 
     def prepare(report: Any) -> dict[str, dict[str, Any]]:
         configure_threads()
         steps = Units(report)
         with task_store(files) as store:
-            run = Run(C.from_dict(C.TrainConfig, train_dict), store)
-            run.base().ensure(needed, steps.add)
+            training = Training(conf.from_dict(conf.TrainConfig, train_dict), store)
+            training.base().ensure(needed, steps.add)
             plans = {}
             for kind, d in points:
-                cfg = C.from_dict(C.KINDS[kind], d)
-                plans[C.config_hash(cfg)] = PLANS[kind](run, cfg)
+                cfg = conf.from_dict(conf.KINDS[kind], d)
+                plans[conf.config_hash(cfg)] = PLANS[kind](training, cfg)
         if report is not None:
             report(steps.done)
         return plans
@@ -213,21 +213,21 @@ def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plans: dict[
     done); it travels back as arrays and metadata and the driver stores it."""
     from twophase_core.experiments.engine import compute_experiment
     from twophase_core.science.train import configure_threads
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
     from twophase_core.storage.store import task_store
 
     configure_threads()
     with task_store(files) as store:
-        r = compute_experiment(C.from_dict(C.KINDS[kind], cfg_dict), store, executor="ray", plan=plans[h],
+        r = compute_experiment(conf.from_dict(conf.KINDS[kind], cfg_dict), store, executor="ray", plan=plans[h],
                                units=dict(zip(keys, results, strict=True)))
     return r.arrays, r.hash, {**r.meta, "config": r.config}
 
 
 def unit_keys(cfg: Any) -> list[int]:
     """The units of one experiment: chaos t0, cone checkpoints, linear switch times."""
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
 
-    kind = C.kind_of(cfg)
+    kind = conf.kind_of(cfg)
     return sorted(cfg.t0 if kind == "chaos" else cfg.checkpoints if kind == "cone" else cfg.switch)
 
 
@@ -270,13 +270,13 @@ def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
     """(key, result) of every unit of one experiment (`unit_keys`: chaos rows by t0, cone kernel file
     names by checkpoint, linear accuracies by switch time), one task each, as they finish; all share
     `plan` (`experiments.PLANS`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
 
     ray = connect()
     board, poll = _board(ray, on_units)
-    kind, h, keys = C.kind_of(cfg), C.config_hash(cfg), unit_keys(cfg)
+    kind, h, keys = conf.kind_of(cfg), conf.config_hash(cfg), unit_keys(cfg)
     task = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
-    refs = [task.remote(kind, C.to_dict(cfg), k, files, {h: plan}, h, board) for k in keys]
+    refs = [task.remote(kind, conf.to_dict(cfg), k, files, {h: plan}, h, board) for k in keys]
     for i, got in _gather(ray, refs, cancel, poll):
         poll()
         yield keys[i], got
@@ -293,19 +293,19 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units:
     spread over the cluster together, and nothing holds a CPU or GPU while it waits. `on_units(n)` hears
     the tasks' progress (SGD steps and their equivalents, `experiments.units_of`) as it grows."""
     from twophase_core.experiments.result import Result
-    from twophase_core.settings import config as C
+    from twophase_core.settings import config as conf
 
     ray = connect()
     board, poll = _board(ray, on_units)
     finals, upstream = [], []
-    for members in C.by_base_run(configs).values():
-        needed = sorted(set().union(*(C.base_checkpoints(c) for c in members)))
-        points = [(C.kind_of(c), C.to_dict(c)) for c in members]
+    for members in conf.by_base_run(configs).values():
+        needed = sorted(set().union(*(conf.base_checkpoints(c) for c in members)))
+        points = [(conf.kind_of(c), conf.to_dict(c)) for c in members]
         prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
-            C.to_dict(members[0].train), needed, points, files, board, members[0].train.trajectory_key())
+            conf.to_dict(members[0].train), needed, points, files, board, members[0].train.trajectory_key())
         upstream.append(prep)
         for cfg in members:
-            kind, d, h, keys = C.kind_of(cfg), C.to_dict(cfg), C.config_hash(cfg), unit_keys(cfg)
+            kind, d, h, keys = conf.kind_of(cfg), conf.to_dict(cfg), conf.config_hash(cfg), unit_keys(cfg)
             unit = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
             units = [unit.remote(kind, d, k, files, prep, h, board) for k in keys]
             upstream.extend(units)
@@ -314,7 +314,7 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units:
     for _, (arrays, h, meta) in _gather(ray, finals, cancel, poll, upstream=upstream):
         poll()
         config = meta.pop("config")
-        yield Result(meta.pop("kind", C.kind_of(configs[0])), config, h, arrays, meta)
+        yield Result(meta.pop("kind", conf.kind_of(configs[0])), config, h, arrays, meta)
 
 
 def trivial_overhead(n: int = 50) -> float:

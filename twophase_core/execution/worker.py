@@ -1,6 +1,6 @@
 """One job in its own process: `python -m twophase_core.execution.worker JOB_ID [--cache-dir DIR]`.
 
-Started by `jobs.LocalProcessExecutor` (own session; stdout/stderr go to `jobs/<id>.log` under the
+Started by `jobs.LocalLauncher` (own session; stdout/stderr go to `jobs/<id>.log` under the
 store root). Reads the config from the job record, runs the experiment, and writes to the record:
 progress, stage and ETA at most ~5 times a second, a heartbeat (`updated`) at least every second
 from a daemon thread (so a killed worker is noticed), and the outcome (done / failed with a one-line
@@ -29,7 +29,7 @@ from typing import Any
 
 from twophase_core.execution.jobs import RESUME_HINT, JobManager, JobRecord, read_record, save_record, update_record
 from twophase_core.execution.placement import resolve_executor
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.record_types import REPAIR_HINT
 from twophase_core.storage.store import Store, StoreError, StoreFull
 
@@ -41,7 +41,7 @@ def _one_line(e: BaseException) -> str:
     from twophase_core.science.train import TrainingDiverged
 
     msg = " ".join(str(e).split())
-    if isinstance(e, TrainingDiverged | C.ConfigError | StoreError) and msg:
+    if isinstance(e, TrainingDiverged | conf.ConfigError | StoreError) and msg:
         line = msg
     else:
         line = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
@@ -157,7 +157,7 @@ def run_job(store: Store, job_id: str) -> int:
 
     try:
         configure_threads()
-    except C.ConfigError as e:  # the job runs; the log says what was wrong
+    except conf.ConfigError as e:  # the job runs; the log says what was wrong
         print(f"worker: {e}; using 1 thread", file=sys.stderr)
         torch.set_num_threads(1)
     from twophase_core.experiments.engine import run_experiment
@@ -179,7 +179,7 @@ def run_job(store: Store, job_id: str) -> int:
     token = CancelToken(poll=lambda: mon.cancel.is_set() or bool(terminated), every_s=0.1)
     status, error, tb = "failed", None, None
     try:
-        cfg = C.from_dict(C.KINDS[rec.kind], rec.config)
+        cfg = conf.from_dict(conf.KINDS[rec.kind], rec.config)
         # TWOPHASE_EXECUTOR=ray: this worker process is the Ray driver of its job (never the app's server)
         executor = resolve_executor(rec.executor)
         run_experiment(cfg, store, progress=mon.report, cancel=token,

@@ -19,8 +19,8 @@ from twophase_core.execution.placement import resolve_executor
 from twophase_core.experiments.result import Result, load_result, save_result
 from twophase_core.science import lockstep
 from twophase_core.science.data import stratified_subset
-from twophase_core.science.train import CancelToken, Run
-from twophase_core.settings import config as C
+from twophase_core.science.train import CancelToken, Training
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store, task_store
 
 ProgressCallback = Callable[[float, str], None]
@@ -34,10 +34,10 @@ def _served_from_store(compute: Callable[..., Result]) -> Callable[..., Result]:
     def run(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
             executor: str = "local") -> Result:
-        C.validate(cfg)
+        conf.validate(cfg)
         resolve_executor(executor)  # local or ray, for every kind (on Ray: rows, kernels, switch times, points)
         store = store or Store()
-        cached = load_result(store, C.kind_of(cfg), C.config_hash(cfg))
+        cached = load_result(store, conf.kind_of(cfg), conf.config_hash(cfg))
         if cached is None:
             store.check_storage()
             extra = {"executor": executor} if executor != "local" else {}
@@ -85,7 +85,7 @@ class _Live:
     checkpoint the experiment needs, and `acc_t`, `acc` (test accuracy on the experiment's evaluation
     set at those checkpoints)."""
 
-    def __init__(self, run: Run, x: torch.Tensor, y: torch.Tensor, send: Callable[[], None] | None):
+    def __init__(self, run: Training, x: torch.Tensor, y: torch.Tensor, send: Callable[[], None] | None):
         self.run, self.x, self.y, self.send = run, x, y, send
         self.acc: dict[int, float] = {}
         self.curve: dict[int, float] | None = None  # from the checkpoints, once the base run is complete
@@ -152,12 +152,12 @@ def _waiting(prog: _Progress) -> Callable[[], None]:
     return lambda: prog.set_stage("base run: waiting for another job that trains it")
 
 
-def _meta(cfg: Any, started: float, run: Run, **extra: Any) -> dict[str, Any]:
+def _meta(cfg: Any, started: float, run: Training, **extra: Any) -> dict[str, Any]:
     return {"version": __version__, "seconds": round(time.time() - started, 3), "device": str(run.device),
             "sgd_steps": run.steps_done, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
 
 
-def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _eval_set(run: Training, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = run.ds.x_test, run.ds.y_test
     return (x[:n], y[:n]) if n else (x, y)
 
@@ -167,7 +167,7 @@ def _eval_set(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @_served_from_store
-def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | None = None,
+def run_chaos(cfg: conf.ChaosConfig, store: Store, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
               executor: str = "local", plan: dict[str, Any] | None = None,
               units: dict[int, dict[str, np.ndarray]] | None = None) -> Result:
@@ -179,9 +179,9 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     `units` (the rows by t0, computed elsewhere with that plan: a Ray sweep) only assemble them.
     """
 
-    h = C.config_hash(cfg)
+    h = conf.config_hash(cfg)
     started = time.time()
-    run = Run(cfg.train, store)
+    run = Training(cfg.train, store)
     t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
     base = run.base()
     later = {t0: [t1 for t1 in t1s if t1 > t0] for t0 in t0s}
@@ -241,7 +241,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
             row = chaos_row(run, cfg, t0, how, x, y, prog, cancel, on_cell=lambda r, i=i: place(i, r, False))
             place(i, row, True)
     else:
-        raise C.ConfigError("executor", executor, "choose local or ray")
+        raise conf.ConfigError("executor", executor, "choose local or ray")
     meta = _meta(cfg, started, run, lockstep=how, executor=executor)
     meta["sgd_steps"] += task_steps
     result = _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta)
@@ -249,7 +249,7 @@ def run_chaos(cfg: C.ChaosConfig, store: Store, progress: ProgressCallback | Non
     return result
 
 
-def chaos_plan(run: Run, cfg: C.ChaosConfig, executor: str = "local") -> dict[str, Any]:
+def chaos_plan(run: Training, cfg: conf.ChaosConfig, executor: str = "local") -> dict[str, Any]:
     """What every row of one chaos run must share: the lockstep path (loop or stack)."""
     how = cfg.lockstep if cfg.lockstep != "auto" else lockstep.choose_path(run, len(cfg.perturb_seeds),
                                                                            with_control=True)
@@ -258,7 +258,7 @@ def chaos_plan(run: Run, cfg: C.ChaosConfig, executor: str = "local") -> dict[st
     return {"how": how}
 
 
-def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str) -> float:
+def _row_units(run: Training, cfg: conf.ChaosConfig, t0: int, later: list[int], how: str) -> float:
     """Work of one row in progress units: its branches' SGD steps (and the stacked control's) plus the
     evaluations of its cells."""
     steps = sum(run.branch(t0, cfg.eps, cfg.eps_mode, s).steps_needed(later) for s in cfg.perturb_seeds)
@@ -267,7 +267,7 @@ def _row_units(run: Run, cfg: C.ChaosConfig, t0: int, later: list[int], how: str
     return steps + len(later) * len(cfg.perturb_seeds) * (2.0 + cfg.n_alpha / 10)
 
 
-def chaos_row(run: Run, cfg: C.ChaosConfig, t0: int, how: str, x: torch.Tensor, y: torch.Tensor,
+def chaos_row(run: Training, cfg: conf.ChaosConfig, t0: int, how: str, x: torch.Tensor, y: torch.Tensor,
               prog: Any = None, cancel: CancelToken | None = None,
               on_cell: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
     """One t0 of the chaos grid, every perturbation seed and every t1 > t0: the unit of work.
@@ -334,25 +334,25 @@ def chaos_row_from_store(cfg_dict: dict[str, Any], t0: int, how: str, files: Any
     """`chaos_row` from plain arguments, for a task in another process (Ray), with the SGD steps it
     took (`sgd_steps`)."""
 
-    def row(run: Run, cfg: C.ChaosConfig, units: Units) -> dict[str, np.ndarray]:
+    def row(run: Training, cfg: conf.ChaosConfig, units: Units) -> dict[str, np.ndarray]:
         out = chaos_row(run, cfg, t0, how, *_eval_set(run, cfg.eval_size), prog=units)
         out["sgd_steps"] = np.array(run.steps_done)
         return out
 
-    return _unit_in_task(C.ChaosConfig, cfg_dict, files, report, row)
+    return _unit_in_task(conf.ChaosConfig, cfg_dict, files, report, row)
 
 
 def _unit_in_task(cls: type, cfg_dict: dict[str, Any], files: Any, report: Callable[[float], None] | None,
-                  work: Callable[[Run, Any, Units], Out]) -> Out:
+                  work: Callable[[Training, Any, Units], Out]) -> Out:
     """A unit of work in a task's process (Ray): one torch thread, the config rebuilt from plain data,
     the run on the driver's storage root `files`; `report(units)` hears its progress, last at the end."""
     from twophase_core.science.train import configure_threads
 
     configure_threads()
-    cfg = C.from_dict(cls, cfg_dict)
+    cfg = conf.from_dict(cls, cfg_dict)
     units = Units(report)
     with task_store(files) as store:
-        out = work(Run(cfg.train, store), cfg, units)
+        out = work(Training(cfg.train, store), cfg, units)
     if report is not None:
         report(units.done)
     return out
@@ -361,7 +361,7 @@ def _unit_in_task(cls: type, cfg_dict: dict[str, Any], files: Any, report: Calla
 def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base, meta) -> Result:
     arrays = {"t0": np.array(t0s), "t1": np.array(t1s), "seeds": np.array(seeds), "alphas": alphas,
               "path": path, "realized_eps_norm": realized, "acc_base": acc_base, **out}
-    return Result("chaos", C.to_dict(cfg), h, arrays, meta)
+    return Result("chaos", conf.to_dict(cfg), h, arrays, meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def _chaos_result(cfg, h, t0s, t1s, seeds, out, path, alphas, realized, acc_base
 
 
 @_served_from_store
-def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None = None,
+def run_cone(cfg: conf.ConeConfig, store: Store, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
              executor: str = "local", plan: dict[str, Any] | None = None,
              units: dict[int, str] | None = None) -> Result:
@@ -379,9 +379,9 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
     elsewhere with that plan: a Ray sweep) only assemble them."""
     from twophase_core.science import ntk
 
-    h = C.config_hash(cfg)
+    h = conf.config_hash(cfg)
     started = time.time()
-    run = Run(cfg.train, store)
+    run = Training(cfg.train, store)
     its = sorted(cfg.checkpoints)
     base = run.base()
     prog = _Progress(progress, base.steps_needed(its) + KERNEL_UNITS * len(its))
@@ -390,7 +390,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
 
     def send() -> None:  # a partial result: only the base run's curve until the kernels are done
         if partial is not None:
-            partial(Result("cone", C.to_dict(cfg), h, live.arrays(), _meta(cfg, started, run, partial=True)))
+            partial(Result("cone", conf.to_dict(cfg), h, live.arrays(), _meta(cfg, started, run, partial=True)))
 
     live = _Live(run, xt, yt, send)
     base.ensure(its, live.step(prog.add), cancel, on_wait=_waiting(prog))
@@ -447,7 +447,7 @@ def run_cone(cfg: C.ConeConfig, store: Store, progress: ProgressCallback | None 
                  cone_angle_deg=ntk.cone_angle(G, win_idx, 0),
                  early_angle_deg=ntk.cone_angle(G, early_idx, 0) if len(early_idx) >= 2 else None,
                  subset=idx.cpu().tolist(), n_outputs=run.ds.num_classes)
-    return Result("cone", C.to_dict(cfg), h, arrays, meta)
+    return Result("cone", conf.to_dict(cfg), h, arrays, meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ KERNEL_UNITS = 10.0  # one checkpoint's eNTK, in SGD steps of progress (small ne
 
 
 @_served_from_store
-def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | None = None,
+def run_linear(cfg: conf.LinearConfig, store: Store, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
                executor: str = "local", plan: dict[str, Any] | None = None,
                units: dict[int, float] | None = None) -> Result:
@@ -468,9 +468,9 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     The base run trains first; then each switch time is one unit of work (`linear_switch`), run here
     one after another or as Ray tasks with executor="ray", with the same result. `units` (accuracies
     by switch time, computed elsewhere: a Ray sweep) only assemble them."""
-    h = C.config_hash(cfg)
+    h = conf.config_hash(cfg)
     started = time.time()
-    run = Run(cfg.train, store)
+    run = Training(cfg.train, store)
     T = cfg.train.iterations
     ts = sorted(cfg.switch)
     base = run.base()
@@ -483,7 +483,7 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     def result(**meta: Any) -> Result:
         arrays = {**live.arrays(), "switch": np.array(ts), "acc_linear": acc_lin.copy(), "acc_at_switch": acc_switch,
                   "acc_full": np.array(acc_full)}
-        return Result("linear", C.to_dict(cfg), h, arrays, _meta(cfg, started, run, **meta))
+        return Result("linear", conf.to_dict(cfg), h, arrays, _meta(cfg, started, run, **meta))
 
     live = _Live(run, x, y, lambda: partial(result(partial=True)) if partial is not None else None)
     base.ensure(ts + [T], live.step(prog.add), cancel, on_wait=_waiting(prog))
@@ -501,7 +501,7 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     elif executor == "local":
         got = ((t, linear_switch(run, cfg, t, x, y, prog, cancel)) for t in ts)
     else:
-        raise C.ConfigError("executor", executor, "choose local or ray")
+        raise conf.ConfigError("executor", executor, "choose local or ray")
     for n, (t, acc) in enumerate(got, 1):
         acc_lin[ts.index(t)] = acc
         if executor == "ray":
@@ -511,7 +511,7 @@ def run_linear(cfg: C.LinearConfig, store: Store, progress: ProgressCallback | N
     return result(executor=executor)
 
 
-def linear_switch(run: Run, cfg: C.LinearConfig, t: int, x: torch.Tensor, y: torch.Tensor, prog: Any = None,
+def linear_switch(run: Training, cfg: conf.LinearConfig, t: int, x: torch.Tensor, y: torch.Tensor, prog: Any = None,
                   cancel: CancelToken | None = None) -> float:
     """One switch time: the model linearised at theta_t, trained to T; its test accuracy. The unit of
     work of a linear run (needs the base checkpoint at t)."""
@@ -527,14 +527,14 @@ def linear_switch(run: Run, cfg: C.LinearConfig, t: int, x: torch.Tensor, y: tor
 def linear_switch_from_store(cfg_dict: dict[str, Any], t: int, files: Any,
                              report: Callable[[float], None] | None = None) -> float:
     """`linear_switch` from plain arguments, for a task in another process (Ray)."""
-    return _unit_in_task(C.LinearConfig, cfg_dict, files, report,
+    return _unit_in_task(conf.LinearConfig, cfg_dict, files, report,
                          lambda run, cfg, units: linear_switch(run, cfg, t, *_eval_set(run, cfg.eval_size), units))
 
 
 RUNNERS = {"chaos": run_chaos, "cone": run_cone, "linear": run_linear}
 
 
-def cone_plan(run: Run, cfg: C.ConeConfig) -> dict[str, Any]:
+def cone_plan(run: Training, cfg: conf.ConeConfig) -> dict[str, Any]:
     """What every kernel of one cone run must share: the samples and the eNTK path (the automatic
     choice, made on the first checkpoint, which must be stored)."""
     from twophase_core.science import ntk
@@ -544,14 +544,14 @@ def cone_plan(run: Run, cfg: C.ConeConfig) -> dict[str, Any]:
     return {"subset": idx.cpu().tolist(), "method": ntk.choose_method(model, run.ds.x_train[idx], cfg.kernel)}
 
 
-def kernel_name(cfg: C.ConeConfig, run: Run, t: int, subset: list[int], method: str) -> str:
+def kernel_name(cfg: conf.ConeConfig, run: Training, t: int, subset: list[int], method: str) -> str:
     """The file of one checkpoint's eNTK: everything its values depend on besides the checkpoint (the
     samples, the kernel, the path, the device, the code's schema)."""
-    samples = C.digest(subset)
-    return f"t{t:09d}-{cfg.kernel}-{method}-{run.device.type}-n{len(subset)}-{samples}-s{C.SCHEMA}.npy"
+    samples = conf.digest(subset)
+    return f"t{t:09d}-{cfg.kernel}-{method}-{run.device.type}-n{len(subset)}-{samples}-s{conf.SCHEMA}.npy"
 
 
-def cone_kernel(run: Run, cfg: C.ConeConfig, t: int, x: torch.Tensor, subset: list[int],
+def cone_kernel(run: Training, cfg: conf.ConeConfig, t: int, x: torch.Tensor, subset: list[int],
                 method: str) -> tuple[np.ndarray, bool]:
     """The eNTK at checkpoint t on the samples `subset` (= x): read from the storage root if a run
     before computed it, else computed and written there. (kernel, whether it was read)."""
@@ -571,19 +571,19 @@ def cone_kernel_from_store(cfg_dict: dict[str, Any], t: int, subset: list[int], 
     """One checkpoint's eNTK from plain arguments, for a task in another process (Ray): written to the
     storage root beside the checkpoints; the name of its file goes back to the driver."""
 
-    def kernel(run: Run, cfg: C.ConeConfig, units: Units) -> str:
+    def kernel(run: Training, cfg: conf.ConeConfig, units: Units) -> str:
         cone_kernel(run, cfg, t, run.ds.x_train[torch.as_tensor(subset, device=run.device)], subset, method)
         units.add(KERNEL_UNITS)
         return kernel_name(cfg, run, t, subset, method)
 
-    return _unit_in_task(C.ConeConfig, cfg_dict, files, report, kernel)
+    return _unit_in_task(conf.ConeConfig, cfg_dict, files, report, kernel)
 
 
-def units_of(run: Run, cfg: Any) -> float:
+def units_of(run: Training, cfg: Any) -> float:
     """Progress units (SGD steps and their equivalents) the units of one experiment will take, its base
     run aside: for a sweep's bar and ETA. Chaos rows are counted on the loop path (the plan is not
     made yet); the stacked path adds one control per row."""
-    kind = C.kind_of(cfg)
+    kind = conf.kind_of(cfg)
     if kind == "chaos":
         return sum(_row_units(run, cfg, t0, [t1 for t1 in cfg.t1 if t1 > t0], "loop") for t0 in cfg.t0)
     if kind == "cone":
@@ -595,9 +595,9 @@ def sweep_units(configs: list[Any], store: Store) -> float:
     """Progress units of running these experiments from what the store holds: each base run once (the
     checkpoints all its points read) plus every point's units."""
     total = 0.0
-    for members in C.by_base_run(configs).values():
-        run = Run(members[0].train, store)
-        total += run.base().steps_needed(set().union(*(C.base_checkpoints(c) for c in members)))
+    for members in conf.by_base_run(configs).values():
+        run = Training(members[0].train, store)
+        total += run.base().steps_needed(set().union(*(conf.base_checkpoints(c) for c in members)))
         total += sum(units_of(run, c) for c in members)
     return total
 
@@ -610,11 +610,11 @@ def compute_experiment(cfg: Any, store: Store, **given: Any) -> Result:
     """The experiment computed, not looked up nor stored: what a remote task runs (reading and writing
     checkpoints under the store's storage root) before it hands the result back to the driver.
     `given`: plan= and units= when its units were computed by other tasks."""
-    C.validate(cfg)
-    return RUNNERS[C.kind_of(cfg)].compute(cfg, store, None, None, None, **given)
+    conf.validate(cfg)
+    return RUNNERS[conf.kind_of(cfg)].compute(cfg, store, None, None, None, **given)
 
 
 def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
                    executor: str = "local") -> Result:
-    return RUNNERS[C.kind_of(cfg)](cfg, store, progress, cancel, partial, executor)
+    return RUNNERS[conf.kind_of(cfg)](cfg, store, progress, cancel, partial, executor)

@@ -9,42 +9,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 # -- the embedded demo --------------------------------------------------------------------------
-DEMO_TRAIN = C.TrainConfig(dataset="mnist1d", model="cnn", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
+DEMO_TRAIN = conf.TrainConfig(dataset="mnist1d", model="cnn", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
                            batch_size=128, iterations=600)
 DEMO = {
     # B and D on the first 500 test points: the 30-point barrier path is a third of the demo's
     # work on the full 1000; the full set is one --eval-size 0 away.
-    "chaos": C.ChaosConfig(train=DEMO_TRAIN, t0=(0, 30, 100, 300), t1=(100, 200, 300, 400, 600), eval_size=500),
-    "cone": C.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500,
+    "chaos": conf.ChaosConfig(train=DEMO_TRAIN, t0=(0, 30, 100, 300), t1=(100, 200, 300, 400, 600), eval_size=500),
+    "cone": conf.ConeConfig(train=DEMO_TRAIN, checkpoints=(0, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500,
                                                         600),
                          n_samples=40, kernel="full", references=(0, 100, 300), dts=(50, 100)),
-    "linear": C.LinearConfig(train=DEMO_TRAIN, switch=(0, 30, 100, 300)),
+    "linear": conf.LinearConfig(train=DEMO_TRAIN, switch=(0, 30, 100, 300)),
 }
 
 # -- demo-sweep: the transition with its interval, on the embedded data (docs/transition.md) ------
 # The MNIST-1D MLP: the demo CNN's C keeps falling past any affordable T, so its late level is never
 # reached; the MLP's levels off by t0 ~ 1,600 at T = 3,000 (measured: README, "Sweeps").
-SWEEP_TRAIN = C.TrainConfig(dataset="mnist1d", model="mlp", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
+SWEEP_TRAIN = conf.TrainConfig(dataset="mnist1d", model="mlp", width=1.0, lr=0.1, momentum=0.9, weight_decay=1e-4,
                             batch_size=128, iterations=3000)
 DEMO_SWEEP = {
-    "chaos": C.ChaosConfig(train=SWEEP_TRAIN, t0=(0, 300, 500, 700, 900, 1200, 1600, 2000),
+    "chaos": conf.ChaosConfig(train=SWEEP_TRAIN, t0=(0, 300, 500, 700, 900, 1200, 1600, 2000),
                            t1=(500, 1000, 1500, 2000, 2500, 3000), eval_size=500),
-    "cone": C.ConeConfig(train=SWEEP_TRAIN, checkpoints=tuple(range(0, 3001, 100)), n_samples=40, kernel="full",
+    "cone": conf.ConeConfig(train=SWEEP_TRAIN, checkpoints=tuple(range(0, 3001, 100)), n_samples=40, kernel="full",
                          references=(0, 1000), dts=(100,)),
-    "linear": C.LinearConfig(train=SWEEP_TRAIN, switch=(0, 300, 700, 1200, 2000), eval_size=500),
+    "linear": conf.LinearConfig(train=SWEEP_TRAIN, switch=(0, 300, 700, 1200, 2000), eval_size=500),
 }
 
 # -- tiny: seconds, for tests and the browser test ---------------------------------------------
-TINY_TRAIN = C.TrainConfig(dataset="synthetic", model="mlp", width=0.25, lr=0.05, momentum=0.9, weight_decay=0.0,
+TINY_TRAIN = conf.TrainConfig(dataset="synthetic", model="mlp", width=0.25, lr=0.05, momentum=0.9, weight_decay=0.0,
                            batch_size=32, iterations=60)
 TINY = {
-    "chaos": C.ChaosConfig(train=TINY_TRAIN, t0=(0, 20), t1=(30, 60), n_alpha=5),
-    "cone": C.ConeConfig(train=TINY_TRAIN, checkpoints=(0, 10, 20, 40, 60), n_samples=8, references=(0,),
+    "chaos": conf.ChaosConfig(train=TINY_TRAIN, t0=(0, 20), t1=(30, 60), n_alpha=5),
+    "cone": conf.ConeConfig(train=TINY_TRAIN, checkpoints=(0, 10, 20, 40, 60), n_samples=8, references=(0,),
                          dts=(20,)),
-    "linear": C.LinearConfig(train=TINY_TRAIN, switch=(0, 30)),
+    "linear": conf.LinearConfig(train=TINY_TRAIN, switch=(0, 30)),
 }
 
 # -- paper scale (docs/science.md recipe): CIFAR-10, batch 128, 391 it/epoch, 160 epochs -------------
@@ -52,16 +52,16 @@ IPE = 391
 
 
 def _cifar(model: str) -> dict[str, Any]:
-    train = C.TrainConfig(dataset="cifar10", model=model, lr=0.1, momentum=0.9, weight_decay=1e-4,
+    train = conf.TrainConfig(dataset="cifar10", model=model, lr=0.1, momentum=0.9, weight_decay=1e-4,
                           lr_milestones=(80 * IPE, 120 * IPE), lr_gamma=0.1, batch_size=128,
                           iterations=160 * IPE, augment=True, device="cuda")
     t1 = (1000, 2000, 5000, 10000, 20000, 40000, 160 * IPE)
     return {
-        "chaos": C.ChaosConfig(train=train, t0=(0, 100, 200, 500, 1000, 2000, 5000, 10000), t1=t1),
-        "cone": C.ConeConfig(train=train, checkpoints=(0, 50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 5000, 7500,
+        "chaos": conf.ChaosConfig(train=train, t0=(0, 100, 200, 500, 1000, 2000, 5000, 10000), t1=t1),
+        "cone": conf.ConeConfig(train=train, checkpoints=(0, 50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 5000, 7500,
                                                        10000, 15000, 20000, 30000, 40000, 50000, 160 * IPE),
                              n_samples=100, kernel="full", references=(0, 1000, 5000), dts=(500, 10000)),
-        "linear": C.LinearConfig(train=C.replace(C.LinearConfig(train=train), iterations=10000).train,
+        "linear": conf.LinearConfig(train=conf.replace(conf.LinearConfig(train=train), iterations=10000).train,
                                  switch=(0, 100, 200, 500, 1000, 2000, 5000)),
     }
 
@@ -85,7 +85,7 @@ def sweep_replicates(name: str) -> int:
 
 def preset(name: str, kind: str) -> Any:
     if name not in PRESETS:
-        raise C.ConfigError("preset", name, f"choose one of {', '.join(PRESETS)}")
-    if kind not in C.KINDS:
-        raise C.ConfigError("kind", kind, f"choose one of {', '.join(C.KINDS)}")
+        raise conf.ConfigError("preset", name, f"choose one of {', '.join(PRESETS)}")
+    if kind not in conf.KINDS:
+        raise conf.ConfigError("kind", kind, f"choose one of {', '.join(conf.KINDS)}")
     return PRESETS[name][1][kind]

@@ -31,7 +31,7 @@ from twophase_core.science.transition import (
     replicate_band,
     transition_json,
 )
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError, Spec, check, format_value, parse_text, split_list
 from twophase_core.storage import record_types as R
 
@@ -53,20 +53,20 @@ class Sweep:
 
     @property
     def kind(self) -> str:
-        return C.kind_of(self.base)
+        return conf.kind_of(self.base)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "base": C.to_dict(self.base), "vary": {k: list(v) for k, v in self.vary},
+        return {"kind": self.kind, "base": conf.to_dict(self.base), "vary": {k: list(v) for k, v in self.vary},
                 "seeds": list(self.seeds), "replicates": self.replicates}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sweep:
-        base = C.from_dict(C.KINDS[d["kind"]], d["base"])
+        base = conf.from_dict(conf.KINDS[d["kind"]], d["base"])
         vary = tuple((k, tuple(tuple(x) if isinstance(x, list) else x for x in v)) for k, v in d["vary"].items())
         return cls(base, vary, tuple(d["seeds"]), int(d["replicates"]))
 
     def id(self) -> str:
-        return f"sweep-{C.digest(self.to_dict())}"
+        return f"sweep-{conf.digest(self.to_dict())}"
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,18 @@ class Point:
 
     @property
     def hash(self) -> str:
-        return C.config_hash(self.config)
+        return conf.config_hash(self.config)
 
     @property
     def run_id(self) -> str:
-        return f"{C.kind_of(self.config)}-{self.hash}"
+        return f"{conf.kind_of(self.config)}-{self.hash}"
 
 
 def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     """'lr=0.05,0.1' -> (("lr", (0.05, 0.1)),). A list-valued setting takes alternatives separated by
     '|' ('t1=300,600|600'). Values are parsed and checked as the CLI and the form do; steps in epochs
     are resolved against each point's own training run."""
-    specs = C.settings_of(C.KINDS[kind])
+    specs = conf.settings_of(conf.KINDS[kind])
     out: dict[str, tuple[Any, ...]] = {}
     for text in texts:
         name, eq, values = str(text).partition("=")
@@ -124,7 +124,7 @@ def _value(name: str, spec: Spec, text: str) -> Any:
 def expand(sweep: Sweep) -> list[Point]:
     """The points, validated, without duplicates; a ConfigError (naming the point) for the first bad one."""
     kind = sweep.kind
-    specs = C.settings_of(C.KINDS[kind])
+    specs = conf.settings_of(conf.KINDS[kind])
     for s in sweep.seeds:
         if s not in specs:
             raise ConfigError("--seeds", s, f"is not a setting of {kind}")
@@ -146,7 +146,7 @@ def expand(sweep: Sweep) -> list[Point]:
             raise ConfigError("--replicates", sweep.replicates, f"the seeds are listed with {n_rep} values")
     else:
         n_rep = sweep.replicates
-    base_flat = C.flat(sweep.base)
+    base_flat = conf.flat(sweep.base)
     replicas = [{s: (vary[s][r] if s in vary else base_flat[s] + r) for s in sweep.seeds} for r in range(n_rep)]
     settings = [(k, v) for k, v in sweep.vary if k not in sweep.seeds]
     n = n_rep
@@ -161,11 +161,11 @@ def expand(sweep: Sweep) -> list[Point]:
         for r, seeds in enumerate(replicas):
             changes = {**dict(group), **seeds}
             try:
-                cfg = C.with_settings(sweep.base, changes)
+                cfg = conf.with_settings(sweep.base, changes)
             except ConfigError as e:
                 where = ", ".join(f"{k}={format_value(specs[k][0], v)}" for k, v in changes.items())
                 raise ConfigError(e.field, e.value, f"{e.allowed} (sweep point {where})") from None
-            h = C.config_hash(cfg)
+            h = conf.config_hash(cfg)
             if h in seen:
                 continue
             seen.add(h)
@@ -260,7 +260,7 @@ def load_results(store: Any, points: Sequence[Point]) -> dict[str, Result]:
     """The stored results of the points that have one (a sweep view while jobs still run)."""
     out = {}
     for p in points:
-        r = load_result(store, C.kind_of(p.config), p.hash)
+        r = load_result(store, conf.kind_of(p.config), p.hash)
         if r is not None:
             out[p.hash] = r
     return out
@@ -417,7 +417,7 @@ def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = 
     from twophase_core.interfaces.cli import command_for
 
     base = shlex.split(command_for(sweep.base, preset_name, json_out=None))
-    specs = C.settings_of(type(sweep.base))
+    specs = conf.settings_of(type(sweep.base))
     parts = ["twophase", "sweep", *base[1:]]
     for name, values in sweep.vary:
         sep = "|" if specs[name][0].type in LIST_TYPES else ","

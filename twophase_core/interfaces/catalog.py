@@ -21,7 +21,7 @@ from typing import Any
 from twophase_core.execution.jobs import JobRecord, log_path, record_key
 from twophase_core.experiments.result import result_key
 from twophase_core.interfaces.cli import preset_differences
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import format_value
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store
@@ -92,7 +92,7 @@ def short_value(spec: Any, value: Any, limit: int = VALUE_CHARS) -> str:
 def default_name(cfg: Any) -> str:
     """The preset nearest to `cfg`, then every setting that differs from it: `demo · eps=1e-6 · data_seed=5`."""
     name, changed = preset_differences(cfg)
-    specs = C.settings_of(type(cfg))
+    specs = conf.settings_of(type(cfg))
     return SEP.join([name] + [f"{k}={short_value(specs[k][0], v)}" for k, v in changed.items()])
 
 
@@ -102,7 +102,7 @@ def differing_settings(cfgs: list[Any]) -> list[str]:
     names: list[str] = []
     values: dict[str, set[str]] = {}
     for cfg in cfgs:
-        for name, v in C.flat(cfg).items():
+        for name, v in conf.flat(cfg).items():
             if name not in values:
                 names.append(name)
                 values[name] = set()
@@ -112,7 +112,7 @@ def differing_settings(cfgs: list[Any]) -> list[str]:
 
 def settings_text(cfg: Any, names: list[str]) -> dict[str, str]:
     """name -> short text of each named setting of `cfg` ('' for a setting its kind does not have)."""
-    specs, flat = C.settings_of(type(cfg)), C.flat(cfg)
+    specs, flat = conf.settings_of(type(cfg)), conf.flat(cfg)
     return {n: short_value(specs[n][0], flat[n]) if n in flat else "" for n in names}
 
 
@@ -166,8 +166,8 @@ class RunEntry:
 
 def _typed(kind: str, d: Any) -> Any | None:
     try:
-        return C.from_dict(C.KINDS[kind], d)
-    except (C.ConfigError, TypeError):
+        return conf.from_dict(conf.KINDS[kind], d)
+    except (conf.ConfigError, TypeError):
         return None
 
 
@@ -193,14 +193,14 @@ def list_runs(store: Store, records: list[JobRecord], result_info: Any = None) -
     out: list[RunEntry] = []
     seen = set()
     for rec in records:
-        if rec.id in seen or rec.kind not in C.KINDS:
+        if rec.id in seen or rec.kind not in conf.KINDS:
             continue
         seen.add(rec.id)
         out.append(RunEntry(rec.id, rec.kind, rec.hash, _typed(rec.kind, rec.config), rec,
                             load_meta(store, rec.id), created=rec.created or None))
     for key in store.keys("result/"):
         parts = key.split("/")
-        if len(parts) != 3 or parts[1] not in C.KINDS:
+        if len(parts) != 3 or parts[1] not in conf.KINDS:
             continue
         kind, h = parts[1], parts[2]
         rid = f"{kind}-{h}"
@@ -229,7 +229,7 @@ def filter_runs(entries: list[RunEntry], kinds: list[str] | None = None, statuse
     words = text.lower().split()
 
     def haystack(e: RunEntry) -> str:
-        settings = " ".join(f"{k}={v}" for k, v in C.flat(e.config).items()) if e.config is not None else ""
+        settings = " ".join(f"{k}={v}" for k, v in conf.flat(e.config).items()) if e.config is not None else ""
         return " ".join([e.id, e.name, e.meta.note, " ".join(e.meta.tags), settings, e.error]).lower()
 
     return [e for e in entries

@@ -21,7 +21,7 @@ from typing import Any
 
 from twophase_core.execution.placement import EXECUTORS, check_placement, resolve_executor
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError, bounds_text, format_value
 
 PIPE_CLOSED = 141  # the status a shell reports for a command ended by SIGPIPE (128 + 13)
@@ -46,7 +46,7 @@ def flag_help(spec: Any) -> str:
 
 def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
     """One flag per setting of `kind` (nested training fields included), generated from its spec."""
-    for name, (spec, _) in C.settings_of(C.KINDS[kind]).items():
+    for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
         flags = [spec.flag(name), *spec.aliases]
         if spec.type == "bool":
             p.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction, help=spec.help)
@@ -57,20 +57,20 @@ def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
 def build_config(kind: str, args: argparse.Namespace) -> Any:
     """The preset, then every flag given; validated. Values are parsed as the app's form parses them."""
     cfg = preset(args.preset, kind)
-    given = {n: getattr(args, n) for n in C.settings_of(C.KINDS[kind]) if getattr(args, n, None) is not None}
+    given = {n: getattr(args, n) for n in conf.settings_of(conf.KINDS[kind]) if getattr(args, n, None) is not None}
     if given.get("device") == "auto":
         from twophase_core.science.train import resolve_device
 
         given["device"] = resolve_device("auto").type
-    return C.with_settings(cfg, given)
+    return conf.with_settings(cfg, given)
 
 
 def nearest_preset(cfg: Any) -> str:
     """The preset that differs from `cfg` in the fewest settings (the shortest reproduce command)."""
-    kind, mine = C.kind_of(cfg), C.flat(cfg)
+    kind, mine = conf.kind_of(cfg), conf.flat(cfg)
 
     def differences(name: str) -> int:
-        ref = C.flat(preset(name, kind))
+        ref = conf.flat(preset(name, kind))
         return sum(mine[k] != ref[k] for k in mine)
 
     return min(PRESETS, key=differences)
@@ -79,20 +79,20 @@ def nearest_preset(cfg: Any) -> str:
 def preset_differences(cfg: Any, preset_name: str | None = None) -> tuple[str, dict[str, Any]]:
     """(preset, {setting: value} of every setting where `cfg` differs from it), against the given preset or
     the nearest one. One answer for the reproduce command and a run's default name, so they never disagree."""
-    kind = C.kind_of(cfg)
+    kind = conf.kind_of(cfg)
     preset_name = preset_name or nearest_preset(cfg)
-    ref = C.flat(preset(preset_name, kind))
-    return preset_name, {name: v for name, v in C.flat(cfg).items() if v != ref[name]}
+    ref = conf.flat(preset(preset_name, kind))
+    return preset_name, {name: v for name, v in conf.flat(cfg).items() if v != ref[name]}
 
 
 def command_for(cfg: Any, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
     """The CLI line that reproduces `cfg` exactly (shown next to every figure in the app): the preset
     (given, or the nearest one) and a flag for every setting that differs from it."""
-    kind = C.kind_of(cfg)
+    kind = conf.kind_of(cfg)
     preset_name, changed = preset_differences(cfg, preset_name)
     parts = ["twophase", kind, "--preset", preset_name]
     for name, v in changed.items():
-        spec = C.settings_of(C.KINDS[kind])[name][0]
+        spec = conf.settings_of(conf.KINDS[kind])[name][0]
         if spec.type == "bool":
             parts.append(spec.flag(name) if v else "--no-" + spec.flag(name)[2:])
         else:
@@ -107,12 +107,12 @@ def settings_table() -> str:
     rows = ["| setting | flag | experiments | default (demo) | allowed | what it does |",
             "| --- | --- | --- | --- | --- | --- |"]
     seen: dict[str, list[str]] = {}
-    for kind in C.KINDS:
-        for name in C.settings_of(C.KINDS[kind]):
+    for kind in conf.KINDS:
+        for name in conf.settings_of(conf.KINDS[kind]):
             seen.setdefault(name, []).append(kind)
     for name, kinds in seen.items():
-        spec, _ = C.settings_of(C.KINDS[kinds[0]])[name]
-        default = format_value(spec, C.flat(preset("demo", kinds[0]))[name])
+        spec, _ = conf.settings_of(conf.KINDS[kinds[0]])[name]
+        default = format_value(spec, conf.flat(preset("demo", kinds[0]))[name])
         allowed = ", ".join(spec.choices) if spec.choices else bounds_text(spec)
         if spec.type == "step":
             allowed = f"a step {allowed}"
@@ -120,7 +120,7 @@ def settings_table() -> str:
             allowed = "steps within the run" + (", may be empty" if spec.allow_empty else "")
         elif spec.type == "ints":
             allowed = f"whole numbers {allowed}"
-        which = "all" if len(kinds) == len(C.KINDS) else ", ".join(kinds)
+        which = "all" if len(kinds) == len(conf.KINDS) else ", ".join(kinds)
         flags = " ".join(f"`{f}`" for f in (spec.flag(name), *spec.aliases))
         cells = [f"`{name}`", flags, which, f"`{default}`" if default else "(empty)", allowed or spec.type, spec.help]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -316,8 +316,8 @@ def check_devices(configs: Any, executor: str) -> None:
 
 
 def _flag_hint(name: str) -> str:
-    for cls in C.KINDS.values():
-        specs = C.settings_of(cls)
+    for cls in conf.KINDS.values():
+        specs = conf.settings_of(cls)
         if name in specs:
             return f" (flag {specs[name][0].flag(name)})"
     return ""
@@ -402,7 +402,7 @@ def _main(argv: list[str] | None) -> int:
         cfg = build_config(args.cmd, args)
         check_devices([cfg], args.executor)
         if args.print_config:
-            print(json.dumps(C.to_dict(cfg), indent=2))
+            print(json.dumps(conf.to_dict(cfg), indent=2))
             return 0
         check_output_path(args.json)
         store = open_store(args.cache_dir)
@@ -433,7 +433,7 @@ def _submit(args: argparse.Namespace) -> int:
     cfg = build_config(args.submit_kind, args)
     check_devices([cfg], args.executor)
     if args.print_config:
-        print(json.dumps(C.to_dict(cfg), indent=2))
+        print(json.dumps(conf.to_dict(cfg), indent=2))
         return 0
     max_running = env_max_jobs()  # a bad $TWOPHASE_MAX_JOBS is named before open_store makes the store
     jm = JobManager(open_store(args.cache_dir), max_running=max_running)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from twophase_core.science.metrics import recompute_bn_stats
-from twophase_core.science.train import CancelToken, Run, State, StepCallback, TrainingDiverged, lr_at
+from twophase_core.science.train import CancelToken, State, StepCallback, Training, TrainingDiverged, lr_at
 
 
 class Linearised:
@@ -32,29 +32,29 @@ class Linearised:
         return out + tangent
 
 
-def train_linearised(run: Run, s: State, t_end: int, bn_stats: str = "recompute",
+def train_linearised(training: Training, s: State, t_end: int, bn_stats: str = "recompute",
                      on_step: StepCallback | None = None, cancel: CancelToken | None = None) -> tuple[Linearised, dict]:
     """Train the linearisation at s.t until t_end; returns the Taylor model and its parameters."""
     if bn_stats == "recompute":
-        recompute_bn_stats(s.model, run.ds.x_train, batch_size=run.cfg.batch_size)
+        recompute_bn_stats(s.model, training.ds.x_train, batch_size=training.cfg.batch_size)
     s.model.eval()
     lin = Linearised(s.model)
     params = {k: v.clone().requires_grad_(True) for k, v in lin.theta0.items()}
-    opt = torch.optim.SGD(list(params.values()), lr=run.cfg.lr, momentum=run.cfg.momentum,
-                          weight_decay=run.cfg.weight_decay)
+    opt = torch.optim.SGD(list(params.values()), lr=training.cfg.lr, momentum=training.cfg.momentum,
+                          weight_decay=training.cfg.weight_decay)
     opt.load_state_dict(s.opt.state_dict())  # momentum buffers of theta_t, same parameter order
     for t in range(s.t, t_end):
         if cancel is not None:
             cancel.check()
-        x, y, _ = run.schedule.batch(run.ds, t)
+        x, y, _ = training.schedule.batch(training.ds, t)
         for g in opt.param_groups:
-            g["lr"] = lr_at(run.cfg, t)
+            g["lr"] = lr_at(training.cfg, t)
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(lin(params, x), y)
         loss.backward()
         opt.step()
         if not torch.isfinite(loss):
-            raise TrainingDiverged(t, lr_at(run.cfg, t))
+            raise TrainingDiverged(t, lr_at(training.cfg, t))
         if on_step is not None:
             on_step(1)
     return lin, params

@@ -50,8 +50,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from twophase_core.science.train import CancelToken, Run, State, StepCallback, TrainingDiverged, Trajectory, lr_at
-from twophase_core.settings import config as C
+from twophase_core.science.train import CancelToken, State, StepCallback, Training, TrainingDiverged, Trajectory, lr_at
+from twophase_core.settings import config as conf
 
 CONTROL_MODE = "per-coordinate"  # the control: an eps = 0 branch (the mode and seed do not matter at eps 0)
 
@@ -66,13 +66,13 @@ def stacked(traj: Trajectory) -> Trajectory:
     of docs/science.md. The twin's key is derived from the branch's, so every stacked trajectory is still
     a pure function of the config.
     """
-    return traj.with_key(C.digest({"lockstep": "stack", "of": traj.key}))
+    return traj.with_key(conf.digest({"lockstep": "stack", "of": traj.key}))
 
 
-def control_branch(run: Run, t0: int) -> Trajectory:
+def control_branch(training: Training, t0: int) -> Trajectory:
     """The unperturbed control of the stacked path at t0: the stacked twin of the eps = 0 branch
     `run.branch(t0, 0.0, "per-coordinate", 0)`."""
-    return stacked(run.branch(t0, 0.0, CONTROL_MODE, 0))
+    return stacked(training.branch(t0, 0.0, CONTROL_MODE, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,8 +95,8 @@ def _momentum_buffers(s: State) -> dict[str, torch.Tensor | None]:
 class _Stack:
     """K copies as stacked tensors: params (leaf, trainable ones in the optimizer), buffers, SGD."""
 
-    def __init__(self, run: Run, starts: list[State]):
-        self.run = run
+    def __init__(self, training: Training, starts: list[State]):
+        self.training = training
         self.k = len(starts)
         models = [s.model for s in starts]
         self.names = _trainable_names(models[0])
@@ -106,7 +106,7 @@ class _Stack:
         for n, p in self.params.items():
             p.requires_grad_(n in self.names)
         self.base = copy.deepcopy(models[0]).to("meta")
-        cfg = run.cfg
+        cfg = training.cfg
         self.opt = torch.optim.SGD([self.params[n] for n in self.names], lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
         self.lr = starts[0].opt.param_groups[0]["lr"]  # what a save before any step records
@@ -129,26 +129,26 @@ class _Stack:
 
     def step(self, t: int) -> torch.Tensor:
         """Stacked SGD step t (batch t, lr_at(t), dropout seed of t); the K losses, detached."""
-        run = self.run
-        x, y, dropout_seed = run.schedule.batch(run.ds, t)
-        self.lr = lr_at(run.cfg, t)
+        training = self.training
+        x, y, dropout_seed = training.schedule.batch(training.ds, t)
+        self.lr = lr_at(training.cfg, t)
         for g in self.opt.param_groups:
             g["lr"] = self.lr
-        run.generator.manual_seed(dropout_seed)
+        training.generator.manual_seed(dropout_seed)
         self.base.train()
         self.opt.zero_grad(set_to_none=True)
         losses = self._losses(self.params, self.buffers, x, y)  # BN buffers are updated in place, per copy
         losses.sum().backward()
         self.opt.step()
-        run.steps_done += self.k
+        training.steps_done += self.k
         return losses.detach()
 
     @torch.no_grad()
     def unstack(self, k: int, t: int) -> State:
         """Copy k as a normal module and optimizer (a template reused between saves: pack it at once)."""
         if self._template is None:
-            model = self.run.new_model()
-            self._template = State(model, self.run.new_optimizer(model), t)
+            model = self.training.new_model()
+            self._template = State(model, self.training.new_optimizer(model), t)
         s = self._template
         s.t = t
         for n, p in s.model.named_parameters():
@@ -165,7 +165,7 @@ class _Stack:
         return s
 
 
-def train_stacked(run: Run, starts: list[State], t_end: int, save_at: Iterable[int], keys: list[str],
+def train_stacked(training: Training, starts: list[State], t_end: int, save_at: Iterable[int], keys: list[str],
                   on_step: StepCallback | None = None, cancel: CancelToken | None = None) -> None:
     """Train K copies from their common start iteration to t_end as one stacked model.
 
@@ -187,12 +187,12 @@ def train_stacked(run: Run, starts: list[State], t_end: int, save_at: Iterable[i
     if t_end < t:
         raise ValueError(f"t_end={t_end} precedes the start {t}")
     targets = {m for m in save_at if t <= m <= t_end}
-    st = _Stack(run, starts)
+    st = _Stack(training, starts)
 
     def save(losses: torch.Tensor | None) -> None:
         for k, key in enumerate(keys):
             loss = None if losses is None else float(losses[k])
-            run.store.save_checkpoint(key, t, run.pack(st.unstack(k, t), loss))
+            training.store.save_checkpoint(key, t, training.pack(st.unstack(k, t), loss))
 
     if t in targets:
         save(None)
@@ -204,12 +204,12 @@ def train_stacked(run: Run, starts: list[State], t_end: int, save_at: Iterable[i
         buf.append(st.step(t))
         t += 1
         saving = t in targets
-        if len(buf) >= run.check_every or saving or t == t_end:
+        if len(buf) >= training.check_every or saving or t == t_end:
             window = torch.stack(buf)  # (steps, K)
             finite = torch.isfinite(window).all(dim=1)
             if not bool(finite.all()):
                 first = t - len(buf) + int((~finite).nonzero()[0, 0])
-                raise TrainingDiverged(first, lr_at(run.cfg, first))
+                raise TrainingDiverged(first, lr_at(training.cfg, first))
             last = window[-1]
             if on_step is not None:
                 on_step(int(window.numel()))
@@ -222,17 +222,17 @@ def train_stacked(run: Run, starts: list[State], t_end: int, save_at: Iterable[i
 # Branches of the Chaos Effect
 
 
-def _load_all(run: Run, keys: list[str], t: int) -> list[State] | None:
+def _load_all(training: Training, keys: list[str], t: int) -> list[State] | None:
     states = []
     for key in keys:
-        ckpt = run.store.load_checkpoint(key, t, map_location=run.device)
+        ckpt = training.store.load_checkpoint(key, t, map_location=training.device)
         if ckpt is None:
             return None
-        states.append(run.unpack(ckpt))
+        states.append(training.unpack(ckpt))
     return states
 
 
-def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[int], include_control: bool,
+def ensure_branches_stacked(training: Training, branches: list[Trajectory], needed: list[int], include_control: bool,
                             on_step: StepCallback | None = None,
                             cancel: CancelToken | None = None) -> list[Trajectory]:
     """Checkpoints at every needed iteration for branches sharing t0, trained as one stack.
@@ -261,22 +261,22 @@ def ensure_branches_stacked(run: Run, branches: list[Trajectory], needed: list[i
         if m < t0:
             raise ValueError(f"checkpoint {m} precedes the start {t0} of the branches")
     trajs: dict[str, Trajectory] = {}
-    for b in twins + ([control_branch(run, t0)] if include_control else []):
+    for b in twins + ([control_branch(training, t0)] if include_control else []):
         trajs.setdefault(b.key, b)
     keys = list(trajs)
-    if not any(set(needed) - set(run.store.checkpoints(k)) for k in keys):
+    if not any(set(needed) - set(training.store.checkpoints(k)) for k in keys):
         return twins
     with contextlib.ExitStack() as locks:  # every copy's lock, in one order: another process waits, then reads
         for k in sorted(keys):
-            locks.enter_context(run.store.trajectory_lock(k, wait=cancel.check if cancel is not None else None))
-        _train_missing_stacked(run, trajs, keys, needed, on_step, cancel)
+            locks.enter_context(training.store.trajectory_lock(k, wait=cancel.check if cancel is not None else None))
+        _train_missing_stacked(training, trajs, keys, needed, on_step, cancel)
     return twins
 
 
-def _train_missing_stacked(run: Run, trajs: dict[str, Trajectory], keys: list[str], needed: list[int],
+def _train_missing_stacked(training: Training, trajs: dict[str, Trajectory], keys: list[str], needed: list[int],
                            on_step: StepCallback | None, cancel: CancelToken | None) -> None:
     """The body of `ensure_branches_stacked`, run with every copy's trajectory lock held."""
-    have = [set(run.store.checkpoints(k)) for k in keys]
+    have = [set(training.store.checkpoints(k)) for k in keys]
     missing = set().union(*(set(needed) - h for h in have))
     if not missing:
         return
@@ -284,19 +284,19 @@ def _train_missing_stacked(run: Run, trajs: dict[str, Trajectory], keys: list[st
     common = sorted((h for h in set.intersection(*have) if h <= first), reverse=True)
     starts: list[State] | None = None
     for h in common:
-        starts = _load_all(run, keys, h)
+        starts = _load_all(training, keys, h)
         if starts is not None:
             break
     if starts is None:
         starts = [trajs[k].start_state() for k in keys]
     t = starts[0].t
-    every = run.cfg.checkpoint_every
+    every = training.cfg.checkpoint_every
     save_at = {m for m in needed if t <= m <= t_end}
     if t in save_at and all(t in h for h in have):
         save_at.discard(t)  # resumed from it: already written by this stack
     if every:
         save_at |= set(range((t // every + 1) * every, t_end + 1, every))
-    train_stacked(run, starts, t_end, sorted(save_at), keys, on_step, cancel)
+    train_stacked(training, starts, t_end, sorted(save_at), keys, on_step, cancel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,30 +309,30 @@ STACK_MARGIN = 1.05  # stack only when this much faster: at a tie the loop (the 
 SLOW_STEP_S = 2.0  # a plain step slower than this on the CPU: skip calibrating, loop
 
 
-def _cache_key(run: Run, k: int, with_control: bool) -> tuple[Any, ...]:
-    c = run.cfg
-    return (c.model, c.width, c.dataset, c.batch_size, c.dropout, c.train_size, run.device.type, k, with_control)
+def _cache_key(training: Training, k: int, with_control: bool) -> tuple[Any, ...]:
+    c = training.cfg
+    return (c.model, c.width, c.dataset, c.batch_size, c.dropout, c.train_size, training.device.type, k, with_control)
 
 
-def _interleaved(run: Run, k_loop: int, k_stack: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+def _interleaved(training: Training, k_loop: int, k_stack: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per step of k_loop copies one by one and of k_stack copies stacked, timed alternately step
     by step (so that a change of machine load hits both), after untimed warm-up steps (the stack's first
     steps are slow); from theta_0, batches 0, 1, ..."""
-    states = [run.initial() for _ in range(k_loop)]
-    st = _Stack(run, [run.initial() for _ in range(k_stack)])
+    states = [training.initial() for _ in range(k_loop)]
+    st = _Stack(training, [training.initial() for _ in range(k_stack)])
 
     def loop_step(t: int) -> None:
         for s in states:
-            run.step(s.model, s.opt, t)
+            training.step(s.model, s.opt, t)
 
     times: dict[str, list[float]] = {"loop": [], "stack": []}
     for t in range(warmup + steps):
         order = [("loop", loop_step), ("stack", st.step)]
         for name, fn in order if t % 2 else order[::-1]:
-            _sync(run)
+            _sync(training)
             t_start = time.perf_counter()
             fn(t)
-            _sync(run)
+            _sync(training)
             if t >= warmup:
                 times[name].append(time.perf_counter() - t_start)
     return times
@@ -343,12 +343,12 @@ def _median(v: list[float]) -> float:
     return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
-def _sync(run: Run) -> None:
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
+def _sync(training: Training) -> None:
+    if training.device.type == "cuda":
+        torch.cuda.synchronize(training.device)
 
 
-def choose_path(run: Run, k: int, with_control: bool = False) -> str:
+def choose_path(training: Training, k: int, with_control: bool = False) -> str:
     """"loop" or "stack" for K copies of this run's model, cached per (model, data, device, K).
 
     `with_control`: the stacked path trains K + 1 copies (its own control) where the loop trains K
@@ -364,26 +364,26 @@ def choose_path(run: Run, k: int, with_control: bool = False) -> str:
     """
     if k <= 1:
         return "loop"
-    key = _cache_key(run, k, with_control)
+    key = _cache_key(training, k, with_control)
     if key in _CHOICE:
         return _CHOICE[key]
-    if run.device.type == "cuda":
+    if training.device.type == "cuda":
         _CHOICE[key] = "stack"
         return "stack"
-    done = run.steps_done
+    done = training.steps_done
     try:
-        probe = run.initial()
+        probe = training.initial()
         t_start = time.perf_counter()
-        run.step(probe.model, probe.opt, 0)
+        training.step(probe.model, probe.opt, 0)
         one = time.perf_counter() - t_start
         if one > SLOW_STEP_S:
             choice, times = "loop", {"loop": one * k, "stack": float("nan")}
         else:
-            got = _interleaved(run, k, k + int(with_control), CALIBRATION_STEPS)
+            got = _interleaved(training, k, k + int(with_control), CALIBRATION_STEPS)
             times = {name: _median(v) for name, v in got.items()}
             choice = "stack" if times["stack"] * STACK_MARGIN < times["loop"] else "loop"
     finally:
-        run.steps_done = done
+        training.steps_done = done
     _CHOICE[key], _TIMINGS[key] = choice, times
     return choice
 
@@ -401,9 +401,9 @@ def benchmark(k: int = 8, steps: int = 20) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         store = Store(d)
         try:
-            run = Run(preset("demo", "chaos").train, store)
-            got = _interleaved(run, k, k, steps)
-            choice = choose_path(run, k)
+            training = Training(preset("demo", "chaos").train, store)
+            got = _interleaved(training, k, k, steps)
+            choice = choose_path(training, k)
         finally:
             store.close()
     times = {name: _median(v) for name, v in got.items()}

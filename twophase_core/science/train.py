@@ -21,7 +21,7 @@ from torch import nn
 from twophase_core.science.data import BatchSchedule, Dataset, get_dataset
 from twophase_core.science.models import build_model, trainable
 from twophase_core.science.perturb import perturb_, perturbation_seed
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, from_env
 from twophase_core.storage.store import Store, StoreError
 
@@ -70,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise C.ConfigError("device", name, "no CUDA device is visible here; use device=cpu")
+        raise conf.ConfigError("device", name, "no CUDA device is visible here; use device=cpu")
     return torch.device(name)
 
 
@@ -104,7 +104,7 @@ def configure_threads() -> int:
     return n
 
 
-def lr_at(cfg: C.TrainConfig, t: int) -> float:
+def lr_at(cfg: conf.TrainConfig, t: int) -> float:
     """Step schedule on absolute iterations, so the trajectory to t never depends on T."""
     return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if t >= m)
 
@@ -116,11 +116,11 @@ class State:
     t: int
 
 
-class Run:
+class Training:
     """Everything a training config needs in one process: data on the device, schedule, builders."""
 
-    def __init__(self, cfg: C.TrainConfig, store: Store | None = None):
-        C.validate_train(cfg)
+    def __init__(self, cfg: conf.TrainConfig, store: Store | None = None):
+        conf.validate_train(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         configure_determinism(self.device)
@@ -187,7 +187,7 @@ class Run:
         return Trajectory(self, self.key, 0, self.initial)
 
     def branch(self, t0: int, eps: float, mode: str, seed: int) -> Trajectory:
-        key = C.digest({"base": self.key, "t0": t0, "eps": eps, "mode": mode, "seed": seed})
+        key = conf.digest({"base": self.key, "t0": t0, "eps": eps, "mode": mode, "seed": seed})
 
         def start() -> State:
             s = self.base().state(t0)
@@ -202,11 +202,11 @@ class Run:
         return perturb_(s.model, eps, mode, perturbation_seed(seed, t0))
 
 
-def checkpoint_size_estimate(run: Run, s: State) -> int:
+def checkpoint_size_estimate(training: Training, s: State) -> int:
     """Bytes one checkpoint of this model takes on disk (weights, buffers and momentum), without writing one."""
     model = sum(v.numel() * v.element_size() for v in s.model.state_dict().values())
     grads = sum(p.numel() * p.element_size() for p in trainable(s.model))
-    return model + (grads if run.cfg.momentum else 0) + 16 * 1024  # + the zip's records (measured: 5-10 KB)
+    return model + (grads if training.cfg.momentum else 0) + 16 * 1024  # + the zip's records (measured: 5-10 KB)
 
 
 def _waiter(cancel: CancelToken | None, on_wait: Callable[[], None] | None) -> Callable[[], None]:
@@ -232,8 +232,8 @@ class Trajectory:
     waits, then reads what the first wrote.
     """
 
-    def __init__(self, run: Run, key: str, start: int, start_state: Callable[[], State]):
-        self.run, self.key, self.start, self._make_start = run, key, start, start_state
+    def __init__(self, training: Training, key: str, start: int, start_state: Callable[[], State]):
+        self.training, self.key, self.start, self._make_start = training, key, start, start_state
 
     def start_state(self) -> State:
         """A fresh copy of the state at `start` (theta_0, or the base checkpoint at t0 plus eps)."""
@@ -241,11 +241,11 @@ class Trajectory:
 
     def with_key(self, key: str) -> Trajectory:
         """The same start state under another checkpoint key (lockstep's stacked twins)."""
-        return Trajectory(self.run, key, self.start, self._make_start)
+        return Trajectory(self.training, key, self.start, self._make_start)
 
     def steps_needed(self, needed: Iterable[int]) -> int:
         """SGD steps `ensure(needed)` would run now (for progress and ETA)."""
-        have = set(self.run.store.checkpoints(self.key))
+        have = set(self.training.store.checkpoints(self.key))
         pos, total = None, 0
         for m in sorted(set(needed) - have):
             s = max([h for h in have if h <= m], default=self.start)
@@ -265,7 +265,7 @@ class Trajectory:
         another process trains this trajectory, `on_wait()` is called once and this one waits
         (cancellable), then trains only what the other did not write.
         """
-        store = self.run.store
+        store = self.training.store
         needed = sorted(set(needed))
         for m in needed:
             if m < self.start:
@@ -276,18 +276,18 @@ class Trajectory:
             self._train_missing(needed, on_step, cancel)  # another process may have trained them meanwhile
 
     def _saves(self, missing: list[int], have: set[int]) -> int:
-        every = self.run.cfg.checkpoint_every
+        every = self.training.cfg.checkpoint_every
         extra = set(range((self.start // every + 1) * every, missing[-1] + 1, every)) if every else set()
         return len((set(missing) | extra) - have)
 
     def _train_missing(self, needed: list[int], on_step: StepCallback | None, cancel: CancelToken | None) -> None:
-        store, run = self.run.store, self.run
+        store, training = self.training.store, self.training
         have = set(store.checkpoints(self.key))
         missing = sorted(set(needed) - have)
         if not missing:
             return
         targets = set(missing)
-        every = run.cfg.checkpoint_every
+        every = training.cfg.checkpoint_every
         s: State | None = None
         segment: list[tuple[int, float]] = []  # losses since `s` was loaded or last saved
         for m in missing:
@@ -299,61 +299,61 @@ class Trajectory:
                 s = self._load_or_start(best)
                 segment = []
                 if first:
-                    one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(run, s)
+                    one = store.checkpoint_bytes(self.key) or checkpoint_size_estimate(training, s)
                     n = self._saves(missing, have)
                     store.require_space(n * one, f"training {n} checkpoints of {self.key}")
                 if s.t == m:  # the start itself was asked for
-                    store.save_checkpoint(self.key, m, run.pack(s, None))
+                    store.save_checkpoint(self.key, m, training.pack(s, None))
                     have.add(m)
-                    if run.on_save is not None:
-                        run.on_save(self.key, m, s.model)
+                    if training.on_save is not None:
+                        training.on_save(self.key, m, s.model)
                     continue
             buf: list[torch.Tensor] = []
             while s.t < m:
                 if cancel is not None:
                     cancel.check()
-                buf.append(run.step(s.model, s.opt, s.t))
+                buf.append(training.step(s.model, s.opt, s.t))
                 s.t += 1
                 save = s.t in targets or (every and s.t % every == 0 and s.t not in have)
-                if len(buf) >= run.check_every or save or s.t == m:
+                if len(buf) >= training.check_every or save or s.t == m:
                     window = torch.stack(buf)
                     finite = torch.isfinite(window)
                     if not bool(finite.all()):
                         first_bad = s.t - len(buf) + int((~finite).nonzero()[0, 0])
-                        raise TrainingDiverged(first_bad, lr_at(run.cfg, first_bad))
+                        raise TrainingDiverged(first_bad, lr_at(training.cfg, first_bad))
                     values = window.tolist()
                     last_loss = values[-1]
                     steps = list(zip(range(s.t - len(values) + 1, s.t + 1), values, strict=True))
-                    run.losses.setdefault(self.key, []).extend(steps)
+                    training.losses.setdefault(self.key, []).extend(steps)
                     segment.extend(steps)
                     buf = []
                     if on_step is not None:
                         on_step(int(window.numel()))
                 if save:
-                    store.save_checkpoint(self.key, s.t, run.pack(s, last_loss, segment))
+                    store.save_checkpoint(self.key, s.t, training.pack(s, last_loss, segment))
                     segment = []
                     have.add(s.t)
-                    if run.on_save is not None:
-                        run.on_save(self.key, s.t, s.model)
+                    if training.on_save is not None:
+                        training.on_save(self.key, s.t, s.model)
 
     def _load_or_start(self, t: int | None) -> State:
         """The state at stored checkpoint t, or at the nearest earlier good one, or the start."""
         while t is not None:
-            ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
+            ckpt = self.training.store.load_checkpoint(self.key, t, map_location=self.training.device)
             if ckpt is not None:
-                return self.run.unpack(ckpt)
+                return self.training.unpack(ckpt)
             # missing or corrupt (now dropped): fall back to the one before it
-            t = max((h for h in self.run.store.checkpoints(self.key) if h < t), default=None)
+            t = max((h for h in self.training.store.checkpoints(self.key) if h < t), default=None)
         return self.start_state()
 
     def state(self, t: int, on_step: StepCallback | None = None, cancel: CancelToken | None = None) -> State:
         """The state at t (trained now if missing; a missing or corrupt file is recomputed, never used)."""
         for _ in range(2):
             self.ensure([t], on_step, cancel)
-            ckpt = self.run.store.load_checkpoint(self.key, t, map_location=self.run.device)
+            ckpt = self.training.store.load_checkpoint(self.key, t, map_location=self.training.device)
             if ckpt is not None:
-                return self.run.unpack(ckpt)
-        path = self.run.store.checkpoint_path(self.key, t)
+                return self.training.unpack(ckpt)
+        path = self.training.store.checkpoint_path(self.key, t)
         raise StoreError(f"checkpoint {t} of {self.key} was written twice to {path} but did not read back intact "
                          "either time: the disk may be failing (see `twophase cache check`)")
 

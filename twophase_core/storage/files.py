@@ -116,7 +116,7 @@ class Entry:
     """One file under a storage root, named as twophase names its own (`what`: checkpoint, kernel,
     temp, lock or probe). Its name alone does not make it twophase's: `owned` also reads its header."""
 
-    run: str  # trajectory key; "" for a file at the root (a probe)
+    trajectory: str  # trajectory key; "" for a file at the root (a probe)
     name: str  # t000000030.pt, kernels/<name>.npy, tmpXXXX.tmp, kernels/tmpXXXX.tmp, .lock, .probe-...
     what: str
     size: int
@@ -148,9 +148,9 @@ def _classify(name: str) -> str | None:
     return "temp" if TEMP_NAME.fullmatch(base) else None
 
 
-def _check_run(run: str) -> None:
-    if not RUN_NAME.fullmatch(run):
-        raise ValueError(f"not a trajectory key: {run!r}")
+def _check_run(trajectory: str) -> None:
+    if not RUN_NAME.fullmatch(trajectory):
+        raise ValueError(f"not a trajectory key: {trajectory!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,30 +188,30 @@ class LocalFiles:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageSettingError(self.setting, str(self.root), "is not a folder this user can write into")
 
-    def path(self, run: str, t: int | str) -> Path:
+    def path(self, trajectory: str, t: int | str) -> Path:
         """Checkpoint t of `run`, or (t a name) a file of `run` beside its checkpoints (`kernels/...`)."""
-        return self.root / run / (file_name(t) if isinstance(t, int) else t)
+        return self.root / trajectory / (file_name(t) if isinstance(t, int) else t)
 
-    def _run_dir(self, run: str) -> Path:
+    def _run_dir(self, trajectory: str) -> Path:
         """The trajectory's folder; StoreError if it is a link (twophase never goes through one)."""
-        _check_run(run)
-        d = self.root / run
+        _check_run(trajectory)
+        d = self.root / trajectory
         if d.is_symlink():
             raise StoreError(f"{d} is a link, not a folder twophase made; twophase never reads, writes or deletes "
                              "through one: remove the link (its target is left as it is)")
         return d
 
-    def _file(self, run: str, t: int | str) -> Path:
-        d = self._run_dir(run)
+    def _file(self, trajectory: str, t: int | str) -> Path:
+        d = self._run_dir(trajectory)
         name = file_name(t) if isinstance(t, int) else t
         if name.startswith("kernels/") and (d / "kernels").is_symlink():
             raise StoreError(f"{d / 'kernels'} is a link, not a folder twophase made; remove the link")
         return d / name
 
-    def read(self, run: str, t: int | str) -> bytes | None:
+    def read(self, trajectory: str, t: int | str) -> bytes | None:
         """The file's bytes; None if there is none; StoreError if it is a link or not a file; OSError if it
         cannot be read."""
-        path = self._file(run, t)
+        path = self._file(trajectory, t)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -224,10 +224,10 @@ class LocalFiles:
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
-    def write(self, run: str, t: int | str, data: bytes) -> None:
+    def write(self, trajectory: str, t: int | str, data: bytes) -> None:
         """Temp file (flocked, so no one takes it for an orphan), fsync, rename: all or nothing. Never
         through a link, never over a link or a folder."""
-        path = self._file(run, t)
+        path = self._file(trajectory, t)
         if os.path.islink(path) or path.is_dir():
             raise StoreError(f"{path} is {'a link' if os.path.islink(path) else 'a folder'}, not a file twophase "
                              "wrote; twophase never writes over one: move it away and run again")
@@ -245,15 +245,15 @@ class LocalFiles:
                 os.unlink(tmp)
             raise
 
-    def delete(self, run: str, t: int | str) -> None:
+    def delete(self, trajectory: str, t: int | str) -> None:
         """Remove a file twophase wrote (its caller has checked that): only a plain file, never a link."""
         with contextlib.suppress(OSError):
-            path = self._file(run, t)
+            path = self._file(trajectory, t)
             if stat.S_ISREG(os.lstat(path).st_mode):
                 path.unlink()
 
-    def iterations(self, run: str) -> list[int]:
-        d = self._run_dir(run)
+    def iterations(self, trajectory: str) -> list[int]:
+        d = self._run_dir(trajectory)
         if not d.is_dir():
             return []
         its = []
@@ -263,16 +263,16 @@ class LocalFiles:
                 its.append(t)
         return sorted(its)
 
-    def size(self, run: str, t: int | str) -> int | None:
+    def size(self, trajectory: str, t: int | str) -> int | None:
         try:
-            return self._file(run, t).stat().st_size
+            return self._file(trajectory, t).stat().st_size
         except (OSError, StoreError):
             return None
 
     def head(self, e: Entry) -> bytes:
         """The first bytes of an entry (its header), read without following a link; b"" if unreadable."""
         try:
-            fd = os.open(self.path(e.run, e.name), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path(e.trajectory, e.name), os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return b""
         with os.fdopen(fd, "rb") as f:
@@ -316,13 +316,13 @@ class LocalFiles:
 
     def remove(self, e: Entry) -> None:
         """Delete one owned entry (a plain file, never a link), then its folders if that left them empty."""
-        path = self.path(e.run, e.name)
+        path = self.path(e.trajectory, e.name)
         try:
-            if stat.S_ISREG(os.lstat(path).st_mode) and not self._run_dir(e.run).is_symlink():
+            if stat.S_ISREG(os.lstat(path).st_mode) and not self._run_dir(e.trajectory).is_symlink():
                 path.unlink()
         except FileNotFoundError:
             return
-        for folder in (path.parent, self.root / e.run):
+        for folder in (path.parent, self.root / e.trajectory):
             if folder != self.root:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty: anything else in it stays
@@ -334,11 +334,11 @@ class LocalFiles:
                     f"set {ENV_ROOT}={self.root} to work on it there")
         return None
 
-    def lock(self, run: str, wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
-        return file_lock(self._run_dir(run) / LOCK_NAME, wait if wait is not None else (lambda: None))
+    def lock(self, trajectory: str, wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self._run_dir(trajectory) / LOCK_NAME, wait if wait is not None else (lambda: None))
 
-    def lock_path(self, run: str) -> Path:
-        return self.root / run / LOCK_NAME
+    def lock_path(self, trajectory: str) -> Path:
+        return self.root / trajectory / LOCK_NAME
 
     def free_bytes(self) -> int | None:
         return free_bytes(self.root)
@@ -391,10 +391,10 @@ class ObjectFiles:
         self.fs  # noqa: B018 - sets _root
         return self._root
 
-    def _key(self, run: str, t: int | str | None = None) -> str:
+    def _key(self, trajectory: str, t: int | str | None = None) -> str:
         if t is None:
-            return f"{self.root}/{run}"
-        return f"{self.root}/{run}/{file_name(t) if isinstance(t, int) else t}"
+            return f"{self.root}/{trajectory}"
+        return f"{self.root}/{trajectory}/{file_name(t) if isinstance(t, int) else t}"
 
     def _fail(self, doing: str, e: Exception) -> StoreError:
         if isinstance(e, TypeError):  # an option the filesystem's client does not take (made lazily, on first use)
@@ -415,35 +415,35 @@ class ObjectFiles:
         except Exception as e:  # noqa: BLE001 - botocore, aiohttp, ... each has its own
             raise self._fail("writing a test object", e) from None
 
-    def path(self, run: str, t: int | str) -> str:
-        return f"{self.url}/{run}/{file_name(t) if isinstance(t, int) else t}"
+    def path(self, trajectory: str, t: int | str) -> str:
+        return f"{self.url}/{trajectory}/{file_name(t) if isinstance(t, int) else t}"
 
-    def read(self, run: str, t: int | str) -> bytes | None:
+    def read(self, trajectory: str, t: int | str) -> bytes | None:
         """The object's bytes; None if there is none. Any other failure (network, permissions) raises
         StoreError: a checkpoint that could not be fetched is not a damaged one, and is never dropped."""
-        _check_run(run)
+        _check_run(trajectory)
         try:
-            return self.fs.cat_file(self._key(run, t))
+            return self.fs.cat_file(self._key(trajectory, t))
         except FileNotFoundError:
             return None
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise self._fail(f"reading checkpoint {t} of {run}", e) from None
+            raise self._fail(f"reading checkpoint {t} of {trajectory}", e) from None
 
-    def write(self, run: str, t: int | str, data: bytes) -> None:
+    def write(self, trajectory: str, t: int | str, data: bytes) -> None:
         """One put of the whole file: readers see all of it or nothing."""
-        _check_run(run)
+        _check_run(trajectory)
         try:
-            self.fs.pipe_file(self._key(run, t), data)
+            self.fs.pipe_file(self._key(trajectory, t), data)
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise self._fail(f"writing checkpoint {t} of {run}", e) from None
+            raise self._fail(f"writing checkpoint {t} of {trajectory}", e) from None
 
-    def delete(self, run: str, t: int | str) -> None:
-        _check_run(run)
-        self._rm(self._key(run, t), f"deleting checkpoint {t} of {run}")
+    def delete(self, trajectory: str, t: int | str) -> None:
+        _check_run(trajectory)
+        self._rm(self._key(trajectory, t), f"deleting checkpoint {t} of {trajectory}")
 
     def _rm(self, key: str, doing: str) -> None:
         try:
@@ -462,20 +462,20 @@ class ObjectFiles:
         except Exception as e:  # noqa: BLE001
             raise self._fail(f"listing {path}", e) from None
 
-    def iterations(self, run: str) -> list[int]:
-        _check_run(run)
-        prefix = self._key(run)
+    def iterations(self, trajectory: str) -> list[int]:
+        _check_run(trajectory)
+        prefix = self._key(trajectory)
         its = (iteration_of(k) for k in self._find(prefix) if k.rsplit("/", 1)[0] == prefix)
         return sorted(t for t in its if t is not None)
 
-    def size(self, run: str, t: int | str) -> int | None:
+    def size(self, trajectory: str, t: int | str) -> int | None:
         try:
-            return int(self.fs.info(self._key(run, t)).get("size") or 0)
+            return int(self.fs.info(self._key(trajectory, t)).get("size") or 0)
         except Exception:  # noqa: BLE001
             return None
 
     def head(self, e: Entry) -> bytes:
-        key = f"{self.root}/{e.name}" if not e.run else self._key(e.run, e.name)
+        key = f"{self.root}/{e.name}" if not e.trajectory else self._key(e.trajectory, e.name)
         try:
             return self.fs.cat_file(key, start=0, end=MAGIC_LEN) if e.size else b""
         except FileNotFoundError:
@@ -489,30 +489,30 @@ class ObjectFiles:
         root = self.root
         for k, info in sorted(self._find(root).items()):
             rel = k[len(root):].strip("/") if k.startswith(root) else ""
-            run, _, name = rel.partition("/")
-            what = "probe" if not name and PROBE_NAME.fullmatch(run) else (
-                _classify(name) if RUN_NAME.fullmatch(run) and name else None)
+            trajectory, _, name = rel.partition("/")
+            what = "probe" if not name and PROBE_NAME.fullmatch(trajectory) else (
+                _classify(name) if RUN_NAME.fullmatch(trajectory) and name else None)
             if what in (None, "lock", "temp"):  # an object store holds neither locks nor temp files of ours
                 continue
-            entries.append(Entry("" if what == "probe" else run, run if what == "probe" else name, what,
+            entries.append(Entry("" if what == "probe" else trajectory, trajectory if what == "probe" else name, what,
                                  int(info.get("size") or 0)))
         return Scan(entries, [])
 
     def remove(self, e: Entry) -> None:
-        key = f"{self.root}/{e.name}" if not e.run else self._key(e.run, e.name)
+        key = f"{self.root}/{e.name}" if not e.trajectory else self._key(e.trajectory, e.name)
         self._rm(key, f"deleting {key}")
 
     def deletion_refused(self) -> str | None:
         return None
 
-    def lock(self, run: str, wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
+    def lock(self, trajectory: str, wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
         """A flock on this machine (object stores have none): serialises this machine's processes."""
-        _check_run(run)
-        return file_lock(self.lock_path(run), wait if wait is not None else (lambda: None))
+        _check_run(trajectory)
+        return file_lock(self.lock_path(trajectory), wait if wait is not None else (lambda: None))
 
-    def lock_path(self, run: str) -> Path:
+    def lock_path(self, trajectory: str) -> Path:
         here = Path(tempfile.gettempdir()) / "twophase-locks" / hashlib.sha256(self.url.encode()).hexdigest()[:16]
-        return here / f"{run}.lock"
+        return here / f"{trajectory}.lock"
 
     def free_bytes(self) -> int | None:
         return None  # not a disk of ours

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twophase_core.execution.placement import EXECUTORS
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 from twophase_core.storage.store import DamagedRecord, Store
 
 PREFIXES = {"job": "job/", "runmeta": "runmeta/", "sweep": "sweep/"}
@@ -162,7 +162,7 @@ def _problem_of(fields: dict[str, Field], value: Any) -> tuple[str, str] | None:
 # The kinds
 
 
-SWEEP_SPEC = {"kind": Field(str, True, _one_of(C.KINDS)), "base": Field(dict[str, Any], True),
+SWEEP_SPEC = {"kind": Field(str, True, _one_of(conf.KINDS)), "base": Field(dict[str, Any], True),
               "vary": Field(dict[str, list[Any]], True), "seeds": Field(list[str], True),
               "replicates": Field(int, True, _at_least(1))}
 
@@ -190,7 +190,7 @@ def _unexpandable(spec: str) -> str | None:
         return f"replicates must be at most {MAX_POINTS}"
     try:
         expand(Sweep.from_dict(d))
-    except (C.ConfigError, ArithmeticError, KeyError, TypeError, ValueError) as e:  # Arithmetic: 10**400 as a float
+    except (conf.ConfigError, ArithmeticError, KeyError, TypeError, ValueError) as e:  # Arithmetic: 10**400 as a float
         return f"is not a sweep this version can run: {shown(str(e), 200)}"
     return None
 
@@ -208,7 +208,7 @@ def schema(kind: str) -> dict[str, Field]:
     from twophase_core.execution.jobs import STATUSES, JobRecord
 
     hints = typing.get_type_hints(JobRecord)
-    rules: dict[str, Rule] = {"kind": _one_of(C.KINDS), "status": _one_of(STATUSES), "progress": _between(0, 1),
+    rules: dict[str, Rule] = {"kind": _one_of(conf.KINDS), "status": _one_of(STATUSES), "progress": _between(0, 1),
                               "eta_s": _at_least(0), "pid": _at_least(1),
                               "executor": _one_of(EXECUTORS), **dict.fromkeys(JOB_TIMES, _time)}
     return {f.name: Field(hints[f.name], f.default is dataclasses.MISSING

@@ -491,9 +491,9 @@ class Store:
         return self._healing(lambda: [k for k in self.cache.iterkeys() if type(k) is str and k.startswith(prefix)])
 
     # -- checkpoint files -------------------------------------------------------------------
-    def checkpoint_path(self, run: str, t: int) -> Path | str:
+    def checkpoint_path(self, trajectory: str, t: int) -> Path | str:
         """Where checkpoint t of `run` lives: a Path in a folder, a URL in an object store."""
-        return self.files.path(run, t)
+        return self.files.path(trajectory, t)
 
     def check_storage(self) -> None:
         """Before any training: can checkpoints be written where they go? (An object store is sent a test
@@ -511,13 +511,14 @@ class Store:
         torch.save(state, buf)
         return buf.getvalue()
 
-    def save_checkpoint(self, run: str, t: int, state: dict[str, Any]) -> None:
+    def save_checkpoint(self, trajectory: str, t: int, state: dict[str, Any]) -> None:
         """Atomic write of a self-verifying file; a full disk leaves no temp file and raises StoreFull."""
-        self._write_file(run, t, frame_checkpoint(self.serialize(state)), f"writing checkpoint {t} of {run}")
+        self._write_file(trajectory, t, frame_checkpoint(self.serialize(state)),
+                         f"writing checkpoint {t} of {trajectory}")
 
-    def _write_file(self, run: str, name: int | str, data: bytes, doing: str) -> None:
+    def _write_file(self, trajectory: str, name: int | str, data: bytes, doing: str) -> None:
         try:
-            self.files.write(run, name, data)
+            self.files.write(trajectory, name, data)
         except OSError as e:
             where = self._checkpoint_disk()
             if _is_full(e, where):
@@ -526,16 +527,16 @@ class Store:
             raise
 
     # -- kernels: one checkpoint's eNTK, beside its checkpoints -------------------------------
-    def save_kernel(self, run: str, name: str, kernel: np.ndarray) -> None:
+    def save_kernel(self, trajectory: str, name: str, kernel: np.ndarray) -> None:
         """Write once, self-verifying, like a checkpoint (`storage.py`)."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(kernel), allow_pickle=False)
-        self._write_file(run, f"kernels/{name}", frame_checkpoint(buf.getvalue(), KERNEL_MAGIC),
-                         f"writing kernel {name} of {run}")
+        self._write_file(trajectory, f"kernels/{name}", frame_checkpoint(buf.getvalue(), KERNEL_MAGIC),
+                         f"writing kernel {name} of {trajectory}")
 
-    def load_kernel(self, run: str, name: str) -> np.ndarray | None:
+    def load_kernel(self, trajectory: str, name: str) -> np.ndarray | None:
         """The kernel, or None if it is missing or a damaged one of ours (then it is removed and recomputed)."""
-        data = self._read_owned(run, f"kernels/{name}", KERNEL_MAGIC, "kernel")
+        data = self._read_owned(trajectory, f"kernels/{name}", KERNEL_MAGIC, "kernel")
         if data is None:
             return None
         payload = verify_checkpoint(data, KERNEL_MAGIC)
@@ -544,78 +545,79 @@ class Store:
                 return np.load(io.BytesIO(payload), allow_pickle=False)
         except ValueError:
             pass
-        self.files.delete(run, f"kernels/{name}")
+        self.files.delete(trajectory, f"kernels/{name}")
         return None
 
-    def load_checkpoint(self, run: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
+    def load_checkpoint(self, trajectory: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
         """The checkpoint, or None if it is missing or a damaged one of ours (then it is removed, and whoever
         asked trains it again). A file of that name twophase did not write is never used nor touched:
         StoreError says where it is. An object store that cannot be reached raises StoreError too: its
         checkpoints are not damaged."""
-        data = self._read_owned(run, t, CKPT_MAGIC, "checkpoint")
+        data = self._read_owned(trajectory, t, CKPT_MAGIC, "checkpoint")
         if data is None:
             return None
         payload = verify_checkpoint(data)
         if payload is None and not data.startswith(CKPT_MAGIC):
             payload = data  # a file from before checkpoints carried their checksum: _read_owned verified it
         if payload is None:
-            self.drop_checkpoint(run, t)
+            self.drop_checkpoint(trajectory, t)
             return None
         import torch
 
         try:
             return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
         except Exception:  # noqa: BLE001
-            self.drop_checkpoint(run, t)
+            self.drop_checkpoint(trajectory, t)
             return None
 
-    def _read_owned(self, run: str, name: int | str, magic: bytes, what: str) -> bytes | None:
+    def _read_owned(self, trajectory: str, name: int | str, magic: bytes, what: str) -> bytes | None:
         """A file's bytes if it is twophase's (its header, or an old checkpoint whose checksum the index
         holds), None if there is none; StoreError if it cannot be read or is someone else's."""
         try:
-            data = self.files.read(run, name)
+            data = self.files.read(trajectory, name)
         except OSError as e:
-            raise StoreError(f"{what} {self.files.path(run, name)} cannot be read ({e.strerror or e}); twophase "
+            raise StoreError(f"{what} {self.files.path(trajectory, name)} cannot be read ({e.strerror or e}); twophase "
                              "leaves it alone: fix its permissions or move it away") from None
         if data is None or data.startswith(magic):
             return data
-        if isinstance(name, int) and self._legacy_sha(run, name) == sha_hex(data):
+        if isinstance(name, int) and self._legacy_sha(trajectory, name) == sha_hex(data):
             return data
-        raise StoreError(f"{self.files.path(run, name)} is not a {what} twophase wrote (no twophase header); it is "
+        raise StoreError(f"{self.files.path(trajectory, name)} is not a {what} twophase wrote (no twophase header); "
+                         "it is "
                          "left as it is: move it away, and the run computes its own")
 
-    def _legacy_sha(self, run: str, t: int) -> str | None:
+    def _legacy_sha(self, trajectory: str, t: int) -> str | None:
         if self._cache is None:
             return None
         try:
-            sha = self.cache.get(f"ckpt/{run}/{t}")
+            sha = self.cache.get(f"ckpt/{trajectory}/{t}")
         except Exception:  # noqa: BLE001
             return None
         return sha if isinstance(sha, str) else None
 
-    def drop_checkpoint(self, run: str, t: int) -> None:
+    def drop_checkpoint(self, trajectory: str, t: int) -> None:
         """Remove a damaged checkpoint of ours (its caller checked its header), so it is trained again."""
-        self.files.delete(run, t)
+        self.files.delete(trajectory, t)
         if self._cache is not None:
             with contextlib.suppress(Exception):
-                self.cache.delete(f"ckpt/{run}/{t}")
+                self.cache.delete(f"ckpt/{trajectory}/{t}")
 
-    def checkpoints(self, run: str) -> list[int]:
+    def checkpoints(self, trajectory: str) -> list[int]:
         """Iterations with a checkpoint file for `run` (checksums are verified on load)."""
-        return self.files.iterations(run)
+        return self.files.iterations(trajectory)
 
-    def checkpoint_bytes(self, run: str) -> int | None:
+    def checkpoint_bytes(self, trajectory: str) -> int | None:
         """Size of the latest checkpoint file of `run` (what one more costs: a run's checkpoints all hold
         the same tensors), None if it has none."""
-        its = self.checkpoints(run)
-        return self.files.size(run, its[-1]) if its else None
+        its = self.checkpoints(trajectory)
+        return self.files.size(trajectory, its[-1]) if its else None
 
-    def trajectory_lock(self, run: str,
+    def trajectory_lock(self, trajectory: str,
                         wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
         """Held while a process trains `run`: a second process needing it waits (calling `wait()`) and
         then reads the checkpoints the first one wrote. A dead holder's lock is gone with it. (On an
         object store, only among this machine's processes: `storage.py`.)"""
-        return self.files.lock(run, wait)
+        return self.files.lock(trajectory, wait)
 
     # -- space --------------------------------------------------------------------------------
     def free_bytes(self) -> int:
@@ -667,7 +669,7 @@ class Store:
         """Temp files no live writer holds: left by kill -9 during a write."""
         now = time.time()
         return [e for e in temps if now - e.mtime >= ORPHAN_AGE_S
-                and not is_locked(Path(self.files.path(e.run, e.name)))]
+                and not is_locked(Path(self.files.path(e.trajectory, e.name)))]
 
     def _clean_orphans(self) -> dict[str, int]:
         n = size = 0
@@ -711,7 +713,7 @@ class Store:
         for e in scan.of("checkpoint") + scan.of("kernel"):
             magic = CKPT_MAGIC if e.what == "checkpoint" else KERNEL_MAGIC
             try:
-                data = self.files.read(e.run, e.name)
+                data = self.files.read(e.trajectory, e.name)
             except OSError as ex:
                 out["foreign"].append((e, f"cannot be read ({ex.strerror or ex})"))
                 continue
@@ -721,7 +723,7 @@ class Store:
                 out["verified"].append(e)
             elif data.startswith(magic):
                 out["bad"].append(e)
-            elif e.what == "checkpoint" and legacy.get(f"ckpt/{e.run}/{iteration_of(e.name)}") == sha_hex(data):
+            elif e.what == "checkpoint" and legacy.get(f"ckpt/{e.trajectory}/{iteration_of(e.name)}") == sha_hex(data):
                 out["legacy"].append(e)
             else:
                 out["foreign"].append((e, f"not a {e.what} twophase wrote (no twophase header)"))
@@ -729,7 +731,7 @@ class Store:
 
     def _left_alone(self, scan: Scan, foreign: list[tuple[Entry, str]]) -> list[str]:
         """What twophase found in its places but will not touch, with why (shown by check and clear)."""
-        out = list(scan.left_alone) + [f"{self.files.path(e.run, e.name)}: {why}" for e, why in foreign]
+        out = list(scan.left_alone) + [f"{self.files.path(e.trajectory, e.name)}: {why}" for e, why in foreign]
         refused = self.files.deletion_refused()
         if refused:
             out.append(refused)
@@ -763,12 +765,12 @@ class Store:
             problems.append(f"index: {index['unreferenced_files']} entry files no record points to")
         scan = self.files.scan()
         files = self._sort_files(scan, index.pop("legacy_shas"))
-        ckpt = {"runs": len({e.run for e in scan.of("checkpoint")}), "files": len(scan.of("checkpoint")),
+        ckpt = {"runs": len({e.trajectory for e in scan.of("checkpoint")}), "files": len(scan.of("checkpoint")),
                 "verified": sum(e.what == "checkpoint" for e in files["verified"]),
                 "legacy": len(files["legacy"]),
-                "bad": [str(self.files.path(e.run, e.name)) for e in files["bad"] if e.what == "checkpoint"]}
+                "bad": [str(self.files.path(e.trajectory, e.name)) for e in files["bad"] if e.what == "checkpoint"]}
         kernels = {"files": len(scan.of("kernel")), "verified": sum(e.what == "kernel" for e in files["verified"]),
-                   "bad": [str(self.files.path(e.run, e.name)) for e in files["bad"] if e.what == "kernel"]}
+                   "bad": [str(self.files.path(e.trajectory, e.name)) for e in files["bad"] if e.what == "kernel"]}
         if ckpt["bad"]:
             problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum")
         if kernels["bad"]:
@@ -802,8 +804,9 @@ class Store:
             legacy = inspect_index(self.db_path, self.index_dir)["legacy_shas"]
             files = self._sort_files(self.files.scan(), legacy)
             bad = [] if refused else files["bad"]
-            done["checkpoints_removed"] = [str(self.files.path(e.run, e.name)) for e in bad if e.what == "checkpoint"]
-            done["kernels_removed"] = [str(self.files.path(e.run, e.name)) for e in bad if e.what == "kernel"]
+            done["checkpoints_removed"] = [str(self.files.path(e.trajectory, e.name)) for e in bad
+                                           if e.what == "checkpoint"]
+            done["kernels_removed"] = [str(self.files.path(e.trajectory, e.name)) for e in bad if e.what == "kernel"]
             if refused:
                 done["refused"] = refused
             if dry_run:
@@ -822,7 +825,7 @@ class Store:
             done["unreferenced_files_removed"] = self._remove_unreferenced()
             for e in bad:
                 if e.what == "checkpoint":
-                    self.drop_checkpoint(e.run, int(iteration_of(e.name) or 0))
+                    self.drop_checkpoint(e.trajectory, int(iteration_of(e.name) or 0))
                 else:
                     self.files.remove(e)
         self._keep_reserve()
@@ -904,23 +907,25 @@ class Store:
         trainer holds them), and what is left alone and why."""
         scan = self.files.scan()
         left = list(scan.left_alone)
-        busy = {e.run for e in scan.of("lock") if is_locked(Path(self.files.path(e.run, e.name)))}
+        busy = {e.trajectory for e in scan.of("lock") if is_locked(Path(self.files.path(e.trajectory, e.name)))}
         if isinstance(self.files, ObjectFiles):
-            busy |= {e.run for e in scan.entries if e.run and is_locked(self.files.lock_path(e.run))}
+            busy |= {e.trajectory for e in scan.entries
+                     if e.trajectory and is_locked(self.files.lock_path(e.trajectory))}
         owned = []
         for e in scan.entries:
-            if e.run in busy:
+            if e.trajectory in busy:
                 continue
             head = self.files.head(e)
             ours = has_header(head, e.what) if e.what != "lock" else e.size == 0
-            if not ours and e.what == "checkpoint" and f"ckpt/{e.run}/{iteration_of(e.name)}" in legacy:
-                data = self.files.read(e.run, e.name)
-                ours = data is not None and sha_hex(data) == legacy[f"ckpt/{e.run}/{iteration_of(e.name)}"]
+            if not ours and e.what == "checkpoint" and f"ckpt/{e.trajectory}/{iteration_of(e.name)}" in legacy:
+                data = self.files.read(e.trajectory, e.name)
+                ours = data is not None and sha_hex(data) == legacy[f"ckpt/{e.trajectory}/{iteration_of(e.name)}"]
             if ours:
                 owned.append(e)
             else:
-                left.append(f"{self.files.path(e.run, e.name)}: not a {e.what} file twophase wrote")
-        left += [f"{self.files.path(run, '')}: in use by a running job, left for it" for run in sorted(busy)]
+                left.append(f"{self.files.path(e.trajectory, e.name)}: not a {e.what} file twophase wrote")
+        left += [f"{self.files.path(trajectory, '')}: in use by a running job, left for it"
+                 for trajectory in sorted(busy)]
         locks_last = sorted(owned, key=lambda e: e.what == "lock")  # a folder's lock goes after its files
         return locks_last, left
 
@@ -968,7 +973,8 @@ class Store:
             report["bytes_removed"] = sum(e.size for e in entries) + sum(_size(p) for p in here)
             report["left_alone"] = left
             if dry_run:
-                report["would_remove"] = [str(self.files.path(e.run, e.name)) for e in entries] + [str(p) for p in here]
+                report["would_remove"] = ([str(self.files.path(e.trajectory, e.name)) for e in entries]
+                                          + [str(p) for p in here])
                 return report
             if self._cache is not None:
                 with contextlib.suppress(Exception):

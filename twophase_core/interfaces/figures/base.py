@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from twophase_core.settings import config as C
+from twophase_core.settings import config as conf
 
 Table = dict[str, list[Any]]
 
@@ -156,4 +156,4 @@ def to_html(fig: go.Figure, command: str | None = None) -> str:
 
 def config_from_result(result: Any) -> Any:
     """The typed config of a stored result."""
-    return C.from_dict(C.KINDS[result.kind], result.config)
+    return conf.from_dict(conf.KINDS[result.kind], result.config)
