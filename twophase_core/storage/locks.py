@@ -1,10 +1,11 @@
 """Locks across processes and threads: flock on a file, re-entrant within a thread.
 
 One per trajectory (whoever trains it holds it) and one per store root (opening, repairing,
-clearing). The kernel drops a flock when its holder dies, kill -9 included, so a dead holder never
-blocks anyone: no lease, no timeout, nothing to clean up. A lock file is opened without following a
-link (O_NOFOLLOW): a `.lock` that is a link or a folder is refused by name, and nothing is ever created
-outside the store through one.
+clearing). Their own module because the store, the checkpoint files and the ownership checks all take
+the same kind (`is_locked`: a file a live writer holds is never deleted). The kernel drops a flock when
+its holder dies, kill -9 included, so a dead holder never blocks anyone: no lease, no timeout, nothing
+to clean up. A lock file is opened without following a link (O_NOFOLLOW): a `.lock` that is a link or
+a folder is refused by name, and nothing is ever created outside the store through one.
 """
 
 from __future__ import annotations
