@@ -10,7 +10,7 @@ import re
 
 import streamlit as st
 
-from twophase_core.interfaces.cli import command_for
+from twophase_core.experiments.reproduce import command_for
 
 from .runs import KIND_TITLES, RunView, config_of, load_run, run_name, split_run_id
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import streamlit as st
 
+from twophase_core.experiments import registry
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, format_value
-from twophase_core.storage.store import StoreError
+from twophase_core.storage.errors import StoreError
 
 from .runs import job_manager, open_run
 
@@ -48,7 +49,7 @@ def _grid(names: list[str], specs: dict[str, tuple[Spec, bool]], values: dict[st
 
 
 def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    specs = conf.settings_of(conf.KINDS[kind])
+    specs = conf.settings_of(registry.get(kind).config)
     values = conf.flat(base)
     out: dict[str, Any] = {}
     slots: dict[str, Any] = {}
@@ -60,7 +61,7 @@ def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[st
     _grid(train, specs, values, prefix, out, slots)
     with st.expander("More training settings"):
         _grid(train_more, specs, values, prefix, out, slots)
-    st.markdown(f"**{ {'chaos': 'Perturbation', 'cone': 'Kernels', 'linear': 'Linearisation'}[kind] }**")
+    st.markdown(f"**{registry.get(kind).settings_title}**")
     _grid(exp, specs, values, prefix, out, slots)
     if exp_more:
         with st.expander("More settings"):

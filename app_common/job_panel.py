@@ -10,8 +10,9 @@ from typing import Any
 import streamlit as st
 
 from twophase_core.execution.jobs import JobManager
+from twophase_core.experiments import registry
 from twophase_core.settings import config as conf
-from twophase_core.storage.store import StoreError
+from twophase_core.storage.errors import StoreError
 
 from .runs import KIND_TITLES, POLL_S, RunView, job_manager
 
@@ -28,13 +29,13 @@ def _partial_mark(jm: JobManager, run_id: str) -> Any:
     if p is None:
         return None
     # grows with every finished cell and every step of the live training curve: either reruns the page
-    return p.meta.get("rows_done"), sum(int(v.size) for v in p.arrays.values())
+    return p.meta.get("units_done"), sum(int(v.size) for v in p.arrays.values())
 
 
 def _submit_again(config: dict[str, Any], kind: str, key: str, label: str) -> None:
     if st.button(label, key=key, icon=":material/replay:"):
         try:
-            job_manager().submit(conf.from_dict(conf.KINDS[kind], config))
+            job_manager().submit(registry.config_from_dict(kind, config))
         except (conf.ConfigError, StoreError) as e:
             st.error(f"Nothing was started: {e}", icon=":material/error:")
             return

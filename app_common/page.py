@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from twophase_core.experiments.reproduce import command_for
 from twophase_core.interfaces import figures as F
-from twophase_core.interfaces.cli import command_for
 
 from .export import figure_block
 from .form import settings_form
@@ -44,6 +44,8 @@ WAITING = {
               "What to look for: switching early costs accuracy, switching late much less.",
 }
 
+WAITING_OTHER = "The base run trains first, then the experiment's units of work; the result appears when they are done."
+
 
 def waiting_hint(view: RunView) -> None:
     """What is being computed and what to look for, while there is nothing to draw yet."""
@@ -52,7 +54,7 @@ def waiting_hint(view: RunView) -> None:
                    "or computed with another store (TWOPHASE_CACHE_DIR).", icon=":material/search_off:")
         st.page_link(PAGE_FILES["runs"], label="See every run", icon=":material/list:")
     elif not view.record.finished:
-        st.info(WAITING[view.kind], icon=":material/hourglass_top:")
+        st.info(WAITING.get(view.kind, WAITING_OTHER), icon=":material/hourglass_top:")
 
 
 def no_run_yet(kind: str) -> None:

@@ -9,23 +9,52 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
 
 from twophase_core.execution.jobs import JobManager, JobRecord
+from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.interfaces import catalog as K
 from twophase_core.settings import config as conf
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store, default_root
 
-KINDS = tuple(conf.KINDS)
-PAGE_FILES = {"home": "pages/home.py", "chaos": "pages/chaos.py", "cone": "pages/cone.py",
-              "linear": "pages/linear.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py",
-              "compare": "pages/compare.py"}
-KIND_TITLES = {"chaos": "Chaos Effect", "cone": "Cone Effect", "linear": "Linearised training"}
+PAGES = {"home": "pages/home.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py", "compare": "pages/compare.py"}
+
+
+class _Kinds(Sequence[str]):
+    """The experiment kinds as the registry has them now (a plugin loaded later included)."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return registry.names()[i]
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+
+class _ByKind(Mapping[str, str]):
+    """A kind's title or page file, read from the registry when asked; page files of the other pages too."""
+
+    def __init__(self, pick: Callable[[Any], str], fixed: Mapping[str, str] | None = None):
+        self.pick, self.fixed = pick, dict(fixed or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self.fixed[key] if key in self.fixed else self.pick(registry.get(key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.fixed, *registry.names()])
+
+    def __len__(self) -> int:
+        return len(self.fixed) + len(registry.names())
+
+
+KINDS = _Kinds()
+PAGE_FILES = _ByKind(lambda e: e.page or "pages/result.py", PAGES)  # a kind without a page: the generic one
+KIND_TITLES = _ByKind(lambda e: e.title)
 POLL_S = 1.0
 
 
@@ -103,7 +132,7 @@ def config_of(view: RunView) -> Any | None:
     if d is None:
         return None
     try:
-        return conf.from_dict(conf.KINDS[view.kind], d)
+        return registry.config_from_dict(view.kind, d)
     except conf.ConfigError:  # a record from an older schema: show it, but it cannot fill the form
         return None
 

@@ -14,7 +14,7 @@ view, cmd = ui.page_run(
 
 a = view.result.arrays
 if view.partial:
-    st.info(f"Partial result: {view.result.meta.get('rows_done', '?')} of {len(a['t0'])} rows of t0 complete; "
+    st.info(f"Partial result: {view.result.meta.get('units_done', '?')} of {len(a['t0'])} rows of t0 complete; "
             "cells fill in as they finish.", icon=":material/hourglass_top:")
 
 c = st.columns([2, 2, 3])

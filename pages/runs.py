@@ -8,9 +8,10 @@ import streamlit as st
 import app_common as ui
 from app_common.runs import warn_skipped_runs
 from twophase_core.execution.jobs import STATUSES
+from twophase_core.experiments import registry
 from twophase_core.interfaces import catalog as K
 from twophase_core.settings import config as conf
-from twophase_core.storage.store import StoreError
+from twophase_core.storage.errors import StoreError
 
 MAX_COMPARE = 6
 
@@ -135,8 +136,8 @@ def runs_view() -> None:
     st.caption(f"{len(shown)} of {len(entries)} runs. "
                + (f"Between name and status: the settings that differ between these runs ({', '.join(varying)})."
                   if varying else "These runs share every setting."))
-    spec_help = {n: conf.settings_of(conf.KINDS[e.kind])[n][0].help for e in shown if e.config is not None
-                 for n in varying if n in conf.settings_of(conf.KINDS[e.kind])}
+    spec_help = {n: conf.settings_of(registry.get(e.kind).config)[n][0].help for e in shown if e.config is not None
+                 for n in varying if n in conf.settings_of(registry.get(e.kind).config)}
     event = st.dataframe(
         rows, key=_table_key(shown), on_select="rerun", selection_mode="multi-row", hide_index=True, width="stretch",
         column_config={

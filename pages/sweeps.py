@@ -5,12 +5,14 @@ import streamlit as st
 
 import app_common as ui
 from app_common.runs import warn_skipped
+from twophase_core.execution import sweeps as SJ
+from twophase_core.experiments import reproduce
 from twophase_core.experiments import sweep as S
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
 from twophase_core.interfaces import figures as F
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import split_list
-from twophase_core.storage.store import StoreError
+from twophase_core.storage.errors import StoreError
 
 st.title("Sweeps")
 st.caption("A sweep runs one experiment over several settings (any setting, several values) and several "
@@ -59,7 +61,7 @@ with st.expander("New sweep", expanded=not sweeps):
                 raise conf.ConfigError("replicates", reps, "must be a whole number >= 1")
             sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
                             int(n))
-            rec = S.submit_sweep(jm, sweep)
+            rec = SJ.submit_sweep(jm, sweep)
         except (conf.ConfigError, StoreError) as e:
             error.error(f"Nothing was started: {e}", icon=":material/error:")
         else:
@@ -87,7 +89,7 @@ sweep = S.Sweep.from_dict(rec["sweep"])
 @st.fragment(run_every=ui.POLL_S)
 def progress() -> None:
     jm.pump()
-    p = S.sweep_progress(jm, rec)
+    p = SJ.sweep_progress(jm, rec)
     st.progress(min(p["progress"], 1.0), text=f"{p['done']} of {p['points']} runs done · {p['running']} running · "
                 f"{p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else ""))
     mark = (p["done"], p["failed"])
@@ -98,7 +100,7 @@ def progress() -> None:
 
 
 progress()
-cmd = S.sweep_command(sweep)
+cmd = reproduce.sweep_command(sweep)
 res = S.sweep_result(jm.store, rec)
 groups = res.groups(n_boot=1000)
 done = [g for g in groups if g["replicates"]]

@@ -1,5 +1,7 @@
 """Shared fixtures: every test gets its own result store; torch stays on one thread."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,3 +81,22 @@ def s3_root(s3_server, monkeypatch, request):
     monkeypatch.setenv(ENV_ROOT, url)
     monkeypatch.setenv(ENV_OPTIONS, json.dumps(s3_server))
     return url, s3_server, fs
+
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"  # experiment kinds from outside the package
+
+
+@pytest.fixture
+def plugin_kind(monkeypatch):
+    """tests/plugins/param_norm.py's kind ('pnorm') loaded in this process (as $TWOPHASE_PLUGINS loads it in every
+    other), and forgotten after the test so no other test sees it."""
+    import sys
+
+    from twophase_core.experiments import registry
+
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+    monkeypatch.setattr(registry, "_PLUGINS", list(registry._PLUGINS))
+    sys.modules.pop("param_norm", None)
+    registry.load_plugin("param_norm", str(PLUGINS))
+    yield registry.get("pnorm")
+    sys.modules.pop("param_norm", None)

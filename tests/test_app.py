@@ -1,22 +1,45 @@
 """The Streamlit app through AppTest: every page renders empty and with real stored results, the form
 refuses bad values without starting a job, and a link (?page=...&run=...) opens the same view."""
 
+import base64
+import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from launchers import FailingLauncher
 from streamlit.testing.v1 import AppTest
 
 from twophase_core.execution.jobs import JobManager
-from twophase_core.experiments.engine import run_experiment
+from twophase_core.execution.run import run_experiment
 from twophase_core.experiments.presets import preset
+from twophase_core.experiments.result import Result, load_result
+from twophase_core.interfaces import figures as F
 from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/home.py", "pages/chaos.py", "pages/cone.py", "pages/linear.py", "pages/runs.py"]
+# each page with nothing stored: its title and what it says instead of figures (None: Home has no such line)
+EMPTY = {
+    "pages/home.py": ("Two-phase learning dynamics", None),
+    "pages/chaos.py": ("Chaos Effect", "No Chaos Effect run open yet"),
+    "pages/cone.py": ("Cone Effect", "No Cone Effect run open yet"),
+    "pages/linear.py": ("Linearised training", "No Linearised training run open yet"),
+    "pages/sweeps.py": ("Sweeps", "No sweeps yet"),
+    "pages/runs.py": ("Runs", "No runs yet"),
+    "pages/compare.py": ("Compare runs", "this link names 0"),
+}
+# the figures of a result page, top to bottom, by the start of their titles (the training curve first, folded)
+FIGURES = {
+    "chaos": ["The base run", "C: parameter distance", "B: loss barrier", "D: disagreement",
+              F.METRICS["C"] + " versus t1", "Where the chaos ends", "Loss along the interpolation path"],
+    "cone": ["The base run", "Kernel distance S", "Kernels along training", "Kernel distance to a reference",
+             "Kernel velocity", "Test accuracy along training"],
+    "linear": ["The base run", "Linearised training from theta_t"],
+}
 TIMEOUT = 60  # the first run imports torch
 
 
@@ -55,19 +78,54 @@ def _app(**query) -> AppTest:
     return at.run()
 
 
+def _figures(at: AppTest) -> list[dict[str, Any]]:
+    """The plotly figures the page drew, as the browser receives them."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _values(v: Any) -> np.ndarray:
+    """A figure's array as the browser gets it: a list, or plotly's typed array {dtype, bdata (base64), shape}."""
+    if isinstance(v, dict):
+        flat = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return flat.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else flat
+    return np.asarray(v, dtype=float)
+
+
+def _title(fig: dict[str, Any]) -> str:
+    return (fig["layout"].get("title") or {}).get("text", "")
+
+
+def _figure(at: AppTest, title: str) -> dict[str, Any]:
+    """The one figure whose title starts with `title`."""
+    [fig] = [f for f in _figures(at) if _title(f).startswith(title)]
+    return fig
+
+
+def _stored(run_id: str) -> Result:
+    """The stored result behind a run id, read from the store (not through the app)."""
+    kind, h = run_id.split("-")
+    r = load_result(Store(), kind, h)
+    assert r is not None
+    return r
+
+
 def _text(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "title", "subheader")
              for e in getattr(at, kind)]
     return "\n".join(str(p) for p in parts)
 
 
-def test_every_page_renders_empty(empty):
+def test_every_page_renders_empty_with_its_title_and_what_to_do(empty):
     at = _app()
-    assert not at.exception
     assert any(b.label == "Run the demo" for b in at.button)
-    for page in PAGES[1:]:
-        at.switch_page(page).run()
+    for page, (title, says) in EMPTY.items():
+        if page != "pages/home.py":
+            at.switch_page(page).run()
         assert not at.exception, page
+        assert [t.value for t in at.title] == [title], page
+        notes = [e.value for e in (*at.info, *at.warning)]
+        assert (says is None and not notes) or any(says in n for n in notes), (page, notes)
+        assert not at.get("plotly_chart"), page
     assert JobManager(Store(empty)).list() == []  # looking starts nothing
 
 
@@ -77,31 +135,67 @@ def test_result_pages_draw_a_stored_result(with_results, kind):
     at = _app(page=kind, run=rid)
     assert not at.exception
     assert rid in _text(at) and "status **done**" in _text(at)
-    charts = at.get("plotly_chart")
-    assert len(charts) >= {"chaos": 5, "cone": 5, "linear": 1}[kind]
-    assert any("twophase " + kind in c.value for c in at.code)  # the command that reproduces the figures
-    assert len(at.get("download_button")) == 3 * len(charts)  # CSV, JSON and HTML for every figure
+    figs = _figures(at)
+    assert len(figs) == len(FIGURES[kind])
+    for fig, title in zip(figs, FIGURES[kind], strict=True):
+        assert _title(fig).startswith(title), (_title(fig), title)
+    assert len(at.get("download_button")) == 3 * len(figs)  # CSV, JSON and HTML for every figure
+    # the command that reproduces the figures: the tiny preset, no other flag
+    assert {c.value for c in at.code} == {f"twophase {kind} --preset tiny --json out.json"}
+    stored = _stored(rid)
+    a, meta = stored.arrays, stored.meta
+    if kind == "chaos":  # the heatmaps hold the stored values (hover shows them; colour is log10)
+        for m, title in (("C", "C: parameter distance"), ("B", "B: loss barrier"), ("D", "D: disagreement")):
+            heat = _figure(at, title)["data"][0]
+            assert heat["type"] == "heatmap" and np.allclose(_values(heat["customdata"]), a[m][0])
+    elif kind == "cone":  # the angle, the kernel count and the final accuracy as stored
+        shown = {m.label.split(",")[0]: m.value for m in at.metric}
+        assert shown["Cone angle"] == f"{meta['cone_angle_deg']:.1f}°" and shown["Kernels"] == str(len(a["iters"]))
+        assert shown["Final test accuracy"] == f"{a['test_acc'][-1]:.3f}"
+        assert _figure(at, "Kernel distance S")["data"][0]["type"] == "heatmap"
+    else:  # the table under the figure: one row per switch time, the stored accuracies
+        [table] = [d.value for d in at.dataframe]
+        assert list(table.columns) == ["switch", "acc_linear", "acc_at_switch", "acc_full"]
+        assert list(table["switch"]) == a["switch"].tolist()
+        assert np.allclose(table["acc_linear"], a["acc_linear"]) and np.allclose(table["acc_full"], a["acc_full"])
 
 
-def test_chaos_controls_redraw(with_results):
-    at = _app(page="chaos", run=with_results["chaos"])
+def test_chaos_controls_redraw_the_figures_they_name(with_results):
+    rid = with_results["chaos"]
+    a = _stored(rid).arrays
+    at = _app(page="chaos", run=rid)
+    assert np.allclose(_values(_figure(at, "C: parameter distance")["data"][0]["z"]), np.log10(a["C"][0]))  # log
     at.toggle(key="chaos_log").set_value(False).run()
-    assert not at.exception
+    assert not at.exception and at.query_params.get("log") == "0"
+    assert np.allclose(_values(_figure(at, "C: parameter distance")["data"][0]["z"]), a["C"][0])  # the values
     cells = at.selectbox(key="chaos_cell")
-    cells.select_index(len(cells.options) - 1).run()
-    assert not at.exception
+    cells.select_index(len(cells.options) - 1).run()  # the last cell: t0=20, t1=60
+    assert not at.exception and at.query_params.get("cell") == "20,60"
+    path = _figure(at, "Loss along the interpolation path, t0=20, t1=60")["data"][0]
+    assert np.allclose(_values(path["x"]), a["alphas"]) and np.allclose(_values(path["y"]), a["path"][0, 1, 1])
     at.radio(key="chaos_section_metric").set_value("D").run()
     assert not at.exception
+    sections = _figure(at, F.METRICS["D"] + " versus t1")["data"]
+    assert [tr["name"] for tr in sections] == ["t0=0", "t0=20"]
+    assert np.allclose(_values(sections[0]["y"]), a["D"][0, 0]) and np.allclose(_values(sections[1]["y"]), a["D"][0, 1])
 
 
-def test_cone_projection_switches(with_results):
-    at = _app(page="cone", run=with_results["cone"])
+def test_cone_projection_switches_draw_that_projection(with_results):
+    rid = with_results["cone"]
+    a = _stored(rid).arrays
+    at = _app(page="cone", run=rid)
     assert "Cone angle" in " ".join(m.label for m in at.metric)
     for method in ("pca", "mds"):
         for dim in (3, 2):
             at.radio(key="cone_method").set_value(method)
             at.radio(key="cone_dim").set_value(dim).run()
             assert not at.exception, (method, dim)
+            assert (at.query_params.get("proj"), at.query_params.get("dim")) == (method, str(dim))
+            fig = _figure(at, f"Kernels along training, {F.PROJECTION_LABELS[method]} {dim}-D")
+            kernels, xyz = fig["data"][0], a[f"{method}{dim}"]  # one point per checkpoint, as stored
+            assert kernels["type"] == ("scatter3d" if dim == 3 else "scatter")
+            for k, axis in enumerate("xyz"[:dim]):
+                assert np.allclose(_values(kernels[axis]), xyz[:, k]), (method, dim, axis)
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -212,6 +306,7 @@ def test_valid_form_starts_a_job_with_progress_and_cancel(empty):
     assert [r.id for r in jm.list()] == [rec.id]
 
 
+@pytest.mark.slow
 def test_the_app_process_never_imports_torch(stored):
     """Pages only draw: app_common, every page and a drawn result leave torch out of the process."""
     import subprocess
@@ -240,25 +335,29 @@ print('ok')
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_sweeps_page_shows_groups_transition_and_bands(empty):
     """A sweep whose points are stored (computed here, as the CLI would) draws its transition view."""
+    from twophase_core.execution import sweeps as SJ
     from twophase_core.experiments import sweep as S
 
     base = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
     store = Store(empty)
-    S.run_sweep(sweep, store)
-    rec = S.submit_sweep(JobManager(store), sweep)  # every point is stored: nothing is started
+    SJ.run_sweep(sweep, store)
+    rec = SJ.submit_sweep(JobManager(store), sweep)  # every point is stored: nothing is started
     assert all(r.status == "done" for r in JobManager(store).list())
     at = _app(page="sweeps", sweep=rec["id"])
     assert not at.exception
     table = at.dataframe[0].value  # t* per group and metric
     assert set(table["metric"]) == {"C", "B", "D"} and len(table) == 6
-    charts = at.get("plotly_chart")
-    assert len(charts) >= 2  # the transition figure and the banded cross-sections
+    figs = _figures(at)  # the transition figure and the banded cross-sections, on C first
+    assert len(figs) == 2 and _title(figs[0]).startswith(f"Where the chaos ends: {F.METRICS['C']}")
+    assert _title(figs[1]).startswith(F.METRICS["C"] + " versus t1") and "95% band" in _title(figs[1])
     assert any("twophase sweep chaos" in c.value and "--vary eps=1e-07,1e-05" in c.value for c in at.code)
     at.radio(key="sweep_metric").set_value("D").run()
     assert not at.exception
+    assert _title(_figures(at)[0]).startswith(f"Where the chaos ends: {F.METRICS['D']}")
 
 
 def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
@@ -306,7 +405,7 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
 
     cfg = conf.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
     first = run_experiment(cfg, Store(tmp_path / "scratch"))  # then cut back to what exists mid-base-run
-    first.meta.update(partial=True, rows_done=0)
+    first.meta.update(partial=True, units_done=0)
     for k in ("C", "B", "D", "acc_branch", "path"):
         first.arrays[k] = np.full_like(first.arrays[k], np.nan)
     first.arrays["train_t"], first.arrays["train_loss"] = first.arrays["train_t"][:80], first.arrays["train_loss"][:80]

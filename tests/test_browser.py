@@ -1,10 +1,14 @@
-"""A real browser against a real app: Home -> Chaos, run the tiny preset, wait for the heatmap.
+"""A real browser against a real app, each test on a freshly started server: Home -> Chaos runs the tiny
+preset to its heatmap; Run the demo opens its live training curve; deep links as the first request; a
+stored sweep; two submitted runs compared and a heatmap click that redraws the interpolation path.
 
-Uses the system Chromium (/usr/bin/chromium); Playwright never downloads a browser here.
-The screenshot lands in tests/artifacts/ (git-ignored).
+Every run is the tiny preset except the demo's first screen, which only the demo can show (see that test).
+Waits are on what the page shows, never on a timer. Uses the system Chromium (/usr/bin/chromium);
+Playwright never downloads a browser here. Screenshots land in tests/artifacts/ (git-ignored).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +24,7 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # each test starts its own server and browser
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
 ]
 
@@ -92,8 +97,33 @@ def test_home_to_chaos_runs_tiny_and_draws_the_heatmap(app_url):
             expect(heatmap).to_be_visible(timeout=120_000)
             assert "run=chaos-" in page.url  # the URL names the run: a copied link opens this view
             expect(page.get_by_text("status done", exact=False).first).to_be_visible(timeout=60_000)
-            page.wait_for_timeout(1500)  # let plotly finish its transitions before the picture
+            # the whole page drawn before the picture: C, B and D, and the path plot at its bottom
+            expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(3, timeout=30_000)
+            expect(page.locator(".js-plotly-plot .gtitle", has_text="interpolation path")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser_chaos_tiny.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_run_the_demo_opens_chaos_with_its_live_training_curve(app_url):
+    """Home's promise on the real demo: a click on Run the demo opens the Chaos page on the run, which draws
+    the base run's training curve live, alone, before any heatmap cell. Only the demo can show this: a tiny
+    run is done before the page's one-second poll sees it train. The demo is not waited for; the fixture
+    stops its worker."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.get_by_role("button", name="Run the demo").click(timeout=60_000)
+            expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("heading", name="Training, live")).to_be_visible(timeout=120_000)
+            expect(page.locator(".js-plotly-plot .scatterlayer .trace").first).to_be_visible(timeout=60_000)
+            assert "/chaos" in page.url and "run=chaos-" in page.url
+            page.screenshot(path=str(ARTIFACTS / "browser_demo_live.png"), full_page=True)
         finally:
             browser.close()
 
@@ -122,6 +152,7 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
     """A stored sweep (computed as the CLI would) opened by its link: t* table, transition figure, bands."""
     from playwright.sync_api import expect, sync_playwright
 
+    from twophase_core.execution import sweeps as SJ
     from twophase_core.execution.jobs import JobManager
     from twophase_core.experiments import sweep as S
     from twophase_core.experiments.presets import preset
@@ -131,8 +162,8 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
     base = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
     sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5"]), replicates=2)
     store = Store(cache)
-    S.run_sweep(sweep, store)
-    rec = S.submit_sweep(JobManager(store), sweep)
+    SJ.run_sweep(sweep, store)
+    rec = SJ.submit_sweep(JobManager(store), sweep)
     store.close()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
@@ -145,25 +176,35 @@ def test_sweep_view_draws_the_transition_with_its_interval_and_bands(cache, app_
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
             expect(page.get_by_text("Where the chaos ends", exact=False).first).to_be_visible(timeout=30_000)
             expect(page.get_by_text("95% band over replicates", exact=False).first).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)
+            expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)  # transition and bands: all drawn
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser_sweep.png"), full_page=True)
         finally:
             browser.close()
 
 
-def test_two_submitted_demo_runs_compared_and_a_cell_click_redraws_the_path(cache, app_url):
-    """Issue 9's walk-through: two demo chaos runs with different eps submitted from the CLI, compared
-    side by side, and a click on a heatmap cell that redraws the interpolation path."""
+def test_two_submitted_runs_compared_and_a_cell_click_redraws_the_path(cache, app_url):
+    """Issue 9's walk-through on the tiny preset: two chaos runs with different eps submitted from the CLI,
+    compared side by side, and a click on a heatmap cell that redraws the interpolation path and goes into
+    the link. The tiny grid (t0 0, 20 by t1 30, 60) has cells to click as the demo's has; AppTest cannot
+    show that a click reaches Streamlit (plotly cannot select heatmap cells), which is why this runs here."""
     from playwright.sync_api import expect, sync_playwright
 
-    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache)}
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(cache), "TWOPHASE_MAX_JOBS": "2"}  # both run at once
+    submits = [subprocess.Popen([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "tiny", "--eps",
+                                 eps, "--wait", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env) for eps in ("1e-7", "1e-6")]
     ids = []
-    for eps in ("1e-7", "1e-6"):
-        r = subprocess.run([sys.executable, "-m", "twophase_core", "submit", "chaos", "--preset", "demo", "--eps", eps,
-                            "--wait", "--quiet"], capture_output=True, text=True, env=env, timeout=400)
-        assert r.returncode == 0, r.stderr[-2000:]
-        ids.append(r.stdout.strip().splitlines()[0])
+    try:
+        for proc in submits:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-2000:]
+            ids.append(out.strip().splitlines()[0])
+    finally:
+        for proc in submits:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     a, b = ids
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -173,26 +214,27 @@ def test_two_submitted_demo_runs_compared_and_a_cell_click_redraws_the_path(cach
             page.goto(f"{app_url}/compare?runs={a},{b}", wait_until="domcontentloaded")
             expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=90_000)
             expect(page.get_by_text("eps", exact=False).first).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)
-            assert page.locator("[data-testid=stException]").count() == 0
-            page.screenshot(path=str(ARTIFACTS / "browser_compare_demo.png"), full_page=True)
+            # the page ran to its end: C, B, D and the cross-sections, each with CSV, JSON and HTML
+            expect(page.get_by_test_id("stDownloadButton")).to_have_count(4 * 3, timeout=30_000)
+            assert page.get_by_test_id("stException").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser_compare_tiny.png"), full_page=True)
 
             page.goto(f"{app_url}/chaos?run={a}", wait_until="domcontentloaded")
             expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=90_000)
             expect(page.get_by_text("Loss along the interpolation path").first).to_be_attached(timeout=30_000)
-            page.wait_for_timeout(1500)
-            before = page.url.split("cell=")[1].split("&")[0].replace("%2C", ",") if "cell=" in page.url else ""
-            # the demo grid: t0 (0, 30, 100, 300) bottom to top, t1 (100 ... 600) left to right
-            target, (fx, fy) = (("300,600", (0.9, 0.125)) if before != "300,600" else ("0,100", (0.1, 0.875)))
-            area = page.locator("[data-testid=stPlotlyChart]").nth(1).locator(".nsewdrag").first.bounding_box()
+            expect(page).to_have_url(re.compile(r"cell=\d+%2C\d+"), timeout=30_000)  # the cell drawn first
+            before = page.url.split("cell=")[1].split("&")[0].replace("%2C", ",")
+            # t0 (0, 20) bottom to top, t1 (30, 60) left to right: click a cell other than the one drawn
+            target, (fx, fy) = (("20,60", (0.75, 0.25)) if before != "20,60" else ("0,30", (0.25, 0.75)))
+            area = page.get_by_test_id("stPlotlyChart").nth(1).locator(".nsewdrag").first.bounding_box()
             x, y = area["x"] + fx * area["width"], area["y"] + fy * area["height"]
             page.mouse.move(x, y)
-            page.wait_for_timeout(300)
-            page.mouse.click(x, y)
             t0, t1 = target.split(",")
+            expect(page.locator(".hoverlayer .hovertext").first).to_be_visible(timeout=10_000)  # over its marker
+            page.mouse.click(x, y)
             title = page.locator(".js-plotly-plot .gtitle", has_text=f"interpolation path, t0={t0}, t1={t1}")
             expect(title).to_be_attached(timeout=30_000)
-            assert f"cell={t0}%2C{t1}" in page.url  # the link carries the clicked cell
-            page.screenshot(path=str(ARTIFACTS / "browser_chaos_click_demo.png"), full_page=True)
+            expect(page).to_have_url(re.compile(f"cell={t0}%2C{t1}"))  # the link carries the clicked cell
+            page.screenshot(path=str(ARTIFACTS / "browser_chaos_click_tiny.png"), full_page=True)
         finally:
             browser.close()

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
+from twophase_core.experiments import registry
 from twophase_core.experiments.presets import preset
-from twophase_core.interfaces.cli import build_config, command_for, main
+from twophase_core.experiments.reproduce import command_for
+from twophase_core.interfaces.cli import build_config, main
 from twophase_core.settings import config as conf
 
 
@@ -110,12 +112,12 @@ def _random_value(name: str, spec, current, rng, T: int):
 def test_every_setting_round_trips_through_command_for_and_print_config(kind, draw, capsys):
     import numpy as np
 
-    rng = np.random.default_rng([draw, list(conf.KINDS).index(kind)])
+    rng = np.random.default_rng([draw, list(registry.names()).index(kind)])
     base = preset("tiny", kind)
     T = 200
     cfg = conf.replace(base, iterations=T)
     changed = set()
-    for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
+    for name, (spec, _) in conf.settings_of(registry.get(kind).config).items():
         for _ in range(20):  # draw until the whole config is still valid (fields constrain each other)
             v = _random_value(name, spec, conf.flat(cfg)[name], rng, T)
             if name == "device":
@@ -140,7 +142,7 @@ def test_every_setting_round_trips_through_command_for_and_print_config(kind, dr
             changed.add(name) if v != conf.flat(base)[name] else None
             break
     fixed = {"dataset", "model", "device"}
-    names = set(conf.settings_of(conf.KINDS[kind]))
+    names = set(conf.settings_of(registry.get(kind).config))
     assert len(changed) >= len(names) - len(fixed) - 1, names - changed
     line = command_for(cfg, "tiny")
     argv = shlex.split(line)[1:]
@@ -150,11 +152,11 @@ def test_every_setting_round_trips_through_command_for_and_print_config(kind, dr
 
 
 def test_every_setting_has_a_flag_in_help(capsys):
-    for kind in conf.KINDS:
+    for kind in registry.names():
         with pytest.raises(SystemExit):
             main([kind, "--help"])
         out = capsys.readouterr().out
-        for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
+        for name, (spec, _) in conf.settings_of(registry.get(kind).config).items():
             assert spec.flag(name) in out, (kind, name)
 
 

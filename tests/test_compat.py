@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twophase_core.experiments.engine import run_experiment
+from twophase_core.execution.run import run_experiment
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.experiments.result import load_result
 from twophase_core.settings import config as conf

@@ -4,6 +4,10 @@ import dataclasses
 
 import pytest
 
+from twophase_core.experiments import registry
+from twophase_core.experiments.chaos import ChaosConfig
+from twophase_core.experiments.cone import ConeConfig
+from twophase_core.experiments.linear import LinearConfig
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.settings import config as conf
 
@@ -13,34 +17,34 @@ T = conf.TrainConfig(dataset="synthetic", model="mlp", iterations=100)
 @pytest.mark.parametrize(
     "cfg, field",
     [
-        (conf.ChaosConfig(train=T, t0=(100,), t1=(100,)), "t0"),  # t0 >= T
-        (conf.ChaosConfig(train=T, t0=(), t1=(50,)), "t0"),  # empty grid
-        (conf.ChaosConfig(train=T, t0=(0,), t1=()), "t1"),
-        (conf.ChaosConfig(train=T, t0=(50,), t1=(10, 50)), "t1"),  # no t1 after any t0
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=-1e-7), "eps"),
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps=float("nan")), "eps"),
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), eps_mode="l0"), "eps_mode"),
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), n_alpha=1), "n_alpha"),
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), bn="repair"), "bn"),
-        (conf.ChaosConfig(train=T, t0=(0,), t1=(50,), perturb_seeds=()), "perturb_seeds"),
-        (conf.ChaosConfig(train=T, t0=(0, 0), t1=(50,)), "t0"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, model="transformer"), t0=(0,), t1=(50,)), "model"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, dataset="imagenet"), t0=(0,), t1=(50,)), "dataset"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, lr=0.0), t0=(0,), t1=(50,)), "lr"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, batch_size=0), t0=(0,), t1=(50,)), "batch_size"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, iterations=0), t0=(0,), t1=(50,)), "iterations"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, device="tpu"), t0=(0,), t1=(50,)), "device"),
-        (conf.ChaosConfig(train=dataclasses.replace(T, dataset="mnist1d", model="resnet20"), t0=(0,), t1=(50,)),
+        (ChaosConfig(train=T, t0=(100,), t1=(100,)), "t0"),  # t0 >= T
+        (ChaosConfig(train=T, t0=(), t1=(50,)), "t0"),  # empty grid
+        (ChaosConfig(train=T, t0=(0,), t1=()), "t1"),
+        (ChaosConfig(train=T, t0=(50,), t1=(10, 50)), "t1"),  # no t1 after any t0
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), eps=-1e-7), "eps"),
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), eps=float("nan")), "eps"),
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), eps_mode="l0"), "eps_mode"),
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), n_alpha=1), "n_alpha"),
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), bn="repair"), "bn"),
+        (ChaosConfig(train=T, t0=(0,), t1=(50,), perturb_seeds=()), "perturb_seeds"),
+        (ChaosConfig(train=T, t0=(0, 0), t1=(50,)), "t0"),
+        (ChaosConfig(train=dataclasses.replace(T, model="transformer"), t0=(0,), t1=(50,)), "model"),
+        (ChaosConfig(train=dataclasses.replace(T, dataset="imagenet"), t0=(0,), t1=(50,)), "dataset"),
+        (ChaosConfig(train=dataclasses.replace(T, lr=0.0), t0=(0,), t1=(50,)), "lr"),
+        (ChaosConfig(train=dataclasses.replace(T, batch_size=0), t0=(0,), t1=(50,)), "batch_size"),
+        (ChaosConfig(train=dataclasses.replace(T, iterations=0), t0=(0,), t1=(50,)), "iterations"),
+        (ChaosConfig(train=dataclasses.replace(T, device="tpu"), t0=(0,), t1=(50,)), "device"),
+        (ChaosConfig(train=dataclasses.replace(T, dataset="mnist1d", model="resnet20"), t0=(0,), t1=(50,)),
          "model"),
-        (conf.ConeConfig(train=T, checkpoints=(10, 20, 30)), "checkpoints"),  # no 0
-        (conf.ConeConfig(train=T, checkpoints=(0, 10)), "checkpoints"),
-        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), kernel="diag"), "kernel"),
-        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), references=(5,), dts=(10,)), "references"),
-        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(7,)), "dts"),
-        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(10,), n_samples=1), "n_samples"),
-        (conf.ConeConfig(train=T, checkpoints=(0, 10, 20, 200), dts=(10,)), "checkpoints"),
-        (conf.LinearConfig(train=T, switch=(100,)), "switch"),
-        (conf.LinearConfig(train=T, switch=(0,), bn_stats="none"), "bn_stats"),
+        (ConeConfig(train=T, checkpoints=(10, 20, 30)), "checkpoints"),  # no 0
+        (ConeConfig(train=T, checkpoints=(0, 10)), "checkpoints"),
+        (ConeConfig(train=T, checkpoints=(0, 10, 20), kernel="diag"), "kernel"),
+        (ConeConfig(train=T, checkpoints=(0, 10, 20), references=(5,), dts=(10,)), "references"),
+        (ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(7,)), "dts"),
+        (ConeConfig(train=T, checkpoints=(0, 10, 20), dts=(10,), n_samples=1), "n_samples"),
+        (ConeConfig(train=T, checkpoints=(0, 10, 20, 200), dts=(10,)), "checkpoints"),
+        (LinearConfig(train=T, switch=(100,)), "switch"),
+        (LinearConfig(train=T, switch=(0,), bn_stats="none"), "bn_stats"),
     ],
 )
 def test_bad_config_names_its_field(cfg, field):
@@ -52,10 +56,10 @@ def test_bad_config_names_its_field(cfg, field):
 
 def test_presets_are_valid_and_hash_stably():
     for name in PRESETS:
-        for kind in conf.KINDS:
+        for kind in registry.names():
             conf.validate(preset(name, kind))
     a = preset("demo", "chaos")
-    assert conf.config_hash(a) == conf.config_hash(conf.from_dict(conf.ChaosConfig, conf.to_dict(a)))
+    assert conf.config_hash(a) == conf.config_hash(conf.from_dict(ChaosConfig, conf.to_dict(a)))
     assert conf.config_hash(a) != conf.config_hash(conf.replace(a, eps=2e-7))
     assert conf.config_hash(a) != conf.config_hash(conf.replace(a, init_seed=1))
 
@@ -67,7 +71,7 @@ def test_trajectory_key_ignores_what_cannot_change_the_trajectory():
 
 def test_unknown_key_is_an_error():
     with pytest.raises(conf.ConfigError, match="unknown setting"):
-        conf.from_dict(conf.ChaosConfig, {"t00": [1]})
+        conf.from_dict(ChaosConfig, {"t00": [1]})
 
 
 @pytest.mark.parametrize("text, it", [("500", 500), ("500it", 500), ("2ep", 782), ("2ep50it", 832), (7, 7)])
@@ -90,11 +94,11 @@ def test_iterations_per_epoch_matches_the_loaded_data(dataset):
 
 
 @pytest.mark.parametrize("cfg, needle", [
-    (conf.ChaosConfig(train=T, t0=(100,), t1=(50,)), "t0=(100,) is invalid: every value must be in [0, 99] "
+    (ChaosConfig(train=T, t0=(100,), t1=(50,)), "t0=(100,) is invalid: every value must be in [0, 99] "
                                                    "(iterations T = 100), got 100"),
-    (conf.ChaosConfig(train=T, t0=(0,), t1=(101,)), "in [1, 100] (iterations T = 100), got 101"),
-    (conf.ConeConfig(train=T, checkpoints=(0, 10, 101)), "in [0, 100] (iterations T = 100), got 101"),
-    (conf.LinearConfig(train=T, switch=(100,)), "in [0, 99] (iterations T = 100), got 100"),
+    (ChaosConfig(train=T, t0=(0,), t1=(101,)), "in [1, 100] (iterations T = 100), got 101"),
+    (ConeConfig(train=T, checkpoints=(0, 10, 101)), "in [0, 100] (iterations T = 100), got 101"),
+    (LinearConfig(train=T, switch=(100,)), "in [0, 99] (iterations T = 100), got 100"),
 ])
 def test_range_messages_name_the_run_length_t_not_the_last_allowed_step(cfg, needle):
     with pytest.raises(conf.ConfigError) as e:
@@ -102,7 +106,7 @@ def test_range_messages_name_the_run_length_t_not_the_last_allowed_step(cfg, nee
     assert needle in str(e.value)
 
 
-_SPECS = conf.settings_of(conf.ConeConfig) | conf.settings_of(conf.ChaosConfig)
+_SPECS = conf.settings_of(ConeConfig) | conf.settings_of(ChaosConfig)
 
 
 @pytest.mark.parametrize("name, text, value", [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from twophase_core.experiments.engine import run_chaos, run_experiment, run_linear
+from twophase_core.execution.run import run_chaos, run_experiment, run_linear
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.result import load_result, result_key
 from twophase_core.science.train import Training
@@ -141,7 +141,7 @@ def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
     seen = []
     r = run_chaos(cfg, store, partial=lambda p: seen.append(p))
     first = seen[0]
-    assert first.meta["rows_done"] == 0 and np.isnan(first.arrays["C"]).all()
+    assert first.meta["units_done"] == 0 and np.isnan(first.arrays["C"]).all()
     assert len(first.arrays["train_t"]) > 0 and np.all(np.diff(first.arrays["train_t"]) == 1)
     a = r.arrays
     assert list(a["train_t"]) == list(range(1, 401)) and np.isfinite(a["train_loss"]).all()

@@ -11,6 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from twophase_core.experiments import registry
+from twophase_core.experiments.chaos import ChaosConfig
+from twophase_core.experiments.cone import ConeConfig
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces.cli import main
 from twophase_core.settings import config as conf
@@ -20,8 +23,8 @@ settings.register_profile("fast", max_examples=150, deadline=2000, suppress_heal
 settings.register_profile("long", max_examples=3000, deadline=5000, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("long" if os.environ.get("TWOPHASE_FUZZ") else "fast"))
 
-KINDS = list(conf.KINDS)
-SETTINGS = {kind: sorted(conf.settings_of(conf.KINDS[kind])) for kind in KINDS}
+KINDS = list(registry.names())
+SETTINGS = {kind: sorted(conf.settings_of(registry.get(kind).config)) for kind in KINDS}
 
 hostile_text = st.one_of(
     st.text(max_size=30),
@@ -45,7 +48,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 @given(kind=st.sampled_from(KINDS), data=st.data())
 def test_cli_refuses_in_one_line_or_prints_a_valid_config(kind, data, capsys):
     name = data.draw(st.sampled_from(SETTINGS[kind]))
-    spec = conf.settings_of(conf.KINDS[kind])[name][0]
+    spec = conf.settings_of(registry.get(kind).config)[name][0]
     value = data.draw(hostile_text)
     flag = spec.flag(name)
     argv = [kind, "--preset", "tiny", "--print-config"]
@@ -56,7 +59,7 @@ def test_cli_refuses_in_one_line_or_prints_a_valid_config(kind, data, capsys):
     code, out, err = _run(argv, capsys)
     assert "Traceback" not in err
     if code == 0:
-        cfg = conf.from_dict(conf.KINDS[kind], json.loads(out))
+        cfg = registry.config_from_dict(kind, json.loads(out))
         conf.validate(cfg)  # what was accepted is valid
     else:
         assert code == 2, (argv, code, err)
@@ -75,7 +78,7 @@ def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
     d = conf.to_dict(preset("tiny", kind))
     for _ in range(data.draw(st.integers(1, 4))):
         name = data.draw(st.sampled_from(SETTINGS[kind]))
-        where = d["train"] if conf.settings_of(conf.KINDS[kind])[name][1] else d
+        where = d["train"] if conf.settings_of(registry.get(kind).config)[name][1] else d
         if data.draw(st.integers(0, 9)) == 0:
             where.pop(name, None)  # a missing key must not silently take a default
         else:
@@ -83,7 +86,7 @@ def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
     if data.draw(st.integers(0, 19)) == 0:
         d = data.draw(value)  # not even a dict
     try:
-        cfg = conf.from_dict(conf.KINDS[kind], d)
+        cfg = registry.config_from_dict(kind, d)
         conf.validate(cfg)
     except conf.ConfigError as e:
         assert len(str(e)) < 500
@@ -98,7 +101,7 @@ def test_from_dict_gives_a_valid_config_or_a_config_error(kind, data):
 ])
 def test_from_dict_refuses_non_configs(d, needle):
     with pytest.raises(conf.ConfigError, match=needle):
-        conf.from_dict(conf.ChaosConfig, d)
+        conf.from_dict(ChaosConfig, d)
 
 
 @pytest.mark.parametrize("field, v", [("augment", "false"), ("download", "no"), ("init_seed", 2**64),
@@ -108,17 +111,18 @@ def test_from_dict_takes_no_truthy_strings_or_none(field, v):
     d = conf.to_dict(preset("tiny", "chaos"))
     d["train"][field] = v
     with pytest.raises(conf.ConfigError, match=field):
-        conf.validate(conf.from_dict(conf.ChaosConfig, d))
+        conf.validate(conf.from_dict(ChaosConfig, d))
 
 
 def test_cone_references_none_is_a_config_error():
     d = conf.to_dict(preset("tiny", "cone"))
     d["references"] = None
     with pytest.raises(conf.ConfigError, match="references"):
-        conf.validate(conf.from_dict(conf.ConeConfig, d))
+        conf.validate(conf.from_dict(ConeConfig, d))
 
 
-NUMERIC = sorted({(name, spec) for kind in KINDS for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items()
+NUMERIC = sorted({(name, spec) for kind in KINDS
+                  for name, (spec, _) in conf.settings_of(registry.get(kind).config).items()
                   if spec.type in ("int", "float", "step", "steps", "ints", "window")}, key=lambda x: x[0])
 not_plain = st.tuples(st.text(max_size=10), st.one_of(st.just("_"), st.characters(min_codepoint=128)),
                       st.text(max_size=10)).map("".join)

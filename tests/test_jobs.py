@@ -13,8 +13,10 @@ from launchers import FailingLauncher
 from waiting import gone, wait_for
 
 from twophase_core.execution.jobs import JobManager, JobRecord, save_record
+from twophase_core.execution.run import run_experiment
 from twophase_core.execution.worker import run_job
-from twophase_core.experiments.engine import run_experiment
+from twophase_core.experiments.chaos import ChaosConfig
+from twophase_core.experiments.cone import ConeConfig
 from twophase_core.experiments.presets import preset
 from twophase_core.science.train import Training
 from twophase_core.settings import config as conf
@@ -41,7 +43,7 @@ def finished(jm: JobManager, job_id: str) -> JobRecord | None:
     return rec if rec is not None and rec.finished else None
 
 
-def fresh_steps(cfg: conf.ChaosConfig, root: Path) -> int:
+def fresh_steps(cfg: ChaosConfig, root: Path) -> int:
     """SGD steps a chaos run needs with nothing stored (the engine's own count, on an empty store)."""
     s = Store(root)
     try:
@@ -56,7 +58,7 @@ def fresh_steps(cfg: conf.ChaosConfig, root: Path) -> int:
         s.close()
 
 
-def long_chaos(iterations: int, **kw) -> conf.ChaosConfig:
+def long_chaos(iterations: int, **kw) -> ChaosConfig:
     return conf.replace(preset("tiny", "chaos"), iterations=iterations, t1=(30, iterations), **kw)
 
 
@@ -68,6 +70,7 @@ def assert_same_result(a, b) -> None:
     assert a.meta["sgd_steps"] == b.meta["sgd_steps"]
 
 
+@pytest.mark.slow
 def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, tmp_path):
     # long enough (a few seconds) that the 5-per-second progress reports catch it mid-run with an ETA
     cfg = conf.replace(preset("tiny", "chaos"), iterations=400, t1=(30, 400))
@@ -117,6 +120,7 @@ def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, 
     assert worker_pids(rec.id) == []
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     # six rows (one per t0): the first row's cells come after a third of the work (the live curve before)
     long_cfg = conf.replace(preset("tiny", "chaos"), iterations=600, t0=(0, 1, 2, 3, 4, 5), t1=(600,))
@@ -141,7 +145,7 @@ def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     assert jm.get(second.id).status == "queued"
     def first_row():
         p = jm.partial(first.id)
-        return training() and p is not None and p.meta["rows_done"] >= 1 and p
+        return training() and p is not None and p.meta["units_done"] >= 1 and p
 
     part = wait_for("a partial result with its first row", first_row)
     assert part.meta["partial"] is True and len(part.arrays["train_t"]) > 0  # the base run's curve came along
@@ -154,7 +158,7 @@ def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     assert wait_for("the cancelled worker to exit", lambda: gone(first.pid), timeout=10)
     assert worker_pids(first.id) == []
     assert jm.result(first.id) is None
-    assert jm.partial(first.id).meta["rows_done"] < 6  # the rows it finished stay available
+    assert jm.partial(first.id).meta["units_done"] < 6  # the rows it finished stay available
 
     # nobody here calls pump(): the cancelled worker starts the queued job on its way out
     b = wait_for("the queued job to finish", lambda: finished(jm, second.id))
@@ -165,6 +169,7 @@ def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     assert jm.get(third.id).status == "cancelled" and worker_pids(third.id) == []
 
 
+@pytest.mark.slow
 def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
     cfg = long_chaos(500, checkpoint_every=100)
     key = cfg.train.trajectory_key()
@@ -242,6 +247,7 @@ def test_max_running_from_env(store, monkeypatch):
 # Faults: a resubmission right after a kill, shared trajectories, an index that vanishes mid-run
 
 
+@pytest.mark.slow
 def test_resubmitting_right_after_a_kill_starts_a_new_worker(store):
     cfg = long_chaos(500, checkpoint_every=100)
     jm = JobManager(store)
@@ -259,26 +265,27 @@ def test_resubmitting_right_after_a_kill_starts_a_new_worker(store):
     assert final.status == "done" and final.pid == again.pid, final.error
 
 
-def _cone(iterations: int, **kw) -> conf.ConeConfig:
+def _cone(iterations: int, **kw) -> ConeConfig:
     return conf.replace(preset("tiny", "cone"), iterations=iterations, checkpoints=(0, 10, 20, 40, iterations), **kw)
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_the_trajectory_lock_and_reads_what_the_holder_trained(store):
     cfg = _cone(200)
     key = cfg.train.trajectory_key()
     jm = JobManager(store)
     with store.trajectory_lock(key):  # this process is "the other job" training the base run
         rec = jm.submit(cfg)
-        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage.startswith("base run"))
-        time.sleep(1.0)
+        # the worker says so (and the page with it) once it has asked for the lock and been refused
+        wait_for("the job to wait for the lock", lambda: "waiting for another job" in jm.get(rec.id).stage)
         assert store.checkpoints(key) == [] and jm.get(rec.id).status == "running"  # waiting, not training
-        assert "waiting for another job" in jm.get(rec.id).stage  # and the page says so
         Training(cfg.train, store).base().ensure(list(cfg.checkpoints))
     final = wait_for("the waiting job to finish", lambda: finished(jm, rec.id))
     assert final.status == "done", final.error
     assert jm.result(rec.id).meta["sgd_steps"] == 0  # it read the checkpoints the holder wrote
 
 
+@pytest.mark.slow
 def test_a_dead_lock_holder_does_not_block(store, lock_holder):
     cfg = _cone(100)
     key = cfg.train.trajectory_key()
@@ -286,9 +293,8 @@ def test_a_dead_lock_holder_does_not_block(store, lock_holder):
     try:
         jm = JobManager(store)
         rec = jm.submit(cfg)
-        wait_for("the job to reach its base run", lambda: jm.get(rec.id).stage.startswith("base run"))
-        time.sleep(0.5)
-        assert store.checkpoints(key) == []
+        wait_for("the job to wait for the lock", lambda: "waiting for another job" in jm.get(rec.id).stage)
+        assert store.checkpoints(key) == []  # refused the lock, it has trained nothing
     finally:
         holder.kill()  # kill -9: the kernel drops its lock
         holder.wait()
@@ -297,6 +303,7 @@ def test_a_dead_lock_holder_does_not_block(store, lock_holder):
     assert jm.result(rec.id).meta["sgd_steps"] == 100
 
 
+@pytest.mark.slow
 def test_two_jobs_sharing_a_base_run_train_it_once(store, monkeypatch):
     monkeypatch.setenv("TWOPHASE_MAX_JOBS", "2")
     a_cfg, b_cfg = _cone(200), _cone(200, n_samples=6)  # one base run, two kernels
@@ -312,6 +319,7 @@ def test_two_jobs_sharing_a_base_run_train_it_once(store, monkeypatch):
     assert sum(steps) == 200, steps  # the base run once, whoever trained which part
 
 
+@pytest.mark.slow
 def test_a_job_whose_index_is_deleted_mid_run_fails_loudly(store):
     cfg = long_chaos(600)
     jm = JobManager(store)
@@ -328,19 +336,18 @@ def test_a_job_whose_index_is_deleted_mid_run_fails_loudly(store):
     assert jm.result(rec.id) is None
 
 
+@pytest.mark.slow
 def test_finished_workers_are_reaped_not_left_as_zombies(store):
     """The app's manager starts workers; once they end, pump() collects them (no zombies pile up)."""
     jm = JobManager(store, max_running=2)
-    cfgs = [conf.replace(preset("tiny", "linear"), switch=(s,)) for s in (0, 10, 20)]
-    ids = [jm.submit(c).id for c in cfgs]
-    deadline = time.time() + 240
-    while time.time() < deadline and not all(jm.get(i).finished for i in ids):
-        jm.pump()
-        time.sleep(0.3)
-    assert all(jm.get(i).status == "done" for i in ids)
-    time.sleep(0.5)
+    recs = [jm.submit(conf.replace(preset("tiny", "linear"), switch=(s,))) for s in (0, 10)]
+    pids = [r.pid for r in recs]
+    assert all(r.status == "running" for r in recs) and None not in pids  # both started by this manager
+    wait_for("both jobs to finish", lambda: all(finished(jm, r.id) for r in recs), timeout=240)
+    assert all(jm.get(r.id).status == "done" for r in recs)
+    # both workers have ended (a zombie counts as ended): only now could a missing reap leave a zombie
+    wait_for("the workers to exit", lambda: all(gone(pid) for pid in pids), timeout=30)
     jm.pump()
-    pids = [jm.get(i).pid for i in ids if jm.get(i).pid]
     states = {pid: _state(pid) for pid in pids}
     assert "Z" not in states.values(), states
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from twophase_core.experiments.chaos import ChaosConfig
 from twophase_core.experiments.presets import preset
 from twophase_core.science import lockstep
 from twophase_core.science.train import Cancelled, CancelToken, Training, TrainingDiverged
@@ -97,7 +98,7 @@ def test_stacked_checkpoints_resume_with_the_plain_path(store, cfg):
     run = Training(cfg, store)
     brs = lockstep.ensure_branches_stacked(run, _branches(run), NEEDED, include_control=False)
     for br in brs:
-        s = run.unpack(store.load_checkpoint(br.key, 10))  # Run.unpack reads the stacked format
+        s = run.unpack(store.load_checkpoint(br.key, 10))  # Training.unpack reads the stacked format
         assert s.t == 10
         while s.t < 15:
             run.step(s.model, s.opt, s.t)
@@ -125,7 +126,7 @@ def test_nothing_is_trained_when_every_checkpoint_exists_and_resume_is_common(st
 
 
 def test_divergence_and_cancel(store):
-    run = Training(conf.replace(conf.ChaosConfig(train=TINY), lr=1e4).train, store)
+    run = Training(conf.replace(ChaosConfig(train=TINY), lr=1e4).train, store)
     with pytest.raises(TrainingDiverged, match=r"iteration \d+"):
         lockstep.ensure_branches_stacked(run, _branches(run, t0=0), [30], include_control=False)
     tok = CancelToken()

@@ -14,7 +14,6 @@ from torch import nn
 
 from twophase_core.science import metrics
 from twophase_core.science.metrics import (
-    _interpolation_losses_loop,
     _interpolation_losses_stacked,
     barrier_from_path,
     disagreement_rate,
@@ -113,16 +112,46 @@ def same_state(model: nn.Module, snap: dict[str, torch.Tensor]) -> bool:
     return sd.keys() == snap.keys() and all(torch.equal(sd[k], snap[k]) for k in sd)
 
 
-def hand_losses(a: nn.Module, b: nn.Module, x, y, alphas) -> np.ndarray:
-    """Reference path: state dicts built as alpha*a + (1-alpha)*b by hand, CE with F.cross_entropy."""
+def hand_model(a: nn.Module, b: nn.Module, alpha: float) -> nn.Module:
+    """alpha*a + (1-alpha)*b built with plain tensor arithmetic on the state dicts (integer buffers from a)."""
     sa, sb = a.state_dict(), b.state_dict()
+    sd = {k: (alpha * sa[k] + (1 - alpha) * sb[k]) if sa[k].is_floating_point() else sa[k].clone() for k in sa}
+    m = copy.deepcopy(a)
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def hand_bn_reset(model: nn.Module, train_x: torch.Tensor, bn_batches: int, batch_size: int) -> nn.Module:
+    """The model with each BN layer's running mean and variance set to the average over the batches of the
+    mean and unbiased variance of that layer's inputs, computed here from the inputs a hook captures
+    (BN layers normalising with batch statistics, dropout off), never through torch's running averages."""
+    m = copy.deepcopy(model).eval()
+    layers = [mod for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    inputs: dict[nn.Module, list[torch.Tensor]] = {mod: [] for mod in layers}
+    hooks = [mod.register_forward_hook(lambda mod, inp, _out: inputs[mod].append(inp[0])) for mod in layers]
+    for mod in layers:
+        mod.train()
+    with torch.no_grad():
+        for i in range(bn_batches):
+            m(train_x[i * batch_size:(i + 1) * batch_size])
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        for mod in layers:
+            dims = [d for d in range(inputs[mod][0].dim()) if d != 1]  # every axis but the channel's
+            mod.running_mean.copy_(torch.stack([z.mean(dims) for z in inputs[mod]]).mean(0))
+            mod.running_var.copy_(torch.stack([z.var(dims, unbiased=True) for z in inputs[mod]]).mean(0))
+    return m.eval()
+
+
+def hand_losses(a: nn.Module, b: nn.Module, x, y, alphas, reset: tuple | None = None) -> np.ndarray:
+    """Reference path: hand-built interpolants (`hand_model`), BN statistics recomputed by hand when
+    `reset` = (train_x, bn_batches, batch_size), the loss from F.cross_entropy on the whole set at once."""
     out = []
     for alpha in alphas:
-        sd = {k: (alpha * sa[k] + (1 - alpha) * sb[k]) if sa[k].is_floating_point() else sa[k].clone()
-              for k in sa}
-        m = copy.deepcopy(a)
-        m.load_state_dict(sd)
-        m.eval()
+        m = hand_model(a, b, float(alpha))
+        if reset is not None:
+            m = hand_bn_reset(m, *reset)
         with torch.no_grad():
             out.append(float(F.cross_entropy(m(x), y)))
     return np.array(out)
@@ -418,14 +447,14 @@ def test_reset_statistics_equal_hand_computed_at_alpha_one():
 
 
 def test_reset_treats_endpoints_like_interior():
+    """Every point of the path, the endpoints included, gets statistics recomputed on train_x: the losses of
+    hand-built interpolants whose statistics were computed by hand from the inputs of each BN layer."""
     a, b = make_bn_net(0), make_bn_net(1)
     x, y = img_data()
-    losses = interpolation_losses(a, b, x, y, [0.0, 1.0], bn="reset", train_x=x, bn_batches=2, batch_size=40)
-    for loss, src in zip(losses, (b, a), strict=True):
-        m = copy.deepcopy(src)
-        recompute_bn_stats(m, x, bn_batches=2, batch_size=40)
-        assert loss == evaluate(m, x, y)[0]
-    assert losses[1] != evaluate(a, x, y)[0]
+    alphas = [0.0, 0.5, 1.0]
+    losses = interpolation_losses(a, b, x, y, alphas, bn="reset", train_x=x, bn_batches=2, batch_size=40)
+    np.testing.assert_allclose(losses, hand_losses(a, b, x, y, alphas, reset=(x, 2, 40)), atol=1e-5, rtol=0)
+    assert abs(losses[2] - evaluate(a, x, y)[0]) > 1e-3  # not a's loss under a's own running statistics
 
 
 def test_reset_without_batchnorm_equals_interpolate():
@@ -505,13 +534,13 @@ def stack_budget(a: nn.Module, x: torch.Tensor, alpha_chunk: int, eval_batch_siz
 
 @pytest.mark.parametrize("maker, data", MODELS)
 @pytest.mark.parametrize("alpha_chunk, eval_batch_size", [(30, 1000), (1, 45), (7, 64)])
-def test_stacked_path_matches_loop_on_different_models(maker, data, alpha_chunk, eval_batch_size):
-    """One stacked evaluation (or alpha/sample chunks of it) agrees with the sequential path to float error."""
+def test_stacked_path_matches_hand_built_models_in_every_chunking(maker, data, alpha_chunk, eval_batch_size):
+    """One stacked evaluation (or alpha/sample chunks of it) agrees with hand-built interpolants to float error."""
     a, b = maker(0), maker(1)
     x, y = data()
     max_bytes = stack_budget(a, x, alpha_chunk, eval_batch_size)
     alphas = np.linspace(0, 1, 30)
-    ref = _interpolation_losses_loop(a, b, x, y, alphas, eval_batch_size=eval_batch_size)
+    ref = hand_losses(a, b, x, y, alphas)
     got = _interpolation_losses_stacked(a, b, x, y, alphas, eval_batch_size=eval_batch_size, max_bytes=max_bytes)
     assert np.all(np.isfinite(ref)) and np.ptp(ref) > 1e-3  # the models really differ along the path
     np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
@@ -540,7 +569,7 @@ def test_stacked_method_through_public_api():
     a, b = make_bn_net(0), make_bn_net(1)
     x, y = img_data()
     alphas, losses, barrier = loss_barrier_path(a, b, x, y, method="stacked")
-    np.testing.assert_allclose(losses, loss_barrier_path(a, b, x, y)[1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(losses, hand_losses(a, b, x, y, alphas), atol=1e-6, rtol=0)
     assert barrier == barrier_from_path(losses, alphas)
     assert loss_barrier(a, b, x, y, method="stacked") == barrier
     # bn="reset" recomputes statistics model by model: the stacked method falls back to the loop, exactly
@@ -553,14 +582,18 @@ def test_stacked_method_through_public_api():
         loss_barrier_path(a, b, x, y, method="vmap")
 
 
-def test_loop_path_is_the_default_and_batch_size_independent():
+def test_default_path_is_the_hand_built_one_at_any_batch_size_with_exact_endpoints():
+    """The default (loop) path against interpolants built by hand and scored with F.cross_entropy; as the loop
+    promises, its endpoints are bit for bit the losses `evaluate` gives b and a."""
     a, b = make_cnn1d(0), make_cnn1d(1)
     x, y = seq_data()
     alphas = np.linspace(0, 1, 9)
-    ref = _interpolation_losses_loop(a, b, x, y, alphas)
-    np.testing.assert_array_equal(interpolation_losses(a, b, x, y, alphas), ref)
-    np.testing.assert_allclose(_interpolation_losses_loop(a, b, x, y, alphas, eval_batch_size=11), ref,
-                               atol=1e-6, rtol=0)
+    ref = hand_losses(a, b, x, y, alphas)
+    assert np.ptp(ref) > 1e-3  # the models really differ along the path
+    default = interpolation_losses(a, b, x, y, alphas)
+    np.testing.assert_allclose(default, ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(interpolation_losses(a, b, x, y, alphas, eval_batch_size=11), ref, atol=1e-6, rtol=0)
+    assert (default[0], default[-1]) == (evaluate(b, x, y)[0], evaluate(a, x, y)[0])
 
 
 # ----------------------------------------------------------------------------- pair_metrics

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_readme_notebook_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- notebook:start -->", 1)[1].split("<!-- notebook:end -->", 1)[0]
@@ -18,8 +20,22 @@ def test_readme_notebook_example_runs(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                        cwd=tmp_path)  # another folder: the package, not the working directory, finds things
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "t1" in r.stdout and "t0" in r.stdout  # the pivot table was printed
-    assert (tmp_path / "cache").is_dir()
+    from twophase_core.experiments.result import load_result
+    from twophase_core.storage.store import Store
+
+    store = Store(tmp_path / "cache")  # both results went to the store the app and the CLI use
+    try:
+        [key] = store.keys("result/chaos/")
+        assert len(store.keys("result/cone/")) == 1
+        a = load_result(store, "chaos", key.rsplit("/", 1)[1]).arrays
+    finally:
+        store.close()
+    # the printed pivot is the stored C: a header of t1 values, then one row per t0 (NaN where t1 <= t0)
+    header, _, *rows = r.stdout.splitlines()
+    assert header.split() == ["t1", *(str(t) for t in a["t1"])]
+    assert [int(row.split()[0]) for row in rows] == a["t0"].tolist()
+    printed = np.array([[float(v) for v in row.split()[1:]] for row in rows])
+    np.testing.assert_allclose(printed, a["C"][0], rtol=1e-5)  # pandas prints 6 significant digits
 
 
 def test_importing_the_package_does_not_load_torch():

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from twophase_core.experiments.engine import run_chaos, run_cone
+from twophase_core.execution.run import run_chaos, run_cone
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces.cli import main
 from twophase_core.settings import config as conf
+from twophase_core.storage import upkeep
+from twophase_core.storage.errors import StoreError
 from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT
 from twophase_core.storage.store import ENV as ENV_CACHE
-from twophase_core.storage.store import Store, StoreError
+from twophase_core.storage.store import Store
 
 CHAOS = preset("tiny", "chaos")
 KEY = CHAOS.train.trajectory_key()
@@ -167,9 +169,9 @@ def test_a_run_folder_that_is_a_link_is_never_read_written_or_repaired_through(t
     store = Store(tmp_path / "cache")
     store.files.root.mkdir(parents=True)
     (store.files.root / KEY).symlink_to(target, target_is_directory=True)
-    report = store.check()
+    report = upkeep.check(store)
     assert report["ok"] and any("a link, not a folder twophase made" in x for x in report["left_alone"])
-    assert store.repair()["checkpoints_removed"] == [] and store.clear()["removed"]["checkpoint"] == 0
+    assert upkeep.repair(store)["checkpoints_removed"] == [] and upkeep.clear(store)["removed"]["checkpoint"] == 0
     with pytest.raises(StoreError, match=rf"{KEY} is a link, not a folder twophase made"):
         run_chaos(CHAOS, store)
     assert _tree(target) == before
@@ -214,12 +216,12 @@ def test_a_trajectory_a_live_job_holds_is_left_to_it_by_clear(tmp_path, lock_hol
     run_chaos(CHAOS, store)
     files = sorted((store.files.root / KEY).glob("t*.pt"))
     holder = lock_holder(store.files.lock_path(KEY))
-    report = store.clear()
+    report = upkeep.clear(store)
     assert all(p.exists() for p in files)  # the base run's, held; its branches' went
     assert any(KEY in x and "in use by a running job" in x for x in report["left_alone"])
     holder.kill()
     holder.wait()
-    assert store.clear()["removed"]["checkpoint"] == len(files) and not any(p.exists() for p in files)
+    assert upkeep.clear(store)["removed"]["checkpoint"] == len(files) and not any(p.exists() for p in files)
 
 
 def test_eps_zero_still_gives_exact_zeros_after_a_clear(tmp_path):
@@ -227,7 +229,7 @@ def test_eps_zero_still_gives_exact_zeros_after_a_clear(tmp_path):
     store = Store(tmp_path / "cache")
     cfg = conf.replace(CHAOS, eps=0.0)
     run_chaos(cfg, store)
-    store.clear()
+    upkeep.clear(store)
     again = run_chaos(cfg, store)
     for k in ("C", "B", "D"):
         assert (again.arrays[k] == 0).all(), k

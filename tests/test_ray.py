@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -97,11 +98,19 @@ class RayHead:
 
     temp_dir: Path
     port: int
+    token: str
 
     @property
     def address(self) -> str:
         """Its GCS address: never 'auto', which joins whatever cluster runs on this machine."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """What a driver needs to join it: token authentication with its own token. Left to itself Ray reads the
+        user's ~/.ray/auth_token (any ray.init() on the machine may write one): a head started while that file
+        exists demands the token, and a driver that does not know to send it is refused."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     @classmethod
     def start(cls, num_cpus: int = 2) -> RayHead:
@@ -109,10 +118,10 @@ class RayHead:
         temp_dir = Path(tempfile.mkdtemp(prefix="tp-ray-", dir="/tmp"))
         flags = [*PORT_FLAGS, *(["ray-client-server-port"] if ray_exec._installed("grpc") else [])]
         ports = dict(zip(flags, _free_ports(len(flags)), strict=True))
-        head = cls(temp_dir, ports["port"])
+        head = cls(temp_dir, ports["port"], secrets.token_hex(32))
         # its processes' temp files (a killed task's scratch index among them) go with its folder
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0",
-                                                                             "TMPDIR": str(temp_dir)}
+                                                                             "TMPDIR": str(temp_dir), **head.auth}
         r = subprocess.run([RAY, "start", "--head", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                             "--disable-usage-stats", f"--temp-dir={temp_dir}", "--min-worker-port=0",
                             "--max-worker-port=0", *(f"--{flag}={port}" for flag, port in ports.items())],
@@ -166,13 +175,15 @@ def _end(pids: set[int], grace_s: float) -> None:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayHead]:
     """One head of the tests' own for the whole session; drivers join it by its address
-    ($TWOPHASE_RAY_ADDRESS), and it alone is stopped at the end."""
+    ($TWOPHASE_RAY_ADDRESS), and it alone is stopped at the end. Every test on it is marked slow: it takes
+    about 8 s to start, so the quick loop (-m 'not slow') starts none."""
     if not HAVE_RAY:
         pytest.skip(NO_RAY)
     head = RayHead.start()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(ENV_ADDRESS, head.address)
+            for k, v in {ENV_ADDRESS: head.address, **head.auth}.items():
+                mp.setenv(k, v)
             yield head
     finally:
         import ray
@@ -185,8 +196,9 @@ def ray_cluster() -> Iterator[RayHead]:
 CHAOS = conf.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
 
 
+@pytest.mark.slow
 def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
 
     local = run_chaos(CHAOS, Store(tmp_path / "local"))
     seen: list[tuple[float, str]] = []
@@ -199,8 +211,10 @@ def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
         assert np.array_equal(local.arrays[k], remote.arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_ray_sweep_trains_a_shared_base_run_once(ray_cluster, tmp_path):
-    from twophase_core.experiments.sweep import Sweep, load_results, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, load_results, parse_vary
 
     sweep = Sweep(preset("tiny", "chaos"), parse_vary("chaos", ["eps=1e-7,1e-6,1e-5"]))
     res = run_sweep(sweep, Store(tmp_path / "s"), executor="ray")
@@ -241,9 +255,10 @@ def killing_one_running(head: RayHead, task: str) -> Iterator[list[int]]:
         th.join(timeout=5)
 
 
+@pytest.mark.slow
 def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the worker process of a running row task: Ray retries it, the row resumes from checkpoints."""
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
 
     cfg = conf.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     expected = run_chaos(cfg, Store(tmp_path / "ref"))
@@ -254,9 +269,10 @@ def test_a_killed_task_is_retried_with_the_same_result(ray_cluster, tmp_path):
         assert np.array_equal(expected.arrays[k], got.arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
-    from twophase_core.experiments.engine import run_chaos
-    from twophase_core.science.train import Cancelled, CancelToken
+    from twophase_core.execution.run import run_chaos
+    from twophase_core.science.train import Cancelled, CancelToken, Training
 
     cfg = conf.replace(CHAOS, iterations=400, t0=(0, 50, 100, 200), t1=(300, 400), perturb_seeds=(0,))
     store = Store(tmp_path / "c")
@@ -270,16 +286,16 @@ def test_cancel_keeps_checkpoints_and_a_resubmission_gives_the_same_result(ray_c
 
     with pytest.raises(Cancelled):
         run_chaos(cfg, store, progress=progress, cancel=token, executor="ray")
-    run = __import__("twophase_core.science.train", fromlist=["Run"]).Run(cfg.train, store)
-    assert run.store.checkpoints(run.base().key)  # the base run's checkpoints stay
+    assert store.checkpoints(Training(cfg.train, store).base().key)  # the base run's checkpoints stay
     assert not any("Ray tasks: 2 done" in st for st in seen)
     again = run_chaos(cfg, store, executor="ray")
     fresh = run_chaos(cfg, Store(tmp_path / "fresh"))
     assert np.array_equal(again.arrays["C"], fresh.arrays["C"], equal_nan=True)
 
 
+@pytest.mark.slow
 def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_path, capsys):
-    from twophase_core.experiments.engine import run_cone
+    from twophase_core.execution.run import run_cone
     from twophase_core.interfaces.cli import main
 
     out = tmp_path / "o.json"
@@ -299,8 +315,9 @@ def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_pat
     assert np.array_equal(local.arrays["test_acc"], remote.arrays["test_acc"])
 
 
+@pytest.mark.slow
 def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
     from twophase_core.storage.files import ENV_ROOT as ENV_STORAGE
 
     plain = run_chaos(CHAOS, Store(tmp_path / "plain"))
@@ -313,6 +330,7 @@ def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, mon
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_cluster, tmp_path):
     from twophase_core.execution.jobs import JobManager
 
@@ -325,8 +343,9 @@ def test_a_submitted_job_runs_its_rows_on_ray_with_its_worker_as_the_driver(ray_
     assert jm.get(job_id).executor == "ray" and jm.result(job_id).meta["executor"] == "ray"
 
 
+@pytest.mark.slow
 def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path):
-    from twophase_core.experiments.engine import run_linear
+    from twophase_core.execution.run import run_linear
 
     cfg = conf.replace(preset("tiny", "linear"), switch=(0, 10, 20, 40))
     local = run_linear(cfg, Store(tmp_path / "local"))
@@ -339,10 +358,11 @@ def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path
         assert np.array_equal(local.arrays[k], remote.arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root):
     """Checkpoints in a bucket, written and read by task processes that see nothing of the driver's disk
     but the bucket: the same bits as a plain local run."""
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
 
     url, _, fs = s3_root
     plain = run_chaos(CHAOS, Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs"))
@@ -354,10 +374,12 @@ def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root)
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sweep(ray_cluster, tmp_path):
     """Two base runs (replicates), two points each: a prepare task per base run, the rows of all four
     points as tasks, one assembling task per point; the results are the local sweep's, bit for bit."""
-    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary
 
     base = conf.replace(preset("tiny", "chaos"), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]), replicates=2)
@@ -371,8 +393,10 @@ def test_a_ray_sweep_spreads_every_point_into_its_units_and_matches_the_local_sw
             assert np.array_equal(r.arrays[k], local.results[h].arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_linear_and_cone_sweeps_on_ray_match_the_local_ones(ray_cluster, tmp_path):
-    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary
 
     for kind, vary in (("linear", "bn_stats=recompute,checkpoint"), ("cone", "n_samples=6,8")):
         sweep = Sweep(preset("tiny", kind), parse_vary(kind, [vary]))
@@ -384,8 +408,10 @@ def test_linear_and_cone_sweeps_on_ray_match_the_local_ones(ray_cluster, tmp_pat
                 assert np.array_equal(v, r.arrays[k], equal_nan=True), (kind, k)
 
 
+@pytest.mark.slow
 def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ray_cluster, tmp_path):
-    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary
     from twophase_core.science.train import Cancelled, CancelToken
 
     base = conf.replace(preset("tiny", "chaos"), iterations=1500, t0=(0, 500, 1000), t1=(1200, 1500),
@@ -396,10 +422,10 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
     key = base.train.trajectory_key()
 
     def cancel_once_the_base_run_is_under_way() -> None:
-        end = time.time() + 120
-        while time.time() < end and len(store.checkpoints(key)) < 2:
-            time.sleep(0.05)
-        token.set()
+        try:
+            wait_for("two checkpoints of the base run", lambda: len(store.checkpoints(key)) >= 2, timeout=120)
+        finally:
+            token.set()
 
     threading.Thread(target=cancel_once_the_base_run_is_under_way, daemon=True).start()
     with pytest.raises(Cancelled):
@@ -412,10 +438,12 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
         assert np.array_equal(again.results[h].arrays["C"], r.arrays["C"], equal_nan=True)
 
 
+@pytest.mark.slow
 def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result(ray_cluster, tmp_path):
     """Kill the process of a running unit task (a chaos row of a sweep point): Ray retries it, it resumes
     from the checkpoints in the storage root, and the sweep's results are the local sweep's."""
-    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary
 
     base = conf.replace(CHAOS, t0=(0, 5), iterations=1000, t1=(500, 1000), perturb_seeds=(0,))
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
@@ -428,9 +456,11 @@ def test_a_killed_unit_task_inside_a_sweep_graph_is_retried_with_the_same_result
             assert np.array_equal(r.arrays[k], got.results[h].arrays[k], equal_nan=True), k
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_moves_its_bar_with_the_tasks_progress(ray_cluster, tmp_path):
     """The bar and ETA move while the base run and the rows train, not only when a point is done."""
-    from twophase_core.experiments.sweep import Sweep, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import Sweep, parse_vary
 
     base = conf.replace(CHAOS, iterations=2000, t0=(0, 1000), t1=(1500, 2000), perturb_seeds=(0,))
     seen: list[tuple[float, str]] = []
@@ -447,6 +477,7 @@ def _core(head: RayHead) -> set[int]:
     return {pid for pid in head.pids() if _program(pid) in ("gcs_server", "raylet")}
 
 
+@pytest.mark.slow
 def test_stopping_a_second_head_leaves_the_first_running_and_serving(ray_cluster):
     """Two clusters on one machine (as a user's and the tests', or two checkouts' test runs): the stop that
     ends the session's head, run on another head, ends every process of that one and none of the first."""
@@ -540,6 +571,7 @@ def test_the_cli_with_a_ray_client_address_and_no_client_extra_is_one_line_and_e
     assert "pip install 'ray[client]'" in err[0] and not (tmp_path / "c").exists()  # nothing written
 
 
+@pytest.mark.slow
 @needs_ray
 def test_an_address_where_no_cluster_listens_is_one_line_and_exit_2_in_seconds(tmp_path):
     """Nothing listens at the address: one line from the CLI, at once (Ray itself retries such an address
@@ -584,3 +616,17 @@ def test_a_cluster_that_accepts_but_never_answers_gets_one_ray_attempt_and_ends_
         with pytest.raises(ConfigError):
             ray_exec.connect(address)
     assert seen == ["1", "7"]  # a budget the user set stands
+
+
+@pytest.mark.slow
+def test_a_plugin_kind_runs_its_units_as_ray_tasks_and_gives_the_local_bits(ray_cluster, tmp_path, plugin_kind):
+    """A kind defined outside the package (tests/plugins/param_norm.py): its units run as tasks that load the
+    plugin from the folder the driver found it in, and the result equals the local one."""
+    from twophase_core.execution.run import run_experiment
+
+    cfg = preset("tiny", "pnorm")
+    local = run_experiment(cfg, Store(tmp_path / "local"))
+    remote = run_experiment(cfg, Store(tmp_path / "ray"), executor="ray")
+    assert remote.meta["executor"] == "ray"
+    for k in ("t", "norm", "acc", "train_loss"):
+        assert np.array_equal(local.arrays[k], remote.arrays[k]), k

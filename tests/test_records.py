@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from launchers import FailingLauncher
 from streamlit.testing.v1 import AppTest
 
+from twophase_core.execution import sweeps as SJ
 from twophase_core.execution.jobs import JobManager, JobRecord, load_record, update_record
+from twophase_core.experiments import registry, reproduce
 from twophase_core.experiments import sweep as S
 from twophase_core.experiments.presets import preset
 from twophase_core.interfaces import catalog as K
@@ -152,7 +154,7 @@ def test_submitting_a_sweep_over_its_own_damaged_record_writes_a_fresh_one(store
     store.put_json(f"sweep/{rec['id']}", {**rec, "created": "yesterday"})
     sweep = S.Sweep.from_dict(rec["sweep"])
 
-    fresh = S.submit_sweep(JobManager(store, launcher=FailingLauncher()), sweep)
+    fresh = SJ.submit_sweep(JobManager(store, launcher=FailingLauncher()), sweep)
 
     assert type(fresh["created"]) is float and S.load_sweep(store, rec["id"]) == fresh
     assert S.list_sweeps(store) == ([fresh], [])
@@ -251,7 +253,7 @@ def stored_records(draw: st.DrawFn) -> tuple[str, Any]:
     if how == "any":
         return kind, draw(json_values)
     if how == "vary":
-        setting = draw(st.sampled_from(sorted(conf.settings_of(conf.KINDS["chaos"]))))
+        setting = draw(st.sampled_from(sorted(conf.settings_of(registry.get("chaos").config))))
         valid["sweep"] = valid["sweep"] | {"vary": {setting: draw(st.lists(json_values, min_size=1, max_size=3))}}
         return kind, valid
     if how in ("spec", "base"):
@@ -278,8 +280,8 @@ def _read_everything(store: Store) -> None:
     K.load_meta(store, IDS["runmeta"])
     K.runs_table(K.filter_runs(entries, text="x"))
     for rec in S.list_sweeps(store)[0]:
-        S.sweep_progress(jm, rec)
-        S.sweep_command(S.Sweep.from_dict(rec["sweep"]))
+        SJ.sweep_progress(jm, rec)
+        reproduce.sweep_command(S.Sweep.from_dict(rec["sweep"]))
     R.record_problems(store)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from twophase_core.experiments.presets import preset
 from twophase_core.settings import config as conf
+from twophase_core.storage import upkeep
 from twophase_core.storage.files import ENV_OPTIONS, ENV_ROOT, LocalFiles, ObjectFiles, StoreError, open_storage
 from twophase_core.storage.store import Store
 
@@ -67,7 +68,7 @@ def test_storage_urls_open_what_they_name(tmp_path):
 
 
 def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_path, s3_root, capsys):
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
 
     url, _, fs = s3_root
     key = CHAOS.train.trajectory_key()
@@ -82,9 +83,9 @@ def test_an_s3_storage_root_holds_the_checkpoints_and_gives_the_same_bits(tmp_pa
     assert f"{url[5:]}/{key}/t{max(CHAOS.t1):09d}.pt" in objects
     assert len(objects) == len(list((tmp_path / "plain" / "runs").rglob("t*.pt")))
     assert store.checkpoints(key) == Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs").checkpoints(key)
-    report = store.check()
+    report = upkeep.check(store)
     assert report["ok"] and report["storage"] == url and report["checkpoints"]["verified"] == len(objects)
-    assert store.info()["checkpoints"] == len(objects)
+    assert upkeep.info(store)["checkpoints"] == len(objects)
     from twophase_core.interfaces.cli import main
 
     assert main(["cache", "clear", "--cache-dir", str(tmp_path / "cache")]) == 0
@@ -103,7 +104,7 @@ def test_a_damaged_object_is_dropped_and_retrained_to_the_same_bytes(tmp_path, s
     obj = f"{url[5:]}/{run.base().key}/t{40:09d}.pt"
     good = fs.cat_file(obj)
     fs.pipe_file(obj, good[:-10] + b"0123456789")  # a flipped tail: fails its checksum
-    report = store.check()
+    report = upkeep.check(store)
     assert not report["ok"] and report["checkpoints"]["bad"] == [f"{url}/{run.base().key}/t{40:09d}.pt"]
     assert store.load_checkpoint(run.base().key, 40) is None  # never used; dropped
     assert not fs.exists(obj)
@@ -130,7 +131,7 @@ def test_an_unreachable_object_store_is_an_error_never_a_missing_checkpoint(tmp_
 
 
 def test_wrong_storage_settings_are_named_before_any_training(tmp_path, s3_root, monkeypatch):
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
 
     url, opts, fs = s3_root
     monkeypatch.setenv(ENV_ROOT, "s3://no-such-bucket/x")
@@ -153,7 +154,7 @@ def test_wrong_storage_settings_are_named_before_any_training(tmp_path, s3_root,
 
 
 def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
-    from twophase_core.experiments.engine import run_cone, run_linear
+    from twophase_core.execution.run import run_cone, run_linear
 
     url, _, fs = s3_root
     lin, cone = preset("tiny", "linear"), preset("tiny", "cone")
@@ -168,7 +169,7 @@ def test_linear_and_cone_runs_read_the_object_store_too(tmp_path, s3_root):
 def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monkeypatch):
     """Kernels are written beside the checkpoints: a second cone on the same checkpoints and samples
     (other views) computes none, and gives what a fresh store computes; a damaged kernel is recomputed."""
-    from twophase_core.experiments.engine import run_cone
+    from twophase_core.execution.run import run_cone
     from twophase_core.science import ntk
 
     first = preset("tiny", "cone")
@@ -198,12 +199,12 @@ def test_a_cone_run_keeps_its_kernels_and_the_next_one_reads_them(tmp_path, monk
     kernel_files[2].write_bytes(kernel_files[2].read_bytes()[:-1] + b"?")  # ours (its header), damaged
     foreign = kernel_files[3].with_name("t000000099-full-mine-cpu-n1-x-s1.npy")  # our naming, not our file
     foreign.write_bytes(b"not a kernel")
-    report = store.check()
+    report = upkeep.check(store)
     assert not report["ok"] and report["kernels"]["bad"] == [str(kernel_files[2])]
     assert report["kernels"]["files"] == len(its) + 1 and report["kernels"]["verified"] == len(its) - 1
     assert any(x.startswith(f"{foreign}: not a kernel twophase wrote") for x in report["left_alone"])
-    assert store.repair()["kernels_removed"] == [str(kernel_files[2])] and not kernel_files[2].exists()
-    assert store.check()["ok"] and foreign.read_bytes() == b"not a kernel"
+    assert upkeep.repair(store)["kernels_removed"] == [str(kernel_files[2])] and not kernel_files[2].exists()
+    assert upkeep.check(store)["ok"] and foreign.read_bytes() == b"not a kernel"
 
 
 def test_submitting_a_job_never_lists_the_object_store(tmp_path, s3_root):

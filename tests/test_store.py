@@ -9,6 +9,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,12 +18,15 @@ import pytest
 import torch
 
 from twophase_core.execution.jobs import JobManager, JobRecord, save_record
-from twophase_core.experiments.engine import run_chaos, run_linear
+from twophase_core.execution.run import run_chaos, run_linear
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.result import load_result, result_key
 from twophase_core.science.train import Training
 from twophase_core.settings import config as conf
-from twophase_core.storage.store import Store, StoreError, StoreFull
+from twophase_core.storage import upkeep
+from twophase_core.storage.checkpoints import serialize
+from twophase_core.storage.errors import StoreError, StoreFull
+from twophase_core.storage.store import Store, task_store
 
 TINY = preset("tiny", "chaos").train
 
@@ -79,9 +83,9 @@ def test_a_file_of_our_name_without_our_header_is_named_and_never_touched(store)
     path.write_bytes(b"my own notes")
     with pytest.raises(StoreError, match=r"t000000030\.pt is not a checkpoint twophase wrote .* move it away"):
         store.load_checkpoint(key, 30)
-    report = store.check()
+    report = upkeep.check(store)
     assert report["ok"] and any(x.startswith(f"{path}: not a checkpoint") for x in report["left_alone"])
-    assert store.repair()["checkpoints_removed"] == []
+    assert upkeep.repair(store)["checkpoints_removed"] == []
     assert path.read_bytes() == b"my own notes"
 
 
@@ -134,7 +138,7 @@ def test_damaged_index_is_moved_aside_and_rebuilt_from_what_verifies(tmp_path, h
     damaged = db.read_bytes()
 
     looked = Store(root, heal=False)
-    report = looked.check()
+    report = upkeep.check(looked)
     assert report["ok"] is False and report["problems"][0].startswith("index: ")
     assert db.read_bytes() == damaged  # check changes nothing
     with pytest.raises(StoreError, match="cache repair"):
@@ -147,12 +151,12 @@ def test_damaged_index_is_moved_aside_and_rebuilt_from_what_verifies(tmp_path, h
     assert healed.healed["recovered"] >= 1
     got = load_result(healed, "chaos", first.hash)  # final results live in files that verify themselves
     assert got is not None and np.array_equal(got.arrays["C"], first.arrays["C"], equal_nan=True)
-    assert healed.check()["ok"] is True
+    assert upkeep.check(healed)["ok"] is True
     healed.delete(result_key("chaos", first.hash))
     again = run_chaos(cfg, healed)  # checkpoints verify without the index: nothing is trained again
     assert again.meta["sgd_steps"] == 0
     assert np.array_equal(again.arrays["B"], first.arrays["B"], equal_nan=True)
-    assert size > 0 and healed.info()["damaged_index_copies"] == [str(aside)]
+    assert size > 0 and upkeep.info(healed)["damaged_index_copies"] == [str(aside)]
     healed.close()
 
 
@@ -168,20 +172,20 @@ def test_repair_and_clear_work_on_a_damaged_store(tmp_path):
     _damage(root / "index" / "cache.db", "offset16")
 
     s = Store(root, heal=False)
-    report = s.check()
+    report = upkeep.check(s)
     assert [p.split(":")[0] for p in report["problems"]] == ["index", "checkpoints"]
     assert report["checkpoints"]["bad"] == [str(bad)]
-    fixed = s.repair()
+    fixed = upkeep.repair(s)
     assert fixed["rebuilt_index"]["moved_aside"] and fixed["checkpoints_removed"] == [str(bad)]
     assert fixed["after"]["ok"] is True and fixed["after"]["checkpoints"]["verified"] >= 4
     assert s.keys("result/")  # usable again
 
     _damage(root / "index" / "cache.db", "half")
-    cleared = Store(root, heal=False).clear()
+    cleared = upkeep.clear(Store(root, heal=False))
     assert cleared["bytes_removed"] > 0
     fresh = Store(root)
-    assert fresh.keys() == [] and fresh.checkpoints(key) == [] and fresh.info()["damaged_index_copies"] == []
-    assert fresh.check()["ok"] is True
+    assert fresh.keys() == [] and fresh.checkpoints(key) == [] and upkeep.info(fresh)["damaged_index_copies"] == []
+    assert upkeep.check(fresh)["ok"] is True
 
 
 def test_index_damaged_under_a_live_store_is_rebuilt_on_its_next_use(tmp_path):
@@ -196,7 +200,7 @@ def test_index_damaged_under_a_live_store_is_rebuilt_on_its_next_use(tmp_path):
     assert app.healed["problem"] == "DatabaseError: file is not a database" and app.healed["recovered"] >= 1
     assert load_result(app, "chaos", first.hash) is not None
     app.put_json("job/y", {"b": 2})
-    assert app.get_json("job/y") == {"b": 2} and app.check()["ok"] is True
+    assert app.get_json("job/y") == {"b": 2} and upkeep.check(app)["ok"] is True
 
 
 def test_deleted_index_is_rebuilt_under_a_live_store(tmp_path):
@@ -248,14 +252,31 @@ def test_planted_pickle_is_never_executed(store, tmp_path):
     assert jm.get(rec.id) is None  # refused unread, and left where it is
     assert store.get_blob("result/chaos/big") is None
     assert jm.list() == []
-    report = Store(store.root, heal=False).check()
+    report = upkeep.check(Store(store.root, heal=False))
     assert report["index"]["pickled"] == 3 and report["ok"] is False  # named, never dropped on a read
     assert {d["key"] for d in report["index"]["damaged"]} >= {f"job/{rec.id}", "result/chaos/big"}
-    moved = store.repair()["records_moved_aside"]
-    assert len(moved) == 3 and store.keys() == [] and store.check()["ok"] is True
+    moved = upkeep.repair(store)["records_moved_aside"]
+    assert len(moved) == 3 and store.keys() == [] and upkeep.check(store)["ok"] is True
     kept = {Path(m["to"]).read_bytes() for m in moved}  # moved aside whole, never unpickled
     assert payload in kept
     assert not marker.exists()
+
+
+def test_a_row_pointing_outside_the_index_is_named_and_moved_aside_leaving_its_target_alone(store, tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_bytes(b"not the store's")
+    store.put_blob("result/chaos/x", b"x")  # a result: in a file of its own
+    con = sqlite3.connect(store.db_path)
+    with con:
+        con.execute("UPDATE Cache SET filename = ? WHERE key = 'result/chaos/x'",
+                    (os.path.relpath(target, store.index_dir),))
+    con.close()
+    assert store.get_blob("result/chaos/x") is None  # refused, never read
+    named = upkeep.check(store)["index"]["damaged"]
+    assert named == [{"key": "result/chaos/x", "why": "its file is outside the index"}]
+    moved = upkeep.repair(store)["records_moved_aside"]
+    assert [(m["key"], Path(m["to"]).read_bytes()) for m in moved] == [("result/chaos/x", b"")]
+    assert store.keys() == [] and target.read_bytes() == b"not the store's" and upkeep.check(store)["ok"] is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,10 +297,10 @@ def test_orphan_temp_files_are_cleaned_at_start_and_counted(tmp_path):
         os.utime(p, (old, old))
     with open(live, "rb") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a writer still at work: never removed
-        before = Store(root, heal=False).check()["temp_files"]
+        before = upkeep.check(Store(root, heal=False))["temp_files"]
         assert before == {"in_use": 1, "orphans": 1, "orphan_bytes": 1000}
         s = Store(root)
-        info = s.info()
+        info = upkeep.info(s)
     assert not orphan.exists() and live.exists() and mine.exists()
     assert info["orphan_temp_files_removed"] == 1 and info["orphan_temp_bytes_removed"] == 1000
     assert info["temp_files"] == 1
@@ -301,7 +322,36 @@ def test_a_killed_checkpoint_writer_leaves_only_an_orphan_the_next_store_removes
     assert tmp.exists()  # its writer is alive
     p.kill()
     p.wait()
-    assert Store(root).info()["orphan_temp_files_removed"] == 1 and not tmp.exists()
+    assert upkeep.info(Store(root))["orphan_temp_files_removed"] == 1 and not tmp.exists()
+
+
+def test_a_killed_tasks_scratch_is_removed_by_the_next_task_store_and_nothing_else(tmp_path, monkeypatch):
+    """A Ray task killed mid-run never removes its throwaway index; the next task store on the machine does:
+    only folders named as task scratch whose process is gone, never through a link."""
+    files = Store(tmp_path / "cache").files
+    script = ("import sys, time\nfrom twophase_core.storage.files import LocalFiles\n"
+              "from twophase_core.storage.store import task_store\n"
+              "with task_store(LocalFiles(sys.argv[1])) as s:\n    print(s.root, flush=True)\n    time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", script, str(files.root)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    killed = Path(p.stdout.readline().strip())
+    p.kill()
+    p.wait()
+    base = tmp_path / f"twophase-tasks-{os.getuid()}"
+    assert killed.parent == base and (killed / "index" / "cache.db").is_file()  # left behind: no `finally` ran
+    live, other = base / f"{os.getpid()}-abcd1234", base / "notes-abcd1234"  # a live process's; not scratch
+    outside = tmp_path / "outside"
+    for d in (live, other, outside):
+        d.mkdir()
+    (outside / "keep.txt").write_bytes(b"mine")
+    link = base / f"{p.pid}-link1234"  # named as the dead task's scratch, but a link
+    link.symlink_to(outside, target_is_directory=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with task_store(files) as store:
+        ours = store.root
+        assert ours.parent == base and ours.name.startswith(f"{os.getpid()}-")
+        assert sorted(p.name for p in base.iterdir()) == sorted([live.name, other.name, link.name, ours.name])
+    assert not ours.exists() and link.is_symlink() and (outside / "keep.txt").read_bytes() == b"mine"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,8 +390,8 @@ def test_full_disk_is_reported_as_a_full_disk_and_clear_still_works(small_disk):
     assert msg.startswith(f"the disk holding the store {root} has ") and "\n" not in msg
     assert re.search(r"free, too little: training \d+ checkpoints of \w+ needs about [\d.]+ [KM]B;", msg), msg
     assert list((root / "runs").rglob("*.tmp")) == []  # nothing half-written left behind
-    assert store.check()["free_bytes"] >= 0
-    cleared = store.clear()  # works on a full disk: it only deletes
+    assert upkeep.check(store)["free_bytes"] >= 0
+    cleared = upkeep.clear(store)  # works on a full disk: it only deletes
     assert cleared["root"] == str(root)
     assert Store(root).keys() == [] and store.checkpoints(cfg.train.trajectory_key()) == []
 
@@ -351,13 +401,13 @@ def test_full_disk_mid_write_leaves_no_temp_and_names_the_disk(small_disk):
     store = Store(root)
     run = Training(TINY, store)
     state = run.pack(run.initial(), None)
-    one = len(store.serialize(state))
+    one = len(serialize(state))
     store.release_reserve()
     _fill(small_disk, one // 2)
     with pytest.raises(StoreFull, match=rf"store {root} is full \(.* free\) writing checkpoint 5 of"):
         store.save_checkpoint(run.key, 5, state)
     assert list((root / "runs").rglob("*.tmp")) == [] and store.checkpoints(run.key) == []
-    store.clear()
+    upkeep.clear(store)
 
 
 def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
@@ -377,7 +427,7 @@ def test_a_job_that_fills_the_disk_is_reported_as_such(small_disk, monkeypatch):
     assert rec.status == "failed" and rec.error.startswith(f"the disk holding the store {root} is full ("), rec.error
     assert "died without reporting" not in rec.error and "\n" not in rec.error
     assert list((root / "runs").rglob("*.tmp")) == []
-    assert store.clear()["bytes_removed"] > 0
+    assert upkeep.clear(store)["bytes_removed"] > 0
     assert Store(root).keys() == []
 
 
@@ -433,7 +483,7 @@ def test_checkpoints_from_before_the_header_still_load_through_the_index(store):
     assert path.read_bytes() == buf.getvalue()  # nor touched
     store.cache.set(f"ckpt/{run.key}/0", hashlib.sha256(buf.getvalue()).hexdigest())
     _same_state(state, store.load_checkpoint(run.key, 0))
-    assert store.check()["checkpoints"] == {"runs": 1, "files": 1, "verified": 0, "legacy": 1, "bad": []}
+    assert upkeep.check(store)["checkpoints"] == {"runs": 1, "files": 1, "verified": 0, "legacy": 1, "bad": []}
 
 
 def test_a_store_on_a_disk_with_nothing_free_opens_checks_and_clears(small_disk):
@@ -447,16 +497,16 @@ def test_a_store_on_a_disk_with_nothing_free_opens_checks_and_clears(small_disk)
             os.write(fd, b"\0" * 4096)
     os.close(fd)
     s = Store(root)  # sqlite cannot even open its index here ('disk I/O error'): opening is deferred
-    info = s.info()  # read-only counts
+    info = upkeep.info(s)  # read-only counts
     assert info["results"] == 1 and info["checkpoints"] >= 4 and info["free_bytes"] < 64 * 1024
-    report = s.check()
+    report = upkeep.check(s)
     assert report["checkpoints"]["verified"] >= 4 and report["free_bytes"] < 64 * 1024
     with pytest.raises(StoreFull, match=rf"^the disk holding the store {root} is full \("):
         s.keys()
-    fixed = s.repair()  # gives up the 1 MiB reserve to work
+    fixed = upkeep.repair(s)  # gives up the 1 MiB reserve to work
     assert fixed["after"]["ok"] is True and fixed["checkpoints_removed"] == []
     assert len(s.keys("result/")) == 1
-    assert s.clear()["bytes_removed"] > 0  # deleting needs no space
+    assert upkeep.clear(s)["bytes_removed"] > 0  # deleting needs no space
     assert Store(root).keys() == []
 
 
@@ -473,9 +523,9 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
     foreign.write_bytes(b"not a record of ours")
     os.utime(stray, (time.time() - 600,) * 2)
     os.utime(foreign, (time.time() - 600,) * 2)
-    report = store.check()
+    report = upkeep.check(store)
     assert report["index"]["unreferenced_files"] == 1 and "1 entry files no record points to" in report["problems"][0]
-    fixed = store.repair()
+    fixed = upkeep.repair(store)
     assert fixed["unreferenced_files_removed"] == 1 and not stray.exists() and young.exists()
     assert foreign.read_bytes() == b"not a record of ours"
     assert store.get_blob("result/chaos/x") == b"kept"
@@ -484,7 +534,7 @@ def test_entry_files_without_a_record_are_reported_and_repaired(store):
 def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_path, monkeypatch):
     """TWOPHASE_STORAGE_ROOT=file:///elsewhere: checkpoints go there (a shared filesystem for workers on
     other machines), the index stays in the store, and the result is the same bits."""
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
     from twophase_core.experiments.presets import preset
     from twophase_core.storage.files import ENV_ROOT as ENV_STORAGE
 
@@ -500,5 +550,5 @@ def test_a_file_url_storage_root_in_another_folder_holds_the_checkpoints(tmp_pat
     assert store.checkpoints(key) == Store(tmp_path / "plain").checkpoints(key)
     for k in ("C", "B", "D", "train_loss"):
         assert np.array_equal(plain.arrays[k], got.arrays[k], equal_nan=True)
-    assert store.clear()["root"] == str(tmp_path / "cache")
+    assert upkeep.clear(store)["root"] == str(tmp_path / "cache")
     assert shared.is_dir() and not any(shared.iterdir())  # every file of ours gone, the root itself kept

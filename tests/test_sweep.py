@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from twophase_core.execution.sweeps import run_sweep
 from twophase_core.experiments.presets import preset
-from twophase_core.experiments.sweep import MAX_POINTS, Sweep, expand, parse_vary, run_sweep
+from twophase_core.experiments.sweep import MAX_POINTS, Sweep, expand, parse_vary
 from twophase_core.interfaces.cli import main
 from twophase_core.settings import config as conf
 

@@ -18,13 +18,13 @@ from launchers import FailingLauncher, IdleLauncher
 from streamlit.testing.v1 import AppTest
 
 from twophase_core.execution.jobs import JobManager
-from twophase_core.experiments.engine import run_experiment
+from twophase_core.execution.run import run_experiment
 from twophase_core.experiments.presets import preset
+from twophase_core.experiments.reproduce import command_for, preset_differences
 from twophase_core.experiments.result import load_result
 from twophase_core.interfaces import catalog as K
 from twophase_core.interfaces import compare as CF
 from twophase_core.interfaces import figures as F
-from twophase_core.interfaces.cli import command_for, preset_differences
 from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
@@ -440,6 +440,7 @@ def test_cone_page_opens_in_the_honest_view_with_a_caption_and_keeps_it_in_the_l
     assert at2.toggle(key="cone_log").value is True
 
 
+@pytest.mark.slow
 def test_compare_and_runs_pages_leave_torch_out_of_the_process(stored):
     root, ids = stored
     script = f"""
@@ -463,4 +464,4 @@ print('ok')
 
 # The heatmap click in a real browser (AppTest cannot tell whether a click reaches Streamlit: plotly
 # cannot select heatmap cells, and a first version passed AppTest and did nothing in Chromium) is
-# tested in tests/test_browser.py, on two demo runs submitted with `twophase submit`.
+# tested in tests/test_browser.py, on two tiny runs submitted with `twophase submit`.

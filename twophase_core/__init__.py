@@ -22,9 +22,9 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run_chaos": "experiments.engine", "run_cone": "experiments.engine", "run_linear": "experiments.engine",
-    "run_experiment": "experiments.engine",
-    "ChaosConfig": "settings.config", "ConeConfig": "settings.config", "LinearConfig": "settings.config",
+    "run_chaos": "execution.run", "run_cone": "execution.run", "run_linear": "execution.run",
+    "run_experiment": "execution.run",
+    "ChaosConfig": "experiments.chaos", "ConeConfig": "experiments.cone", "LinearConfig": "experiments.linear",
     "TrainConfig": "settings.config", "ConfigError": "settings.config", "replace": "settings.config",
     "validate": "settings.config", "config_hash": "settings.config",
     "preset": "experiments.presets", "PRESETS": "experiments.presets",

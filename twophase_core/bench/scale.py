@@ -37,8 +37,9 @@ def _sweep() -> Any:
 
 
 def bench_sweep() -> dict[str, float]:
-    from twophase_core.experiments.engine import run_experiment
-    from twophase_core.experiments.sweep import expand, run_sweep
+    from twophase_core.execution.run import run_experiment
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import expand
     from twophase_core.storage.store import Store
 
     sweep = _sweep()
@@ -61,7 +62,7 @@ def _warm(ray: Any, n: int) -> None:
     def importer(i: int) -> int:
         import torch  # noqa: F401
 
-        from twophase_core.experiments import engine as experiments  # noqa: F401
+        from twophase_core.experiments import kind  # noqa: F401
 
         return i
 
@@ -123,7 +124,8 @@ def _ray_vs_local() -> dict[str, float]:
     import ray
 
     from twophase_core.execution.jobs import JobManager
-    from twophase_core.experiments.sweep import expand, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import expand
     from twophase_core.storage.store import Store
 
     sweep = _sweep()
@@ -158,7 +160,7 @@ def bench_storage(rounds: int = 2) -> dict[str, Any]:
         return {"storage_object_vs_folder": None}
     import fsspec
 
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
     from twophase_core.storage.files import ObjectFiles
     from twophase_core.storage.store import Store
 

@@ -66,12 +66,36 @@ def bench_entk(repeats: int) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
+def ntk_einsum_baseline(model: Any, x: Any, kernel: str = "full") -> Any:
+    """vmap(jacrev) then one einsum per parameter block, summed (the neural-tangents tutorial way).
+
+    A benchmark baseline: no symmetry, one contraction per block.
+    Cost: N [FP] + N O [BP]; contraction N^2 O^2 P (full) or N^2 O P (trace); memory N O P.
+    Returns float32, same layout as empirical_ntk.
+    """
+    from twophase_core.science.ntk import jacobian
+
+    if kernel not in ("full", "trace"):
+        raise ValueError(f"kernel must be full or trace, got {kernel!r}")
+    jac = jacobian(model, x)
+    h: Any = None
+    for j in jac.values():
+        j3 = j.reshape(j.shape[0], j.shape[1], -1)
+        term = torch.einsum("Naf,Mbf->NaMb" if kernel == "full" else "Naf,Maf->NM", j3, j3)
+        h = term if h is None else h + term
+    assert h is not None
+    if kernel == "full":
+        n, o = h.shape[:2]
+        h = h.reshape(n * o, n * o)
+    return h
+
+
 def _bench_entk(repeats: int, ntk: Any, ResNet20: Any) -> dict[str, float]:
     torch.manual_seed(0)
     model = ResNet20((3, 32, 32), 10, 1.0).eval()
     x = torch.randn(32, 3, 32, 32)
     t_loop = best_of(lambda: ntk.ntk_reference(model, x, "full"), max(1, repeats // 2))
-    t_einsum = best_of(lambda: ntk.ntk_einsum_baseline(model, x, "full"), repeats)
+    t_einsum = best_of(lambda: ntk_einsum_baseline(model, x, "full"), repeats)
     t_ours = best_of(lambda: ntk.empirical_ntk(model, x, "full"), repeats)
     t_jac = best_of(lambda: ntk.jacobian(model, x), repeats)
     jac = ntk.jacobian(model, x)
@@ -179,18 +203,33 @@ def bench_step(steps: int) -> float:
         return (time.perf_counter() - t0) / steps
 
 
-def bench_lockstep(steps: int) -> dict[str, Any]:
-    """Loop vs one stacked model for K = 8 copies of the demo model, same steps."""
-    try:
-        from twophase_core.science import lockstep
-    except ImportError:
-        return {"lockstep_speedup": None, "auto_vs_best": None, "lockstep_note": "lockstep path not built"}
-    return lockstep.benchmark(k=8, steps=steps)
+def bench_lockstep(steps: int, k: int = 8) -> dict[str, Any]:
+    """Loop vs one stacked model for K copies of the demo model (MNIST-1D CNN), `steps` steps each, same process:
+    median seconds per step of K copies both ways (timed alternately), lockstep_speedup = loop / stack, the path
+    `choose_path` picks (its own calibration, timed separately) and auto_vs_best = time of that path / time of the
+    faster one."""
+    from twophase_core.experiments.presets import preset
+    from twophase_core.science import lockstep
+    from twophase_core.science.train import Training
+    from twophase_core.storage.store import Store
+
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(d)
+        try:
+            training = Training(preset("demo", "chaos").train, store)
+            got = lockstep.time_paths(training, k, k, steps)
+            choice = lockstep.choose_path(training, k)
+        finally:
+            store.close()
+    times = {name: lockstep.median(v) for name, v in got.items()}
+    return {"lockstep_k": k, "lockstep_steps": steps, "lockstep_loop_s": times["loop"],
+            "lockstep_stack_s": times["stack"], "lockstep_speedup": times["loop"] / times["stack"],
+            "lockstep_auto": choice, "auto_vs_best": times[choice] / min(times.values())}
 
 
 def bench_demo() -> dict[str, Any]:
     """The demo preset's chaos and cone from an empty store (cold), then again (warm)."""
-    from twophase_core.experiments.engine import run_chaos, run_cone
+    from twophase_core.execution.run import run_chaos, run_cone
     from twophase_core.experiments.presets import preset
     from twophase_core.science import data
     from twophase_core.storage.store import Store
@@ -220,7 +259,7 @@ def bench_page() -> float | None:
     from streamlit.testing.v1 import AppTest
 
     from twophase_core.execution.jobs import JobManager
-    from twophase_core.experiments.engine import run_chaos
+    from twophase_core.execution.run import run_chaos
     from twophase_core.experiments.presets import preset
 
     with tempfile.TemporaryDirectory() as d:

@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twophase_core.execution.placement import check_placement, resolve_executor
+from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, from_env
 from twophase_core.storage import record_types as R
-from twophase_core.storage.store import Store, human
+from twophase_core.storage.errors import human
+from twophase_core.storage.store import Store
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -91,6 +93,31 @@ def record_key(job_id: str) -> str:
 
 def log_path(root: str | Path, job_id: str) -> Path:
     return Path(root) / "jobs" / f"{job_id}.log"
+
+
+JOB_TIMES = ("created", "started", "updated", "cancel_requested", "finished_at")
+
+
+def _job_fields() -> dict[str, R.Field]:
+    """A job record's fields, from JobRecord's own (type hints as the JSON types), with what else they hold."""
+    import typing
+
+    from twophase_core.execution.placement import EXECUTORS
+
+    hints = typing.get_type_hints(JobRecord)
+    rules: dict[str, R.Rule] = {"kind": R.one_of(registry.names()), "status": R.one_of(STATUSES),
+                                "progress": R.between(0, 1), "eta_s": R.at_least(0), "pid": R.at_least(1),
+                                "executor": R.one_of(EXECUTORS), **dict.fromkeys(JOB_TIMES, R.unix_time)}
+    return {f.name: R.Field(hints[f.name], f.default is dataclasses.MISSING
+                            and f.default_factory is dataclasses.MISSING, rules.get(f.name))
+            for f in dataclasses.fields(JobRecord)}
+
+
+def _job_id_is_its_kind_and_hash(d: dict[str, Any]) -> tuple[str, str] | None:
+    return None if d["id"] == f"{d['kind']}-{d['hash']}" else ("id", "must be the job's kind and hash joined by '-'")
+
+
+R.register("job", R.Schema("job/", "job", _job_fields, _job_id_is_its_kind_and_hash))
 
 
 def read_record(store: Store, job_id: str) -> tuple[JobRecord | None, R.RecordProblem | None]:
@@ -448,18 +475,12 @@ def checkpoints_to_write(cfg: Any, store: Store) -> int:
     """How many checkpoint files a job would write now (an estimate for the free-space check, no torch).
 
     The base run's missing checkpoints (those the experiment needs and the `checkpoint_every`
-    multiples up to the last), plus, for chaos, every branch checkpoint (one per later t1, per t0 and
-    seed, and the stacked path's control).
+    multiples up to the last), plus those its units write (chaos: every branch checkpoint).
     """
     t = cfg.train
-    kind = conf.kind_of(cfg)
-    base_needs = conf.base_checkpoints(cfg)
+    base_needs = cfg.base_checkpoints()
     top = max(base_needs)
     if t.checkpoint_every:
         base_needs |= set(range(t.checkpoint_every, top + 1, t.checkpoint_every))
     n = len(base_needs - set(store.checkpoints(t.trajectory_key())))
-    if kind == "chaos":
-        for t0 in cfg.t0:
-            later = sum(1 for t1 in cfg.t1 if t1 > t0)
-            n += later * (len(cfg.perturb_seeds) + 1)
-    return n
+    return n + registry.of(cfg).extra_checkpoints(cfg)

@@ -1,15 +1,13 @@
 """Ray as an executor: the same units of work as the local runner, spread over a cluster.
 
-A chaos experiment is its base run (trained by the driver, which saves the checkpoints) and one task
-per t0 (`experiments.chaos_row_from_store`: the branches of that t0, stacked with their own control
-or against the base run, and the row's metrics). A cone experiment is its base run and one task per
-checkpoint kernel (written beside the checkpoints; the Gram matrix and the projections follow on the
-driver). A linear run is its
-base run and one task per switch time. A sweep is one graph of all of these across its points: a
-prepare task per base run (trained once, at every checkpoint its points read), the units of every
-point once their base run is there, and a task per point that assembles its result (`run_points`).
+An experiment is its base run (trained by the driver, which saves the checkpoints) and one task per unit of
+work: each kind's `run_unit` (a chaos row per t0, a cone kernel per checkpoint, written beside it, a linear
+switch time; a plugin kind's own), with the plan its units share; the assembly follows on the driver. A sweep is
+one graph of all of these across its points: a prepare task per base run (trained once, at every checkpoint its
+points read, and each point's plan), the units of every point once their base run is there, and a task per
+point that assembles its result (`run_points`). Tasks load the driver's plugins first (`registry.plugins`).
 
-Tasks read and write checkpoints in the driver's storage root (`storage.py`): the store's own folder
+Tasks read and write checkpoints in the driver's storage root (`storage/files.py`): the store's own folder
 on one machine; a shared filesystem or an object store (s3://, through fsspec) across machines. Each
 task opens a throwaway index of its own; it returns arrays, and only the driver writes results into
 the store's index. The driver is the process that calls these functions (the CLI, or a job's
@@ -162,14 +160,27 @@ def _reporting(board: Any, key: Any, work: Any) -> Any:
     return out
 
 
+def _registry(plugins: list[tuple[str, str | None]]) -> Any:
+    """The experiment registry in a task's process, with the driver's plugins loaded (a kind defined outside the
+    package: its module, and the folder the driver found it in)."""
+    from twophase_core.experiments import registry
+
+    for module, path in plugins:
+        registry.load_plugin(module, path)
+    return registry
+
+
 def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
-                  files: Any, board: Any = None, key: str = "") -> dict[str, dict[str, Any]]:
-    """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of
-    each point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
-    from twophase_core.experiments.engine import PLANS, Units
+                  files: Any, plugins: list[tuple[str, str | None]], board: Any = None,
+                  key: str = "") -> dict[str, dict[str, Any]]:
+    """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of each
+    point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
+    from twophase_core.experiments.running import Units
     from twophase_core.science.train import Training, configure_threads
     from twophase_core.settings import config as conf
     from twophase_core.storage.store import task_store
+
+    registry = _registry(plugins)
 
     def prepare(report: Any) -> dict[str, dict[str, Any]]:
         configure_threads()
@@ -179,8 +190,8 @@ def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tu
             training.base().ensure(needed, steps.add)
             plans = {}
             for kind, d in points:
-                cfg = conf.from_dict(conf.KINDS[kind], d)
-                plans[conf.config_hash(cfg)] = PLANS[kind](training, cfg)
+                cfg = registry.config_from_dict(kind, d)
+                plans[conf.config_hash(cfg)] = registry.get(kind).plan(training, cfg, "ray")
         if report is not None:
             report(steps.done)
         return plans
@@ -188,47 +199,37 @@ def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tu
     return _reporting(board, ("base", key), prepare)
 
 
-def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plans: dict[str, Any], h: str,
-               board: Any = None) -> Any:
-    """One unit of an experiment (a chaos row, a cone kernel's file name, a linear switch accuracy), with
-    the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
+def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plugins: list[tuple[str, str | None]],
+               plans: dict[str, Any], h: str, board: Any = None) -> tuple[Any, int]:
+    """One unit of an experiment (a chaos row, a cone kernel's file, a linear switch accuracy) and the SGD steps it
+    took, with the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
     sweep); its progress goes to the board."""
-    from twophase_core.experiments.engine import chaos_row_from_store, cone_kernel_from_store, linear_switch_from_store
+    from twophase_core.experiments.running import in_task
 
+    experiment = _registry(plugins).get(kind)
     plan = plans[h]
 
-    def unit(report: Any) -> Any:
-        if kind == "chaos":
-            return chaos_row_from_store(cfg_dict, key, plan["how"], files, report)
-        if kind == "cone":
-            return cone_kernel_from_store(cfg_dict, key, plan["subset"], plan["method"], files, report)
-        return linear_switch_from_store(cfg_dict, key, files, report)
+    def unit(report: Any) -> tuple[Any, int]:
+        return in_task(experiment.config, cfg_dict, files, report, lambda training, cfg, units: (
+            experiment.run_unit(training, cfg, key, plan, units), training.steps_done))
 
     return _reporting(board, (h, key), unit)
 
 
-def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plans: dict[str, Any], h: str, keys: list[int],
+def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plugins: list[tuple[str, str | None]],
+                   plans: dict[str, Any], h: str, keys: list[int],
                    *results: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """A sweep point's result from its units (given as arguments: Ray starts this when they are all
-    done); it travels back as arrays and metadata and the driver stores it."""
-    from twophase_core.experiments.engine import compute_experiment
+    """A sweep point's result from its units (given as arguments: Ray starts this when they are all done); it
+    travels back as arrays and metadata and the driver stores it."""
     from twophase_core.science.train import configure_threads
-    from twophase_core.settings import config as conf
     from twophase_core.storage.store import task_store
 
+    registry = _registry(plugins)
     configure_threads()
     with task_store(files) as store:
-        r = compute_experiment(conf.from_dict(conf.KINDS[kind], cfg_dict), store, executor="ray", plan=plans[h],
-                               units=dict(zip(keys, results, strict=True)))
+        r = registry.get(kind).compute(registry.config_from_dict(kind, cfg_dict), store, executor="ray",
+                                       plan=plans[h], units=dict(zip(keys, results, strict=True)))
     return r.arrays, r.hash, {**r.meta, "config": r.config}
-
-
-def unit_keys(cfg: Any) -> list[int]:
-    """The units of one experiment: chaos t0, cone checkpoints, linear switch times."""
-    from twophase_core.settings import config as conf
-
-    kind = conf.kind_of(cfg)
-    return sorted(cfg.t0 if kind == "chaos" else cfg.checkpoints if kind == "cone" else cfg.switch)
 
 
 def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None,
@@ -267,16 +268,17 @@ def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
 
 def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
                  on_units: Any = None) -> Iterator[tuple[int, Any]]:
-    """(key, result) of every unit of one experiment (`unit_keys`: chaos rows by t0, cone kernel file
-    names by checkpoint, linear accuracies by switch time), one task each, as they finish; all share
-    `plan` (`experiments.PLANS`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
+    """(key, (output, SGD steps)) of every unit of one experiment (`cfg.unit_keys()`: chaos rows by t0, cone
+    kernels by checkpoint, linear accuracies by switch time), one task each, as they finish; all share `plan`
+    (the kind's `plan`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
+    from twophase_core.experiments import registry
     from twophase_core.settings import config as conf
 
     ray = connect()
     board, poll = _board(ray, on_units)
-    kind, h, keys = conf.kind_of(cfg), conf.config_hash(cfg), unit_keys(cfg)
+    kind, h, keys = conf.kind_of(cfg), conf.config_hash(cfg), cfg.unit_keys()
     task = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
-    refs = [task.remote(kind, conf.to_dict(cfg), k, files, {h: plan}, h, board) for k in keys]
+    refs = [task.remote(kind, conf.to_dict(cfg), k, files, registry.plugins(), {h: plan}, h, board) for k in keys]
     for i, got in _gather(ray, refs, cancel, poll):
         poll()
         yield keys[i], got
@@ -291,30 +293,33 @@ def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units:
     assembles the point's result from its units. So a base run is trained once whatever the storage
     (a Ray dependency, not a lock: it holds across machines and object stores), units of all points
     spread over the cluster together, and nothing holds a CPU or GPU while it waits. `on_units(n)` hears
-    the tasks' progress (SGD steps and their equivalents, `experiments.units_of`) as it grows."""
+    the tasks' progress (SGD steps and their equivalents, each kind's `unit_cost`) as it grows."""
+    from twophase_core.experiments import registry
     from twophase_core.experiments.result import Result
     from twophase_core.settings import config as conf
 
     ray = connect()
     board, poll = _board(ray, on_units)
+    plugins = registry.plugins()
     finals, upstream = [], []
     for members in conf.by_base_run(configs).values():
-        needed = sorted(set().union(*(conf.base_checkpoints(c) for c in members)))
+        needed = sorted(set().union(*(c.base_checkpoints() for c in members)))
         points = [(conf.kind_of(c), conf.to_dict(c)) for c in members]
         prep = ray.remote(max_retries=3, **_resources(members[0]))(_prepare_task).remote(
-            conf.to_dict(members[0].train), needed, points, files, board, members[0].train.trajectory_key())
+            conf.to_dict(members[0].train), needed, points, files, plugins, board, members[0].train.trajectory_key())
         upstream.append(prep)
         for cfg in members:
-            kind, d, h, keys = conf.kind_of(cfg), conf.to_dict(cfg), conf.config_hash(cfg), unit_keys(cfg)
+            kind, d, h, keys = conf.kind_of(cfg), conf.to_dict(cfg), conf.config_hash(cfg), cfg.unit_keys()
             unit = ray.remote(max_retries=3, **_resources(cfg))(_unit_task)
-            units = [unit.remote(kind, d, k, files, prep, h, board) for k in keys]
+            units = [unit.remote(kind, d, k, files, plugins, prep, h, board) for k in keys]
             upstream.extend(units)
             finals.append(ray.remote(max_retries=3, **_resources(cfg))(_assemble_task).remote(
-                kind, d, files, prep, h, keys, *units))
-    for _, (arrays, h, meta) in _gather(ray, finals, cancel, poll, upstream=upstream):
+                kind, d, files, plugins, prep, h, keys, *units))
+    kinds = [conf.kind_of(c) for members in conf.by_base_run(configs).values() for c in members]  # as `finals`
+    for i, (arrays, h, meta) in _gather(ray, finals, cancel, poll, upstream=upstream):
         poll()
         config = meta.pop("config")
-        yield Result(meta.pop("kind", conf.kind_of(configs[0])), config, h, arrays, meta)
+        yield Result(kinds[i], config, h, arrays, meta)
 
 
 def trivial_overhead(n: int = 50) -> float:

@@ -29,9 +29,11 @@ from typing import Any
 
 from twophase_core.execution.jobs import RESUME_HINT, JobManager, JobRecord, read_record, save_record, update_record
 from twophase_core.execution.placement import resolve_executor
+from twophase_core.experiments import registry
 from twophase_core.settings import config as conf
+from twophase_core.storage.errors import StoreError, StoreFull
 from twophase_core.storage.record_types import REPAIR_HINT
-from twophase_core.storage.store import Store, StoreError, StoreFull
+from twophase_core.storage.store import Store
 
 WRITE_EVERY_S = 0.2  # progress writes: at most ~5 a second
 HEARTBEAT_S = 1.0  # a write at least this often, even without progress
@@ -160,7 +162,7 @@ def run_job(store: Store, job_id: str) -> int:
     except conf.ConfigError as e:  # the job runs; the log says what was wrong
         print(f"worker: {e}; using 1 thread", file=sys.stderr)
         torch.set_num_threads(1)
-    from twophase_core.experiments.engine import run_experiment
+    from twophase_core.execution.run import run_experiment
     from twophase_core.experiments.result import load_result, result_key, save_result
     from twophase_core.science.train import Cancelled, CancelToken
 
@@ -179,7 +181,7 @@ def run_job(store: Store, job_id: str) -> int:
     token = CancelToken(poll=lambda: mon.cancel.is_set() or bool(terminated), every_s=0.1)
     status, error, tb = "failed", None, None
     try:
-        cfg = conf.from_dict(conf.KINDS[rec.kind], rec.config)
+        cfg = registry.config_from_dict(rec.kind, rec.config)
         # TWOPHASE_EXECUTOR=ray: this worker process is the Ray driver of its job (never the app's server)
         executor = resolve_executor(rec.executor)
         run_experiment(cfg, store, progress=mon.report, cancel=token,

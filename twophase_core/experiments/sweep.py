@@ -7,30 +7,24 @@ t0, the barrier's settings, ...) share one base run through the checkpoint store
 for each group of replicates the sweep reports, per cell, the mean and a 95% bootstrap interval,
 and the transition t* with its interval (twophase_core.transition).
 
-`expand` and `summarize` import neither torch nor Streamlit (the app's process calls them);
-`run_sweep` runs the points in this process (the CLI), `submit_sweep` queues them as jobs (the app).
-
-Past 350 lines on purpose: expansion, running, the replicate summaries and the sweep's job record
-are one concept; each part reads the same Point.
+What a sweep is, how it expands and how its results are summarised (each kind summarises its own
+replicates: `Kind.summarize`) live here and import neither torch nor Streamlit (the app's process calls
+them); running one, here or on Ray, and queueing its points as jobs live in execution/sweeps.py.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import time
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from twophase_core.experiments.result import Result, load_result, nested, save_result
-from twophase_core.science.transition import (
-    estimate_kernel_transition,
-    estimate_transitions,
-    replicate_band,
-    transition_json,
-)
+from twophase_core.experiments import registry
+from twophase_core.experiments.result import Result, load_result
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError, Spec, check, format_value, parse_text, split_list
 from twophase_core.storage import record_types as R
@@ -38,7 +32,6 @@ from twophase_core.storage import record_types as R
 DEFAULT_SEEDS = ("data_seed", "init_seed")
 MAX_POINTS = 999  # a sweep of 1,000 points is a typo more often than a plan
 LIST_TYPES = ("steps", "ints", "window")
-METRICS = {"chaos": ("C", "B", "D"), "cone": ("S",), "linear": ("acc_linear",)}
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sweep:
-        base = conf.from_dict(conf.KINDS[d["kind"]], d["base"])
+        base = registry.config_from_dict(d["kind"], d["base"])
         vary = tuple((k, tuple(tuple(x) if isinstance(x, list) else x for x in v)) for k, v in d["vary"].items())
         return cls(base, vary, tuple(d["seeds"]), int(d["replicates"]))
 
@@ -91,7 +84,7 @@ def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, .
     """'lr=0.05,0.1' -> (("lr", (0.05, 0.1)),). A list-valued setting takes alternatives separated by
     '|' ('t1=300,600|600'). Values are parsed and checked as the CLI and the form do; steps in epochs
     are resolved against each point's own training run."""
-    specs = conf.settings_of(conf.KINDS[kind])
+    specs = conf.settings_of(registry.get(kind).config)
     out: dict[str, tuple[Any, ...]] = {}
     for text in texts:
         name, eq, values = str(text).partition("=")
@@ -124,7 +117,7 @@ def _value(name: str, spec: Spec, text: str) -> Any:
 def expand(sweep: Sweep) -> list[Point]:
     """The points, validated, without duplicates; a ConfigError (naming the point) for the first bad one."""
     kind = sweep.kind
-    specs = conf.settings_of(conf.KINDS[kind])
+    specs = conf.settings_of(registry.get(kind).config)
     for s in sweep.seeds:
         if s not in specs:
             raise ConfigError("--seeds", s, f"is not a setting of {kind}")
@@ -174,60 +167,20 @@ def expand(sweep: Sweep) -> list[Point]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running
+# Progress units
 
 
-def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], None] | None = None,
-              cancel: Any = None, executor: str = "local") -> SweepResult:
-    """Every point, then the summary. Locally: in this process, points sharing a base run one after
-    another. On Ray: the points not yet stored as one graph of tasks (`ray_exec.run_points`: base runs,
-    then every point's units, then each point's result), the bar moving with the tasks' progress."""
-    from twophase_core.experiments.engine import run_experiment, sweep_units
-    from twophase_core.storage.store import Store
+def sweep_units(configs: list[Any], store: Any) -> float:
+    """Progress units of running these experiments from what the store holds: each base run once (the checkpoints
+    all its points read) plus every point's units (each kind's `unit_cost`, before its plan)."""
+    from twophase_core.science.train import Training
 
-    store = store if store is not None else Store()
-    points = expand(sweep)
-    order = sorted(range(len(points)), key=lambda i: points[i].config.train.trajectory_key())
-    results: dict[str, Result] = {}
-    started = time.time()
-    if executor == "ray":
-        from twophase_core.execution.on_ray import run_points
-
-        results = load_results(store, points)
-        todo = [points[i].config for i in order if points[i].hash not in results]
-        if todo:
-            store.check_storage()
-        stored, finished, units = len(points) - len(todo), [0], [0.0]
-        total = sweep_units(todo, store) if todo and progress is not None else 0.0
-
-        def tell(added: float = 0.0) -> None:  # the tasks' units as they grow, and points as they finish
-            units[0] += added
-            if progress is not None:
-                running = min(units[0] / total, 1.0) * len(todo) if total else finished[0]
-                progress(min((stored + max(running, finished[0])) / len(points), 0.999),
-                         f"{finished[0]} of {len(todo)} points done on Ray")
-
-        for r in run_points(todo, store.files, cancel, on_units=tell if progress is not None else None):
-            save_result(store, r)  # only the driver writes the index
-            results[r.hash] = r
-            finished[0] += 1
-            tell()
-        order = []
-    elif executor != "local":
-        raise ConfigError("executor", executor, "choose local or ray")
-    for k, i in enumerate(order):
-        p = points[i]
-        label = ", ".join(f"{a}={b}" for a, b in p.varied.items()) or "base"
-
-        def sub(frac: float, stage: str, k: int = k, label: str = label) -> None:
-            if progress is not None:
-                progress((k + min(frac, 1.0)) / len(points), f"point {k + 1}/{len(points)} ({label}): {stage}")
-
-        results[p.hash] = run_experiment(p.config, store, progress=sub, cancel=cancel)
-    if progress is not None:
-        progress(1.0, "done")
-    return SweepResult(sweep, points, results, {"seconds": round(time.time() - started, 3),
-                                                "points": len(points), "executor": executor})
+    total = 0.0
+    for members in conf.by_base_run(configs).values():
+        training = Training(members[0].train, store)
+        total += training.base().steps_needed(set().union(*(c.base_checkpoints() for c in members)))
+        total += sum(registry.of(c).unit_cost(training, c) for c in members)
+    return total
 
 
 @dataclass
@@ -270,31 +223,11 @@ def load_results(store: Any, points: Sequence[Point]) -> dict[str, Result]:
 # Summaries: replicates collapsed, per cell and as a transition
 
 
-def _replicate_arrays(kind: str, results: Sequence[Result]) -> dict[str, np.ndarray]:
-    """(replicates, ...) per metric; chaos averages its perturbation seeds within a replicate first."""
-    out: dict[str, np.ndarray] = {}
-    for m in METRICS[kind]:
-        rows = []
-        for r in results:
-            a = np.asarray(r.arrays[m], dtype=float)
-            if kind == "chaos":
-                with np.errstate(all="ignore"):
-                    a = np.nanmean(a, axis=0) if a.shape[0] > 1 else a[0]
-            rows.append(a)
-        out[m] = np.stack(rows)
-    return out
-
-
-def _band(values: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    mean, lo, hi = replicate_band(values, n_boot=n_boot, seed=seed)
-    return {"mean": nested(mean), "ci_low": nested(lo), "ci_high": nested(hi)}
-
-
 def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result], n_boot: int = 1000,
               seed: int = 0) -> list[dict[str, Any]]:
     """One entry per group of replicates that has results: the varied settings (seeds left out), the
     replicates, the grid, each metric's mean and 95% bootstrap interval per cell, and the transition."""
-    kind = sweep.kind
+    experiment = registry.get(sweep.kind)
     groups: dict[tuple, list[Point]] = {}
     for p in points:
         groups.setdefault(p.group, []).append(p)
@@ -306,32 +239,7 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
         if not done:
             out.append({**entry, "transition": None})
             continue
-        arrays = _replicate_arrays(kind, done)
-        a0 = done[0].arrays
-        if kind == "chaos":
-            t0 = np.asarray(a0["t0"])
-            entry.update({"t0": t0.tolist(), "t1": np.asarray(a0["t1"]).tolist()})
-            for m, v in arrays.items():
-                entry[m] = _band(v, n_boot, seed)
-            final = {m: v[:, :, -1] for m, v in arrays.items()}
-            entry["at_final_t1"] = {m: nested(v) for m, v in final.items()}  # (replicates, t0): what t* is fit to
-            est = estimate_transitions(t0, final, n_boot=n_boot, seed=seed)
-            entry["transition"] = transition_json(est)
-            entry["estimates"] = {m: e.to_dict() for m, e in est.items()}  # found or not, with the fit
-        elif kind == "cone":
-            entry["iters"] = np.asarray(a0["iters"]).tolist()
-            entry["S"] = _band(arrays["S"], n_boot, seed)
-            dt = int(min(a0["dts"]))
-            t = np.asarray(a0[f"neigh_t_{dt}"])
-            s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
-            entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": nested(s), **_band(s, n_boot, seed)}
-            est = estimate_kernel_transition(t, s, n_boot=n_boot, seed=seed)
-            entry["transition"] = transition_json({"S": est})
-            entry["estimates"] = {"S": est.to_dict()}
-        else:
-            entry["switch"] = np.asarray(a0["switch"]).tolist()
-            entry["acc_linear"] = _band(arrays["acc_linear"], n_boot, seed)
-            entry["transition"] = None
+        entry.update(experiment.summarize(done, n_boot, seed))
         out.append(entry)
     return out
 
@@ -360,19 +268,37 @@ def sweep_key(sweep_id: str) -> str:
     return f"sweep/{sweep_id}"
 
 
-def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
-    """Record the sweep and queue its points on the job runner (points sharing a base run queued
-    together); a point already computed or queued is attached to, not run again. A stored record of this
-    sweep that fails its checks is replaced: the user is submitting the sweep again."""
-    points = expand(sweep)
-    sid = sweep.id()
-    old = load_sweep(jm.store, sid)
-    rec = {"id": sid, "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
-           "created": old["created"] if old is not None and "created" in old else time.time()}
-    jm.store.put_json(sweep_key(sid), rec)
-    for p in sorted(points, key=lambda p: p.config.train.trajectory_key()):
-        jm.submit(p.config)
-    return rec
+def _sweep_fields() -> dict[str, R.Field]:
+    return {"id": R.Field(str, True), "sweep": R.Field(dict[str, Any], True, _runnable),
+            "runs": R.Field(list[str], True), "created": R.Field(float, False, R.unix_time)}
+
+
+def _runnable(d: dict[str, Any]) -> str | None:
+    """Why a stored sweep is not one this version can expand (what the Sweeps page does with it), else None."""
+    spec = {"kind": R.Field(str, True, R.one_of(registry.names())), "base": R.Field(dict[str, Any], True),
+            "vary": R.Field(dict[str, list[Any]], True), "seeds": R.Field(list[str], True),
+            "replicates": R.Field(int, True, R.at_least(1))}
+    bad = R.problem_of(spec, d)
+    if bad is not None:
+        return f"{bad[0]} {bad[1]}" if bad[0] else bad[1]
+    return _unexpandable(json.dumps(d, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _unexpandable(spec: str) -> str | None:
+    """Why the sweep (as canonical JSON) does not expand, else None; cached, as a big sweep takes a fraction of a
+    second and the Sweeps page lists every sweep on each rerun."""
+    d = json.loads(spec)
+    if d["replicates"] > MAX_POINTS:  # expand lists the replicates before it counts the points
+        return f"replicates must be at most {MAX_POINTS}"
+    try:
+        expand(Sweep.from_dict(d))
+    except (conf.ConfigError, ArithmeticError, KeyError, TypeError, ValueError) as e:  # Arithmetic: 10**400
+        return f"is not a sweep this version can run: {R.shown(str(e), 200)}"
+    return None
+
+
+R.register("sweep", R.Schema("sweep/", "sweep", _sweep_fields))
 
 
 def load_sweep(store: Any, sweep_id: str) -> dict[str, Any] | None:
@@ -386,46 +312,8 @@ def list_sweeps(store: Any) -> tuple[list[dict[str, Any]], list[R.RecordProblem]
     return sorted(recs, key=lambda r: r.get("created", 0.0), reverse=True), skipped
 
 
-def sweep_progress(jm: Any, rec: dict[str, Any]) -> dict[str, Any]:
-    """Overall progress of a sweep's jobs: the mean of their progress, and how many are in each state."""
-    counts = {s: 0 for s in ("queued", "running", "done", "failed", "cancelled", "missing")}
-    total = 0.0
-    for rid in rec["runs"]:
-        r = jm.get(rid)
-        if r is None:
-            kind, _, h = rid.partition("-")
-            done = load_result(jm.store, kind, h) is not None
-            counts["done" if done else "missing"] += 1
-            total += 1.0 if done else 0.0
-        else:
-            counts[r.status] += 1
-            total += 1.0 if r.status == "done" else r.progress
-    return {"progress": total / max(len(rec["runs"]), 1), "points": len(rec["runs"]), **counts}
-
-
 def sweep_result(store: Any, rec: dict[str, Any]) -> SweepResult:
     """The sweep with whatever results are stored so far (its groups fill in as points finish)."""
     sweep = Sweep.from_dict(rec["sweep"])
     points = expand(sweep)
     return SweepResult(sweep, points, load_results(store, points), {"points": len(points)})
-
-
-def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = "sweep.json") -> str:
-    """The `twophase sweep ...` line that reproduces the sweep (its base as `command_for` writes it)."""
-    import shlex
-
-    from twophase_core.interfaces.cli import command_for
-
-    base = shlex.split(command_for(sweep.base, preset_name, json_out=None))
-    specs = conf.settings_of(type(sweep.base))
-    parts = ["twophase", "sweep", *base[1:]]
-    for name, values in sweep.vary:
-        sep = "|" if specs[name][0].type in LIST_TYPES else ","
-        parts += ["--vary", f"{name}={sep.join(format_value(specs[name][0], v) for v in values)}"]
-    if tuple(sweep.seeds) != DEFAULT_SEEDS:
-        for s in sweep.seeds:
-            parts += ["--seeds", s]
-    if sweep.replicates != 1:
-        parts += ["--replicates", str(sweep.replicates)]
-    parts += ["--json", json_out]
-    return " ".join(shlex.quote(p) for p in parts)

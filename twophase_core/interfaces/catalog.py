@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twophase_core.execution.jobs import JobRecord, log_path, record_key
+from twophase_core.experiments import registry
+from twophase_core.experiments.reproduce import preset_differences
 from twophase_core.experiments.result import result_key
-from twophase_core.interfaces.cli import preset_differences
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import format_value
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store
 
+R.register("runmeta", R.Schema("runmeta/", "run note", lambda: {"name": R.Field(str), "tags": R.Field(list[str]),
+                                                                   "note": R.Field(str)}))
 META_PREFIX = R.PREFIXES["runmeta"]
 SEP = " · "
 VALUE_CHARS = 28  # a long list in a name or a table cell is cut here, with an ellipsis
@@ -166,7 +169,7 @@ class RunEntry:
 
 def _typed(kind: str, d: Any) -> Any | None:
     try:
-        return conf.from_dict(conf.KINDS[kind], d)
+        return registry.config_from_dict(kind, d)
     except (conf.ConfigError, TypeError):
         return None
 
@@ -193,14 +196,14 @@ def list_runs(store: Store, records: list[JobRecord], result_info: Any = None) -
     out: list[RunEntry] = []
     seen = set()
     for rec in records:
-        if rec.id in seen or rec.kind not in conf.KINDS:
+        if rec.id in seen or rec.kind not in registry.names():
             continue
         seen.add(rec.id)
         out.append(RunEntry(rec.id, rec.kind, rec.hash, _typed(rec.kind, rec.config), rec,
                             load_meta(store, rec.id), created=rec.created or None))
     for key in store.keys("result/"):
         parts = key.split("/")
-        if len(parts) != 3 or parts[1] not in conf.KINDS:
+        if len(parts) != 3 or parts[1] not in registry.names():
             continue
         kind, h = parts[1], parts[2]
         rid = f"{kind}-{h}"

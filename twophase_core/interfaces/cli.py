@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from twophase_core.execution.placement import EXECUTORS, check_placement, resolve_executor
+from twophase_core.experiments import registry
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError, bounds_text, format_value
@@ -46,7 +46,7 @@ def flag_help(spec: Any) -> str:
 
 def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
     """One flag per setting of `kind` (nested training fields included), generated from its spec."""
-    for name, (spec, _) in conf.settings_of(conf.KINDS[kind]).items():
+    for name, (spec, _) in conf.settings_of(registry.get(kind).config).items():
         flags = [spec.flag(name), *spec.aliases]
         if spec.type == "bool":
             p.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction, help=spec.help)
@@ -57,7 +57,8 @@ def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
 def build_config(kind: str, args: argparse.Namespace) -> Any:
     """The preset, then every flag given; validated. Values are parsed as the app's form parses them."""
     cfg = preset(args.preset, kind)
-    given = {n: getattr(args, n) for n in conf.settings_of(conf.KINDS[kind]) if getattr(args, n, None) is not None}
+    given = {n: getattr(args, n) for n in conf.settings_of(registry.get(kind).config)
+             if getattr(args, n, None) is not None}
     if given.get("device") == "auto":
         from twophase_core.science.train import resolve_device
 
@@ -65,53 +66,16 @@ def build_config(kind: str, args: argparse.Namespace) -> Any:
     return conf.with_settings(cfg, given)
 
 
-def nearest_preset(cfg: Any) -> str:
-    """The preset that differs from `cfg` in the fewest settings (the shortest reproduce command)."""
-    kind, mine = conf.kind_of(cfg), conf.flat(cfg)
-
-    def differences(name: str) -> int:
-        ref = conf.flat(preset(name, kind))
-        return sum(mine[k] != ref[k] for k in mine)
-
-    return min(PRESETS, key=differences)
-
-
-def preset_differences(cfg: Any, preset_name: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(preset, {setting: value} of every setting where `cfg` differs from it), against the given preset or
-    the nearest one. One answer for the reproduce command and a run's default name, so they never disagree."""
-    kind = conf.kind_of(cfg)
-    preset_name = preset_name or nearest_preset(cfg)
-    ref = conf.flat(preset(preset_name, kind))
-    return preset_name, {name: v for name, v in conf.flat(cfg).items() if v != ref[name]}
-
-
-def command_for(cfg: Any, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
-    """The CLI line that reproduces `cfg` exactly (shown next to every figure in the app): the preset
-    (given, or the nearest one) and a flag for every setting that differs from it."""
-    kind = conf.kind_of(cfg)
-    preset_name, changed = preset_differences(cfg, preset_name)
-    parts = ["twophase", kind, "--preset", preset_name]
-    for name, v in changed.items():
-        spec = conf.settings_of(conf.KINDS[kind])[name][0]
-        if spec.type == "bool":
-            parts.append(spec.flag(name) if v else "--no-" + spec.flag(name)[2:])
-        else:
-            parts += [spec.flag(name), format_value(spec, v)]
-    if json_out:
-        parts += ["--json", json_out]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def settings_table() -> str:
     """The README's settings table, generated from the specs (a test keeps the README current)."""
     rows = ["| setting | flag | experiments | default (demo) | allowed | what it does |",
             "| --- | --- | --- | --- | --- | --- |"]
     seen: dict[str, list[str]] = {}
-    for kind in conf.KINDS:
-        for name in conf.settings_of(conf.KINDS[kind]):
+    for kind in registry.names():
+        for name in conf.settings_of(registry.get(kind).config):
             seen.setdefault(name, []).append(kind)
     for name, kinds in seen.items():
-        spec, _ = conf.settings_of(conf.KINDS[kinds[0]])[name]
+        spec, _ = conf.settings_of(registry.get(kinds[0]).config)[name]
         default = format_value(spec, conf.flat(preset("demo", kinds[0]))[name])
         allowed = ", ".join(spec.choices) if spec.choices else bounds_text(spec)
         if spec.type == "step":
@@ -120,7 +84,7 @@ def settings_table() -> str:
             allowed = "steps within the run" + (", may be empty" if spec.allow_empty else "")
         elif spec.type == "ints":
             allowed = f"whole numbers {allowed}"
-        which = "all" if len(kinds) == len(conf.KINDS) else ", ".join(kinds)
+        which = "all" if len(kinds) == len(registry.names()) else ", ".join(kinds)
         flags = " ".join(f"`{f}`" for f in (spec.flag(name), *spec.aliases))
         cells = [f"`{name}`", flags, which, f"`{default}`" if default else "(empty)", allowed or spec.type, spec.help]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -238,24 +202,26 @@ def _cache(action: str, cache_dir: str | None, dry_run: bool = False) -> int:
     """`twophase cache info|check|repair|clear`: check and repair open the store without healing it
     first, so they report (and fix) what is really there; clear works on any store, full or damaged.
     Records are checked by type too (`record_types`): a bad one is named by check, moved aside by repair."""
+    from twophase_core.storage import upkeep
+
     if action == "info":
-        print(json.dumps(open_store(cache_dir).info(), indent=2))
+        print(json.dumps(upkeep.info(open_store(cache_dir)), indent=2))
         return 0
     store = open_store(cache_dir, heal=False)
     if action == "check":
-        r = _with_records(store, store.check())
+        r = _with_records(store, upkeep.check(store))
         print(json.dumps(r, indent=2))
         return 0 if r["ok"] else 1
     if action == "repair":
-        r = store.repair(dry_run=dry_run)
+        r = upkeep.repair(store, dry_run=dry_run)
         if not (dry_run and store.problem):  # (dry, a damaged index is not read: repair rebuilds it first)
             moved = _move_bad_records(store, dry_run)
             r["records_moved_aside"] = [*r.get("records_moved_aside", []), *moved]
         if not dry_run:
-            r["after"] = _with_records(store, store.check())
+            r["after"] = _with_records(store, upkeep.check(store))
         print(json.dumps(r, indent=2))
         return 0 if dry_run or r["after"]["ok"] else 1
-    r = store.clear(dry_run=dry_run)
+    r = upkeep.clear(store, dry_run=dry_run)
     print(_clear_summary(r))
     return 0
 
@@ -278,12 +244,14 @@ def _with_records(store: Any, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _move_bad_records(store: Any, dry_run: bool) -> list[dict[str, str]]:
+    """Move aside (`upkeep.move_aside`) every record that fails its type check; dry, only name them."""
+    from twophase_core.storage import upkeep
     from twophase_core.storage.record_types import record_problems
 
     out = []
     for p in record_problems(store):
         why = f"field {p.field}: {p.why}" if p.field else p.why
-        out.append({"key": p.key, "why": why, "to": "" if dry_run else store.move_aside(p.key, why)})
+        out.append({"key": p.key, "why": why, "to": "" if dry_run else upkeep.move_aside(store, p.key, why)})
     return out
 
 
@@ -316,7 +284,7 @@ def check_devices(configs: Any, executor: str) -> None:
 
 
 def _flag_hint(name: str) -> str:
-    for cls in conf.KINDS.values():
+    for cls in (registry.get(k).config for k in registry.names()):
         specs = conf.settings_of(cls)
         if name in specs:
             return f" (flag {specs[name][0].flag(name)})"
@@ -344,19 +312,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="twophase", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    _experiment_parser(sub, "chaos", "Chaos Effect: C, B, D over (t0, t1)")
-    _experiment_parser(sub, "cone", "Cone Effect: the eNTK along training")
-    _experiment_parser(sub, "linear", "linearised training from theta_t")
     ps = sub.add_parser("sweep", help="a grid of experiments: settings given as lists, seeds as replicates")
     sweep_sub = ps.add_subparsers(dest="sweep_kind", required=True)
-    for kind, help_ in (("chaos", "sweep Chaos Effect runs"), ("cone", "sweep Cone Effect runs"),
-                        ("linear", "sweep linearised-training runs")):
-        _experiment_parser(sweep_sub, kind, help_, sweep=True)
     psub = sub.add_parser("submit", help="queue an experiment on the job runner, as the app's Run button does")
     submit_sub = psub.add_subparsers(dest="submit_kind", required=True)
-    for kind, help_ in (("chaos", "submit a Chaos Effect job"), ("cone", "submit a Cone Effect job"),
-                        ("linear", "submit a linearised-training job")):
-        _experiment_parser(submit_sub, kind, help_)
+    for kind in registry.names():  # every registered experiment, plugins included
+        title = registry.get(kind).title
+        _experiment_parser(sub, kind, registry.get(kind).help)
+        _experiment_parser(sweep_sub, kind, f"sweep {title} runs", sweep=True)
+        _experiment_parser(submit_sub, kind, f"submit a {title} job")
         submit_sub.choices[kind].add_argument("--wait", action="store_true",
                                               help="show progress until the job ends; exit 1 if it fails")
     pj = sub.add_parser("jobs", help="list the jobs of the store as a table")
@@ -406,18 +370,18 @@ def _main(argv: list[str] | None) -> int:
             return 0
         check_output_path(args.json)
         store = open_store(args.cache_dir)
-        from twophase_core.experiments.engine import run_experiment
+        from twophase_core.execution.run import run_experiment
 
         result = run_experiment(cfg, store, progress=_Bar(args.quiet), executor=args.executor)
         _write_json(args.json, result.to_json())
-        print(summary(result))
+        print(summary(result), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON alone
         return 0
     except ConfigError as e:
         print(f"twophase: error: {e}{_flag_hint(e.field)}", file=sys.stderr)
         return 2
     except Exception as e:  # TrainingDiverged, Cancelled, a full or damaged store: one line, not a traceback
         from twophase_core.science.train import Cancelled, TrainingDiverged
-        from twophase_core.storage.store import StoreError
+        from twophase_core.storage.errors import StoreError
 
         if isinstance(e, TrainingDiverged | Cancelled | StoreError):
             print(f"twophase: error: {e}", file=sys.stderr)
@@ -483,7 +447,8 @@ def _jobs(cache_dir: str | None) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """`twophase sweep KIND ...`: everything is expanded and validated before the first point runs."""
-    from twophase_core.experiments.sweep import DEFAULT_SEEDS, MAX_POINTS, Sweep, expand, parse_vary, run_sweep
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.sweep import DEFAULT_SEEDS, MAX_POINTS, Sweep, expand, parse_vary
     from twophase_core.settings.spec import Spec, check, parse_text, split_list
 
     kind = args.sweep_kind
@@ -503,7 +468,7 @@ def _sweep(args: argparse.Namespace) -> int:
     res = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor)
     payload = res.to_json()
     _write_json(args.json, payload)
-    print(sweep_summary(payload))
+    print(sweep_summary(payload), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON alone
     return 0
 
 
@@ -525,26 +490,8 @@ def sweep_summary(payload: dict[str, Any]) -> str:
 
 
 def summary(r: Any) -> str:
-    """A few lines a person reads after a run."""
-
-    a = r.arrays
-    sec = r.meta.get("seconds")
-    if r.kind == "chaos":
-        last = {k: a[k].mean(axis=0)[:, -1] for k in ("C", "B", "D")}
-        lines = [f"chaos {r.hash} ({sec}s): at t1={int(a['t1'][-1])}"]
-        for i, t0 in enumerate(a["t0"]):
-            lines.append(f"  t0={int(t0):6d}  C={last['C'][i]:.3e}  B={last['B'][i]:.4f}  D={last['D'][i]:.4f}"
-                         f"  |eps|={a['realized_eps_norm'][:, i].mean():.2e}")
-        return "\n".join(lines)
-    if r.kind == "cone":
-        S = a["S"]
-        m = len(a["iters"])
-        h = m // 2
-        return (f"cone {r.hash} ({sec}s): {m} kernels; mean S early block {S[:h, :h].mean():.4f}, "
-                f"late block {S[h:, h:].mean():.4f}, early-late {S[:h, h:].mean():.4f}; cone angle "
-                f"{r.meta.get('cone_angle_deg'):.1f} deg (early {r.meta.get('early_angle_deg')})")
-    return (f"linear {r.hash} ({sec}s): full training {float(a['acc_full']):.3f}; linearised from "
-            + ", ".join(f"t={int(t)}: {v:.3f}" for t, v in zip(a["switch"], a["acc_linear"], strict=True)))
+    """A few lines a person reads after a run (each kind writes its own)."""
+    return registry.get(r.kind).summary(r)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Figures that put 2 to 6 runs of one kind side by side, each with its data table (a `run` column first).
 
-Pure functions of the runs' result arrays and their labels, like figures.py, whose helpers they reuse
+Pure functions of the runs' result arrays and their labels, like interfaces/figures/, whose helpers they reuse
 (colours, layout, log colour, cell text, the single-run tables): no Streamlit, no torch. Heatmaps of
 several runs share one colour axis per metric, so the same colour means the same value in every run;
 curves of several runs are overlaid, one colour per run.

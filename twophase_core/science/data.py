@@ -61,7 +61,7 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int = 0):
     return x[tr], y[tr], x[te], y[te]
 
 
-def load_digits_data(root: str = "", download: bool = False) -> Dataset:
+def load_digits_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, shipped inside scikit-learn): 1437 train / 360 test."""
     from sklearn.datasets import load_digits
 
@@ -72,26 +72,28 @@ def load_digits_data(root: str = "", download: bool = False) -> Dataset:
     return Dataset("digits", xtr_t, torch.from_numpy(ytr).long(), xte_t, torch.from_numpy(yte).long(), 10, True)
 
 
-def load_mnist1d_data(root: str = "", download: bool = False) -> Dataset:
+def load_mnist1d_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """MNIST-1D generated offline with the mnist1d package's make_dataset (4000 train / 1000 test).
 
-    The templates ship inside the package; nothing is downloaded. Generation takes seconds, so
-    the arrays are kept in the result store's data/ folder (regenerated if unreadable).
+    The templates ship inside the package; nothing is downloaded. Generation takes seconds, so the arrays
+    are kept in `cache_dir` (the data/ folder of the store the run was given; regenerated if unreadable),
+    or not kept at all without one.
     """
-    from twophase_core.storage.store import default_root
-
-    path = default_root() / "data" / "mnist1d-default.npz"
+    path = cache_dir / "mnist1d-default.npz" if cache_dir is not None else None
     try:
-        with np.load(path) as z:
+        if path is None:
+            raise FileNotFoundError
+        with np.load(path, allow_pickle=False) as z:
             d = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
     except (OSError, ValueError, KeyError):
         from mnist1d.data import get_dataset_args, make_dataset
 
         d = make_dataset(get_dataset_args())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
-        os.replace(tmp, path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
+            os.replace(tmp, path)
     xtr, xte = d["x"][:, None].astype(np.float64), d["x_test"][:, None].astype(np.float64)
     xtr_t, xte_t = _standardise(xtr, xte)
     return Dataset("mnist1d", xtr_t, torch.from_numpy(np.asarray(d["y"])).long(), xte_t,
@@ -193,7 +195,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return _checked_batch(path, d)
 
 
-def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
+def load_cifar10_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """CIFAR-10 from `root`/cifar-10-batches-py (torchvision layout), downloaded only on request."""
     root = root or os.environ.get("TWOPHASE_CIFAR_ROOT", "") or str(Path.home() / "data")
     folder = Path(root) / "cifar-10-batches-py"
@@ -220,7 +222,7 @@ def load_cifar10_data(root: str = "", download: bool = False) -> Dataset:
     return Dataset("cifar10", f(xtr), torch.tensor(ytr).long(), f(xte), torch.tensor(yte).long(), 10, True)
 
 
-def load_synthetic_data(root: str = "", download: bool = False) -> Dataset:
+def load_synthetic_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """Tiny 3x8x8 Gaussian-cluster images, 4 classes (256 train / 128 test): for tests only."""
     rng = np.random.default_rng(1234)
     centres = rng.normal(size=(4, 3, 8, 8))
@@ -241,21 +243,29 @@ REGISTRY: dict[str, Callable[..., Dataset]] = {
 }
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str, download: bool) -> Dataset:
-    return REGISTRY[name](root, download)
+_LOADED: dict[tuple[str, str, bool], Dataset] = {}  # a dataset is loaded once per process, whatever the store
+
+
+def _load_cached(name: str, root: str, download: bool, cache_dir: Path | None) -> Dataset:
+    key = (name, root, download)
+    if key not in _LOADED:
+        if len(_LOADED) >= 4:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = REGISTRY[name](root, download, cache_dir)
+    return _LOADED[key]
 
 
 def clear_cache() -> None:
     """Forget the datasets loaded in this process (a cold-start measurement loads them again)."""
-    _load_cached.cache_clear()
+    _LOADED.clear()
 
 
-def get_dataset(cfg: TrainConfig) -> Dataset:
-    """The dataset of a training config (loaded once per process), cut to train_size if set."""
+def get_dataset(cfg: TrainConfig, cache_dir: Path | None = None) -> Dataset:
+    """The dataset of a training config (loaded once per process), cut to train_size if set. `cache_dir`: where
+    a generated dataset may keep its arrays between processes (the run's store gives its data/ folder)."""
     if cfg.dataset not in REGISTRY:
         raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(REGISTRY)}")
-    ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download)
+    ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download, cache_dir)
     if cfg.train_size:
         if cfg.train_size > len(ds.x_train):
             raise ConfigError("train_size", cfg.train_size, f"{cfg.dataset} has {len(ds.x_train)} training points")

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import tempfile
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -314,7 +313,7 @@ def _cache_key(training: Training, k: int, with_control: bool) -> tuple[Any, ...
     return (c.model, c.width, c.dataset, c.batch_size, c.dropout, c.train_size, training.device.type, k, with_control)
 
 
-def _interleaved(training: Training, k_loop: int, k_stack: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+def time_paths(training: Training, k_loop: int, k_stack: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per step of k_loop copies one by one and of k_stack copies stacked, timed alternately step
     by step (so that a change of machine load hits both), after untimed warm-up steps (the stack's first
     steps are slow); from theta_0, batches 0, 1, ..."""
@@ -338,7 +337,7 @@ def _interleaved(training: Training, k_loop: int, k_stack: int, steps: int, warm
     return times
 
 
-def _median(v: list[float]) -> float:
+def median(v: list[float]) -> float:
     v = sorted(v)
     return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
@@ -379,34 +378,10 @@ def choose_path(training: Training, k: int, with_control: bool = False) -> str:
         if one > SLOW_STEP_S:
             choice, times = "loop", {"loop": one * k, "stack": float("nan")}
         else:
-            got = _interleaved(training, k, k + int(with_control), CALIBRATION_STEPS)
-            times = {name: _median(v) for name, v in got.items()}
+            got = time_paths(training, k, k + int(with_control), CALIBRATION_STEPS)
+            times = {name: median(v) for name, v in got.items()}
             choice = "stack" if times["stack"] * STACK_MARGIN < times["loop"] else "loop"
     finally:
         training.steps_done = done
     _CHOICE[key], _TIMINGS[key] = choice, times
     return choice
-
-
-def benchmark(k: int = 8, steps: int = 20) -> dict[str, Any]:
-    """Loop vs stack for K copies of the demo model (MNIST-1D CNN), `steps` steps each, same process.
-
-    Returns median seconds per step of K copies both ways (timed alternately), lockstep_speedup =
-    loop / stack, the path `choose_path` picks (its own calibration, timed separately) and
-    auto_vs_best = time of that path / time of the faster one.
-    """
-    from twophase_core.experiments.presets import preset
-    from twophase_core.storage.store import Store
-
-    with tempfile.TemporaryDirectory() as d:
-        store = Store(d)
-        try:
-            training = Training(preset("demo", "chaos").train, store)
-            got = _interleaved(training, k, k, steps)
-            choice = choose_path(training, k)
-        finally:
-            store.close()
-    times = {name: _median(v) for name, v in got.items()}
-    return {"lockstep_k": k, "lockstep_steps": steps, "lockstep_loop_s": times["loop"],
-            "lockstep_stack_s": times["stack"], "lockstep_speedup": times["loop"] / times["stack"],
-            "lockstep_auto": choice, "auto_vs_best": times[choice] / min(times.values())}

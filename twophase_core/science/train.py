@@ -23,7 +23,8 @@ from twophase_core.science.models import build_model, trainable
 from twophase_core.science.perturb import perturb_, perturbation_seed
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import Spec, from_env
-from twophase_core.storage.store import Store, StoreError
+from twophase_core.storage.errors import StoreError
+from twophase_core.storage.store import Store
 
 StepCallback = Callable[[int], None]  # called with the number of SGD steps just done
 
@@ -124,9 +125,9 @@ class Training:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         configure_determinism(self.device)
-        self.ds: Dataset = get_dataset(cfg).to(self.device)
-        self.schedule = BatchSchedule(len(self.ds.x_train), cfg.batch_size, cfg.data_seed, cfg.augment)
         self.store = store if store is not None else Store()
+        self.ds: Dataset = get_dataset(cfg, cache_dir=self.store.root / "data").to(self.device)
+        self.schedule = BatchSchedule(len(self.ds.x_train), cfg.batch_size, cfg.data_seed, cfg.augment)
         self.key = cfg.trajectory_key()
         self.steps_done = 0  # SGD steps this object ran (tests count them)
         # (iteration, training loss) of every step this object ran, per trajectory key: the live curve

@@ -1,6 +1,7 @@
 """Typed, validated, hashable configuration: one object drives the CLI, the app and the tests.
 
-Every experiment config holds the `TrainConfig` of its base run. Each field is declared with
+Every experiment config (an `ExperimentConfig`: each kind's lives with its experiment, under
+twophase_core/experiments/) holds the `TrainConfig` of its base run. Each field is declared with
 `settings.setting`, which keeps its help, type, bounds and allowed values in the field's metadata:
 the CLI flags, the app's form, the reproduce command, the README table and the per-field checks of
 `validate` are generated from it. `validate` is the single place where settings are checked (the
@@ -9,9 +10,6 @@ the bad value and what is allowed. `config_hash` keys the result store;
 `TrainConfig.trajectory_key` keys checkpoints, and leaves out what cannot change the trajectory
 (the run length, where checkpoints are saved, where the data lives), so that every experiment on
 the same training run shares one base run. Definitions: docs/science.md.
-
-Past 350 lines on purpose: the specs are the one description of every setting, so they sit with
-the dataclasses they describe and the checks that relate them.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from twophase_core.settings.spec import (
     MAX_INT,
@@ -40,14 +38,13 @@ SCHEMA = 1  # bump when a change of code changes results for the same config
 
 DATASETS = ("digits", "mnist1d", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "resnet20", "vgg16_bn", "vgg16_bn_fc")
-EPS_MODES = ("per-coordinate", "total-l2", "relative")
-BN_MODES = ("interpolate", "reset")
-KERNELS = ("full", "trace")  # eNTK kernel: (N O x N O) or summed over logits (N x N)
-PROJECTIONS = ("pca", "mds")
 DEVICES = ("cpu", "cuda", "auto")
-LINEAR_BN_STATS = ("recompute", "checkpoint")
-LOCKSTEP = ("auto", "loop", "stack")
-
+# what the engine offers, named here (torch-free) so that every kind's config can list its choices
+EPS_MODES = ("per-coordinate", "total-l2", "relative")  # docs/science.md: the paper's norm read three ways
+BN_MODES = ("interpolate", "reset")  # BatchNorm statistics along the barrier's path
+KERNELS = ("full", "trace")  # eNTK: (N O x N O), or summed over logits (N x N)
+LINEAR_BN_STATS = ("recompute", "checkpoint")  # the linearised model's BatchNorm statistics
+LOCKSTEP = ("auto", "loop", "stack")  # how perturbed copies train: measured, one by one, or stacked (vmap)
 
 _ADV = {"advanced": True}
 
@@ -94,67 +91,35 @@ class TrainConfig:
         return digest({"kind": "trajectory", **d})
 
 
-_STEPS = {"lo": 0, "hi": MAX_INT}
-_EVAL_HELP = "the first n test points evaluate B and D (chaos) or the accuracy (linear); 0: the whole test set"
+STEPS = {"lo": 0, "hi": MAX_INT}  # bounds of a setting holding iterations (each kind checks them against T)
+ADVANCED = {"advanced": True}  # a setting the app's form keeps under "more settings"
+EVAL_HELP = "the first n test points evaluate B and D (chaos) or the accuracy (linear); 0: the whole test set"
 
 
 @dataclass(frozen=True)
-class ChaosConfig:
-    """Perturb at t0, train perturbed copies under the base run's SGD noise, compare at t1."""
+class ExperimentConfig:
+    """An experiment's settings: the training run it reads (`train`) and the kind's own fields, each declared
+    with `setting(...)`. A kind subclasses it (frozen dataclass), names itself in `kind` (the name results,
+    jobs and the CLI use) and says which base checkpoints it reads and what its units of work are.
 
+    `validate` checks every field by its spec, then calls `check()` for what relates fields."""
+
+    kind: ClassVar[str] = ""
     train: TrainConfig = field(default_factory=TrainConfig)
-    t0: tuple[int, ...] = setting((0, 100, 500), "iterations where a copy is perturbed", "steps",
-                                  label="t0: perturb at", **_STEPS)
-    t1: tuple[int, ...] = setting((200, 600, 1000), "iterations where the copies are compared", "steps",
-                                  label="t1: compare at", **_STEPS)
-    eps: float = setting(1e-7, "size of the nudge (see eps_mode); 0 is the exactness control", "float", lo=0, hi=1,
-                         hi_text="a perturbation is meant to be tiny; 1e-7 is the paper's")
-    eps_mode: str = setting("per-coordinate", "per-coordinate: N(0, eps^2) on every weight; total-l2: |eps|_2 = eps; "
-                            "relative: |eps|_2 = eps |theta_t0|_2", "choice", choices=EPS_MODES)
-    perturb_seeds: tuple[int, ...] = setting((0,), "one perturbed copy per seed; figures show their mean", "ints",
-                                             lo=0, hi=MAX_SEED, label="perturbation seeds")
-    n_alpha: int = setting(30, "points on the interpolation path of the loss barrier", "int", lo=2, hi=1000,
-                           label="interpolation points")
-    bn: str = setting("interpolate", "BatchNorm statistics along the path: interpolate them, or reset "
-                      "(recompute on training batches)", "choice", choices=BN_MODES, label="BatchNorm on the path")
-    eval_size: int = setting(0, _EVAL_HELP, "int", lo=0, hi=MAX_INT, **_ADV)
-    lockstep: str = setting("auto", "how perturbed copies train: auto (measured), loop, or stack (vmap)", "choice",
-                            choices=LOCKSTEP, **_ADV)
 
+    def check(self) -> None:
+        """Raise ConfigError for the first relation between fields that does not hold (each field alone has
+        passed its spec's check already)."""
 
-@dataclass(frozen=True)
-class ConeConfig:
-    """The empirical NTK along the base run at chosen checkpoints."""
+    def base_checkpoints(self) -> set[int]:
+        """The iterations of the base run the experiment reads (trained once, shared by every experiment on
+        the same trajectory)."""
+        return {self.train.iterations}
 
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoints: tuple[int, ...] = setting((0, 100, 200, 500, 1000), "iterations with a kernel (must include 0)",
-                                           "steps", **_STEPS)
-    n_samples: int = setting(50, "training inputs n of the kernel", "int", lo=2, hi=5000, label="inputs n")
-    kernel: str = setting("full", "full: (n O x n O); trace: n x n, summed over logits", "choice", choices=KERNELS)
-    subset_seed: int = setting(0, "seed of the stratified input subset", "int", lo=0, hi=MAX_SEED, **_ADV)
-    references: tuple[int, ...] = setting((0,), "checkpoints tau for S(theta_t, theta_tau) versus t", "steps",
-                                          label="references tau", **_STEPS)
-    dts: tuple[int, ...] = setting((100,), "steps dt for the kernel velocity S(theta_t, theta_t+dt)", "steps", lo=1,
-                                   hi=MAX_INT, label="neighbour steps dt")
-    cone_window: tuple[int, int] = setting((0, 0), "start,end iterations of the cone-angle window; 0,0: the second "
-                                           "half of the checkpoints", "window", label="cone window", **_STEPS)
-
-
-@dataclass(frozen=True)
-class LinearConfig:
-    """Train normally to t, then the first-order Taylor model at theta_t until T."""
-
-    train: TrainConfig = field(default_factory=TrainConfig)
-    switch: tuple[int, ...] = setting((0, 100, 500), "iterations t where training switches to the linearised model",
-                                      "steps", label="switch times t", **_STEPS)
-    bn_stats: str = setting("recompute", "BatchNorm statistics of the linearised model: recompute at theta_t on "
-                            "training data, or the checkpoint's", "choice", choices=LINEAR_BN_STATS,
-                            label="BN statistics")
-    eval_size: int = setting(0, _EVAL_HELP, "int", lo=0, hi=MAX_INT, **_ADV)
-
-
-ExperimentConfig = ChaosConfig | ConeConfig | LinearConfig
-KINDS = {"chaos": ChaosConfig, "cone": ConeConfig, "linear": LinearConfig}
+    def unit_keys(self) -> list[int]:
+        """The units of work after the base run, by key (an iteration): run one after another here, or as
+        one task each on Ray, with the same result."""
+        return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,21 +189,11 @@ def digest(obj: Any) -> str:
 
 
 def kind_of(cfg: Any) -> str:
-    for name, cls in KINDS.items():
-        if isinstance(cfg, cls):
-            return name
-    raise TypeError(f"not an experiment config: {type(cfg).__name__}")
-
-
-def base_checkpoints(cfg: Any) -> set[int]:
-    """The iterations of the base run an experiment reads: chaos t0 and t1, the cone's checkpoints,
-    linear switch times and T."""
-    kind = kind_of(cfg)
-    if kind == "chaos":
-        return set(cfg.t0) | set(cfg.t1)
-    if kind == "cone":
-        return set(cfg.checkpoints)
-    return set(cfg.switch) | {cfg.train.iterations}
+    """The experiment's kind ('chaos', ...): its config class says it."""
+    kind = getattr(type(cfg), "kind", "") if isinstance(cfg, ExperimentConfig) else ""
+    if not kind:
+        raise TypeError(f"not an experiment config: {type(cfg).__name__}")
+    return kind
 
 
 def by_base_run(configs: Any) -> dict[str, list[Any]]:
@@ -295,51 +250,25 @@ def validate_train(c: TrainConfig) -> None:
         raise ConfigError("checkpoint_every", c.checkpoint_every, f"must be at most iterations ({c.iterations})")
 
 
-def _in_run(name: str, v: tuple[int, ...], lo: int, hi: int, T: int) -> None:
-    """Every step of `v` within [lo, hi]; T is given, not guessed from hi (t0's hi is T - 1)."""
+def check_in_run(name: str, v: tuple[int, ...], lo: int, hi: int, T: int) -> None:
+    """Every iteration in `v` lies in [lo, hi] of a run of T iterations (the message names T)."""
     for t in v:
         if not lo <= t <= hi:
             raise ConfigError(name, v, f"every value must be in [{lo}, {hi}] (iterations T = {T}), got {t}")
 
 
 def validate(cfg: Any) -> None:
-    """Raise ConfigError for the first invalid setting of an experiment (or training) config."""
+    """Raise ConfigError for the first invalid setting of an experiment (or training) config: every field by
+    its spec, then the kind's relations between fields (`ExperimentConfig.check`)."""
     if isinstance(cfg, TrainConfig):
         validate_train(cfg)
         return
-    if not isinstance(cfg, ChaosConfig | ConeConfig | LinearConfig):
-        raise ConfigError("config", cfg, "must be a ChaosConfig, ConeConfig or LinearConfig")
+    if not isinstance(cfg, ExperimentConfig) or not type(cfg).kind:
+        raise ConfigError("config", cfg, "must be an experiment config (a ChaosConfig, ConeConfig, LinearConfig or a "
+                          "registered kind's)")
     validate_train(cfg.train)
     _check_fields(cfg)
-    T = cfg.train.iterations
-    if isinstance(cfg, ChaosConfig):
-        _in_run("t0", cfg.t0, 0, T - 1, T)
-        _in_run("t1", cfg.t1, 1, T, T)
-        if min(cfg.t0) >= max(cfg.t1):
-            raise ConfigError("t1", cfg.t1, f"needs at least one t1 > the smallest t0 ({min(cfg.t0)})")
-        cells = sum(t1 > t0 for t0 in cfg.t0 for t1 in cfg.t1) * len(cfg.perturb_seeds)
-        if cells * cfg.n_alpha > 10**7:
-            raise ConfigError("n_alpha", cfg.n_alpha, f"{cells} cells x {cfg.n_alpha} points is too many evaluations")
-    elif isinstance(cfg, ConeConfig):
-        _in_run("checkpoints", cfg.checkpoints, 0, T, T)
-        if len(cfg.checkpoints) < 3:
-            raise ConfigError("checkpoints", cfg.checkpoints, "needs at least 3 checkpoints for a trajectory")
-        if 0 not in cfg.checkpoints:
-            raise ConfigError("checkpoints", cfg.checkpoints, "must include 0: H(theta_0) is the apex of the cone")
-        for tau in cfg.references:
-            if tau not in cfg.checkpoints:
-                raise ConfigError("references", cfg.references, f"{tau} is not one of the checkpoints")
-        ck = set(cfg.checkpoints)
-        for dt in cfg.dts:
-            if not any(t + dt in ck for t in ck):
-                raise ConfigError("dts", cfg.dts, f"no pair of checkpoints is {dt} iterations apart")
-        w = cfg.cone_window
-        if w != (0, 0):
-            inside = [t for t in cfg.checkpoints if w[0] <= t <= w[1]]
-            if w[0] >= w[1] or len(inside) < 3:
-                raise ConfigError("cone_window", w, "needs start < end with >= 3 checkpoints inside")
-    elif isinstance(cfg, LinearConfig):
-        _in_run("switch", cfg.switch, 0, T - 1, T)
+    cfg.check()
 
 
 def with_settings(cfg: Any, values: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """What each JSON record the store keeps must hold, checked on read.
 
-The store keeps three kinds of JSON record beside results: job records (`job/<id>`, jobs.JobRecord), run
-notes (`runmeta/<run id>`, catalog.RunMeta) and sweep records (`sweep/<id>`). Anything can end up under
+The store keeps kinds of JSON record beside results, each registered here by the module that owns it: job
+records (`job/<id>`, execution/jobs.py), run notes (`runmeta/<run id>`, interfaces/catalog.py) and sweep
+records (`sweep/<id>`, experiments/sweep.py). Anything can end up under
 those keys (a flipped byte, an old or foreign writer, a hostile user), so every reader goes through
 `read`: a record is used only once `problem` finds nothing wrong with it, and a bad one comes back as a
 `RecordProblem` naming kind, id and field, for the caller to show. Nothing here writes or deletes:
@@ -15,9 +16,7 @@ left alone (a newer version may have written them).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import types
 import typing
@@ -25,15 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twophase_core.execution.placement import EXECUTORS
-from twophase_core.settings import config as conf
 from twophase_core.storage.store import DamagedRecord, Store
 
 PREFIXES = {"job": "job/", "runmeta": "runmeta/", "sweep": "sweep/"}
 NOUNS = {"job": "job", "runmeta": "run note", "sweep": "sweep"}
 REPAIR_HINT = "run `twophase cache check`; `twophase cache repair` moves it aside"
 LATEST_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC: later times do not fit a date the pages print
-JOB_TIMES = ("created", "started", "updated", "cancel_requested", "finished_at")
 Rule = Callable[[Any], str | None]  # why a value of the right type is still wrong, or None
 
 
@@ -122,20 +118,20 @@ def _json_name(v: Any) -> str:
     return "a boolean" if type(v) is bool else describe(type(v))
 
 
-def _one_of(allowed: typing.Iterable[str]) -> Rule:
+def one_of(allowed: typing.Iterable[str]) -> Rule:
     allowed = tuple(allowed)
     return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
 
 
-def _between(lo: float, hi: float) -> Rule:
+def between(lo: float, hi: float) -> Rule:
     return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
 
 
-def _at_least(lo: float) -> Rule:
+def at_least(lo: float) -> Rule:
     return lambda v: None if v >= lo else f"must be {lo:g} or more"
 
 
-def _time(v: float) -> str | None:
+def unix_time(v: float) -> str | None:
     """A Unix time the pages and `twophase jobs` can print as a date (0: never set, as old records hold)."""
     return None if 0 <= v <= LATEST_TIME else "must be a time in seconds since 1970, before the year 10000"
 
@@ -159,74 +155,54 @@ def _problem_of(fields: dict[str, Field], value: Any) -> tuple[str, str] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The kinds
+# The kinds: each registered by the module that owns its records
 
 
-SWEEP_SPEC = {"kind": Field(str, True, _one_of(conf.KINDS)), "base": Field(dict[str, Any], True),
-              "vary": Field(dict[str, list[Any]], True), "seeds": Field(list[str], True),
-              "replicates": Field(int, True, _at_least(1))}
+@dataclass(frozen=True)
+class Schema:
+    """A kind of record: where its keys start, what a page calls it, its fields (built on first use, so the
+    owner may read its own dataclass) and what else must hold between fields."""
+
+    prefix: str
+    noun: str
+    fields: Callable[[], dict[str, Field]]
+    relations: Callable[[dict[str, Any]], tuple[str, str] | None] | None = None
 
 
-def _sweep_spec(d: dict[str, Any]) -> str | None:
-    """A sweep this version can expand (what the Sweeps page does with it), named by its first fault."""
-    bad = _problem_of(SWEEP_SPEC, d)
-    if bad is not None:
-        return f"{bad[0]} {bad[1]}" if bad[0] else bad[1]
-    return _unexpandable(json.dumps(d, sort_keys=True))
+SCHEMAS: dict[str, Schema] = {}
+PREFIXES: dict[str, str] = {}  # kind -> key prefix ('job' -> 'job/'), of every registered kind
+NOUNS: dict[str, str] = {}
 
 
-@functools.lru_cache(maxsize=256)
-def _unexpandable(spec: str) -> str | None:
-    """Why the sweep (as canonical JSON) does not expand, else None; cached, as a big sweep takes a
-    fraction of a second and the Sweeps page lists every sweep on each rerun."""
-    from twophase_core.experiments.sweep import (  # sweep.py reads its records through this module
-        MAX_POINTS,
-        Sweep,
-        expand,
-    )
-
-    d = json.loads(spec)
-    if d["replicates"] > MAX_POINTS:  # expand lists the replicates before it counts the points
-        return f"replicates must be at most {MAX_POINTS}"
-    try:
-        expand(Sweep.from_dict(d))
-    except (conf.ConfigError, ArithmeticError, KeyError, TypeError, ValueError) as e:  # Arithmetic: 10**400 as a float
-        return f"is not a sweep this version can run: {shown(str(e), 200)}"
-    return None
+def register(kind: str, schema: Schema) -> None:
+    """Called by the owner of a kind of record (jobs, run notes, sweeps) when it is imported."""
+    SCHEMAS[kind], PREFIXES[kind], NOUNS[kind] = schema, schema.prefix, schema.noun
 
 
 @functools.cache
 def schema(kind: str) -> dict[str, Field]:
-    """The fields of a record of `kind` (built on first use: jobs.py reads its records through here)."""
-    if kind == "runmeta":
-        return {"name": Field(str), "tags": Field(list[str]), "note": Field(str)}
-    if kind == "sweep":
-        return {"id": Field(str, True), "sweep": Field(dict[str, Any], True, _sweep_spec),
-                "runs": Field(list[str], True), "created": Field(float, False, _time)}
-    if kind != "job":
-        raise KeyError(f"no record kind {kind!r}; known: {', '.join(PREFIXES)}")
-    from twophase_core.execution.jobs import STATUSES, JobRecord
+    """The fields of a record of `kind`."""
+    if kind not in SCHEMAS:
+        raise KeyError(f"no record kind {kind!r}; known: {', '.join(SCHEMAS)}")
+    return SCHEMAS[kind].fields()
 
-    hints = typing.get_type_hints(JobRecord)
-    rules: dict[str, Rule] = {"kind": _one_of(conf.KINDS), "status": _one_of(STATUSES), "progress": _between(0, 1),
-                              "eta_s": _at_least(0), "pid": _at_least(1),
-                              "executor": _one_of(EXECUTORS), **dict.fromkeys(JOB_TIMES, _time)}
-    return {f.name: Field(hints[f.name], f.default is dataclasses.MISSING
-                          and f.default_factory is dataclasses.MISSING, rules.get(f.name))
-            for f in dataclasses.fields(JobRecord)}
+
+def problem_of(fields: dict[str, Field], value: Any) -> tuple[str, str] | None:
+    """(field, why) of the first field of `value` that `fields` refuses; ('', why) if it is no object."""
+    return _problem_of(fields, value)
 
 
 def problem(kind: str, value: Any, record_id: str | None = None) -> tuple[str, str] | None:
     """(field, why) of the first thing wrong with `value` as a record of `kind`, None if it can be trusted.
-    With `record_id` (the id in its key), a job's or sweep's own `id` must be that id."""
-    bad = _problem_of(schema(kind), value)
-    if bad is not None or kind == "runmeta":
+    With `record_id` (the id in its key), a record's own `id` field, where it has one, must be that id."""
+    fields = schema(kind)
+    bad = _problem_of(fields, value)
+    if bad is not None:
         return bad
-    if record_id is not None and value["id"] != record_id:
+    if "id" in fields and record_id is not None and value["id"] != record_id:
         return "id", f"must be the id in its key, {shown(record_id)}"
-    if kind == "job" and value["id"] != f"{value['kind']}-{value['hash']}":
-        return "id", "must be the job's kind and hash joined by '-'"
-    return None
+    relations = SCHEMAS[kind].relations
+    return relations(value) if relations is not None else None
 
 
 def clean(kind: str, value: dict[str, Any]) -> dict[str, Any]:

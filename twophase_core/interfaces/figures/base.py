@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from twophase_core.settings import config as conf
+from twophase_core.experiments import registry
 
 Table = dict[str, list[Any]]
 
@@ -156,4 +156,4 @@ def to_html(fig: go.Figure, command: str | None = None) -> str:
 
 def config_from_result(result: Any) -> Any:
     """The typed config of a stored result."""
-    return conf.from_dict(conf.KINDS[result.kind], result.config)
+    return registry.config_from_dict(result.kind, result.config)

@@ -58,7 +58,7 @@ def training_curve(arrays: dict[str, np.ndarray], iterations: int | None = None,
 def live_stage(kind: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
     """Whether a partial result has nothing but the training curve yet (its figures would be empty)."""
     if kind == "chaos":
-        return int(meta.get("rows_done", 0)) == 0 and not np.isfinite(np.asarray(arrays.get("C", np.nan))).any()
+        return int(meta.get("units_done", 0)) == 0 and not np.isfinite(np.asarray(arrays.get("C", np.nan))).any()
     if kind == "cone":
         return "S" not in arrays
     return not np.isfinite(np.asarray(arrays.get("acc_linear", np.nan), dtype=float)).any()

@@ -448,25 +448,3 @@ def ntk_reference(model: nn.Module, x: Tensor, kernel: str = "full") -> Tensor:
         o = h.shape[0] // n
         h = h.reshape(n, o, n, o).diagonal(dim1=1, dim2=3).sum(-1)
     return h
-
-
-def ntk_einsum_baseline(model: nn.Module, x: Tensor, kernel: str = "full") -> Tensor:
-    """vmap(jacrev) then one einsum per parameter block, summed (the neural-tangents tutorial way).
-
-    A benchmark baseline: no symmetry, one contraction per block.
-    Cost: N [FP] + N O [BP]; contraction N^2 O^2 P (full) or N^2 O P (trace); memory N O P.
-    Returns float32, same layout as empirical_ntk.
-    """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    jac = jacobian(model, x)
-    h: Tensor | None = None
-    for j in jac.values():
-        j3 = j.reshape(j.shape[0], j.shape[1], -1)
-        term = torch.einsum("Naf,Mbf->NaMb" if kernel == "full" else "Naf,Maf->NM", j3, j3)
-        h = term if h is None else h + term
-    assert h is not None
-    if kernel == "full":
-        n, o = h.shape[:2]
-        h = h.reshape(n * o, n * o)
-    return h
