@@ -62,6 +62,7 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
     assert len(err) == 1 and err[0].startswith("twophase: error:") and needle in err[0]
 
 
+@pytest.mark.slow
 def test_chaos_json_and_module_entry_point(tmp_path):
     out = tmp_path / "out.json"
     env = {"TWOPHASE_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
@@ -235,6 +236,7 @@ def test_cache_check_repair_clear_on_a_damaged_index(tmp_path, capsys):
     assert "cleared" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_submit_wait_and_jobs_use_the_apps_job_runner(tmp_path, monkeypatch):
     """`twophase submit` makes the same job the app would (same id), `--wait` follows it, `jobs` lists it."""
     from twophase_core.execution.jobs import JobManager

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import PLUGINS
 from streamlit.testing.v1 import AppTest
@@ -41,6 +42,7 @@ def _norms(train: object, checkpoints: list[int], root: Path) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_a_plugin_kind_runs_from_the_cli_and_is_served_from_the_store_the_second_time(tmp_path):
     cache = tmp_path / "cache"
     r = _cli("pnorm", "--preset", "tiny", "--quiet", "--json", str(tmp_path / "a.json"), cache=cache)
@@ -56,6 +58,7 @@ def test_a_plugin_kind_runs_from_the_cli_and_is_served_from_the_store_the_second
     assert "pnorm" in _cli("--help", cache=cache).stdout.split("{", 1)[1].split("}", 1)[0]
 
 
+@pytest.mark.slow
 def test_a_plugin_kind_sweeps_over_settings_and_replicates(tmp_path):
     r = _cli("sweep", "pnorm", "--preset", "tiny", "--vary", "lr=0.05,0.1", "--replicates", "2", "--quiet",
              "--json", str(tmp_path / "s.json"), cache=tmp_path / "cache")
@@ -69,6 +72,7 @@ def test_a_plugin_kind_sweeps_over_settings_and_replicates(tmp_path):
         assert band["ci_low"][i] * (1 - 1e-12) <= v <= band["ci_high"][i] * (1 + 1e-12)
 
 
+@pytest.mark.slow
 def test_a_plugin_kind_runs_as_a_job_in_its_own_worker_process(tmp_path):
     cache = tmp_path / "cache"
     r = _cli("submit", "pnorm", "--preset", "tiny", "--checkpoints", "0,20,60", "--wait", "--quiet", cache=cache)

@@ -450,17 +450,17 @@ def test_file_lock_excludes_other_threads_and_is_reentrant(tmp_path):
 
     from twophase_core.storage.locks import file_lock
 
-    path, order = tmp_path / "k" / ".lock", []
+    path, order, blocked = tmp_path / "k" / ".lock", [], threading.Event()
 
     def other() -> None:
-        with file_lock(path):
+        with file_lock(path, wait=blocked.set):  # wait() is called while the lock is refused
             order.append("other")
 
     with file_lock(path):
         with file_lock(path):  # re-entrant in one thread (a branch's start needs the base run)
             t = threading.Thread(target=other)
             t.start()
-            time.sleep(0.3)
+            assert blocked.wait(10), "the other thread never found the lock held"
             order.append("holder")
     t.join(5)
     assert order == ["holder", "other"]
