@@ -33,6 +33,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check twophase_core pages tests app.py app_common
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not docker"
 
 bench: $(VENV)/.installed
@@ -40,6 +41,7 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check twophase_core pages tests app.py app_common
+	$(BIN)/mypy
 
 clean-cache:
 	rm -rf cache/index cache/runs

@@ -7,12 +7,13 @@ different kinds or a run without a stored result each give one message naming th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import streamlit as st
 
 from twophase_core.experiments.reproduce import command_for
 
-from .runs import KIND_TITLES, RunView, config_of, load_run, run_name, split_run_id
+from .runs import KIND_TITLES, RunView, ShownRun, config_of, load_run, run_name, split_run_id
 
 MIN_RUNS, MAX_RUNS = 2, 6
 
@@ -24,32 +25,33 @@ def parse_runs(text: str) -> tuple[list[str], str | None]:
     if not MIN_RUNS <= len(ids) <= MAX_RUNS:
         return ids, (f"Compare takes {MIN_RUNS} to {MAX_RUNS} runs of one kind; this link names {len(ids)}"
                      + (f" (`{ids[0]}`)" if len(ids) == 1 else "") + ".")
-    bad = [i for i in ids if split_run_id(i) is None]
+    parsed = {i: split_run_id(i) for i in ids}
+    bad = [i for i, p in parsed.items() if p is None]
     if bad:
         return ids, (f"`{bad[0][:80]}` is not a run id (they look like `chaos-`, `cone-` or `linear-` followed by "
                      "20 hex digits).")
-    kinds = {split_run_id(i)[0] for i in ids}  # type: ignore[index]
+    kinds = {p[0] for p in parsed.values() if p is not None}
     if len(kinds) > 1:
         return ids, ("These runs are of different kinds (" + ", ".join(KIND_TITLES[k] for k in sorted(kinds))
                      + "); Compare puts runs of one kind side by side.")
     return ids, None
 
 
-def compare_views() -> tuple[list[RunView], str | None]:
+def compare_views() -> tuple[list[ShownRun], str | None]:
     """The runs named by the link, each with its stored result, or the problem with the link."""
     ids, problem = parse_runs(st.query_params.get("runs", ""))
     if problem:
         return [], problem
-    kind = split_run_id(ids[0])[0]  # type: ignore[index]
+    kind = ids[0].partition("-")[0]  # (parse_runs checked every id: `split_run_id`'s kind)
     views = [load_run(kind, i) for i in ids]
     missing = [v.run_id for v in views if v.result is None or v.partial]
     if missing:
         return [], (f"No finished result called `{missing[0]}` in this store: it may be unknown, deleted, still "
                     "running, or computed with another store (TWOPHASE_CACHE_DIR).")
-    return views, None
+    return [v.shown() for v in views], None
 
 
-def labels_and_commands(views: list[RunView]) -> tuple[list[str], list[str]]:
+def labels_and_commands(views: Sequence[RunView]) -> tuple[list[str], list[str]]:
     """A unique label per run (its name; the id's start where names collide) and each run's command,
     headed by its label as a shell comment."""
     cfgs = [config_of(v) for v in views]

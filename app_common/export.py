@@ -31,8 +31,12 @@ def figure_block(fig: Any, table: F.Table, name: str, view: RunView | Sequence[R
     """
     views = [view] if isinstance(view, RunView) else list(view)
     commands = [command] if isinstance(command, str) else list(command)
-    event = st.plotly_chart(fig, key=f"fig_{key}", config={"displaylogo": False},
-                            **({"on_select": "rerun", "selection_mode": "points"} if on_select else {}))
+    selection = None
+    if on_select:
+        selection = st.plotly_chart(fig, key=f"fig_{key}", config={"displaylogo": False}, on_select="rerun",
+                                    selection_mode="points")
+    else:
+        st.plotly_chart(fig, key=f"fig_{key}", config={"displaylogo": False})
     if len(views) == 1:
         stem = f"{views[0].run_id}_{name}"
         context: dict[str, Any] = {"run": views[0].run_id, "command": commands[0] if commands else "",
@@ -54,4 +58,4 @@ def figure_block(fig: Any, table: F.Table, name: str, view: RunView | Sequence[R
                          help=HTML_HELP)
     if show_command and text:
         st.code(text, language="bash", wrap_lines=True)
-    return event if on_select else None
+    return selection

@@ -48,7 +48,7 @@ def _grid(names: list[str], specs: dict[str, tuple[Spec, bool]], values: dict[st
                 slots[name] = st.empty()
 
 
-def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _widgets(kind: str, base: conf.ExperimentConfig, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
     specs = conf.settings_of(registry.get(kind).config)
     values = conf.flat(base)
     out: dict[str, Any] = {}
@@ -69,7 +69,7 @@ def _widgets(kind: str, base: Any, prefix: str) -> tuple[dict[str, Any], dict[st
     return out, slots
 
 
-def settings_form(kind: str, run_config: Any | None = None, run_id: str | None = None,
+def settings_form(kind: str, run_config: conf.ExperimentConfig | None = None, run_id: str | None = None,
                   expanded: bool = True) -> None:
     """Preset (or this run's settings) plus the form; Run validates with the engine and queues a job
     (or attaches to the same settings' job)."""
@@ -80,7 +80,7 @@ def settings_form(kind: str, run_config: Any | None = None, run_id: str | None =
                               else f"preset {n}: {PRESETS[n][0]}",
                               help="fills the form below; change what you like, then Run starts a new run "
                                    "(the open one is kept)")
-        base = run_config if choice == THIS_RUN else preset(choice, kind)
+        base = run_config if choice == THIS_RUN and run_config is not None else preset(choice, kind)
         prefix = f"{kind}.{run_id if choice == THIS_RUN else choice}"
         with st.form(f"form_{kind}", border=False):
             values, slots = _widgets(kind, base, prefix)

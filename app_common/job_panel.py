@@ -45,21 +45,22 @@ def _submit_again(config: dict[str, Any], kind: str, key: str, label: str) -> No
 def job_status(view: RunView) -> None:
     """Progress bar, stage and ETA with a Cancel button while the job runs; its error (and a resubmit
     button) when it failed. The whole page reruns when the job ends or a partial result grows."""
-    if view.record is None:
+    record = view.record
+    if record is None:
         return
     rid, kind = view.run_id, view.kind
     mark_key = f"mark_{rid}"
     jm = job_manager()
-    if not view.record.finished:
-        st.session_state[mark_key] = (view.record.status, _partial_mark(jm, rid))
+    if not record.finished:
+        st.session_state[mark_key] = (record.status, _partial_mark(jm, rid))
 
-    @st.fragment(run_every=POLL_S if not view.record.finished else None)
+    @st.fragment(run_every=POLL_S if not record.finished else None)
     def panel() -> None:
         jm.pump()
         rec = jm.get(rid)
         if rec is None:
             return
-        if not view.record.finished:  # type: ignore[union-attr]
+        if not record.finished:
             mark = (rec.status, _partial_mark(jm, rid) if rec.status == "running" else None)
             old = st.session_state.get(mark_key)
             if rec.finished or (old is not None and mark[1] != old[1]):

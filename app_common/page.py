@@ -11,7 +11,7 @@ from twophase_core.interfaces import figures as F
 from .export import figure_block
 from .form import settings_form
 from .job_panel import job_status
-from .runs import KIND_TITLES, PAGE_FILES, RunView, config_of, current_run, load_run, split_run_id
+from .runs import KIND_TITLES, PAGE_FILES, RunView, ShownRun, config_of, current_run, load_run, split_run_id
 
 
 def run_header(view: RunView) -> str:
@@ -62,7 +62,7 @@ def no_run_yet(kind: str) -> None:
             "or go Home and press **Run the demo**.", icon=":material/info:")
 
 
-def page_run(kind: str, title: str, caption: str) -> tuple[RunView, str]:
+def page_run(kind: str, title: str, caption: str) -> tuple[ShownRun, str]:
     """The shared top of a result page: title, settings form, run header; stops until a result exists."""
     st.title(title)
     st.caption(caption)
@@ -85,11 +85,12 @@ def page_run(kind: str, title: str, caption: str) -> tuple[RunView, str]:
     if view.result is None:
         waiting_hint(view)
         st.stop()
-    training_curve(view, cmd)
-    return view, cmd
+    shown = view.shown()
+    training_curve(shown, cmd)
+    return shown, cmd
 
 
-def training_curve(view: RunView, cmd: str) -> None:
+def training_curve(view: ShownRun, cmd: str) -> None:
     """The base run's loss and accuracy: alone and live while nothing else is computed yet (the page
     stops there), folded away under the figures once there is more to see."""
     a = view.result.arrays

@@ -111,6 +111,19 @@ class RunView:
     result: Result | None
     partial: bool
 
+    def shown(self) -> ShownRun:
+        """This run as a result page draws it, once its result (final or partial) is there."""
+        if self.result is None:
+            raise ValueError(f"run {self.run_id} has no result yet")
+        return ShownRun(self.run_id, self.kind, self.record, self.result, self.partial)
+
+
+@dataclass
+class ShownRun(RunView):
+    """A run with its result there: what a result page draws (`page_run` stops before then)."""
+
+    result: Result
+
 
 def load_run(kind: str, run_id: str) -> RunView:
     """The record of a job (if it was a job) and its result: final if stored, else the latest partial."""
@@ -126,7 +139,7 @@ def load_run(kind: str, run_id: str) -> RunView:
     return RunView(run_id, kind, rec, res, partial)
 
 
-def config_of(view: RunView) -> Any | None:
+def config_of(view: RunView) -> conf.ExperimentConfig | None:
     """The typed config of a run: from its result, else from its job record."""
     d = view.result.config if view.result is not None else view.record.config if view.record else None
     if d is None:
@@ -175,7 +188,7 @@ def warn_skipped_runs(entries: list[K.RunEntry]) -> None:
     warn_skipped(job_manager().skipped + K.skipped_notes(entries))
 
 
-def run_name(run_id: str, config: Any | None) -> str:
+def run_name(run_id: str, config: conf.ExperimentConfig | None) -> str:
     """A run's name: the one its user gave it, else the nearest preset plus what differs."""
     meta = K.load_meta(job_manager().store, run_id)
     if meta.name:

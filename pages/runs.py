@@ -95,7 +95,8 @@ def _actions(picked: list[K.RunEntry]) -> None:
                    help="failed or cancelled runs: resumes from the checkpoints they left", width="stretch"):
         try:
             for e in stopped:
-                jm.submit(e.config)
+                if e.config is not None:  # (stopped: only runs with a config)
+                    jm.submit(e.config)
         except (conf.ConfigError, StoreError) as err:  # a full or damaged store: said as such, never a traceback
             st.error(f"Nothing more was started: {err}", icon=":material/error:")
             return

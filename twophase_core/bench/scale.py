@@ -18,18 +18,23 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
+from twophase_core.experiments.chaos import ChaosConfig
 from twophase_core.experiments.presets import preset
 from twophase_core.settings import config as conf
 
+if TYPE_CHECKING:
+    from twophase_core.experiments.sweep import Sweep
+
 # Equal units of work: tiny data, T = 2,500, t0 = 0..7, so every branch costs about the same (seconds each).
-SCALE_CHAOS = conf.replace(preset("tiny", "chaos"), iterations=2500, t0=(0, 1, 2, 3, 4, 5, 6, 7), t1=(2500,),
-                        n_alpha=5)
+SCALE_CHAOS = conf.replace(cast(ChaosConfig, preset("tiny", "chaos")), iterations=2500, t0=(0, 1, 2, 3, 4, 5, 6, 7),
+                           t1=(2500,), n_alpha=5)
 SWEEP_VARY = ["eps=1e-7,1e-6,1e-5,1e-4"]
 
 
-def _sweep() -> Any:
+def _sweep() -> Sweep:
     from twophase_core.experiments.sweep import Sweep, parse_vary
 
     base = conf.replace(preset("tiny", "chaos"), iterations=300, t0=(100, 200, 250), t1=(300,), n_alpha=5)
@@ -57,7 +62,7 @@ def bench_sweep() -> dict[str, float]:
             "sweep_saving": 1.0 - together / alone}
 
 
-def _warm(ray: Any, n: int) -> None:
+def _warm(ray: ModuleType, n: int) -> None:
     """Start and warm one worker per CPU (torch imported), so the timing sees tasks, not start-up."""
     def importer(i: int) -> int:
         import torch  # noqa: F401
@@ -92,7 +97,7 @@ def _time_rows(address: str, n_cpus: int) -> float:
     return elapsed
 
 
-def bench_ray() -> dict[str, Any]:
+def bench_ray() -> dict[str, float | str]:
     try:
         import ray
         from ray.cluster_utils import Cluster
@@ -100,7 +105,7 @@ def bench_ray() -> dict[str, Any]:
         return {"ray": "not installed (pip install -e '.[ray]')"}
     from twophase_core.execution.on_ray import connect, trivial_overhead
 
-    out: dict[str, Any] = {}
+    out: dict[str, float | str] = {}
     connect("")
     out["ray_overhead_seconds"] = trivial_overhead(100)
     ray.shutdown()
@@ -137,7 +142,7 @@ def _ray_vs_local() -> dict[str, float]:
             jm.pump()
             time.sleep(0.2)
         local = time.perf_counter() - t
-        failed = [i for i in ids if jm.get(i).status != "done"]
+        failed = [i for i in ids if (r := jm.get(i)) is None or r.status != "done"]
         if failed:
             raise RuntimeError(f"local sweep jobs failed: {failed}")
         from twophase_core.execution.on_ray import connect
@@ -152,7 +157,7 @@ def _ray_vs_local() -> dict[str, float]:
             "ray_vs_local_sweep": on_ray / local}
 
 
-def bench_storage(rounds: int = 2) -> dict[str, Any]:
+def bench_storage(rounds: int = 2) -> dict[str, float | None]:
     """`storage_object_vs_folder` (see the module docstring); None where moto is not installed."""
     try:
         from moto.server import ThreadedMotoServer

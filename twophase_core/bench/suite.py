@@ -15,9 +15,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from twophase_core.science.models import ResNet20
 
 TARGETS = {
     "entk_speedup_vs_loop": (">=", 3.0),
@@ -37,7 +42,7 @@ TARGETS = {
 }
 
 
-def best_of(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+def best_of(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Minimum wall time over repeats (the least-disturbed run), after warm-up calls."""
     for _ in range(warmup):
         fn()
@@ -66,7 +71,7 @@ def bench_entk(repeats: int) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
-def ntk_einsum_baseline(model: Any, x: Any, kernel: str = "full") -> Any:
+def ntk_einsum_baseline(model: nn.Module, x: torch.Tensor, kernel: str = "full") -> torch.Tensor:
     """vmap(jacrev) then one einsum per parameter block, summed (the neural-tangents tutorial way).
 
     A benchmark baseline: no symmetry, one contraction per block.
@@ -78,7 +83,7 @@ def ntk_einsum_baseline(model: Any, x: Any, kernel: str = "full") -> Any:
     if kernel not in ("full", "trace"):
         raise ValueError(f"kernel must be full or trace, got {kernel!r}")
     jac = jacobian(model, x)
-    h: Any = None
+    h: torch.Tensor | None = None
     for j in jac.values():
         j3 = j.reshape(j.shape[0], j.shape[1], -1)
         term = torch.einsum("Naf,Mbf->NaMb" if kernel == "full" else "Naf,Maf->NM", j3, j3)
@@ -90,7 +95,7 @@ def ntk_einsum_baseline(model: Any, x: Any, kernel: str = "full") -> Any:
     return h
 
 
-def _bench_entk(repeats: int, ntk: Any, ResNet20: Any) -> dict[str, float]:
+def _bench_entk(repeats: int, ntk: ModuleType, ResNet20: type[ResNet20]) -> dict[str, float]:
     torch.manual_seed(0)
     model = ResNet20((3, 32, 32), 10, 1.0).eval()
     x = torch.randn(32, 3, 32, 32)
@@ -117,7 +122,7 @@ ENTK_MIN_SPENT_S = 1.0
 ENTK_MAX_ROUNDS = 300
 
 
-def entk_models() -> list[tuple[str, Any, Any]]:
+def entk_models() -> list[tuple[str, nn.Module, torch.Tensor]]:
     """(name, model in eval mode, inputs): the MLP 20-64-64-10 and the demo CNN (MNIST-1D-shaped input),
     n = 32, and ResNet-20 on CIFAR-shaped input, n = 16 (a minute less of bench for the same ratio)."""
     from twophase_core.experiments.presets import DEMO_TRAIN
@@ -155,7 +160,8 @@ def bench_entk_paths(repeats: int) -> dict[str, Any]:
     return out
 
 
-def _time_paths(key: str, model: Any, x: Any, kernel: str, repeats: int) -> dict[str, Any]:
+def _time_paths(key: str, model: nn.Module, x: torch.Tensor, kernel: str,
+                repeats: int) -> dict[str, float | str | None]:
     from functools import partial
 
     from twophase_core.science import ntk
@@ -179,7 +185,8 @@ def _time_paths(key: str, model: Any, x: Any, kernel: str, repeats: int) -> dict
             dt = time.perf_counter() - t0
             times[m], spent[m] = min(times[m], dt), spent[m] + dt
     best = min(v for m, v in times.items() if m != "auto")
-    return {f"entk_{key}_{m}_s": times.get(m) for m in variants} | {
+    return {
+        **{f"entk_{key}_{m}_s": times.get(m) for m in variants},
         f"entk_auto_{key}": chosen,
         f"entk_structured_speedup_{key}": times["jacobian"] / times["auto"],
         f"entk_auto_vs_best_{key}": times[chosen] / best,

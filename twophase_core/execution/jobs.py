@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,7 +113,7 @@ def _job_fields() -> dict[str, R.Field]:
             for f in dataclasses.fields(JobRecord)}
 
 
-def _job_id_is_its_kind_and_hash(d: dict[str, Any]) -> tuple[str, str] | None:
+def _job_id_is_its_kind_and_hash(d: Mapping[str, object]) -> tuple[str, str] | None:
     return None if d["id"] == f"{d['kind']}-{d['hash']}" else ("id", "must be the job's kind and hash joined by '-'")
 
 
@@ -301,7 +301,7 @@ class JobManager:
 
     # -- ids and records --------------------------------------------------------------------
     @staticmethod
-    def job_id(cfg: Any) -> str:
+    def job_id(cfg: conf.ExperimentConfig) -> str:
         return f"{conf.kind_of(cfg)}-{conf.config_hash(cfg)}"
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -340,7 +340,7 @@ class JobManager:
         return p.read_text(errors="replace") if p.is_file() else ""
 
     # -- submit, cancel, pump ---------------------------------------------------------------
-    def submit(self, cfg: Any, executor: str | None = None) -> JobRecord:
+    def submit(self, cfg: conf.ExperimentConfig, executor: str | None = None) -> JobRecord:
         """Queue `cfg` (validated first: ConfigError propagates, nothing is created) and pump. `executor`
         ("local" or "ray") is where its worker runs the work; None: the worker's $TWOPHASE_EXECUTOR.
         A record of this id that fails its checks is replaced by the new one: the user is submitting again."""
@@ -371,7 +371,7 @@ class JobManager:
         self.pump()
         return load_record(self.store, job_id) or rec
 
-    def _check_space(self, cfg: Any, job_id: str) -> None:
+    def _check_space(self, cfg: conf.ExperimentConfig, job_id: str) -> None:
         """StoreFull if the checkpoints this job would write clearly do not fit (estimated without torch)."""
         if self.store.files.free_bytes() is None:
             return  # checkpoints go to an object store: no disk of ours to fill, and no listing to wait for
@@ -451,8 +451,8 @@ class JobManager:
         now = time.time()
         alive = rec.pid is not None and self.launcher.alive(rec.pid)
         forced = alive and rec.cancel_requested is not None and now - rec.cancel_requested > CANCEL_GRACE_S
-        if forced:  # it ignored the cancel (stuck in a long step): stop it the hard way
-            self.launcher.kill(rec.pid)  # type: ignore[arg-type]
+        if forced and rec.pid is not None:  # it ignored the cancel (stuck in a long step): stop it the hard way
+            self.launcher.kill(rec.pid)
         elif alive or (rec.pid is None and now - rec.updated <= STALE_S):
             return rec  # a dead worker is settled at once: its last heartbeat may be a second old
 
@@ -471,7 +471,7 @@ class JobManager:
         return update_record(self.store, job_id, settle)
 
 
-def checkpoints_to_write(cfg: Any, store: Store) -> int:
+def checkpoints_to_write(cfg: conf.ExperimentConfig, store: Store) -> int:
     """How many checkpoint files a job would write now (an estimate for the free-space check, no torch).
 
     The base run's missing checkpoints (those the experiment needs and the `checkpoint_every`

@@ -29,11 +29,22 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twophase_core.settings.spec import ConfigError, Spec, from_env
+
+if TYPE_CHECKING:
+    import numpy as np
+    from ray import ObjectRef
+
+    from twophase_core.experiments.registry import Plan
+    from twophase_core.experiments.result import Result
+    from twophase_core.science.train import CancelToken
+    from twophase_core.settings.config import ExperimentConfig
+    from twophase_core.storage.files import CheckpointFiles
 
 ENV_ADDRESS = "TWOPHASE_RAY_ADDRESS"
 ENV_GPUS = "TWOPHASE_RAY_GPUS"  # GPUs per task (fractions share a GPU), used when the config trains on cuda
@@ -45,6 +56,12 @@ PROBE_S = 5.0  # how long connect() waits for a TCP answer at host:port before c
 GCS_ATTEMPTS = "1"
 _ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
                       r":(?P<port>[0-9]{1,5})", re.ASCII)
+Out = TypeVar("Out")
+Report = Callable[[float], None]  # a task's units done so far
+# A Ray actor handle (the progress board), or None where nothing listens: its methods are made at run time
+# (`board.report.remote(...)`), which Ray's types do not say
+Handle = Any
+Plugins = list[tuple[str, str | None]]  # (module, the folder the driver found it in): `registry.plugins()`
 _ADDRESS_HELP = ("give the head's GCS address host:port (ray start --head prints it), ray://host:port for Ray Client, "
                  "'auto' to join the cluster on this machine, or leave it empty to start a local Ray")
 
@@ -102,7 +119,7 @@ def _bounded_gcs_wait() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
-def connect(address: str | None = None) -> Any:
+def connect(address: str | None = None) -> ModuleType:
     """The `ray` module, connected (once per process) to `address` or $TWOPHASE_RAY_ADDRESS. An address that
     cannot work or where no cluster answers is a one-line ConfigError, in bounded time."""
     addr = _address(address)
@@ -125,7 +142,7 @@ def connect(address: str | None = None) -> Any:
     return ray
 
 
-def _resources(cfg: Any) -> dict[str, float]:
+def _resources(cfg: ExperimentConfig) -> dict[str, float]:
     gpus = float(from_env(ENV_GPUS, GPUS_SPEC, 1.0)) if cfg.train.device == "cuda" else 0.0
     return {"num_cpus": 1, "num_gpus": gpus}
 
@@ -135,21 +152,21 @@ class _Board:
     sum about once a second, so the job's bar and ETA move while rows train on other machines."""
 
     def __init__(self) -> None:
-        self.units: dict[Any, float] = {}
+        self.units: dict[Hashable, float] = {}
 
-    def report(self, key: Any, units: float) -> None:
+    def report(self, key: Hashable, units: float) -> None:
         self.units[key] = max(units, self.units.get(key, 0.0))  # a retried task starts again from 0
 
     def total(self) -> float:
         return sum(self.units.values())
 
 
-def _reporting(board: Any, key: Any, work: Any) -> Any:
+def _reporting(board: Handle, key: Hashable, work: Callable[[Report | None], Out]) -> Out:
     """Run `work(report)` in a task, telling the board its units under `key`; the final count is on the
     board before the driver sees the result."""
     import ray
 
-    last: list[Any] = []
+    last: list[ObjectRef[None]] = []
 
     def report(units: float) -> None:
         last[:] = [board.report.remote(key, units)]
@@ -160,29 +177,29 @@ def _reporting(board: Any, key: Any, work: Any) -> Any:
     return out
 
 
-def _registry(plugins: list[tuple[str, str | None]]) -> Any:
-    """The experiment registry in a task's process, with the driver's plugins loaded (a kind defined outside the
+def _load_plugins(plugins: Plugins) -> None:
+    """The driver's plugins, loaded into the experiment registry in a task's process (a kind defined outside the
     package: its module, and the folder the driver found it in)."""
     from twophase_core.experiments import registry
 
     for module, path in plugins:
         registry.load_plugin(module, path)
-    return registry
 
 
-def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tuple[str, dict[str, Any]]],
-                  files: Any, plugins: list[tuple[str, str | None]], board: Any = None,
-                  key: str = "") -> dict[str, dict[str, Any]]:
+def _prepare_task(train_dict: dict[str, object], needed: list[int], points: list[tuple[str, dict[str, object]]],
+                  files: CheckpointFiles, plugins: Plugins, board: Handle = None,
+                  key: str = "") -> dict[str, Plan]:
     """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of each
     point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
+    from twophase_core.experiments import registry
     from twophase_core.experiments.running import Units
     from twophase_core.science.train import Training, configure_threads
     from twophase_core.settings import config as conf
     from twophase_core.storage.store import task_store
 
-    registry = _registry(plugins)
+    _load_plugins(plugins)
 
-    def prepare(report: Any) -> dict[str, dict[str, Any]]:
+    def prepare(report: Report | None) -> dict[str, Plan]:
         configure_threads()
         steps = Units(report)
         with task_store(files) as store:
@@ -199,32 +216,35 @@ def _prepare_task(train_dict: dict[str, Any], needed: list[int], points: list[tu
     return _reporting(board, ("base", key), prepare)
 
 
-def _unit_task(kind: str, cfg_dict: dict[str, Any], key: int, files: Any, plugins: list[tuple[str, str | None]],
-               plans: dict[str, Any], h: str, board: Any = None) -> tuple[Any, int]:
+def _unit_task(kind: str, cfg_dict: dict[str, object], key: int, files: CheckpointFiles, plugins: Plugins,
+               plans: dict[str, Plan], h: str, board: Handle = None) -> tuple[object, int]:
     """One unit of an experiment (a chaos row, a cone kernel's file, a linear switch accuracy) and the SGD steps it
     took, with the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
     sweep); its progress goes to the board."""
+    from twophase_core.experiments import registry
     from twophase_core.experiments.running import in_task
 
-    experiment = _registry(plugins).get(kind)
+    _load_plugins(plugins)
+    experiment = registry.get(kind)
     plan = plans[h]
 
-    def unit(report: Any) -> tuple[Any, int]:
+    def unit(report: Report | None) -> tuple[object, int]:
         return in_task(experiment.config, cfg_dict, files, report, lambda training, cfg, units: (
             experiment.run_unit(training, cfg, key, plan, units), training.steps_done))
 
     return _reporting(board, (h, key), unit)
 
 
-def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plugins: list[tuple[str, str | None]],
-                   plans: dict[str, Any], h: str, keys: list[int],
-                   *results: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _assemble_task(kind: str, cfg_dict: dict[str, object], files: CheckpointFiles, plugins: Plugins,
+                   plans: dict[str, Plan], h: str, keys: list[int],
+                   *results: tuple[object, int]) -> tuple[dict[str, np.ndarray], str, dict[str, Any]]:
     """A sweep point's result from its units (given as arguments: Ray starts this when they are all done); it
     travels back as arrays and metadata and the driver stores it."""
+    from twophase_core.experiments import registry
     from twophase_core.science.train import configure_threads
     from twophase_core.storage.store import task_store
 
-    registry = _registry(plugins)
+    _load_plugins(plugins)
     configure_threads()
     with task_store(files) as store:
         r = registry.get(kind).compute(registry.config_from_dict(kind, cfg_dict), store, executor="ray",
@@ -232,8 +252,9 @@ def _assemble_task(kind: str, cfg_dict: dict[str, Any], files: Any, plugins: lis
     return r.arrays, r.hash, {**r.meta, "config": r.config}
 
 
-def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None,
-            upstream: Sequence[Any] = ()) -> Iterator[tuple[int, Any]]:
+def _gather(ray: ModuleType, refs: Sequence[ObjectRef[Out]], cancel: CancelToken | None,
+            poll: Callable[[], None] | None = None,
+            upstream: Sequence[ObjectRef[object]] = ()) -> Iterator[tuple[int, Out]]:
     """(index in `refs`, result) as tasks finish, `poll()` between waits; on cancel, every task still
     running (and every `upstream` task they wait on) is stopped and Cancelled raised."""
     index = {ref: i for i, ref in enumerate(refs)}
@@ -250,14 +271,14 @@ def _gather(ray: Any, refs: list[Any], cancel: Any, poll: Any = None,
             cancel.check()
 
 
-def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
+def _board(ray: ModuleType, on_units: Report | None) -> tuple[Handle, Callable[[], None]]:
     """A progress board for tasks to report to (None without `on_units`), and `poll()`, which passes what
     they added since the last poll to `on_units`."""
     board = ray.remote(num_cpus=0)(_Board).remote() if on_units is not None else None
     told = [0.0]
 
     def poll() -> None:
-        if board is not None:
+        if board is not None and on_units is not None:  # (a board only with on_units)
             total = ray.get(board.total.remote())
             if total > told[0]:
                 on_units(total - told[0])
@@ -266,8 +287,8 @@ def _board(ray: Any, on_units: Any) -> tuple[Any, Any]:
     return board, poll
 
 
-def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
-                 on_units: Any = None) -> Iterator[tuple[int, Any]]:
+def unit_results(cfg: ExperimentConfig, plan: Plan, files: CheckpointFiles, cancel: CancelToken | None = None,
+                 on_units: Report | None = None) -> Iterator[tuple[int, tuple[object, int]]]:
     """(key, (output, SGD steps)) of every unit of one experiment (`cfg.unit_keys()`: chaos rows by t0, cone
     kernels by checkpoint, linear accuracies by switch time), one task each, as they finish; all share `plan`
     (the kind's `plan`). The base run must be stored. `on_units(n)` hears the tasks' progress."""
@@ -284,7 +305,8 @@ def unit_results(cfg: Any, plan: dict[str, Any], files: Any, cancel: Any = None,
         yield keys[i], got
 
 
-def run_points(configs: Sequence[Any], files: Any, cancel: Any = None, on_units: Any = None) -> Iterator[Any]:
+def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, cancel: CancelToken | None = None,
+               on_units: Report | None = None) -> Iterator[Result]:
     """Results of whole experiments (sweep points) as their tasks finish, every point split into its units.
 
     One graph of tasks, no task waiting on another inside it: per base run (trajectory key), a prepare

@@ -8,7 +8,7 @@ The executor decides where the units of work run: here, one after another ("loca
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twophase_core.execution.placement import resolve_executor
 from twophase_core.experiments import registry
@@ -18,13 +18,15 @@ from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 if TYPE_CHECKING:
+    from twophase_core.experiments.registry import Plan, Remote
     from twophase_core.science.train import CancelToken
 
 
-def on_ray(store: Store, cancel: CancelToken | None) -> Callable[..., Iterator[tuple[int, tuple[Any, int]]]]:
+def on_ray(store: Store, cancel: CancelToken | None) -> Remote:
     """The units of an experiment as Ray tasks on the store's storage root (what `Kind.compute` calls `remote`)."""
 
-    def remote(cfg: Any, plan: dict[str, Any], add: Callable[[float], None]) -> Iterator[tuple[int, tuple[Any, int]]]:
+    def remote(cfg: conf.ExperimentConfig, plan: Plan,
+               add: Callable[[float], None]) -> Iterator[tuple[int, tuple[object, int]]]:
         from twophase_core.execution.on_ray import unit_results
 
         return unit_results(cfg, plan, store.files, cancel, add)
@@ -32,7 +34,7 @@ def on_ray(store: Store, cancel: CancelToken | None) -> Callable[..., Iterator[t
     return remote
 
 
-def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
+def run_experiment(cfg: conf.ExperimentConfig, store: Store | None = None, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
                    executor: str | None = "local") -> Result:
     """Validate, answer from the store if the result is there, else compute it (its units where `executor` says:
@@ -53,7 +55,7 @@ def run_experiment(cfg: Any, store: Store | None = None, progress: ProgressCallb
 
 
 def _of_kind(kind: str) -> Callable[..., Result]:
-    def run(cfg: Any, store: Store | None = None, progress: ProgressCallback | None = None,
+    def run(cfg: conf.ExperimentConfig, store: Store | None = None, progress: ProgressCallback | None = None,
             cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
             executor: str | None = "local") -> Result:
         if conf.kind_of(cfg) != kind:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twophase_core.experiments.result import Result, load_result, save_result
 from twophase_core.experiments.sweep import Sweep, SweepResult, expand, load_results, load_sweep, sweep_key, sweep_units
 from twophase_core.settings.spec import ConfigError
 from twophase_core.storage.store import Store
 
+if TYPE_CHECKING:
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.science.train import CancelToken
 
-def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], None] | None = None,
-              cancel: Any = None, executor: str = "local") -> SweepResult:
+
+def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[float, str], None] | None = None,
+              cancel: CancelToken | None = None, executor: str = "local") -> SweepResult:
     """Every point, then the summary. Locally: in this process, points sharing a base run one after
     another. On Ray: the points not yet stored as one graph of tasks (`on_ray.run_points`: base runs,
     then every point's units, then each point's result), the bar moving with the tasks' progress."""
@@ -70,7 +74,7 @@ def run_sweep(sweep: Sweep, store: Any = None, progress: Callable[[float, str], 
 
 
 
-def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
+def submit_sweep(jm: JobManager, sweep: Sweep) -> dict[str, Any]:
     """Record the sweep and queue its points on the job runner (points sharing a base run queued
     together); a point already computed or queued is attached to, not run again. A stored record of this
     sweep that fails its checks is replaced: the user is submitting the sweep again."""
@@ -85,7 +89,7 @@ def submit_sweep(jm: Any, sweep: Sweep) -> dict[str, Any]:
     return rec
 
 
-def sweep_progress(jm: Any, rec: dict[str, Any]) -> dict[str, Any]:
+def sweep_progress(jm: JobManager, rec: dict[str, Any]) -> dict[str, float]:
     """Overall progress of a sweep's jobs: the mean of their progress, and how many are in each state."""
     counts = {s: 0 for s in ("queued", "running", "done", "failed", "cancelled", "missing")}
     total = 0.0

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from types import FrameType
 
 from twophase_core.execution.jobs import RESUME_HINT, JobManager, JobRecord, read_record, save_record, update_record
 from twophase_core.execution.placement import resolve_executor
@@ -168,7 +168,7 @@ def run_job(store: Store, job_id: str) -> int:
 
     terminated: list[int] = []
 
-    def on_signal(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         terminated.append(signum)
 
     previous = {}

@@ -19,6 +19,7 @@ import numpy as np
 
 from twophase_core.experiments import registry
 from twophase_core.experiments.kind import Kind, band
+from twophase_core.experiments.registry import Plan
 from twophase_core.experiments.result import Result, nested
 from twophase_core.experiments.running import Live, Tracker
 from twophase_core.settings import config as conf
@@ -69,7 +70,10 @@ class ChaosConfig(conf.ExperimentConfig):
         return sorted(self.t0)
 
 
-class Chaos(Kind):
+Row = dict[str, np.ndarray]  # a unit: one t0's arrays over (seed, t1)
+
+
+class Chaos(Kind[ChaosConfig, Row]):
     name = "chaos"
     title = "Chaos Effect"
     help = "Chaos Effect: C, B, D over (t0, t1)"
@@ -80,7 +84,7 @@ class Chaos(Kind):
     settings_title = "Perturbation"
     unit_word = "row"
 
-    def plan(self, training: Training, cfg: ChaosConfig, executor: str) -> dict[str, Any]:
+    def plan(self, training: Training, cfg: ChaosConfig, executor: str) -> Plan:
         """The lockstep path every row shares: loop (the base run is the control) or stack (vmap, with its own
         control); 'auto' measures which is faster for this model."""
         from twophase_core.science import lockstep
@@ -91,10 +95,10 @@ class Chaos(Kind):
             how = "stack"  # rows may land on other GPUs than the base run's: the control trains beside its copies
         return {"how": how}
 
-    def describe(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, plan: Plan) -> dict[str, Any]:
         return {"lockstep": plan["how"]}
 
-    def unit_cost(self, training: Training, cfg: ChaosConfig, plan: dict[str, Any] | None = None) -> float:
+    def unit_cost(self, training: Training, cfg: ChaosConfig, plan: Plan | None = None) -> float:
         how = plan["how"] if plan else "loop"  # before the plan: counted on the loop path
         return sum(self._row_cost(training, cfg, t0, how) for t0 in cfg.t0)
 
@@ -110,9 +114,8 @@ class Chaos(Kind):
             steps += lockstep.control_branch(training, t0).steps_needed(later)
         return steps + len(later) * len(cfg.perturb_seeds) * (2.0 + cfg.n_alpha / 10)
 
-    def run_unit(self, training: Training, cfg: ChaosConfig, key: int, plan: dict[str, Any], tracker: Tracker,
-                 cancel: CancelToken | None = None,
-                 on_part: Callable[[Any], None] | None = None) -> dict[str, np.ndarray]:
+    def run_unit(self, training: Training, cfg: ChaosConfig, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None = None, on_part: Callable[[Row], None] | None = None) -> Row:
         """The row of t0 = `key`: the branches from the base checkpoint at t0 (stacked with their own control, or
         one by one against the base run as control, as the plan says) and every cell at t1 > t0. Arrays over
         (seed, t1) on the config's whole t1 grid, NaN where t1 <= t0: C, B, D, acc_branch; path (seed, t1, alpha);
@@ -124,7 +127,7 @@ class Chaos(Kind):
         t1s, seeds = sorted(cfg.t1), list(cfg.perturb_seeds)
         later = [t1 for t1 in t1s if t1 > t0]
         train_x = training.ds.x_train if cfg.bn == "reset" else None
-        row = {k: np.full((len(seeds), len(t1s)), np.nan) for k in ("C", "B", "D", "acc_branch")}
+        row: Row = {k: np.full((len(seeds), len(t1s)), np.nan) for k in ("C", "B", "D", "acc_branch")}
         row["path"] = np.full((len(seeds), len(t1s), cfg.n_alpha), np.nan)
         row["realized"] = np.zeros(len(seeds))
         branches = [training.branch(t0, cfg.eps, cfg.eps_mode, s) for s in seeds]
@@ -145,8 +148,7 @@ class Chaos(Kind):
                     cancel.check()
                 j = t1s.index(t1)
                 pm = metrics.pair_metrics(control.model(t1), br.model(t1), x, y, cfg.n_alpha, cfg.bn, train_x)
-                for k in ("C", "B", "D"):
-                    row[k][si, j] = pm[k]
+                row["C"][si, j], row["B"][si, j], row["D"][si, j] = pm["C"], pm["B"], pm["D"]
                 row["acc_branch"][si, j] = pm["acc_b"]
                 row["path"][si, j] = pm["losses"]
                 tracker.add(2.0 + cfg.n_alpha / 10)
@@ -154,8 +156,8 @@ class Chaos(Kind):
                     on_part(row)
         return row
 
-    def assemble(self, training: Training, cfg: ChaosConfig, plan: dict[str, Any], done: Mapping[int, Any],
-                 live: Live, final: bool) -> dict[str, np.ndarray]:
+    def assemble(self, training: Training, cfg: ChaosConfig, plan: Plan, done: Mapping[int, Row], live: Live,
+                 final: bool) -> dict[str, np.ndarray]:
         t0s, t1s, seeds = sorted(cfg.t0), sorted(cfg.t1), list(cfg.perturb_seeds)
         shape = (len(seeds), len(t0s), len(t1s))
         out = {k: np.full(shape, np.nan) for k in ("C", "B", "D", "acc_branch")}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import numpy as np
 
 from twophase_core.experiments import registry
 from twophase_core.experiments.kind import Kind, band
+from twophase_core.experiments.registry import Plan
 from twophase_core.experiments.result import Result, nested
 from twophase_core.experiments.running import Live, Tracker
 from twophase_core.settings import config as conf
@@ -104,7 +105,15 @@ def cone_kernel(training: Training, cfg: ConeConfig, t: int, subset: list[int], 
     return k, False
 
 
-class Cone(Kind):
+class Kernel(TypedDict):
+    """A unit: one checkpoint's kernel, written beside it."""
+
+    name: str  # its file
+    reused: bool  # it was there already
+    seconds: float
+
+
+class Cone(Kind[ConeConfig, Kernel]):
     name = "cone"
     title = "Cone Effect"
     help = "Cone Effect: the eNTK along training"
@@ -119,7 +128,7 @@ class Cone(Kind):
     def eval_data(self, training: Training, cfg: ConeConfig) -> tuple[torch.Tensor, torch.Tensor]:
         return training.ds.x_test, training.ds.y_test
 
-    def plan(self, training: Training, cfg: ConeConfig, executor: str) -> dict[str, Any]:
+    def plan(self, training: Training, cfg: ConeConfig, executor: str) -> Plan:
         """What every kernel of one cone run shares: the samples and the eNTK path (the automatic choice, made on
         the first checkpoint: theta_0, built here before any training and without the trajectory's lock, which
         another job may hold while it trains the base run)."""
@@ -131,11 +140,11 @@ class Cone(Kind):
         model.eval()
         return {"subset": idx.cpu().tolist(), "method": ntk.choose_method(model, training.ds.x_train[idx], cfg.kernel)}
 
-    def unit_cost(self, training: Training, cfg: ConeConfig, plan: dict[str, Any] | None = None) -> float:
+    def unit_cost(self, training: Training, cfg: ConeConfig, plan: Plan | None = None) -> float:
         return KERNEL_UNITS * len(cfg.checkpoints)
 
-    def run_unit(self, training: Training, cfg: ConeConfig, key: int, plan: dict[str, Any], tracker: Tracker,
-                 cancel: CancelToken | None = None, on_part: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    def run_unit(self, training: Training, cfg: ConeConfig, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None = None, on_part: Callable[[Kernel], None] | None = None) -> Kernel:
         """The kernel at checkpoint `key`, written beside it: its file's name, whether it was there already, and
         how long it took."""
         started = time.time()
@@ -144,8 +153,8 @@ class Cone(Kind):
         return {"name": kernel_name(cfg, training, key, plan["subset"], plan["method"]), "reused": reused,
                 "seconds": time.time() - started}
 
-    def assemble(self, training: Training, cfg: ConeConfig, plan: dict[str, Any], done: Mapping[int, Any],
-                 live: Live, final: bool) -> dict[str, np.ndarray]:
+    def assemble(self, training: Training, cfg: ConeConfig, plan: Plan, done: Mapping[int, Kernel], live: Live,
+                 final: bool) -> dict[str, np.ndarray]:
         """The Gram matrix of the kernels (read back from their files; one missing or damaged is recomputed
         here), every view derived from it, and the cone angles (`meta`)."""
         import torch
@@ -181,7 +190,7 @@ class Cone(Kind):
         arrays["early_window"] = np.array(early)
         return arrays
 
-    def final_meta(self, training: Training, cfg: ConeConfig, plan: dict[str, Any], done: Mapping[int, Any],
+    def final_meta(self, training: Training, cfg: ConeConfig, plan: Plan, done: Mapping[int, Kernel],
                    arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """What only the Gram matrix tells (the cone angle over the window and early, seen from H(theta_0)), and
         the kernels' path, samples, cost and reuse."""

@@ -12,11 +12,12 @@ live training curve, partial results and progress. Nothing here knows a kind by 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from twophase_core.experiments.registry import Plan, Remote
 from twophase_core.experiments.result import Result, nested
 from twophase_core.experiments.running import Live, Progress, ProgressCallback, Tracker, eval_set, meta, waiting
 from twophase_core.settings import config as conf
@@ -24,23 +25,22 @@ from twophase_core.storage.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
+    import plotly.graph_objects as go
     import torch
 
     from twophase_core.science.train import CancelToken, Training
 
-# remote(cfg, plan, add): (key, (unit output, SGD steps it took)) as units finish elsewhere (execution/on_ray.py);
-# add(n) hears their progress
-Remote = Callable[[Any, dict[str, Any], Callable[[float], None]], Iterator[tuple[int, tuple[Any, int]]]]
-
-
-class Kind:
+C = TypeVar("C", bound=conf.ExperimentConfig)  # the kind's config class
+U = TypeVar("U")  # what one unit of work returns (a chaos row of arrays, a cone kernel's file, an accuracy)
+# What every unit of one run shares, fixed once (`Kind.plan`): JSON-ready values under the kind's own keys
+class Kind(Generic[C, U]):
     """The common part of every experiment kind (registry.Experiment); subclasses set the class attributes and
-    write the pieces below `compute`."""
+    write the pieces below `compute`. `Kind[ChaosConfig, Row]`: the config class it takes, what a unit returns."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    config: ClassVar[type] = conf.ExperimentConfig
+    config: ClassVar[type[conf.ExperimentConfig]] = conf.ExperimentConfig  # C (a ClassVar cannot say so)
     metrics: ClassVar[tuple[str, ...]] = ()
     page: ClassVar[str | None] = None  # the app's page file (None: the generic result page)
     icon: ClassVar[str] = ":material/science:"  # the app's menu icon (Material Symbols)
@@ -49,10 +49,10 @@ class Kind:
     show_units: ClassVar[bool] = True  # partial results show the units done so far (else only the live curve)
 
     # -- the run ----------------------------------------------------------------------------
-    def compute(self, cfg: Any, store: Store, progress: ProgressCallback | None = None,
+    def compute(self, cfg: C, store: Store, progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
-                remote: Remote | None = None, plan: dict[str, Any] | None = None,
-                units: Mapping[int, tuple[Any, int]] | None = None, executor: str = "local") -> Result:
+                remote: Remote | None = None, plan: Plan | None = None,
+                units: Mapping[int, tuple[U, int]] | None = None, executor: str = "local") -> Result:
         """The result, computed (looked up and stored by the caller: execution.run). Units run here one after
         another, or through `remote` (Ray tasks); `plan` and `units` (each unit's output and the SGD steps it
         took, computed elsewhere with that plan: a Ray sweep) only assemble them."""
@@ -66,8 +66,8 @@ class Kind:
         prog = Progress(progress, base.steps_needed(needed) + self.unit_cost(training, cfg, plan))
         prog.set_stage("base run")
         x, y = self.eval_data(training, cfg)
-        done: dict[int, Any] = {}
-        shown: dict[int, Any] = {}  # units done, and the one under way as far as it got (chaos: its cells)
+        done: dict[int, U] = {}
+        shown: dict[int, U] = {}  # units done, and the one under way as far as it got (chaos: its cells)
         last_sent = [0.0]
 
         def result(extra: dict[str, Any], final: bool) -> Result:
@@ -94,7 +94,8 @@ class Kind:
             given = units.items() if units is not None else None
             if given is None:
                 prog.set_stage(f"{len(keys)} {self.unit_word}s as Ray tasks")
-            for n, (key, (out, steps)) in enumerate(given or remote(cfg, plan, prog.add), 1):  # type: ignore[misc]
+            arrived: Iterable[tuple[int, tuple[U, int]]] = given or self._from_remote(remote, cfg, plan, prog.add)
+            for n, (key, (out, steps)) in enumerate(arrived, 1):
                 done[key] = shown[key] = out
                 task_steps += steps
                 if given is None:
@@ -106,7 +107,7 @@ class Kind:
                 if cancel is not None:
                     cancel.check()
 
-                def part(out: Any, key: int = key) -> None:
+                def part(out: U, key: int = key) -> None:
                     shown[key] = out
                     if self.show_units:
                         send()
@@ -118,43 +119,51 @@ class Kind:
         r.meta["sgd_steps"] += task_steps
         return r
 
+    @staticmethod
+    def _from_remote(remote: Remote | None, cfg: C, plan: Plan,
+                     add: Callable[[float], None]) -> Iterator[tuple[int, tuple[U, int]]]:
+        """The units `remote` runs elsewhere, as they finish: this kind's `run_unit` outputs (Ray tasks)."""
+        if remote is None:
+            raise TypeError("compute: an empty `units` and no `remote`")
+        return cast("Iterator[tuple[int, tuple[U, int]]]", remote(cfg, plan, add))
+
     # -- the pieces a kind writes -------------------------------------------------------------
-    def eval_data(self, training: Training, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_data(self, training: Training, cfg: C) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the base run's live accuracy (and the kind's own evaluations) are measured."""
         return eval_set(training, getattr(cfg, "eval_size", 0))
 
-    def plan(self, training: Training, cfg: Any, executor: str) -> dict[str, Any]:
+    def plan(self, training: Training, cfg: C, executor: str) -> Plan:
         """What every unit of one run must share, fixed once before the base run (nothing, by default)."""
         return {}
 
-    def describe(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, plan: Plan) -> dict[str, Any]:
         """What of the plan goes into the result's metadata."""
         return {}
 
-    def unit_cost(self, training: Training, cfg: Any, plan: dict[str, Any] | None = None) -> float:
+    def unit_cost(self, training: Training, cfg: C, plan: Plan | None = None) -> float:
         """Progress units (SGD steps and their equivalents) all units will take; `plan` None: before it is made."""
         return float(len(cfg.unit_keys()))
 
-    def run_unit(self, training: Training, cfg: Any, key: int, plan: dict[str, Any], tracker: Tracker,
-                 cancel: CancelToken | None = None, on_part: Callable[[Any], None] | None = None) -> Any:
+    def run_unit(self, training: Training, cfg: C, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None = None, on_part: Callable[[U], None] | None = None) -> U:
         """One unit of work (needs the base checkpoints the config reads); `on_part(out)` may show it half done."""
         raise NotImplementedError(f"{type(self).__name__}.run_unit")
 
-    def assemble(self, training: Training, cfg: Any, plan: dict[str, Any], done: Mapping[int, Any], live: Live,
+    def assemble(self, training: Training, cfg: C, plan: Plan, done: Mapping[int, U], live: Live,
                  final: bool) -> dict[str, np.ndarray]:
         """The result's arrays (the live curve is added) from the units `done` (all of them when `final`)."""
         raise NotImplementedError(f"{type(self).__name__}.assemble")
 
-    def final_meta(self, training: Training, cfg: Any, plan: dict[str, Any], done: Mapping[int, Any],
+    def final_meta(self, training: Training, cfg: C, plan: Plan, done: Mapping[int, U],
                    arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """What the final result's metadata adds from the units and the arrays (nothing, by default)."""
         return {}
 
-    def extra_checkpoints(self, cfg: Any) -> int:
+    def extra_checkpoints(self, cfg: C) -> int:
         """Checkpoint files the units write beside the base run's (for the free-space estimate of a job)."""
         return 0
 
-    def default(self, train: conf.TrainConfig) -> Any:
+    def default(self, train: conf.TrainConfig) -> conf.ExperimentConfig:
         """This kind on a training run (a preset that does not name this kind): its defaults."""
         return self.config(train=train)
 
@@ -181,12 +190,12 @@ class Kind:
                                for m in self.metrics}
         return {**out, "transition": None}
 
-    def figures(self, r: Result) -> list[tuple[str, Any]]:
+    def figures(self, r: Result) -> list[tuple[str, go.Figure]]:
         """(title, plotly figure) of a result for the generic result page (kinds with their own page: none)."""
         return []
 
 
-def band(values: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+def band(values: np.ndarray, n_boot: int, seed: int) -> dict[str, object]:
     """(replicates, ...) -> the mean and 95% bootstrap interval per cell, as JSON (NaN as null)."""
     from twophase_core.science.transition import replicate_band
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from twophase_core.experiments import registry
 from twophase_core.experiments.kind import Kind
+from twophase_core.experiments.registry import Plan
 from twophase_core.experiments.result import Result, nested
 from twophase_core.experiments.running import Live, Tracker
 from twophase_core.settings import config as conf
@@ -52,7 +53,7 @@ class LinearConfig(conf.ExperimentConfig):
         return sorted(self.switch)
 
 
-class Linear(Kind):
+class Linear(Kind[LinearConfig, float]):
     name = "linear"
     title = "Linearised training"
     help = "linearised training from theta_t"
@@ -63,11 +64,11 @@ class Linear(Kind):
     settings_title = "Linearisation"
     unit_word = "switch time"
 
-    def unit_cost(self, training: Training, cfg: LinearConfig, plan: dict[str, Any] | None = None) -> float:
+    def unit_cost(self, training: Training, cfg: LinearConfig, plan: Plan | None = None) -> float:
         return LIN_UNITS * sum(cfg.train.iterations - t for t in cfg.switch)
 
-    def run_unit(self, training: Training, cfg: LinearConfig, key: int, plan: dict[str, Any], tracker: Tracker,
-                 cancel: CancelToken | None = None, on_part: Callable[[Any], None] | None = None) -> float:
+    def run_unit(self, training: Training, cfg: LinearConfig, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None = None, on_part: Callable[[float], None] | None = None) -> float:
         """The model linearised at theta_t (t = `key`), trained to T: its test accuracy."""
         from twophase_core.science.linearised import linear_accuracy, train_linearised
 
@@ -76,8 +77,8 @@ class Linear(Kind):
                                        lambda n: tracker.add(LIN_UNITS * n), cancel)
         return linear_accuracy(lin, params, *self.eval_data(training, cfg))
 
-    def assemble(self, training: Training, cfg: LinearConfig, plan: dict[str, Any], done: Mapping[int, Any],
-                 live: Live, final: bool) -> dict[str, np.ndarray]:
+    def assemble(self, training: Training, cfg: LinearConfig, plan: Plan, done: Mapping[int, float], live: Live,
+                 final: bool) -> dict[str, np.ndarray]:
         ts, T = sorted(cfg.switch), cfg.train.iterations
         measured = live.curve is not None  # the base run's accuracies, once it is complete
         return {"switch": np.array(ts), "acc_linear": np.array([done.get(t, np.nan) for t in ts], dtype=float),

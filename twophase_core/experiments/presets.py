@@ -7,8 +7,6 @@ the paper recipe of docs/science.md and are meant for a GPU.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twophase_core.experiments import registry
 from twophase_core.experiments.chaos import ChaosConfig
 from twophase_core.experiments.cone import ConeConfig
@@ -55,7 +53,7 @@ TINY = {
 IPE = 391
 
 
-def _cifar(model: str) -> dict[str, Any]:
+def _cifar(model: str) -> dict[str, conf.ExperimentConfig]:
     train = conf.TrainConfig(dataset="cifar10", model=model, lr=0.1, momentum=0.9, weight_decay=1e-4,
                           lr_milestones=(80 * IPE, 120 * IPE), lr_gamma=0.1, batch_size=128,
                           iterations=160 * IPE, augment=True, device="cuda")
@@ -70,7 +68,7 @@ def _cifar(model: str) -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+PRESETS: dict[str, tuple[str, dict[str, conf.ExperimentConfig]]] = {
     "demo": ("embedded MNIST-1D, small CNN, CPU: chaos and cone in about 40 s of compute", DEMO),
     "demo-sweep": ("embedded MNIST-1D MLP, T = 3,000: sweep it over 5 seeds for t* with its interval", DEMO_SWEEP),
     "tiny": ("synthetic 3x8x8 data, seconds: for tests", TINY),
@@ -87,7 +85,7 @@ def sweep_replicates(name: str) -> int:
     return SWEEP_REPLICATES.get(name, 1)
 
 
-def preset(name: str, kind: str) -> Any:
+def preset(name: str, kind: str) -> conf.ExperimentConfig:
     """The preset's config of `kind`; a kind the preset does not name (a plugin's) gets its defaults on the
     preset's training run."""
     if name not in PRESETS:

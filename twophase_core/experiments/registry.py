@@ -19,68 +19,100 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import plotly.graph_objects as go
+
+    from twophase_core.experiments.running import ProgressCallback, Tracker
+    from twophase_core.science.train import CancelToken, Training
+    from twophase_core.storage.store import Store
 
 BUILTIN = ("twophase_core.experiments.chaos", "twophase_core.experiments.cone", "twophase_core.experiments.linear")
 ENV_PLUGINS = "TWOPHASE_PLUGINS"
 ENTRY_POINTS = "twophase.experiments"
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # a CLI subcommand, a store key part, a job id prefix
+Plan = dict[str, Any]  # what every unit of one run shares (a path, a sample set), fixed before the base run
+# remote(cfg, plan, add): (key, (unit output, SGD steps it took)) as units finish elsewhere (execution/on_ray.py);
+# add(n) hears their progress
+Remote = Callable[[conf.ExperimentConfig, Plan, Callable[[float], None]], Iterator[tuple[int, tuple[object, int]]]]
+C = TypeVar("C", bound=conf.ExperimentConfig, contravariant=True)  # the kind's config class
+U = TypeVar("U")  # what one unit of work returns (a chaos row of arrays, a cone kernel's file, an accuracy)
 
 
-class Experiment(Protocol):
+# experiments/result.py's Result, named here without importing it (result.py reads this registry for a result's
+# forms, so the import would run in a circle)
+Result = Any
+
+
+class Experiment(Protocol[C, U]):
     """What the rest of twophase asks of an experiment kind (`kind.Kind` implements it from a few pieces)."""
 
-    name: str  # 'chaos': the CLI subcommand, the kind in result keys and job ids
-    title: str  # 'Chaos Effect': what pages and menus call it
-    help: str  # one line for `twophase --help`
-    config: type  # its ExperimentConfig subclass
-    metrics: tuple[str, ...]  # arrays a sweep summarises over replicates
-    page: str | None  # the app's page file for it (None: the generic result page)
-    icon: str  # the app's menu icon
-    settings_title: str  # the heading of its own fields in the app's form
+    # read-only (class attributes of a Kind)
+    @property
+    def name(self) -> str: ...  # 'chaos': the CLI subcommand, the kind in result keys and job ids
+    @property
+    def title(self) -> str: ...  # 'Chaos Effect': what pages and menus call it
+    @property
+    def help(self) -> str: ...  # one line for `twophase --help`
+    @property
+    def config(self) -> type[conf.ExperimentConfig]: ...  # its ExperimentConfig subclass (C)
+    @property
+    def metrics(self) -> tuple[str, ...]: ...  # arrays a sweep summarises over replicates
+    @property
+    def page(self) -> str | None: ...  # the app's page file for it (None: the generic result page)
+    @property
+    def icon(self) -> str: ...  # the app's menu icon
+    @property
+    def settings_title(self) -> str: ...  # the heading of its own fields in the app's form
 
-    def compute(self, cfg: Any, store: Any, progress: Any = None, cancel: Any = None, partial: Any = None,
-                remote: Any = None, plan: dict[str, Any] | None = None, units: Mapping[int, Any] | None = None) -> Any:
+    def compute(self, cfg: C, store: Store, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None, partial: Callable[[Result], None] | None = None,
+                remote: Remote | None = None, plan: Plan | None = None,
+                units: Mapping[int, tuple[U, int]] | None = None, executor: str = "local") -> Result:
         """The experiment's `Result`, computed (not looked up nor stored)."""
         ...
 
-    def plan(self, training: Any, cfg: Any, executor: str) -> dict[str, Any]: ...
+    def plan(self, training: Training, cfg: C, executor: str) -> Plan: ...
 
-    def run_unit(self, training: Any, cfg: Any, key: int, plan: dict[str, Any], tracker: Any,
-                 cancel: Any = None, on_part: Any = None) -> Any: ...
+    def run_unit(self, training: Training, cfg: C, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None = None, on_part: Callable[[U], None] | None = None) -> U: ...
 
-    def unit_cost(self, training: Any, cfg: Any) -> float: ...
+    def unit_cost(self, training: Training, cfg: C) -> float: ...
 
-    def extra_checkpoints(self, cfg: Any) -> int: ...
+    def extra_checkpoints(self, cfg: C) -> int: ...
 
-    def to_json(self, r: Any) -> dict[str, Any]: ...
+    def to_json(self, r: Result) -> dict[str, Any]: ...
 
-    def to_frame(self, r: Any) -> pd.DataFrame: ...
+    def to_frame(self, r: Result) -> pd.DataFrame: ...
 
-    def summary(self, r: Any) -> str: ...
+    def summary(self, r: Result) -> str: ...
 
-    def summarize(self, done: list[Any], n_boot: int, seed: int) -> dict[str, Any]: ...
+    def summarize(self, done: list[Result], n_boot: int, seed: int) -> dict[str, Any]: ...
 
-    def default(self, train: conf.TrainConfig) -> Any: ...
+    def default(self, train: conf.TrainConfig) -> conf.ExperimentConfig: ...
 
-    def figures(self, r: Any) -> list[tuple[str, Any]]: ...
+    def figures(self, r: Result) -> list[tuple[str, go.Figure]]: ...
 
 
-_KINDS: dict[str, Experiment] = {}
+# A registered kind, whatever its config class and units: `of(cfg)` finds the one whose config class `cfg` is (at
+# run time, which no static type says), so its methods take any config here
+Registered = Experiment[Any, Any]
+K = TypeVar("K", bound=Registered)
+
+_KINDS: dict[str, Registered] = {}
 _PLUGINS: list[str] = []  # modules loaded as plugins, in order: a Ray task loads the same
 _LOCK = threading.RLock()
 _LOADED = False
 
 
-def register(experiment: Experiment) -> Experiment:
+def register(experiment: K) -> K:
     """Add a kind (called by its module when imported); its name must be new and its config class say it."""
     name = experiment.name
     if not NAME.fullmatch(name):
@@ -139,7 +171,7 @@ def plugins() -> list[tuple[str, str | None]]:
     return out
 
 
-def get(name: str) -> Experiment:
+def get(name: str) -> Registered:
     _load()
     try:
         return _KINDS[name]
@@ -152,11 +184,11 @@ def names() -> tuple[str, ...]:
     return tuple(_KINDS)
 
 
-def of(cfg: Any) -> Experiment:
+def of(cfg: conf.ExperimentConfig) -> Registered:
     """The kind of an experiment config."""
     return get(conf.kind_of(cfg))
 
 
-def config_from_dict(kind: str, d: Any) -> Any:
+def config_from_dict(kind: str, d: object) -> conf.ExperimentConfig:
     """A kind's config from its plain form (`config.to_dict`), strictly (`config.from_dict`)."""
     return conf.from_dict(get(kind).config, d)

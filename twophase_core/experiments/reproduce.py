@@ -7,7 +7,6 @@ A run is written as the preset nearest to its config and a flag for every settin
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.experiments.sweep import DEFAULT_SEEDS, LIST_TYPES, Sweep
@@ -15,7 +14,7 @@ from twophase_core.settings import config as conf
 from twophase_core.settings.spec import format_value
 
 
-def nearest_preset(cfg: Any) -> str:
+def nearest_preset(cfg: conf.ExperimentConfig) -> str:
     """The preset that differs from `cfg` in the fewest settings (the shortest reproduce command)."""
     kind, mine = conf.kind_of(cfg), conf.flat(cfg)
 
@@ -26,7 +25,7 @@ def nearest_preset(cfg: Any) -> str:
     return min(PRESETS, key=differences)
 
 
-def preset_differences(cfg: Any, preset_name: str | None = None) -> tuple[str, dict[str, Any]]:
+def preset_differences(cfg: conf.ExperimentConfig, preset_name: str | None = None) -> tuple[str, dict[str, object]]:
     """(preset, {setting: value} of every setting where `cfg` differs from it), against the given preset or
     the nearest one. One answer for the reproduce command and a run's default name, so they never disagree."""
     kind = conf.kind_of(cfg)
@@ -35,7 +34,7 @@ def preset_differences(cfg: Any, preset_name: str | None = None) -> tuple[str, d
     return preset_name, {name: v for name, v in conf.flat(cfg).items() if v != ref[name]}
 
 
-def command_for(cfg: Any, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
+def command_for(cfg: conf.ExperimentConfig, preset_name: str | None = None, json_out: str | None = "out.json") -> str:
     """The CLI line that reproduces `cfg` exactly: the preset (given, or the nearest one) and a flag for every
     setting that differs from it."""
     kind = conf.kind_of(cfg)

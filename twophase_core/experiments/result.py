@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from twophase_core.experiments import registry
 from twophase_core.storage.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+Nested = float | None | list["Nested"]  # an array as JSON: nested lists of floats, None for NaN
 
 
 @dataclass
@@ -58,10 +62,10 @@ def load_result(store: Store, kind: str, h: str, partial: bool = False) -> Resul
     return Result(kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
 
 
-def nested(a: Any) -> Any:
+def nested(a: ArrayLike) -> Nested:
     """Nested lists of floats with None for NaN (JSON has no NaN)."""
-    a = np.asarray(a, dtype=float)
-    if a.ndim == 0:
-        v = float(a)
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim == 0:
+        v = float(arr)
         return None if math.isnan(v) else v
-    return [nested(x) for x in a]
+    return [nested(x) for x in arr]

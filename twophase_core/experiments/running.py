@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[float, str], None]
 Out = TypeVar("Out")
+Cfg = TypeVar("Cfg", bound=conf.ExperimentConfig)
 
 
 class Tracker(Protocol):
@@ -149,7 +150,7 @@ def waiting(prog: Progress) -> Callable[[], None]:
     return lambda: prog.set_stage("base run: waiting for another job that trains it")
 
 
-def meta(started: float, training: Training, **extra: Any) -> dict[str, Any]:
+def meta(started: float, training: Training, **extra: object) -> dict[str, Any]:
     """What every result's metadata holds: the engine's version, wall time, device, SGD steps taken, when."""
     return {"version": __version__, "seconds": round(time.time() - started, 3), "device": str(training.device),
             "sgd_steps": training.steps_done, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -161,8 +162,8 @@ def eval_set(training: Training, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x[:n], y[:n]) if n else (x, y)
 
 
-def in_task(cls: type, cfg_dict: dict[str, Any], files: CheckpointFiles, report: Callable[[float], None] | None,
-            work: Callable[[Training, Any, Units], Out]) -> Out:
+def in_task(cls: type[Cfg], cfg_dict: dict[str, object], files: CheckpointFiles,
+            report: Callable[[float], None] | None, work: Callable[[Training, Cfg, Units], Out]) -> Out:
     """A unit of work in a task's process (Ray): one torch thread, the config rebuilt from plain data, the base run
     on the driver's storage root `files`; `report(units)` hears its progress, last at the end."""
     from twophase_core.science.train import Training, configure_threads

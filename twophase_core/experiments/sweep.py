@@ -17,17 +17,22 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.settings import config as conf
-from twophase_core.settings.spec import ConfigError, Spec, check, format_value, parse_text, split_list
+from twophase_core.settings.spec import ConfigError, SettingValue, Spec, check, format_value, parse_text, split_list
 from twophase_core.storage import record_types as R
+from twophase_core.storage.store import Store
+
+if TYPE_CHECKING:
+    from twophase_core.science.transition import Transition
 
 DEFAULT_SEEDS = ("data_seed", "init_seed")
 MAX_POINTS = 999  # a sweep of 1,000 points is a typo more often than a plan
@@ -39,8 +44,8 @@ class Sweep:
     """What to run: a base config, the varied settings (name -> values, in the order given), which
     settings are replicate seeds, and how many replicates when the seeds are not listed."""
 
-    base: Any
-    vary: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    base: conf.ExperimentConfig
+    vary: tuple[tuple[str, tuple[SettingValue, ...]], ...] = ()  # steps in epochs stay text ('2ep')
     seeds: tuple[str, ...] = DEFAULT_SEEDS
     replicates: int = 1
 
@@ -66,9 +71,9 @@ class Sweep:
 class Point:
     """One experiment of the sweep: its config, the settings it varies, and its replicate."""
 
-    config: Any
-    varied: dict[str, Any]  # every varied setting, seeds included
-    group: tuple[tuple[str, Any], ...]  # the varied settings without the seeds: its group of replicates
+    config: conf.ExperimentConfig
+    varied: dict[str, SettingValue]  # every varied setting, seeds included
+    group: tuple[tuple[str, SettingValue], ...]  # the varied settings without the seeds: its group of replicates
     replicate: int
 
     @property
@@ -80,12 +85,12 @@ class Point:
         return f"{conf.kind_of(self.config)}-{self.hash}"
 
 
-def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[SettingValue, ...]], ...]:
     """'lr=0.05,0.1' -> (("lr", (0.05, 0.1)),). A list-valued setting takes alternatives separated by
     '|' ('t1=300,600|600'). Values are parsed and checked as the CLI and the form do; steps in epochs
     are resolved against each point's own training run."""
     specs = conf.settings_of(registry.get(kind).config)
-    out: dict[str, tuple[Any, ...]] = {}
+    out: dict[str, tuple[SettingValue, ...]] = {}
     for text in texts:
         name, eq, values = str(text).partition("=")
         name = name.strip().replace("-", "_")
@@ -103,7 +108,7 @@ def parse_vary(kind: str, texts: Sequence[str]) -> tuple[tuple[str, tuple[Any, .
     return tuple(out.items())
 
 
-def _value(name: str, spec: Spec, text: str) -> Any:
+def _value(name: str, spec: Spec, text: str) -> SettingValue:
     """A typed value; steps written in epochs stay text until the point's run is known (their form, ASCII
     digits included, is checked now: stripping first would drop a no-break space unseen)."""
     if spec.type in ("step", *LIST_TYPES) and "ep" in text:
@@ -170,7 +175,7 @@ def expand(sweep: Sweep) -> list[Point]:
 # Progress units
 
 
-def sweep_units(configs: list[Any], store: Any) -> float:
+def sweep_units(configs: list[conf.ExperimentConfig], store: Store) -> float:
     """Progress units of running these experiments from what the store holds: each base run once (the checkpoints
     all its points read) plus every point's units (each kind's `unit_cost`, before its plan)."""
     from twophase_core.science.train import Training
@@ -190,7 +195,7 @@ class SweepResult:
     results: dict[str, Result]  # by config hash; points without a result yet are missing
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def replicates_of(self, varied: dict[str, Any]) -> list[Result]:
+    def replicates_of(self, varied: Mapping[str, object]) -> list[Result]:
         """The finished results of one group (its varied settings as the JSON writes them)."""
         group = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in varied.items())
         return [self.results[p.hash] for p in self.points if p.group == group and p.hash in self.results]
@@ -205,11 +210,11 @@ class SweepResult:
                 "groups": self.groups(n_boot=n_boot), "meta": self.meta}
 
 
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
+def _plain(d: Mapping[str, object]) -> dict[str, object]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def load_results(store: Any, points: Sequence[Point]) -> dict[str, Result]:
+def load_results(store: Store, points: Sequence[Point]) -> dict[str, Result]:
     """The stored results of the points that have one (a sweep view while jobs still run)."""
     out = {}
     for p in points:
@@ -244,10 +249,21 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
     return out
 
 
-def figure_groups(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+class TransitionGroup(TypedDict):
+    """One setting with its replicates, as `figures.transition_figure` draws it."""
+
+    label: str  # legend and table name
+    t0: ArrayLike  # (n,) iterations, any order
+    values: dict[str, np.ndarray]  # metric -> (replicates, n) at the final t1, NaN where none
+    # metric -> the estimate (or its to_dict), None for "none found" (the sweep JSON's null); a metric missing
+    # here is estimated by the figure
+    transitions: NotRequired[Mapping[str, Transition | dict[str, Any] | None]]
+
+
+def figure_groups(groups: Sequence[dict[str, Any]]) -> list[TransitionGroup]:
     """Sweep JSON groups -> the groups `figures.transition_figure` draws (label, grid, replicate values,
     and the transitions already estimated, so the figure shows exactly the JSON's t*)."""
-    out = []
+    out: list[TransitionGroup] = []
     for g in groups:
         label = ", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "base"
         tr = g.get("estimates") or {}
@@ -273,7 +289,7 @@ def _sweep_fields() -> dict[str, R.Field]:
             "runs": R.Field(list[str], True), "created": R.Field(float, False, R.unix_time)}
 
 
-def _runnable(d: dict[str, Any]) -> str | None:
+def _runnable(d: Mapping[str, object]) -> str | None:
     """Why a stored sweep is not one this version can expand (what the Sweeps page does with it), else None."""
     spec = {"kind": R.Field(str, True, R.one_of(registry.names())), "base": R.Field(dict[str, Any], True),
             "vary": R.Field(dict[str, list[Any]], True), "seeds": R.Field(list[str], True),
@@ -301,18 +317,18 @@ def _unexpandable(spec: str) -> str | None:
 R.register("sweep", R.Schema("sweep/", "sweep", _sweep_fields))
 
 
-def load_sweep(store: Any, sweep_id: str) -> dict[str, Any] | None:
+def load_sweep(store: Store, sweep_id: str) -> dict[str, Any] | None:
     """The sweep's record; None if there is none or it fails its checks (`list_sweeps` names those)."""
     return R.read(store, "sweep", sweep_id)[0]
 
 
-def list_sweeps(store: Any) -> tuple[list[dict[str, Any]], list[R.RecordProblem]]:
+def list_sweeps(store: Store) -> tuple[list[dict[str, Any]], list[R.RecordProblem]]:
     """Every sweep record, newest first, and the records skipped as failing their checks (left in place)."""
     recs, skipped = R.read_all(store, "sweep")
     return sorted(recs, key=lambda r: r.get("created", 0.0), reverse=True), skipped
 
 
-def sweep_result(store: Any, rec: dict[str, Any]) -> SweepResult:
+def sweep_result(store: Store, rec: dict[str, Any]) -> SweepResult:
     """The sweep with whatever results are stored so far (its groups fill in as points finish)."""
     sweep = Sweep.from_dict(rec["sweep"])
     points = expand(sweep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from twophase_core.experiments import registry
 from twophase_core.experiments.reproduce import preset_differences
 from twophase_core.experiments.result import result_key
 from twophase_core.settings import config as conf
-from twophase_core.settings.spec import format_value
+from twophase_core.settings.spec import Spec, format_value
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store
 
@@ -85,21 +86,21 @@ def save_meta(store: Store, run_id: str, meta: RunMeta) -> None:
 # Settings as short text
 
 
-def short_value(spec: Any, value: Any, limit: int = VALUE_CHARS) -> str:
+def short_value(spec: Spec, value: object, limit: int = VALUE_CHARS) -> str:
     """A setting's value as the CLI writes it, with exponents unpadded (1e-6, not 1e-06) and long lists cut."""
     text = re.sub(r"e([+-]?)0*(\d)", lambda m: f"e{m.group(1).replace('+', '')}{m.group(2)}",
                   format_value(spec, value))
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def default_name(cfg: Any) -> str:
+def default_name(cfg: conf.ExperimentConfig) -> str:
     """The preset nearest to `cfg`, then every setting that differs from it: `demo · eps=1e-6 · data_seed=5`."""
     name, changed = preset_differences(cfg)
     specs = conf.settings_of(type(cfg))
     return SEP.join([name] + [f"{k}={short_value(specs[k][0], v)}" for k, v in changed.items()])
 
 
-def differing_settings(cfgs: list[Any]) -> list[str]:
+def differing_settings(cfgs: list[conf.ExperimentConfig]) -> list[str]:
     """Settings whose values differ between the configs (of one kind or several), in the order of their
     specs; a setting only some kinds have counts among the configs that have it."""
     names: list[str] = []
@@ -113,7 +114,7 @@ def differing_settings(cfgs: list[Any]) -> list[str]:
     return [n for n in names if len(values[n]) > 1]
 
 
-def settings_text(cfg: Any, names: list[str]) -> dict[str, str]:
+def settings_text(cfg: conf.ExperimentConfig, names: list[str]) -> dict[str, str]:
     """name -> short text of each named setting of `cfg` ('' for a setting its kind does not have)."""
     specs, flat = conf.settings_of(type(cfg)), conf.flat(cfg)
     return {n: short_value(specs[n][0], flat[n]) if n in flat else "" for n in names}
@@ -130,7 +131,7 @@ class RunEntry:
     id: str
     kind: str
     hash: str
-    config: Any | None  # the typed config; None for a record of an older schema
+    config: conf.ExperimentConfig | None  # the typed config; None for a record of an older schema
     record: JobRecord | None
     meta: RunMeta = field(default_factory=RunMeta)
     created: float | None = None
@@ -167,7 +168,7 @@ class RunEntry:
         return self.seconds
 
 
-def _typed(kind: str, d: Any) -> Any | None:
+def _typed(kind: str, d: object) -> conf.ExperimentConfig | None:
     try:
         return registry.config_from_dict(kind, d)
     except (conf.ConfigError, TypeError):
@@ -181,7 +182,11 @@ def _created(meta: dict[str, Any]) -> float | None:
         return None
 
 
-def list_runs(store: Store, records: list[JobRecord], result_info: Any = None) -> list[RunEntry]:
+# (kind, hash) -> a stored result's (config dict, meta dict), or None
+ResultInfo = Callable[[str, str], "tuple[dict[str, Any], dict[str, Any]] | None"]
+
+
+def list_runs(store: Store, records: list[JobRecord], result_info: ResultInfo | None = None) -> list[RunEntry]:
     """Every run in `store`, newest first, each once: the job records given (from `JobManager.list()`, which
     settles dead workers first) and every final result without a job. `result_info(kind, hash)` returns a
     result's (config dict, meta dict) or None; it defaults to reading the result, and a caller that lists

@@ -15,21 +15,26 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twophase_core.execution.placement import EXECUTORS, check_placement, resolve_executor
 from twophase_core.experiments import registry
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
 from twophase_core.settings import config as conf
-from twophase_core.settings.spec import ConfigError, bounds_text, format_value
+from twophase_core.settings.spec import ConfigError, Spec, bounds_text, format_value
+
+if TYPE_CHECKING:
+    from twophase_core.experiments.result import Result
+    from twophase_core.storage.store import Store
 
 PIPE_CLOSED = 141  # the status a shell reports for a command ended by SIGPIPE (128 + 13)
 METAVARS = {"choice": "NAME", "int": "N", "float": "X", "text": "TEXT", "step": "STEP", "steps": "STEPS",
             "ints": "N,N,...", "window": "START,END"}
 
 
-def flag_help(spec: Any) -> str:
+def flag_help(spec: Spec) -> str:
     """A setting's help with its allowed values: the same words in --help and the README table."""
     extra = []
     if spec.choices:
@@ -54,7 +59,7 @@ def add_setting_flags(p: argparse.ArgumentParser, kind: str) -> None:
             p.add_argument(*flags, dest=name, default=None, metavar=METAVARS[spec.type], help=flag_help(spec))
 
 
-def build_config(kind: str, args: argparse.Namespace) -> Any:
+def build_config(kind: str, args: argparse.Namespace) -> conf.ExperimentConfig:
     """The preset, then every flag given; validated. Values are parsed as the app's form parses them."""
     cfg = preset(args.preset, kind)
     given = {n: getattr(args, n) for n in conf.settings_of(registry.get(kind).config)
@@ -170,7 +175,7 @@ def check_output_path(path: str | None) -> None:
         raise ConfigError("--json", path, "is not writable")
 
 
-def open_store(cache_dir: str | None, heal: bool = True) -> Any:
+def open_store(cache_dir: str | None, heal: bool = True) -> Store:
     """The store at `cache_dir` (default location if None), or a one-line ConfigError saying why not.
     `heal=False` (cache check, repair, clear): opened as it is, so what is wrong is reported, not fixed."""
     from twophase_core.storage.store import ENV as ENV_CACHE
@@ -186,7 +191,7 @@ def open_store(cache_dir: str | None, heal: bool = True) -> Any:
         raise ConfigError(named, str(root), f"cannot be used as a store: {e.strerror or e}") from None
 
 
-def _write_json(path: str | None, payload: Any) -> None:
+def _write_json(path: str | None, payload: object) -> None:
     if path == "-":
         print(json.dumps(payload))
     elif path:
@@ -226,7 +231,7 @@ def _cache(action: str, cache_dir: str | None, dry_run: bool = False) -> int:
     return 0
 
 
-def _with_records(store: Any, report: dict[str, Any]) -> dict[str, Any]:
+def _with_records(store: Store, report: dict[str, Any]) -> dict[str, Any]:
     """`check`'s report with every job, note and sweep record that fails its type check named."""
     from dataclasses import asdict
 
@@ -243,7 +248,7 @@ def _with_records(store: Any, report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _move_bad_records(store: Any, dry_run: bool) -> list[dict[str, str]]:
+def _move_bad_records(store: Store, dry_run: bool) -> list[dict[str, str]]:
     """Move aside (`upkeep.move_aside`) every record that fails its type check; dry, only name them."""
     from twophase_core.storage import upkeep
     from twophase_core.storage.record_types import record_problems
@@ -277,7 +282,7 @@ def _resolve_executor(args: argparse.Namespace) -> None:
         args.executor = resolve_executor(args.executor)
 
 
-def check_devices(configs: Any, executor: str) -> None:
+def check_devices(configs: Iterable[conf.ExperimentConfig], executor: str) -> None:
     """Each distinct device of `configs` usable where `executor` runs them, and on Ray a usable address,
     before anything is written."""
     check_placement((cfg.train.device for cfg in configs), executor)
@@ -409,9 +414,10 @@ def _submit(args: argparse.Namespace) -> int:
     bar = _Bar(args.quiet)
     while True:
         jm.pump()
-        rec = jm.get(rec.id)
-        if rec is None:
+        latest = jm.get(rec.id)
+        if latest is None:
             raise ConfigError("job", args.submit_kind, "its record vanished from the store")
+        rec = latest
         if rec.finished:
             break
         bar(max(rec.progress, 0.0), rec.stage or rec.status)
@@ -489,7 +495,7 @@ def sweep_summary(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary(r: Any) -> str:
+def summary(r: Result) -> str:
     """A few lines a person reads after a run (each kind writes its own)."""
     return registry.get(r.kind).summary(r)
 

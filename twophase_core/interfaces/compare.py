@@ -9,7 +9,8 @@ curves of several runs are overlaid, one colour per run.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -18,8 +19,13 @@ from plotly.subplots import make_subplots
 from twophase_core.interfaces import catalog as K
 from twophase_core.interfaces import figures as F
 
+if TYPE_CHECKING:
+    from twophase_core.experiments.result import Result
+    from twophase_core.settings.config import ExperimentConfig
+
 Table = F.Table
 Arrays = dict[str, np.ndarray]
+Lines = Callable[[Arrays], Iterator[tuple[str, np.ndarray, np.ndarray]]]  # a run's (line name, x, y) per line
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 PER_ROW = 3  # heatmaps per row: a third of a wide page each, as on a single run's page
 
@@ -39,12 +45,13 @@ def _with_run(tables: list[Table], labels: list[str]) -> Table:
     return out
 
 
-def settings_table(labels: list[str], ids: list[str], configs: list[Any]) -> Table:
-    """One row per run: its label, its id and the settings that differ between these runs."""
-    names = K.differing_settings(configs)
+def settings_table(labels: list[str], ids: list[str], configs: list[ExperimentConfig | None]) -> Table:
+    """One row per run: its label, its id and the settings that differ between these runs (blank for a run
+    whose config is of an older schema: None)."""
+    names = K.differing_settings([c for c in configs if c is not None])
     t: Table = {"run": list(labels), "id": list(ids), **{n: [] for n in names}}
     for cfg in configs:
-        for n, v in K.settings_text(cfg, names).items():
+        for n, v in (K.settings_text(cfg, names) if cfg is not None else dict.fromkeys(names, "")).items():
             t[n].append(v)
     return t
 
@@ -133,7 +140,7 @@ def cone_S_heatmaps_table(runs: list[Arrays], labels: list[str]) -> Table:
 # Overlaid curves: one colour per run, one dash per line within a run
 
 
-def _overlay(runs: list[Arrays], labels: list[str], lines: Any, x_title: str, y_title: str, log: bool,
+def _overlay(runs: list[Arrays], labels: list[str], lines: Lines, x_title: str, y_title: str, log: bool,
              title: str, legend: str) -> go.Figure:
     """`lines(arrays)` yields (line name, x, y) per line of one run; each run gets a colour, each line a dash."""
     fig = go.Figure()
@@ -148,8 +155,8 @@ def _overlay(runs: list[Arrays], labels: list[str], lines: Any, x_title: str, y_
     return F.apply_layout(fig, title, legend_title_text=legend, height=460)
 
 
-def _section_lines(metric: str) -> Any:
-    def lines(a: Arrays) -> Any:
+def _section_lines(metric: str) -> Lines:
+    def lines(a: Arrays) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         z = F.seed_reduce(a[metric])
         for i, t0 in enumerate(a["t0"]):
             ok = ~np.isnan(z[i])
@@ -171,7 +178,7 @@ def chaos_sections_table(runs: list[Arrays], labels: list[str], metric: str) -> 
 
 def cone_ref_curves(runs: list[Arrays], labels: list[str], log: bool = False, title: str | None = None) -> go.Figure:
     """S(H(theta_t), H(theta_tau)) versus t per run and reference tau."""
-    def lines(a: Arrays) -> Any:
+    def lines(a: Arrays) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         for r, tau in enumerate(a["references"]):
             yield f"tau={int(tau)}", a["iters"].astype(int), a["ref_curves"][r]
     return _overlay(runs, labels, lines, "t (iteration)", "S(H(theta_t), H(theta_tau))", log,
@@ -185,7 +192,7 @@ def cone_ref_table(runs: list[Arrays], labels: list[str]) -> Table:
 
 def cone_neighbours(runs: list[Arrays], labels: list[str], log: bool = False, title: str | None = None) -> go.Figure:
     """The kernel velocity S(H(theta_t), H(theta_t+dt)) versus t per run and step dt."""
-    def lines(a: Arrays) -> Any:
+    def lines(a: Arrays) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         for dt in a["dts"]:
             dt = int(dt)
             yield f"dt={dt}", a[f"neigh_t_{dt}"].astype(int), a[f"neigh_s_{dt}"]
@@ -197,7 +204,7 @@ def cone_neigh_table(runs: list[Arrays], labels: list[str]) -> Table:
     return _with_run([F.cone_neigh_table(a) for a in runs], labels)
 
 
-def cone_angles_table(results: list[Any], labels: list[str]) -> Table:
+def cone_angles_table(results: list[Result], labels: list[str]) -> Table:
     """The cone angle and the early angle of each run, with their windows (iterations)."""
     t: Table = {"run": [], "cone_window": [], "cone_angle_deg": [], "early_window": [], "early_angle_deg": []}
     for r, label in zip(results, labels, strict=True):
@@ -209,7 +216,7 @@ def cone_angles_table(results: list[Any], labels: list[str]) -> Table:
     return t
 
 
-def cone_angles(results: list[Any], labels: list[str], title: str | None = None) -> go.Figure:
+def cone_angles(results: list[Result], labels: list[str], title: str | None = None) -> go.Figure:
     """Early angle and cone angle of each run as bars side by side: wide early, narrow once in the cone."""
     t = cone_angles_table(results, labels)
     fig = go.Figure()

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +91,8 @@ def load_mnist1d_data(root: str = "", download: bool = False, cache_dir: Path | 
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
+            np.savez(tmp, x=np.asarray(d["x"]), y=np.asarray(d["y"]), x_test=np.asarray(d["x_test"]),
+                     y_test=np.asarray(d["y_test"]))
             os.replace(tmp, path)
     xtr, xte = d["x"][:, None].astype(np.float64), d["x_test"][:, None].astype(np.float64)
     xtr_t, xte_t = _standardise(xtr, xte)
@@ -138,11 +138,11 @@ def _numpy_core(module: str) -> ModuleType:
 
 
 @functools.cache
-def _cifar_globals() -> dict[tuple[str, str], Any]:
+def _cifar_globals() -> dict[tuple[str, str], object]:
     """Every global a CIFAR-10 batch may ask for, under the names numpy 1.x (the real files, from python 2)
     and numpy 2 write, and what each resolves to: numpy arrays, their dtypes and scalars, and bytes."""
     multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
-    table: dict[tuple[str, str], Any] = {
+    table: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes,
         ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
     for core in ("numpy.core", "numpy._core"):
@@ -156,7 +156,7 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR-10 python format holds (dicts, lists, str, bytes, int, numpy arrays):
     every other global, os.system or any class a planted pickle names, is refused before it is imported."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> object:
         found = _cifar_globals().get((module, name))
         if found is None:
             raise _ForeignGlobal(f"it asks for {shown(f'{module}.{name}')}, which the format never holds")
@@ -164,7 +164,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _is_label(y: object) -> bool:
-    return isinstance(y, int | np.integer) and not isinstance(y, bool) and 0 <= y < 10
+    return isinstance(y, int | np.integer) and not isinstance(y, bool) and bool(0 <= y < 10)
 
 
 def _checked_batch(path: Path, d: object) -> tuple[np.ndarray, list[int]]:
@@ -326,7 +326,7 @@ class BatchSchedule:
         p = self.plan(t)
         idx = torch.from_numpy(p.indices).to(ds.x_train.device)
         x, y = ds.x_train[idx], ds.y_train[idx]
-        if p.shifts is not None:
+        if p.shifts is not None and p.flips is not None:  # (both or neither: augment)
             x = crop_flip(x, p.shifts, p.flips, self.PAD)
         return x, y, p.dropout_seed
 

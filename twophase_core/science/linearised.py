@@ -28,7 +28,7 @@ class Linearised:
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         delta = {k: params[k] - self.theta0[k] for k in params}
         f = lambda p: functional_call(self.model, (p, self.buffers), (x,))
-        out, tangent = jvp(f, (self.theta0,), (delta,))
+        out, tangent = jvp(f, (self.theta0,), (delta,))  # type: ignore[misc]  # torch types 3 items, even without has_aux
         return out + tangent
 
 

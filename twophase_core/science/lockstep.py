@@ -42,8 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Hashable, Iterable
 
 import torch
 from torch import nn
@@ -301,14 +300,14 @@ def _train_missing_stacked(training: Training, trajs: dict[str, Trajectory], key
 # ---------------------------------------------------------------------------------------------
 # Loop or stack?
 
-_CHOICE: dict[tuple[Any, ...], str] = {}
-_TIMINGS: dict[tuple[Any, ...], dict[str, float]] = {}
+_CHOICE: dict[tuple[Hashable, ...], str] = {}
+_TIMINGS: dict[tuple[Hashable, ...], dict[str, float]] = {}
 CALIBRATION_STEPS = 5
 STACK_MARGIN = 1.05  # stack only when this much faster: at a tie the loop (the base run is its control) wins
 SLOW_STEP_S = 2.0  # a plain step slower than this on the CPU: skip calibrating, loop
 
 
-def _cache_key(training: Training, k: int, with_control: bool) -> tuple[Any, ...]:
+def _cache_key(training: Training, k: int, with_control: bool) -> tuple[Hashable, ...]:
     c = training.cfg
     return (c.model, c.width, c.dataset, c.batch_size, c.dropout, c.train_size, training.device.type, k, with_control)
 

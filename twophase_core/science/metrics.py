@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -25,6 +25,22 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from twophase_core.science.models import device_of, eval_mode
 from twophase_core.settings.config import BN_MODES
+
+Floats = Sequence[float] | np.ndarray  # alphas and losses along a path
+
+
+class PairMetrics(TypedDict):
+    """What `pair_metrics` measures for a (control, branch) pair."""
+
+    C: float
+    B: float
+    D: float
+    alphas: np.ndarray
+    losses: np.ndarray
+    loss_a: float
+    acc_a: float
+    loss_b: float
+    acc_b: float
 
 PATH_METHODS = ("loop", "stacked")
 # Test points per forward pass. Measured on the demo model (MNIST-1D CNN, 1 thread, 2 shared cores): 500 is as fast
@@ -227,7 +243,7 @@ def interpolation_losses(
     b: nn.Module,
     x: Tensor,
     y: Tensor,
-    alphas: Sequence[float],
+    alphas: Floats,
     bn: str = "interpolate",
     train_x: Tensor | None = None,
     bn_batches: int = 10,
@@ -268,7 +284,7 @@ def _interpolation_losses_loop(
     b: nn.Module,
     x: Tensor,
     y: Tensor,
-    alphas: Sequence[float],
+    alphas: Floats,
     bn: str = "interpolate",
     train_x: Tensor | None = None,
     bn_batches: int = 10,
@@ -284,7 +300,7 @@ def _path_loop(
     b: nn.Module,
     x: Tensor,
     y: Tensor,
-    alphas: Sequence[float],
+    alphas: Floats,
     bn: str,
     train_x: Tensor | None,
     bn_batches: int,
@@ -343,7 +359,7 @@ def _interpolation_losses_stacked(
     b: nn.Module,
     x: Tensor,
     y: Tensor,
-    alphas: Sequence[float],
+    alphas: Floats,
     eval_batch_size: int = EVAL_BATCH,
     max_bytes: int = STACK_BYTES,
 ) -> np.ndarray:
@@ -414,7 +430,7 @@ def _activation_bytes(model: nn.Module, x1: Tensor) -> int:
     return max(total, 1)
 
 
-def barrier_from_path(losses: Sequence[float], alphas: Sequence[float]) -> float:
+def barrier_from_path(losses: Floats, alphas: Floats) -> float:
     """B = max_alpha { L(alpha) - [alpha L(1) + (1-alpha) L(0)] }, >= 0; alphas must include 0 and 1.
 
     L(1) is the loss of a, L(0) that of b. The linear term is L0 + alpha*(L1 - L0), so a constant path
@@ -509,7 +525,7 @@ def pair_metrics(
     batch_size: int = 256,
     eval_batch_size: int = EVAL_BATCH,
     method: str = "loop",
-) -> dict[str, Any]:
+) -> PairMetrics:
     """Everything the chaos engine measures for one (control a, branch b) pair, each forward pass done once.
 
     Returns {"C", "B", "D", "alphas", "losses", "loss_a", "acc_a", "loss_b", "acc_b"}, where C, B, D, the path

@@ -90,7 +90,7 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 class VGG16BN(nn.Module):
@@ -108,6 +108,7 @@ class VGG16BN(nn.Module):
                 layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
                 cin = cout
         self.features = nn.Sequential(*layers)
+        self.head: nn.Module
         if fc_head:
             h = _w(4096, width)
             self.head = nn.Sequential(nn.Linear(cin, h), nn.ReLU(), nn.Dropout(dropout), nn.Linear(h, h), nn.ReLU(),
@@ -117,7 +118,8 @@ class VGG16BN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # (every conv here has one)
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -168,8 +170,8 @@ def device_of(model: nn.Module) -> torch.device:
     """Where a model lives (its first parameter or buffer; CPU for an empty module)."""
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

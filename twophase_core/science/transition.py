@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import leastsq
 from scipy.stats import norm
 from scipy.stats import t as student_t
@@ -216,19 +217,19 @@ def log_values(values: np.ndarray, floor: float | None = None) -> tuple[np.ndarr
     return out, float(floor), nz
 
 
-def _prepare(t: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
-    t = np.asarray(t, dtype=float).ravel()
+def _prepare(t: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    ts = np.asarray(t, dtype=float).ravel()
     v = np.asarray(values, dtype=float)
     if v.ndim == 1:
         v = v[None, :]
-    if v.ndim != 2 or v.shape[1] != t.size:
-        raise ValueError(f"values must have shape (replicates, {t.size}) to match the t grid; got {v.shape}")
-    if not np.all(np.isfinite(t)) or np.any(t < 0):
+    if v.ndim != 2 or v.shape[1] != ts.size:
+        raise ValueError(f"values must have shape (replicates, {ts.size}) to match the t grid; got {v.shape}")
+    if not np.all(np.isfinite(ts)) or np.any(ts < 0):
         raise ValueError("the t grid must be finite iterations >= 0")
-    if np.unique(t).size != t.size:
+    if np.unique(ts).size != ts.size:
         raise ValueError("the t grid must not repeat a value")
-    order = np.argsort(t)
-    return t[order], v[:, order]
+    order = np.argsort(ts)
+    return ts[order], v[:, order]
 
 
 def _pooled_sd(y: np.ndarray) -> float:
@@ -253,7 +254,7 @@ def _col_means(y: np.ndarray) -> np.ndarray:
 # The estimator
 
 
-def estimate_transition(t0: Any, values: Any, n_boot: int = 1000, seed: int = 0, floor: float | None = None,
+def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, seed: int = 0, floor: float | None = None,
                         rules: Rules = RULES, axis: str = "t0") -> Transition:
     """t* of a chaos metric at the final t1 versus t0, with a 95% percentile-bootstrap interval.
 
@@ -379,8 +380,8 @@ def _bootstrap(u: np.ndarray, y: np.ndarray, n_boot: int, seed: int, box: Box, m
     return mids[np.isfinite(mids)], int(np.sum(~np.isfinite(mids)))
 
 
-def estimate_kernel_transition(t: Any, s: Any, n_boot: int = 1000, seed: int = 0, floor: float | None = None,
-                               rules: Rules = RULES) -> Transition:
+def estimate_kernel_transition(t: ArrayLike, s: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                               floor: float | None = None, rules: Rules = RULES) -> Transition:
     """The cone side: the same fit on the kernel velocity S(theta_t, theta_t+dt) against t.
 
     t: (n,) iterations of the first checkpoint of each pair; s: (replicates, n). Same definition,
@@ -389,22 +390,22 @@ def estimate_kernel_transition(t: Any, s: Any, n_boot: int = 1000, seed: int = 0
     return estimate_transition(t, s, n_boot=n_boot, seed=seed, floor=floor, rules=rules, axis="t")
 
 
-def estimate_transitions(t0: Any, values: Mapping[str, Any], n_boot: int = 1000,
+def estimate_transitions(t0: ArrayLike, values: Mapping[str, ArrayLike], n_boot: int = 1000,
                          seed: int = 0) -> dict[str, Transition]:
     """`estimate_transition` for several metrics on one grid ({"C": (R, n), "B": ..., "D": ...})."""
     return {k: estimate_transition(t0, v, n_boot=n_boot, seed=seed) for k, v in values.items()}
 
 
-def sigmoid_curve(tr: Transition, t: Any) -> np.ndarray:
+def sigmoid_curve(tr: Transition, t: ArrayLike) -> np.ndarray:
     """The fitted curve exp(y(log(1 + t))) at t, in the metric's units; NaN where no fit was made."""
-    t = np.asarray(t, dtype=float)
+    ts = np.asarray(t, dtype=float)
     if tr.early is None or tr.late is None or tr.midpoint_u is None or tr.width is None:
-        return np.full(t.shape, np.nan)
+        return np.full(ts.shape, np.nan)
     E, L = math.log(tr.early), math.log(tr.late)
-    return np.exp(L + (E - L) * _basis(np.log1p(t), tr.midpoint_u, tr.width))
+    return np.exp(L + (E - L) * _basis(np.log1p(ts), tr.midpoint_u, tr.width))
 
 
-def replicate_band(values: Any, n_boot: int = 1000, seed: int = 0, log: bool = False,
+def replicate_band(values: ArrayLike, n_boot: int = 1000, seed: int = 0, log: bool = False,
                    floor: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over replicates (axis 0) with its 95% percentile-bootstrap band, for every other cell.
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from twophase_core.settings.spec import (
     MAX_INT,
@@ -126,6 +127,11 @@ class ExperimentConfig:
 # The settings of a kind, flat: experiment fields and the nested TrainConfig's, names unique
 
 
+# a config of either kind: an experiment's, or the training run's alone
+Config = TypeVar("Config", bound="ExperimentConfig | TrainConfig")
+Exp = TypeVar("Exp", bound="ExperimentConfig")
+
+
 def settings_of(cls: type) -> dict[str, tuple[Spec, bool]]:
     """name -> (spec, is a TrainConfig field), the experiment's own fields first."""
     own = {f.name: (spec_of(f), False) for f in fields(cls) if f.name != "train"}
@@ -134,7 +140,7 @@ def settings_of(cls: type) -> dict[str, tuple[Spec, bool]]:
     return {**own, **{f.name: (spec_of(f), True) for f in fields(TrainConfig)}}
 
 
-def flat(cfg: Any) -> dict[str, Any]:
+def flat(cfg: ExperimentConfig | TrainConfig) -> dict[str, Any]:
     """Every setting of an experiment config by name (train fields lifted out of `.train`)."""
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "train"}
     if not isinstance(cfg, TrainConfig):
@@ -146,20 +152,20 @@ def flat(cfg: Any) -> dict[str, Any]:
 # Canonical form and hashing
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: ExperimentConfig | TrainConfig) -> dict[str, Any]:
     """Plain, JSON-ready dict (tuples become lists)."""
 
-    def conv(v: Any) -> Any:
+    def conv(v: object) -> object:
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
         if isinstance(v, tuple | list):
             return [conv(x) for x in v]
         return v
 
-    return conv(cfg)
+    return {f.name: conv(getattr(cfg, f.name)) for f in fields(cfg)}
 
 
-def from_dict(cls: type, d: Any) -> Any:
+def from_dict(cls: type[Config], d: object) -> Config:
     """Inverse of `to_dict`, strict: unknown or missing keys are a ConfigError (a typo, or a dict from
     elsewhere, must not silently take defaults); values are checked by `validate`, not coerced."""
     if not isinstance(d, dict):
@@ -172,7 +178,7 @@ def from_dict(cls: type, d: Any) -> Any:
     if missing:
         raise ConfigError(cls.__name__, ", ".join(missing), "missing settings: give every field, or start from a "
                           "preset and change what differs (config.replace)")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}  # each setting's own type, checked by `validate`
     for k, v in d.items():
         if k == "train":
             v = from_dict(TrainConfig, v)
@@ -182,13 +188,13 @@ def from_dict(cls: type, d: Any) -> Any:
     return cls(**kwargs)
 
 
-def digest(obj: Any) -> str:
+def digest(obj: object) -> str:
     """20 hex digits of the sha256 of canonical JSON: the key of configs, trajectories and branches."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def kind_of(cfg: Any) -> str:
+def kind_of(cfg: object) -> str:
     """The experiment's kind ('chaos', ...): its config class says it."""
     kind = getattr(type(cfg), "kind", "") if isinstance(cfg, ExperimentConfig) else ""
     if not kind:
@@ -196,15 +202,15 @@ def kind_of(cfg: Any) -> str:
     return kind
 
 
-def by_base_run(configs: Any) -> dict[str, list[Any]]:
+def by_base_run(configs: Iterable[Exp]) -> dict[str, list[Exp]]:
     """Experiments grouped by the base run they share (their trajectory key), in first-seen order."""
-    groups: dict[str, list[Any]] = {}
+    groups: dict[str, list[Exp]] = {}
     for cfg in configs:
         groups.setdefault(cfg.train.trajectory_key(), []).append(cfg)
     return groups
 
 
-def config_hash(cfg: Any) -> str:
+def config_hash(cfg: ExperimentConfig) -> str:
     """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version."""
     return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg)})
 
@@ -227,7 +233,7 @@ def iterations_per_epoch(cfg: TrainConfig) -> int:
 # Validation: the one place
 
 
-def _check_fields(cfg: Any) -> None:
+def _check_fields(cfg: ExperimentConfig | TrainConfig) -> None:
     for f in fields(cfg):
         if f.name != "train":
             check(f.name, spec_of(f), getattr(cfg, f.name))
@@ -257,7 +263,7 @@ def check_in_run(name: str, v: tuple[int, ...], lo: int, hi: int, T: int) -> Non
             raise ConfigError(name, v, f"every value must be in [{lo}, {hi}] (iterations T = {T}), got {t}")
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: object) -> None:
     """Raise ConfigError for the first invalid setting of an experiment (or training) config: every field by
     its spec, then the kind's relations between fields (`ExperimentConfig.check`)."""
     if isinstance(cfg, TrainConfig):
@@ -271,7 +277,7 @@ def validate(cfg: Any) -> None:
     cfg.check()
 
 
-def with_settings(cfg: Any, values: dict[str, Any]) -> Any:
+def with_settings(cfg: Config, values: Mapping[str, object]) -> Config:
     """`cfg` with settings given by name, as typed text (CLI, form) or as values; validated.
 
     The one way user input becomes a config: each value is parsed by its setting's type and checked
@@ -283,7 +289,7 @@ def with_settings(cfg: Any, values: dict[str, Any]) -> Any:
         if name not in specs:
             raise ConfigError(name, values[name], f"is not a setting of {type(cfg).__name__}")
     steps = {"step", "steps", "window"}
-    typed: dict[str, Any] = {}
+    typed: dict[str, object] = {}
     for name, v in values.items():
         spec = specs[name][0]
         if spec.type not in steps:
@@ -305,7 +311,7 @@ def with_settings(cfg: Any, values: dict[str, Any]) -> Any:
     return cfg
 
 
-def replace(cfg: Any, **changes: Any) -> Any:
+def replace(cfg: Config, **changes: Any) -> Config:
     """dataclasses.replace that also reaches into .train for TrainConfig fields."""
     if isinstance(cfg, TrainConfig):
         return dataclasses.replace(cfg, **changes)

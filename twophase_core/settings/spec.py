@@ -17,7 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 # The kinds of value a setting holds; each has one parser, one formatter and one check.
 TYPES = ("choice", "int", "float", "bool", "text", "step", "steps", "ints", "window")
@@ -26,19 +26,22 @@ MAX_SEED = 2**32 - 1  # every seed feeds numpy's SeedSequence and torch generato
 MAX_TEXT = 4096
 MAX_LIST = 1000
 _SHOWN = 60  # characters of a bad value echoed back in an error
+# what a setting holds, by its type: choice and text a str, int and step an int, float a float, bool a bool,
+# steps, ints and window a tuple of ints
+SettingValue = str | int | float | bool | tuple[int, ...]
 
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the field, the value (cut short) and what is allowed."""
 
-    def __init__(self, field_name: str, value: Any, allowed: str):
+    def __init__(self, field_name: str, value: object, allowed: str):
         self.field = field_name
         self.value = value
         self.allowed = allowed
         super().__init__(f"{field_name}={shown(value)} is invalid: {allowed}")
 
 
-def shown(value: Any) -> str:
+def shown(value: object) -> str:
     """repr cut to a sane length: a 100,000-character value is not echoed back whole."""
     r = repr(value)
     return r if len(r) <= _SHOWN else f"{r[:_SHOWN - 15]}... ({len(r)} chars)"
@@ -145,7 +148,7 @@ def _plain_ascii(name: str, text: str) -> None:
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
-def parse_text(name: str, spec: Spec, text: Any, iterations_per_epoch: int | None = None) -> Any:
+def parse_text(name: str, spec: Spec, text: object, iterations_per_epoch: int | None = None) -> Any:
     """A value of the setting from what a user typed (CLI argument or form field). An empty entry is
     an error: a cleared field must never fall back to a default silently."""
     if not isinstance(text, str):  # a widget that already gives the value (checkbox, selectbox)
@@ -199,7 +202,7 @@ def from_env(name: str, spec: Spec, default: Any) -> Any:
     return v
 
 
-def format_value(spec: Spec, v: Any) -> str:
+def format_value(spec: Spec, v: object) -> str:
     """The text that `parse_text` reads back as `v` exactly (floats by repr: 0.1 stays 0.1)."""
     if isinstance(v, tuple | list):
         return ",".join(str(x) for x in v)
@@ -214,7 +217,7 @@ def format_value(spec: Spec, v: Any) -> str:
 # The per-field check (types strictly: no truthy strings, no bools for numbers)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -243,7 +246,7 @@ def _finite(v: float) -> bool:
         return False
 
 
-def check(name: str, spec: Spec, v: Any) -> None:
+def check(name: str, spec: Spec, v: object) -> None:
     """Raise ConfigError unless `v` has the setting's type and lies within its bounds and choices."""
     t = spec.type
     why = f" ({spec.hi_text})" if spec.hi_text else ""

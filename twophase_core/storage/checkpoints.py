@@ -15,7 +15,7 @@ import contextlib
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from twophase_core.storage import space
 from twophase_core.storage.errors import StoreError
 from twophase_core.storage.files import CKPT_MAGIC, KERNEL_MAGIC, CheckpointFiles, frame_checkpoint, verify_checkpoint
 from twophase_core.storage.records import sha_hex
+
+if TYPE_CHECKING:
+    import torch
 
 LegacySha = Callable[[str, int], str | None]  # (trajectory, t) -> the sha256 an older version kept in the index
 Forget = Callable[[str, int], None]  # drop that sha256 with its file
@@ -57,7 +60,7 @@ class Checkpoints:
         """Atomic write of a self-verifying file; a full disk leaves no temp file and raises StoreFull."""
         self._write(trajectory, t, frame_checkpoint(serialize(state)), f"writing checkpoint {t} of {trajectory}")
 
-    def load(self, trajectory: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
+    def load(self, trajectory: str, t: int, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The checkpoint, or None if it is missing or a damaged one of ours (then it is removed, and whoever
         asked trains it again). A file of that name twophase did not write is never used nor touched:
         StoreError says where it is. An object store that cannot be reached raises StoreError too: its

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from twophase_core.storage.errors import StorageSettingError, StoreError
@@ -40,7 +40,8 @@ __all__ = ["CKPT_MAGIC", "ENV_OPTIONS", "ENV_ROOT", "KERNEL_MAGIC", "CheckpointF
 CheckpointFiles = LocalFiles | ObjectFiles
 
 
-def open_storage(url: str | Path, options: dict[str, Any] | None = None, setting: str = ENV_ROOT) -> CheckpointFiles:
+def open_storage(url: str | Path, options: Mapping[str, object] | None = None,
+                 setting: str = ENV_ROOT) -> CheckpointFiles:
     """The checkpoint files at `url`: a path or file:// URL is a folder, any other scheme goes to fsspec."""
     if isinstance(url, Path):
         return LocalFiles(url, setting)
@@ -58,7 +59,7 @@ def storage_from_env(default: Path) -> CheckpointFiles:
     """$TWOPHASE_STORAGE_ROOT (with $TWOPHASE_STORAGE_OPTIONS), or `default` when it is unset."""
     url = os.environ.get(ENV_ROOT, "").strip()
     raw = os.environ.get(ENV_OPTIONS, "").strip()
-    options: dict[str, Any] = {}
+    options: dict[str, object] = {}
     if raw:
         try:
             options = json.loads(raw)

@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, MODE_TEXT
@@ -25,6 +25,16 @@ __all__ = ["MODE_BINARY", "MODE_PICKLE", "MODE_RAW", "MODE_TEXT", "Index", "Safe
 
 FILE_PREFIXES = ("result/",)  # records kept in their own files whatever their size: they survive the db
 WRITE_TRIES = 10  # a concurrent delete may remove an entry file's emptied folder between mkdir and open
+
+
+class Record(TypedDict):
+    """A checksummed record as the index hands it out (framed as bytes on disk: `records.py`)."""
+
+    sha: str
+    blob: bytes
+
+
+Value = str | int | float | bytes | Record  # what the index holds
 
 
 class UnsafeEntry(ValueError):
@@ -65,21 +75,21 @@ class SafeDisk(diskcache.Disk):
     `UnsafeKey` instead of being loaded, and a file name pointing outside the index is refused.
     """
 
-    def __init__(self, directory: str, **settings: Any):
+    def __init__(self, directory: str, **settings: object):
         super().__init__(directory, **settings)
         self.folder = Path(directory)
 
-    def put(self, key: Any) -> tuple[Any, bool]:
+    def put(self, key: object) -> tuple[object, bool]:
         if type(key) is not str:
             raise TypeError(f"store keys are strings, not {type(key).__name__}")
         return super().put(key)
 
-    def get(self, key: Any, raw: bool) -> Any:
+    def get(self, key: object, raw: bool) -> object:
         if not raw:
-            return UnsafeKey(bytes(key))
+            return UnsafeKey(bytes(key))  # type: ignore[call-overload]  # diskcache: a non-raw key is bytes
         return super().get(key, raw)
 
-    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> tuple[int, int, str | None, Any]:
+    def store(self, value: object, read: bool, key: object = diskcache.UNKNOWN) -> tuple[int, int, str | None, object]:
         if type(value) is dict and set(value) == {"sha", "blob"}:
             data = frame_record(key if type(key) is str else "", str(value["sha"]), bytes(value["blob"]))
             if (type(key) is str and key.startswith(FILE_PREFIXES)) or len(data) >= self.min_file_size:
@@ -91,7 +101,7 @@ class SafeDisk(diskcache.Disk):
             return super().store(value, read, key)
         raise TypeError(f"the store keeps strings, numbers, bytes and checksummed records, not {type(value).__name__}")
 
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+    def fetch(self, mode: int, filename: str | None, value: object, read: bool) -> object:
         if mode == MODE_PICKLE:
             raise UnsafeEntry("a pickled entry (the store never unpickles)")
         if filename is not None:
@@ -122,11 +132,11 @@ class Index:
         self.folder = folder
         self._cache = diskcache.Cache(str(folder), eviction_policy="none", timeout=60, disk=SafeDisk)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> Value | None:
         """The value (a record as `{"sha", "blob"}`), None if there is none; UnsafeEntry for a pickle."""
         return self._cache.get(key)
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: Value) -> None:
         self._cache.set(key, value)
 
     def delete(self, key: str) -> bool:

@@ -16,14 +16,25 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from twophase_core.storage.errors import StoreError
 
 LOCK_POLL_S = 0.1
 
-_LOCKS: dict[str, list[Any]] = {}  # path -> [RLock for this process's threads, fd holding the flock, depth]
+
+
+@dataclass
+class _Held:
+    """This process's hold on one lock file: a lock for its threads, the descriptor holding the flock, the depth."""
+
+    rlock: threading.RLock = field(default_factory=threading.RLock)
+    fd: int | None = None
+    depth: int = 0
+
+
+_LOCKS: dict[str, _Held] = {}  # path -> this process's hold on it
 _LOCKS_LOCK = threading.Lock()
 
 
@@ -35,36 +46,38 @@ def file_lock(path: Path, wait: Callable[[], None] | None = None) -> Iterator[No
     The kernel drops a flock when its holder dies (kill -9 included), so a dead holder never blocks.
     """
     with _LOCKS_LOCK:
-        entry = _LOCKS.setdefault(str(path), [threading.RLock(), None, 0])
-    rlock: threading.RLock = entry[0]
+        entry = _LOCKS.setdefault(str(path), _Held())
+    rlock = entry.rlock
     while not rlock.acquire(timeout=LOCK_POLL_S if wait is not None else -1):
-        wait()  # type: ignore[misc]
+        if wait is not None:  # (without `wait`, acquire blocks until it has the lock)
+            wait()
     try:
-        if entry[2] == 0:
+        if entry.depth == 0:
             fd = _open_lock(path)
             try:
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if wait is not None else 0))
                         break
-                    except BlockingIOError:
-                        wait()  # type: ignore[misc]
+                    except BlockingIOError:  # (LOCK_NB, so only with a `wait`)
+                        if wait is not None:
+                            wait()
                         time.sleep(LOCK_POLL_S)
             except BaseException:
                 os.close(fd)
                 raise
-            entry[1] = fd
-        entry[2] += 1
+            entry.fd = fd
+        entry.depth += 1
     except BaseException:
         rlock.release()
         raise
     try:
         yield
     finally:
-        entry[2] -= 1
-        if entry[2] == 0:
-            os.close(entry[1])  # closing the descriptor releases the flock
-            entry[1] = None
+        entry.depth -= 1
+        if entry.depth == 0 and entry.fd is not None:
+            os.close(entry.fd)  # closing the descriptor releases the flock
+            entry.fd = None
         rlock.release()
 
 

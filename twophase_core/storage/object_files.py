@@ -19,9 +19,9 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from twophase_core.storage.errors import StorageSettingError, StoreError
 from twophase_core.storage.layout import (
@@ -39,6 +39,16 @@ from twophase_core.storage.layout import (
 )
 from twophase_core.storage.locks import file_lock
 
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+
+class _State(TypedDict):
+    """What an ObjectFiles pickles as."""
+
+    url: str
+    options: dict[str, object]
+
 
 class ObjectFiles:
     """Checkpoints as objects under an fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://...`).
@@ -47,23 +57,23 @@ class ObjectFiles:
     first use, so opening a store never touches the network.
     """
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None):
+    def __init__(self, url: str, options: Mapping[str, object] | None = None):
         self.url = url.rstrip("/")
         self.options = dict(options or {})
-        self._fs: Any = None
+        self._fs: AbstractFileSystem | None = None
         self._root = ""
 
     def __repr__(self) -> str:
         return f"ObjectFiles({self.url!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> _State:
         return {"url": self.url, "options": self.options}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["options"])  # type: ignore[misc]
+    def __setstate__(self, state: _State) -> None:
+        ObjectFiles.__init__(self, state["url"], state["options"])
 
     @property
-    def fs(self) -> Any:
+    def fs(self) -> AbstractFileSystem:
         if self._fs is None:
             try:
                 from fsspec.core import url_to_fs

@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from twophase_core.storage.files import (
     CKPT_MAGIC,
@@ -95,11 +95,20 @@ def clean_orphans(files: CheckpointFiles) -> dict[str, int]:
     return {"files": n, "bytes": total}
 
 
-def sort_files(files: CheckpointFiles, scan: Scan, legacy: dict[str, str]) -> dict[str, list[Any]]:
+class Sorted(TypedDict):
+    """Checkpoint and kernel files by what reading them showed (`sort_files`)."""
+
+    verified: list[Entry]
+    legacy: list[Entry]
+    bad: list[Entry]
+    foreign: list[tuple[Entry, str]]  # (entry, why)
+
+
+def sort_files(files: CheckpointFiles, scan: Scan, legacy: dict[str, str]) -> Sorted:
     """Checkpoint and kernel files read whole and sorted: `verified`, `legacy` (an old checkpoint whose
     checksum the index holds), `bad` (ours: our header, but failing its checksum) and `foreign`
     ((entry, why): no twophase header, or unreadable: never touched)."""
-    out: dict[str, list[Any]] = {"verified": [], "legacy": [], "bad": [], "foreign": []}
+    out: Sorted = {"verified": [], "legacy": [], "bad": [], "foreign": []}
     for e in scan.of("checkpoint") + scan.of("kernel"):
         magic = CKPT_MAGIC if e.what == "checkpoint" else KERNEL_MAGIC
         try:

@@ -26,8 +26,6 @@ from typing import Any
 
 from twophase_core.storage.store import DamagedRecord, Store
 
-PREFIXES = {"job": "job/", "runmeta": "runmeta/", "sweep": "sweep/"}
-NOUNS = {"job": "job", "runmeta": "run note", "sweep": "sweep"}
 REPAIR_HINT = "run `twophase cache check`; `twophase cache repair` moves it aside"
 LATEST_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC: later times do not fit a date the pages print
 Rule = Callable[[Any], str | None]  # why a value of the right type is still wrong, or None
@@ -38,7 +36,7 @@ class Field:
     """One field of a record: the JSON types it may hold (as a type hint), whether it must be there, and
     a rule for what else its value (when not null) must satisfy."""
 
-    hint: Any
+    hint: object  # a type hint: str, float | None, list[str], dict[str, Any]
     required: bool = False
     rule: Rule | None = None
 
@@ -82,7 +80,7 @@ def _number(v: Any) -> bool:
         return False
 
 
-def matches(v: Any, hint: Any) -> bool:
+def matches(v: object, hint: object) -> bool:
     """Whether a JSON value has the type `hint` describes (float: any finite number; bool is no number)."""
     if hint is Any:
         return True
@@ -100,11 +98,11 @@ def matches(v: Any, hint: Any) -> bool:
     return type(v) is hint
 
 
-_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
-          dict: "an object", type(None): "null"}
+_NAMES: dict[object, str] = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+                              list: "a list", dict: "an object", type(None): "null"}
 
 
-def describe(hint: Any) -> str:
+def describe(hint: object) -> str:
     """`hint` as words: 'a number or null', 'a list of strings'."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join(describe(h) for h in typing.get_args(hint))
@@ -114,7 +112,7 @@ def describe(hint: Any) -> str:
     return _NAMES.get(origin or hint, str(hint))
 
 
-def _json_name(v: Any) -> str:
+def _json_name(v: object) -> str:
     return "a boolean" if type(v) is bool else describe(type(v))
 
 
@@ -136,7 +134,7 @@ def unix_time(v: float) -> str | None:
     return None if 0 <= v <= LATEST_TIME else "must be a time in seconds since 1970, before the year 10000"
 
 
-def _problem_of(fields: dict[str, Field], value: Any) -> tuple[str, str] | None:
+def _problem_of(fields: dict[str, Field], value: object) -> tuple[str, str] | None:
     """(field, why) of the first field of `value` that `fields` refuses; ('', why) if it is no object."""
     if type(value) is not dict:
         return "", f"it is {_json_name(value)}, not an object"
@@ -187,17 +185,17 @@ def schema(kind: str) -> dict[str, Field]:
     return SCHEMAS[kind].fields()
 
 
-def problem_of(fields: dict[str, Field], value: Any) -> tuple[str, str] | None:
+def problem_of(fields: dict[str, Field], value: object) -> tuple[str, str] | None:
     """(field, why) of the first field of `value` that `fields` refuses; ('', why) if it is no object."""
     return _problem_of(fields, value)
 
 
-def problem(kind: str, value: Any, record_id: str | None = None) -> tuple[str, str] | None:
+def problem(kind: str, value: object, record_id: str | None = None) -> tuple[str, str] | None:
     """(field, why) of the first thing wrong with `value` as a record of `kind`, None if it can be trusted.
     With `record_id` (the id in its key), a record's own `id` field, where it has one, must be that id."""
     fields = schema(kind)
     bad = _problem_of(fields, value)
-    if bad is not None:
+    if bad is not None or type(value) is not dict:  # (anything but an object has a problem)
         return bad
     if "id" in fields and record_id is not None and value["id"] != record_id:
         return "id", f"must be the id in its key, {shown(record_id)}"

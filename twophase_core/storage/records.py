@@ -25,7 +25,8 @@ def sha_hex(b: bytes) -> str:
 
 def pack_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    # numpy's stub types **arrays as possibly allow_pickle (a bool); result arrays never take that name
+    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

@@ -14,9 +14,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
-from twophase_core.storage.index import MODE_PICKLE, MODE_RAW, MODE_TEXT, UnsafeEntry, entry_path
+from twophase_core.storage.index import MODE_PICKLE, MODE_RAW, MODE_TEXT, Record, UnsafeEntry, entry_path
 from twophase_core.storage.records import REC_MAGIC, sha_hex, unframe_record
 
 STRAY_AGE_S = 60.0  # an index entry file with no row, older than this, is left over from a killed writer
@@ -28,11 +28,44 @@ class Row:
     """One row of the index as stored: its key (a str, or the bytes of a key stored pickled), diskcache's
     raw flag and mode, the entry file it names (if any) and the value held in the row itself."""
 
-    key: Any
+    key: str | bytes
     raw: int
     mode: int
     filename: str | None
-    value: Any
+    value: str | int | float | bytes | None  # as sqlite gives it
+
+
+class Counts(TypedDict):
+    """What of a moved-aside index does not verify (`recoverable`)."""
+
+    unverifiable: int
+    refused_pickles: int
+    read_error: NotRequired[str]  # why the table could not be read whole
+
+
+class Rebuilt(Counts):
+    """What a rebuild of the index did (`Store.rebuild`)."""
+
+    problem: str
+    moved_aside: str | None
+    recovered: int
+
+
+class IndexReport(TypedDict):
+    """What the index holds, read without writing to it (`inspect_index`)."""
+
+    path: str
+    state: str  # ok, missing, empty, damaged
+    problem: str | None
+    entries: int
+    results: int
+    jobs: int
+    pickled: int
+    bad_records: int
+    damaged: list[dict[str, str]]  # key, why
+    legacy_shas: NotRequired[dict[str, str]]  # checkpoint key -> the sha256 an older version kept
+    unreferenced_files: NotRequired[int]
+    unreferenced_bytes: NotRequired[int]
 
 
 def connect_ro(db: Path) -> sqlite3.Connection:
@@ -80,7 +113,7 @@ def find_row(db: Path, key: str) -> Row | None:
     return Row(k, raw, mode, filename, bytes(value) if isinstance(value, bytes | memoryview) else value)
 
 
-def key_text(key: Any) -> str:
+def key_text(key: str | bytes | None) -> str:
     """A row's key as text for a report: a key stored pickled is never unpickled, only described."""
     return key if isinstance(key, str) else f"<pickled key, {len(bytes(key)) if key is not None else 0} bytes>"
 
@@ -160,13 +193,13 @@ def damaged_rows(db: Path, folder: Path) -> list[tuple[Row, str]]:
     return [(row, why) for row in rows if (why := row_problem(row, folder)) is not None]
 
 
-def recoverable(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def recoverable(folder: Path) -> tuple[dict[str, str | Record], Counts]:
     """What of a moved-aside index verifies, ready to write into a fresh one (key -> checksummed record,
     or the checksum an older version kept for a checkpoint file), and counts of what does not
     (`unverifiable`, `refused_pickles`, `read_error` if the table could not be read whole). Records in
     entry files count even without their row: each names its key."""
-    got: dict[str, Any] = {}
-    counts: dict[str, Any] = {"unverifiable": 0, "refused_pickles": 0}
+    got: dict[str, str | Record] = {}
+    counts: Counts = {"unverifiable": 0, "refused_pickles": 0}
     rows, read_error = read_rows(folder / "cache.db")
     for row in rows:
         if not row.raw or row.mode == MODE_PICKLE:
@@ -195,7 +228,7 @@ def recoverable(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return got, counts
 
 
-def _verified(data: bytes) -> tuple[str, dict[str, Any]] | None:
+def _verified(data: bytes) -> tuple[str, Record] | None:
     """(key, {"sha", "blob"}) of a framed record whose checksum holds, else None."""
     try:
         key, sha, blob = unframe_record(data)
@@ -204,12 +237,13 @@ def _verified(data: bytes) -> tuple[str, dict[str, Any]] | None:
     return (key, {"sha": sha, "blob": blob}) if sha_hex(blob) == sha else None
 
 
-def inspect_index(db: Path, folder: Path) -> dict[str, Any]:
+def inspect_index(db: Path, folder: Path) -> IndexReport:
     """What the index holds, read without writing: counts, why it cannot be used (`problem`), and every
     record that cannot be trusted, named (`damaged`: key and why)."""
-    out: dict[str, Any] = {"path": str(db), "state": "ok", "problem": index_problem(db, folder), "entries": 0,
-                           "results": 0, "jobs": 0, "pickled": 0, "bad_records": 0, "damaged": [],
-                           "legacy_shas": {}}
+    legacy: dict[str, str] = {}
+    out: IndexReport = {"path": str(db), "state": "ok", "problem": index_problem(db, folder), "entries": 0,
+                        "results": 0, "jobs": 0, "pickled": 0, "bad_records": 0, "damaged": [],
+                        "legacy_shas": legacy}
     if not db.exists():
         out["state"] = "missing"
         return out
@@ -222,13 +256,17 @@ def inspect_index(db: Path, folder: Path) -> dict[str, Any]:
     for row in rows:
         why = row_problem(row, folder)
         if why is not None:
-            out["pickled" if why == PICKLED else "bad_records"] += 1
+            if why == PICKLED:
+                out["pickled"] += 1
+            else:
+                out["bad_records"] += 1
             out["damaged"].append({"key": key_text(row.key), "why": why})
             continue
+        assert isinstance(row.key, str)  # row_problem names any other key
         out["results"] += row.key.startswith("result/")
         out["jobs"] += row.key.startswith("job/")
         if row.key.startswith("ckpt/") and isinstance(row.value, str):
-            out["legacy_shas"][row.key] = row.value
+            legacy[row.key] = row.value
     if not err:
         stray = unreferenced(folder, {r.filename for r in rows if r.filename is not None})
         out["unreferenced_files"], out["unreferenced_bytes"] = len(stray), sum(size_of(p) for p in stray)

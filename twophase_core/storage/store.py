@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -44,11 +44,14 @@ from twophase_core.storage.files import (
     open_storage,
     storage_from_env,
 )
-from twophase_core.storage.index import Index
+from twophase_core.storage.index import Index, Value
 from twophase_core.storage.locks import file_lock
 from twophase_core.storage.ownership import clean_orphans
 from twophase_core.storage.records import pack_arrays, sha_hex, unpack_arrays
-from twophase_core.storage.salvage import index_problem, recoverable
+from twophase_core.storage.salvage import Rebuilt, index_problem, recoverable
+
+if TYPE_CHECKING:
+    import torch
 
 ENV = "TWOPHASE_CACHE_DIR"
 log = logging.getLogger("twophase.store")
@@ -113,7 +116,7 @@ class Store:
         self.db_path = self.index_dir / "cache.db"
         self.ckpt = Checkpoints(self.files, self.root, self._legacy_sha, self._forget_legacy)
         self.problem: str | None = None  # why the index could not be used (heal=False only)
-        self.healed: dict[str, Any] | None = None  # what opening (or a later heal) repaired
+        self.healed: Rebuilt | None = None  # what opening (or a later heal) repaired
         self._index: Index | None = None
         self._ident: tuple[int, int] | None = None
         self._reopen_lock = threading.RLock()
@@ -176,9 +179,9 @@ class Store:
                 finally:  # closed last: while its file is held open, a new index never reuses its inode
                     with contextlib.suppress(Exception):
                         old.close()
-            return self._index  # type: ignore[return-value]
+            return cast(Index, self._index)  # (heal() reopened it, or raised: mypy still sees the None above)
 
-    def heal(self) -> dict[str, Any] | None:
+    def heal(self) -> Rebuilt | None:
         """Make the index on disk usable: moved aside and rebuilt if it is damaged, else opened if it is not
         open or its file was replaced. The rebuild's report, or None."""
         with self.root_lock():
@@ -190,7 +193,7 @@ class Store:
                 self._open()
         return None
 
-    def rebuild(self, problem: str) -> dict[str, Any]:
+    def rebuild(self, problem: str) -> Rebuilt:
         """Move the index aside and rebuild it from what verifies there: records in readable rows and in
         entry files (each carries its key and checksum). Checkpoints need nothing: they verify by
         themselves. `problem` says why (logged, and kept in the report)."""
@@ -207,15 +210,16 @@ class Store:
             if self.index_dir.exists():
                 os.rename(self.index_dir, aside)
             self._open()
-            report: dict[str, Any] = {"problem": problem, "moved_aside": str(aside) if aside.exists() else None,
-                                      "recovered": 0, "unverifiable": 0, "refused_pickles": 0}
+            report: Rebuilt = {"problem": problem, "moved_aside": str(aside) if aside.exists() else None,
+                               "recovered": 0, "unverifiable": 0, "refused_pickles": 0}
             if not aside.exists():
                 return report
             try:
                 got, counts = recoverable(aside)
                 for key, value in got.items():
                     self._set(key, value)
-                report.update(counts, recovered=len(got))
+                report.update(counts)
+                report["recovered"] = len(got)
             finally:
                 log.warning("store index %s could not be used (%s): moved to %s and rebuilt with %d verified "
                             "records (%d unverifiable, %d pickled refused); the rest is recomputed on demand",
@@ -233,7 +237,7 @@ class Store:
                 raise  # busy, locked, or not damage that a rebuild mends
             return op()
 
-    def _set(self, key: str, value: Any) -> None:
+    def _set(self, key: str, value: Value) -> None:
         """Index.set that reports a full disk as StoreFull (the reserve is left for a job's last words)."""
         try:
             self._healing(lambda: self.cache.set(key, value))
@@ -242,7 +246,7 @@ class Store:
                 raise space.full(self.root, f"writing {key}") from e
             raise
 
-    def _fetch(self, key: str) -> Any:
+    def _fetch(self, key: str) -> Value | None | object:
         try:
             return self.cache.get(key)
         except (StoreError, sqlite3.DatabaseError):
@@ -264,7 +268,7 @@ class Store:
         if rec is _CORRUPT:
             raise DamagedRecord(key, "it cannot be read (pickled or malformed)")
         blob = rec.get("blob") if isinstance(rec, dict) else None
-        if not isinstance(blob, bytes):
+        if not isinstance(blob, bytes) or not isinstance(rec, dict):
             raise DamagedRecord(key, "it is not a checksummed record")
         if sha_hex(blob) != rec.get("sha"):
             raise DamagedRecord(key, "it fails its checksum")
@@ -283,7 +287,7 @@ class Store:
             self._damaged_seen.add(e.key)
             log.warning("%s", e)
 
-    def put_json(self, key: str, obj: Any) -> None:
+    def put_json(self, key: str, obj: object) -> None:
         self.put_blob(key, json.dumps(obj).encode())
 
     def read_json(self, key: str) -> Any:
@@ -336,7 +340,8 @@ class Store:
     def save_checkpoint(self, trajectory: str, t: int, state: dict[str, Any]) -> None:
         self.ckpt.save(trajectory, t, state)
 
-    def load_checkpoint(self, trajectory: str, t: int, map_location: Any = "cpu") -> dict[str, Any] | None:
+    def load_checkpoint(self, trajectory: str, t: int,
+                        map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         return self.ckpt.load(trajectory, t, map_location)
 
     def checkpoints(self, trajectory: str) -> list[int]:

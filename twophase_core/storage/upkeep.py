@@ -77,10 +77,10 @@ def check(store: Store) -> dict[str, Any]:
             "bad": bad["checkpoint"]}
     kernels = {"files": len(scan.of("kernel")), "verified": sum(e.what == "kernel" for e in sorted_["verified"]),
                "bad": bad["kernel"]}
-    if ckpt["bad"]:
-        problems.append(f"checkpoints: {len(ckpt['bad'])} fail their checksum")
-    if kernels["bad"]:
-        problems.append(f"kernels: {len(kernels['bad'])} fail their checksum")
+    if bad["checkpoint"]:
+        problems.append(f"checkpoints: {len(bad['checkpoint'])} fail their checksum")
+    if bad["kernel"]:
+        problems.append(f"kernels: {len(bad['kernel'])} fail their checksum")
     temps = ownership.temps(files, scan)
     orphans = ownership.orphans(files, temps)
     if orphans:

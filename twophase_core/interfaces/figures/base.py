@@ -7,13 +7,17 @@ import io
 import json
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from twophase_core.experiments import registry
+
+if TYPE_CHECKING:
+    from twophase_core.experiments.result import Result
+    from twophase_core.settings.config import ExperimentConfig
 
 Table = dict[str, list[Any]]
 
@@ -28,16 +32,16 @@ LINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=420)
 
 
-def apply_layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
+def apply_layout(fig: go.Figure, title: str, **kw: object) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), **{**LAYOUT, **kw})
     fig.update_yaxes(exponentformat="e")  # 1e-12, not plotly's SI "1p"
     return fig
 
 
-def cell_value(v: Any) -> float | None:
+def cell_value(v: SupportsFloat) -> float | None:
     """A float for a table cell; None for NaN (CSV: empty cell, JSON: null)."""
-    v = float(v)
-    return None if math.isnan(v) else v
+    f = float(v)
+    return None if math.isnan(f) else f
 
 
 def log_colour(z: np.ndarray) -> tuple[np.ndarray, list[float], list[str]]:
@@ -109,7 +113,7 @@ def to_csv(table: Table) -> str:
     return to_frame(table).to_csv(index=False, lineterminator="\n")
 
 
-def _cell(v: Any) -> Any:
+def _cell(v: object) -> object:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return v.item() if isinstance(v, np.generic) else v
@@ -123,13 +127,13 @@ def from_csv(text: str) -> Table:
     return {str(c): [_cell(v) for v in df[c].tolist()] for c in df.columns}
 
 
-def to_json(table: Table, **context: Any) -> str:
+def to_json(table: Table, **context: object) -> str:
     """{"columns": ..., "rows": [...], plus context (config, hash, command)}; NaN is null."""
     rows = [{c: _cell(v) for c, v in row.items()} for row in to_frame(table).to_dict(orient="records")]
     return json.dumps({**context, "columns": list(table), "rows": rows}, indent=1, default=_json_default)
 
 
-def _json_default(o: Any) -> Any:
+def _json_default(o: object) -> object:
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -154,6 +158,6 @@ def to_html(fig: go.Figure, command: str | None = None) -> str:
 # Reproduction (the command itself: cli.command_for)
 
 
-def config_from_result(result: Any) -> Any:
+def config_from_result(result: Result) -> ExperimentConfig:
     """The typed config of a stored result."""
     return registry.config_from_dict(result.kind, result.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def text_px(text: str) -> float:
     return sum(3.8 if ch in ".-" else 7.0 for ch in text)
 
 
-def cell_text_size(n_rows: int, n_cols: int, labels: Any = ("3.7e-4",)) -> int | None:
+def cell_text_size(n_rows: int, n_cols: int, labels: Iterable[str] = ("3.7e-4",)) -> int | None:
     """Font size (px) for the values `labels` written in heatmap cells, or None when the widest does not fit
     its cell at CELL_FONT_PX: the demo's 5 columns hold '3.7e-4', 7 columns hold only '0.31'."""
     w, h = HEATMAP_PLOT_PX
@@ -89,7 +90,7 @@ def cell_label(v: float) -> str:
 
 
 def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False, seed: int | None = None,
-                  title: str | None = None, clickable: bool = False, selected: tuple[int, int] | None = None
+                  title: str | None = None, clickable: bool = False, selected: Sequence[int] | None = None
                   ) -> go.Figure:
     """Heatmap of C, B or D: rows t0 (perturbation time), columns t1 (comparison time).
 
@@ -106,7 +107,7 @@ def chaos_heatmap(arrays: dict[str, np.ndarray], metric: str, log: bool = False,
     x = [str(int(v)) for v in arrays["t1"]]
     y = [str(int(v)) for v in arrays["t0"]]
     colour = z
-    colorbar: dict[str, Any] = dict(title=metric, exponentformat="e")
+    colorbar: dict[str, object] = dict(title=metric, exponentformat="e")
     zmin, zmax = 0.0, None  # C, B and D are >= 0
     if log:
         colour, tv, tt = log_colour(z)

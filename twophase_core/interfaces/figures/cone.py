@@ -4,7 +4,7 @@ with the cone drawn, test accuracy."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,6 +17,9 @@ from twophase_core.interfaces.figures.base import (
     cell_value,
     log_colour,
 )
+
+if TYPE_CHECKING:
+    from twophase_core.experiments.result import Result
 
 # ---------------------------------------------------------------------------------------------
 # Cone: the empirical NTK along training
@@ -38,7 +41,7 @@ def cone_S_heatmap(arrays: dict[str, np.ndarray], log: bool = False, title: str 
     S = np.asarray(arrays["S"], dtype=float)
     labels = [str(int(v)) for v in arrays["iters"]]
     colour = S
-    colorbar: dict[str, Any] = dict(title="S", exponentformat="e")
+    colorbar: dict[str, object] = dict(title="S", exponentformat="e")
     if log:
         colour, tv, tt = log_colour(S)
         colorbar.update(tickvals=tv, ticktext=tt, title="S (log)")
@@ -107,7 +110,7 @@ def cone_projection_table(arrays: dict[str, np.ndarray], method: str, dim: int) 
     return t
 
 
-def _iteration_colorbar(its: np.ndarray) -> dict[str, Any]:
+def _iteration_colorbar(its: np.ndarray) -> dict[str, object]:
     """Colour by checkpoint index (checkpoints are dense early), labelled with iterations."""
     m = len(its)
     idx = sorted({0, m - 1, *np.linspace(0, m - 1, min(m, 6)).round().astype(int).tolist()})
@@ -242,7 +245,7 @@ def cone_test_acc(arrays: dict[str, np.ndarray], title: str | None = None) -> go
     return apply_layout(fig, title or "Test accuracy along training", height=320)
 
 
-def cone_angles(result: Any) -> dict[str, Any]:
+def cone_angles(result: Result) -> dict[str, Any]:
     """The cone angles (degrees) and their windows, for showing as numbers."""
     a, m = result.arrays, result.meta
     cw = [int(v) for v in a["cone_window"]] if "cone_window" in a else None

@@ -4,11 +4,12 @@ and cross-sections with their band."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 
+from twophase_core.experiments.sweep import TransitionGroup
 from twophase_core.interfaces.figures.base import (
     LINE_COLOURS,
     METRICS,
@@ -22,18 +23,17 @@ from twophase_core.interfaces.figures.base import (
 # ---------------------------------------------------------------------------------------------
 # The transition: each metric at the final t1 versus t0, over replicates (docs/transition.md)
 #
-# A group is one setting with its replicates, as a plain dict the sweep can build from its JSON:
-#   {"label": "lr=0.1",                      # legend and table name
-#    "t0": (n,) iterations,                 # the grid, any order
-#    "values": {"C": (R, n), "B": ..., ...},  # the metric at the final t1, one row per replicate, NaN: none
-#    "transitions": {"C": Transition | its to_dict() | None, ...}}  # optional; a missing key is estimated
-#                                            # here, None means "none found" (the sweep JSON's null)
+# A group is one setting with its replicates (`TransitionGroup`), as a plain dict the sweep can build from its JSON:
+#   {"label": "lr=0.1", "t0": (n,) iterations, "values": {"C": (R, n), ...}, "transitions": {"C": ..., ...}}
+
+if TYPE_CHECKING:
+    from twophase_core.science.transition import Transition
 
 TRANSITION_METRICS = {**METRICS, "S": "kernel velocity S(theta_t, theta_t+dt)"}
 _X_NOTE = "log scale, drawn at 1 + t so that t = 0 fits"
 
 
-def _transition_of(group: dict[str, Any], metric: str, n_boot: int, seed: int) -> Any:
+def _transition_of(group: TransitionGroup, metric: str, n_boot: int, seed: int) -> Transition | None:
     """The group's Transition for `metric`: given (object or dict), None (none found), or estimated."""
     from twophase_core.science.transition import Transition, estimate_transition
 
@@ -44,14 +44,14 @@ def _transition_of(group: dict[str, Any], metric: str, n_boot: int, seed: int) -
     return estimate_transition(group["t0"], group["values"][metric], n_boot=n_boot, seed=seed)
 
 
-def _sorted_group(group: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_group(group: TransitionGroup, metric: str) -> tuple[np.ndarray, np.ndarray]:
     t0 = np.asarray(group["t0"], dtype=float)
     v = np.atleast_2d(np.asarray(group["values"][metric], dtype=float))
     order = np.argsort(t0)
     return t0[order], v[:, order]
 
 
-def transition_curve_table(groups: list[dict[str, Any]], metric: str, n_boot: int = 1000, seed: int = 0) -> Table:
+def transition_curve_table(groups: list[TransitionGroup], metric: str, n_boot: int = 1000, seed: int = 0) -> Table:
     """What `transition_figure` draws, per group and t0: replicates with a value, the geometric mean over
     replicates with its 95% bootstrap band (exact zeros at the estimator's floor, as it fits them), and
     the fitted sigmoid there (empty where no fit was made)."""
@@ -62,7 +62,8 @@ def transition_curve_table(groups: list[dict[str, Any]], metric: str, n_boot: in
         t0, v = _sorted_group(g, metric)
         _, floor, _ = log_values(v)
         mean, lo, hi = replicate_band(v, n_boot=n_boot, seed=seed, log=True, floor=floor)
-        fit = sigmoid_curve(_transition_of(g, metric, n_boot, seed), t0)
+        tr = _transition_of(g, metric, n_boot, seed)
+        fit = sigmoid_curve(tr, t0) if tr is not None else np.full(t0.shape, np.nan)  # None: none found
         for i, x in enumerate(t0):
             t["group"].append(str(g["label"]))
             t["t0"].append(int(x))
@@ -72,7 +73,7 @@ def transition_curve_table(groups: list[dict[str, Any]], metric: str, n_boot: in
     return t
 
 
-def transition_summary_table(groups: list[dict[str, Any]], metrics: tuple[str, ...] | None = None,
+def transition_summary_table(groups: list[TransitionGroup], metrics: tuple[str, ...] | None = None,
                              n_boot: int = 1000, seed: int = 0) -> Table:
     """t* and its 95% interval per group and metric, or why none was found."""
     t: Table = {"group": [], "metric": [], "found": [], "t_star": [], "ci_low": [], "ci_high": [], "replicates": [],
@@ -108,7 +109,7 @@ def _spread_ticks(ts: list[int], most: int = 10) -> list[int]:
     return [ts[i] for i in keep] + [ts[-1]]
 
 
-def transition_figure(groups: list[dict[str, Any]], metric: str, n_boot: int = 1000, seed: int = 0,
+def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 1000, seed: int = 0,
                       show_replicates: bool = True, title: str | None = None) -> go.Figure:
     """The metric at the final t1 versus t0, one colour per group: the geometric mean over replicates
     (the scale t* is defined on) with its 95% bootstrap band, the replicates as faint points, the fitted
@@ -118,7 +119,9 @@ def transition_figure(groups: list[dict[str, Any]], metric: str, n_boot: int = 1
     from twophase_core.science.transition import log_values, replicate_band, sigmoid_curve
 
     fig = go.Figure()
-    lows, highs, ticks = [], [], set()
+    lows: list[float] = []
+    highs: list[float] = []
+    ticks: set[int] = set()
     drawn = []
     for k, g in enumerate(groups):
         colour = LINE_COLOURS[k % len(LINE_COLOURS)]
@@ -162,8 +165,8 @@ def transition_figure(groups: list[dict[str, Any]], metric: str, n_boot: int = 1
     y0 = min(finite_lo) / 2 if finite_lo else 1e-12
     y1 = max(finite_hi) * 2 if finite_hi else 1.0
     for label, colour, tr in drawn:  # after the data, so the y extent of the lines is known
-        if tr is None or not tr.found:
-            continue
+        if tr is None or not tr.found or tr.t_star is None or tr.ci_low is None or tr.ci_high is None:
+            continue  # (found: t* and its interval are there)
         a, b, c = 1.0 + tr.ci_low, 1.0 + tr.ci_high, 1.0 + tr.t_star
         text = f"{label}: t* = {tr.t_star:.4g} [{tr.ci_low:.4g}, {tr.ci_high:.4g}]"
         fig.add_trace(go.Scatter(
@@ -254,7 +257,7 @@ def chaos_sections_band(arrays: dict[str, np.ndarray], metric: str, log: bool = 
                         legend_title_text="perturbed at")
 
 
-def chaos_transition_group(arrays: dict[str, np.ndarray], label: str = "this run") -> dict[str, Any]:
+def chaos_transition_group(arrays: dict[str, np.ndarray], label: str = "this run") -> TransitionGroup:
     """One chaos result as a transition group: each metric at its final t1, one row per perturbation seed
     (the only replicates a single run has; a sweep over data and init seeds gives the real ones)."""
     return {"label": label, "t0": np.asarray(arrays["t0"]),

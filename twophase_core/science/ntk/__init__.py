@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -76,8 +75,8 @@ CALIBRATION_MAX_ROUNDS = 4
 # Another path is chosen over Jacobian contraction only when this much faster: at a near tie the
 # order flips with machine noise (ResNet-20 on a CPU is one), and the reference path should win it.
 JACOBIAN_MARGIN = 1.03
-_CHOICE: dict[tuple[Any, ...], str] = {}
-TIMINGS: dict[tuple[Any, ...], dict[str, float]] = {}
+_CHOICE: dict[tuple[Hashable, ...], str] = {}
+TIMINGS: dict[tuple[Hashable, ...], dict[str, float]] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ def _ntvp_products(model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tens
     def f(p: dict[str, Tensor]) -> Tensor:
         return functional_call(model, (p, consts), (x,))
 
-    out, pullback = vjp(f, params)
+    out, pullback = vjp(f, params)  # type: ignore[misc]  # torch types 3 items, even without has_aux
 
     def column(v: Tensor) -> Tensor:
         (jt_v,) = pullback(v.reshape(out.shape).to(out.dtype))
@@ -176,7 +175,7 @@ def _activations(model: nn.Module, x1: Tensor) -> int:
     """Elements of every leaf module's output for one sample (the memory one forward keeps)."""
     total = [0]
 
-    def hook(m: nn.Module, i: tuple, out: Any) -> None:
+    def hook(m: nn.Module, i: tuple, out: object) -> None:
         if isinstance(out, Tensor):
             total[0] += out.numel()
 
@@ -235,7 +234,7 @@ def modelled_costs(model: nn.Module, x: Tensor, kernel: str = "full",
     }
 
 
-def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Any, ...]:
+def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Hashable, ...]:
     """The architecture (module types, parameter shapes and flags), the input shape, N, the device,
     torch's thread count and the settings. Kept cheap (no names): it is paid on every auto call."""
     return (

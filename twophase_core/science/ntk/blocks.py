@@ -185,5 +185,7 @@ def assemble(
             if j == i + 1:
                 nxt = b
             del b
-        a = nxt  # type: ignore[assignment]  # None only after the last row block
+        if nxt is None:  # the last row block: nothing follows
+            break
+        a = nxt
     return out

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -137,26 +138,37 @@ def _check_bn(m: nn.Module) -> None:
         raise NotStructured(f"{type(m).__name__} without running statistics couples samples in eval mode")
 
 
-def _patches(m: nn.Module, x: Tensor) -> Tensor:
+def _patches(m: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     """Unfolded input patches of a convolution, (n, S, C_in * kernel size), channel-major like its weight."""
+    padding = m.padding
+    assert not isinstance(padding, str)  # _conv_ok: padding given as numbers
     if isinstance(m, nn.Conv1d):
         u = F.unfold(x.unsqueeze(2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
-                     padding=(0, m.padding[0]), stride=(1, m.stride[0]))
+                     padding=(0, padding[0]), stride=(1, m.stride[0]))
     else:
-        u = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        u = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
     return u.transpose(1, 2)
 
 
 def _xhat(m: _BatchNorm, x: Tensor) -> Tensor:
     """The normalised input of an eval-mode BN layer, (n, C, S)."""
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
-    return (x3 - m.running_mean[:, None]) * torch.rsqrt(m.running_var[:, None] + m.eps)
+    mean, var = _running(m)
+    return (x3 - mean[:, None]) * torch.rsqrt(var[:, None] + m.eps)
+
+
+def _running(m: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """A BN layer's running mean and variance (`_check_bn` refused layers without them)."""
+    mean, var = m.running_mean, m.running_var
+    assert mean is not None and var is not None
+    return mean, var
 
 
 def _bn_affine(m: _BatchNorm, x: Tensor) -> Tensor:
     """Eval-mode BatchNorm as x * scale + shift per channel (equal to the module's output up to rounding)."""
-    scale = torch.rsqrt(m.running_var + m.eps)
-    shift = -m.running_mean * scale
+    mean, var = _running(m)
+    scale = torch.rsqrt(var + m.eps)
+    shift = -mean * scale
     if m.weight is not None:
         scale = scale * m.weight
         shift = shift * m.weight
@@ -170,8 +182,8 @@ def _input_factor(layer: Layer, x: Tensor) -> Tensor:
     if layer.kind == "dense":  # a copy: a later in-place op on the input must not change it
         return x.reshape(x.shape[0], -1, x.shape[-1]).clone()
     if layer.kind == "conv":
-        return _patches(layer.module, x)
-    return _xhat(layer.module, x)  # type: ignore[arg-type]
+        return _patches(cast("nn.Conv1d | nn.Conv2d", layer.module), x)
+    return _xhat(cast(_BatchNorm, layer.module), x)
 
 
 def _out_factor(layer: Layer, g: Tensor) -> Tensor:
@@ -306,7 +318,8 @@ def capture(model: nn.Module, pl: Plan, x: Tensor, kernel: str) -> Factors:
             probe = torch.zeros_like(output, requires_grad=True)
             calls[id(layer)].append((_input_factor(layer, inputs[0].detach()), probe))
             if layer.kind == "bn":  # the same map as one per-channel affine: autograd batches its backward
-                output = _bn_affine(mod, inputs[0])  # over the logits, not native BN's (a loop of O calls)
+                # over the logits, not native BN's (a loop of O calls)
+                output = _bn_affine(cast(_BatchNorm, mod), inputs[0])
             return output + probe
         return fn
 
