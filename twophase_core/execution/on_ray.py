@@ -138,7 +138,11 @@ def connect(address: str | None = None) -> ModuleType:
                          ignore_reinit_error=True, runtime_env={"env_vars": env}, configure_logging=False)
         except ConnectionError as e:  # Ray's first sentence only: the rest speaks of its own flags
             why = (str(e) or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(".")
-            raise ConfigError(ENV_ADDRESS, addr, f"no Ray cluster could be joined ({why}): {_ADDRESS_HELP}") from None
+            auth = ("; if the cluster uses token authentication (Ray turns it on for `ray start` where "
+                    "~/.ray/auth_token exists), set RAY_AUTH_MODE=token and the head's RAY_AUTH_TOKEN"
+                    if joining and not os.environ.get("RAY_AUTH_MODE") else "")
+            raise ConfigError(ENV_ADDRESS, addr,
+                              f"no Ray cluster could be joined ({why}): {_ADDRESS_HELP}{auth}") from None
     return ray
 
 
