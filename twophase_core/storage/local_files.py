@@ -158,12 +158,13 @@ class LocalFiles:
 
     def scan(self) -> Scan:
         """Every file of twophase's naming under the root, in real folders only (links are listed as
-        left alone, never entered)."""
+        left alone, never entered). Other processes write here while it looks: a temp file renamed into
+        place, or a folder emptied and removed, between the listing and a look at it is simply not there."""
         entries: list[Entry] = []
         left: list[str] = []
         if not self.root.is_dir():
             return Scan(entries, left)
-        for d in sorted(self.root.iterdir()):
+        for d in _listing(self.root):
             if not RUN_NAME.fullmatch(d.name):
                 continue  # not a trajectory folder: someone else's, not even listed
             if d.is_symlink():
@@ -173,7 +174,10 @@ class LocalFiles:
                 continue
             for f, name in self._walk(d, left):
                 what = classify(name)
-                st = os.lstat(f)
+                try:
+                    st = os.lstat(f)
+                except FileNotFoundError:
+                    continue
                 if what is None or not stat.S_ISREG(st.st_mode):
                     left.append(f"{f}: {'not a plain file' if what else 'not named as twophase names its files'}")
                     continue
@@ -182,10 +186,11 @@ class LocalFiles:
 
     @staticmethod
     def _walk(d: Path, left: list[str]) -> Iterator[tuple[Path, str]]:
-        """(path, name relative to the trajectory folder) of its files and of its real `kernels/` folder's."""
-        for f in sorted(d.iterdir()):
+        """(path, name relative to the trajectory folder) of its files and of its real `kernels/` folder's (a
+        folder removed while it is read has none)."""
+        for f in _listing(d):
             if f.name == "kernels" and f.is_dir() and not f.is_symlink():
-                for g in sorted(f.iterdir()):
+                for g in _listing(f):
                     yield g, f"kernels/{g.name}"
             elif f.name == "kernels" and f.is_symlink():
                 left.append(f"{f}: a link, not a folder twophase made")
@@ -220,3 +225,11 @@ class LocalFiles:
 
     def free_bytes(self) -> int | None:
         return free_bytes(self.root)
+
+
+def _listing(d: Path) -> list[Path]:
+    """A folder's entries, sorted; none if it was removed meanwhile (another process emptied it)."""
+    try:
+        return sorted(d.iterdir())
+    except FileNotFoundError:
+        return []
