@@ -18,7 +18,8 @@ st.set_page_config(page_title="twophase: two-phase learning dynamics", page_icon
 from twophase_core.experiments import registry  # noqa: E402  (after the path above)
 
 KINDS = [registry.get(k) for k in registry.names()]  # every experiment kind, plugins included
-PAGES = {"home": st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)}
+PAGES = {"home": st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+         "lesson": st.Page("pages/lesson.py", title="Lesson", icon=":material/school:", url_path="lesson")}
 PAGES.update({e.name: st.Page(e.page, title=e.title, icon=e.icon, url_path=e.name) for e in KINDS if e.page})
 if any(not e.page for e in KINDS):  # kinds without a page of their own share the generic one
     PAGES["result"] = st.Page("pages/result.py", title="Other results", icon=":material/science:", url_path="result")

@@ -19,11 +19,13 @@ from twophase_core.execution.jobs import JobManager, JobRecord
 from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.interfaces import catalog as K
+from twophase_core.interfaces import gallery
 from twophase_core.settings import config as conf
 from twophase_core.storage import record_types as R
 from twophase_core.storage.store import Store, default_root
 
-PAGES = {"home": "pages/home.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py", "compare": "pages/compare.py"}
+PAGES = {"home": "pages/home.py", "lesson": "pages/lesson.py", "sweeps": "pages/sweeps.py", "runs": "pages/runs.py",
+         "compare": "pages/compare.py"}
 
 
 class _Kinds(Sequence[str]):
@@ -60,7 +62,10 @@ POLL_S = 1.0
 
 @st.cache_resource(show_spinner=False)
 def _job_manager(root: str) -> JobManager:
-    return JobManager(Store(root))
+    """The store's job manager; an empty store first gets the gallery's results (shown at once, nothing trained)."""
+    store = Store(root)
+    gallery.seed(store)
+    return JobManager(store)
 
 
 def job_manager() -> JobManager:

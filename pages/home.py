@@ -1,4 +1,4 @@
-"""Home: what the two phases are, and the demo one click away."""
+"""Home: what the two phases are, the lesson and the demo one click away (both above the fold, on a projector too)."""
 
 import streamlit as st
 
@@ -9,38 +9,34 @@ st.title("Two-phase learning dynamics")
 st.markdown("An interactive lab for *New Evidence of the Two-Phase Learning Dynamics of Neural Networks* "
             "(Zhou, Yang, Sugiyama, Yan, [arXiv 2505.13900](https://arxiv.org/abs/2505.13900)).")
 
-left, right = st.columns([3, 2], gap="large")
-with left:
-    st.markdown(
-        "Training a neural network with SGD goes through **two phases**. "
-        "In the first, **chaotic** phase, a tiny nudge matters: add noise of size about 1e-7 to every weight "
-        "at iteration *t0*, train the nudged copy and an untouched copy on exactly the same minibatches, and "
-        "they end up as two different networks, with a loss barrier between them and different answers on "
-        "many test points (the **Chaos Effect**). "
-        "After a short transition, a few hundred iterations for a ResNet-20 on CIFAR-10, the same nudge no "
-        "longer matters: the two copies stay together. "
-        "The **Cone Effect** shows the same change in the neural tangent kernel, the matrix that says how a "
-        "gradient step on one input moves the predictions on another. "
-        "Early on the kernel moves fast and far from where it started; in the second, **stable** phase it "
-        "keeps moving, but inside a narrow cone seen from its starting point H(theta_0). "
-        "**Linearised training** makes this practical: freezing the kernel at time *t* and training the "
-        "linear model only works well once *t* is past the chaotic phase. "
-        "The demo trains a small network on MNIST-1D on this computer's CPU and draws everything as it is computed: "
-        "on a two-core machine the training curve moves within about ten seconds of the click and the first heatmap "
-        "cells appear after about fifteen."
-    )
-with right:
-    st.subheader("Try it")
-    st.markdown("Runs the **demo** Chaos and Cone experiments in the background and opens the Chaos page, "
-                "where a progress bar shows how far they are.")
-    if st.button("Run the demo", type="primary", icon=":material/play_arrow:", key="run_demo",
-                 use_container_width=True):
-        jm = ui.job_manager()
-        recs = {kind: jm.submit(preset("demo", kind)) for kind in ("chaos", "cone")}
-        for kind, rec in recs.items():
-            st.session_state[f"run_{kind}"] = rec.id
-        ui.open_run("chaos", recs["chaos"].id)
-    st.caption("Nothing is downloaded; results are stored, so a second click shows them at once.")
+lesson, demo = st.columns(2, gap="large")
+if lesson.button("Start the lesson", type="primary", icon=":material/school:", key="start_lesson", width="stretch"):
+    st.switch_page(ui.PAGE_FILES["lesson"], query_params={"step": "1"})
+lesson.caption("Seven steps through the two phases, each on a result already computed; one question per step.")
+if demo.button("Open the demo", icon=":material/play_arrow:", key="run_demo", width="stretch"):
+    jm = ui.job_manager()
+    recs = {kind: jm.submit(preset("demo", kind)) for kind in ("chaos", "cone", "linear")}
+    for kind, rec in recs.items():
+        st.session_state[f"run_{kind}"] = rec.id
+    ui.open_run("chaos", recs["chaos"].id)
+demo.caption("The demo's Chaos, Cone and linearised runs ship with twophase and open at once; change any setting on "
+             "their pages to train a variant here.")
+
+st.markdown(
+    "Training a neural network with SGD goes through **two phases**. "
+    "In the first, **chaotic** phase, a tiny nudge matters: add noise of size about 1e-7 to every weight "
+    "at iteration *t0*, train the nudged copy and an untouched copy on exactly the same minibatches, and "
+    "they end up as two different networks, with a loss barrier between them and different answers on "
+    "many test points (the **Chaos Effect**). "
+    "After a short transition, a few hundred iterations for a ResNet-20 on CIFAR-10, the same nudge no "
+    "longer matters: the two copies stay together. "
+    "The **Cone Effect** shows the same change in the neural tangent kernel, the matrix that says how a "
+    "gradient step on one input moves the predictions on another. "
+    "Early on the kernel moves fast and far from where it started; in the second, **stable** phase it "
+    "keeps moving, but inside a narrow cone seen from its starting point H(theta_0). "
+    "**Linearised training** makes this practical: freezing the kernel at time *t* and training the "
+    "linear model only works well once *t* is past the chaotic phase."
+)
 
 st.divider()
 c = st.columns(4)

@@ -84,7 +84,7 @@ def test_home_to_chaos_runs_tiny_and_draws_the_heatmap(app_url):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(app_url, wait_until="domcontentloaded")
-            expect(page.get_by_role("button", name="Run the demo")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Open the demo")).to_be_visible(timeout=60_000)
             # Home -> Chaos through the page link in the body
             page.get_by_role("main").get_by_role("link", name="Chaos Effect").click()
             expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
@@ -105,11 +105,11 @@ def test_home_to_chaos_runs_tiny_and_draws_the_heatmap(app_url):
             browser.close()
 
 
-def test_run_the_demo_opens_chaos_with_its_live_training_curve(app_url):
-    """Home's promise on the real demo: a click on Run the demo opens the Chaos page on the run, which draws
-    the base run's training curve live, alone, before any heatmap cell. Only the demo can show this: a tiny
-    run is done before the page's one-second poll sees it train. The demo is not waited for; the fixture
-    stops its worker."""
+def test_the_demo_opens_at_once_and_a_lesson_variant_trains_live(app_url):
+    """A teacher's two clicks: Open the demo shows the Chaos page with its three heatmaps at once (the demo ships
+    in the gallery: nothing trains); the lesson's Try it live starts a real variant, whose page draws the base
+    run's training curve live, before any heatmap cell. The variant is not waited for; the fixture stops its
+    worker."""
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -118,12 +118,17 @@ def test_run_the_demo_opens_chaos_with_its_live_training_curve(app_url):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(app_url, wait_until="domcontentloaded")
-            page.get_by_role("button", name="Run the demo").click(timeout=60_000)
+            page.get_by_role("button", name="Open the demo").click(timeout=60_000)
+            expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
+            expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(3, timeout=30_000)
+            assert "/chaos" in page.url and "run=chaos-" in page.url
+            page.screenshot(path=str(ARTIFACTS / "browser_demo_at_once.png"), full_page=True)
+            page.goto(f"{app_url}/lesson?step=2", wait_until="domcontentloaded")
+            page.get_by_role("button", name="Try it live", exact=False).click(timeout=60_000)
             expect(page.get_by_role("heading", name="Chaos Effect")).to_be_visible(timeout=30_000)
             expect(page.get_by_role("heading", name="Training, live")).to_be_visible(timeout=120_000)
             expect(page.locator(".js-plotly-plot .scatterlayer .trace").first).to_be_visible(timeout=60_000)
-            assert "/chaos" in page.url and "run=chaos-" in page.url
-            page.screenshot(path=str(ARTIFACTS / "browser_demo_live.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_lesson_live.png"), full_page=True)
         finally:
             browser.close()
 

@@ -1,4 +1,4 @@
-"""`twophase chaos|cone|linear|sweep|submit|jobs|presets|settings|cache|bench`: the app's configs, from a terminal.
+"""`twophase chaos|cone|linear|sweep|submit|jobs|presets|settings|cache|gallery|lesson|bench`: the app, in a shell.
 
 Every setting's flag is generated from its spec (settings.py), so the CLI, the app's form and the
 reproduce command (`command_for`) can never drift apart. Bad input exits with status 2 and one line
@@ -342,6 +342,15 @@ def _main(argv: list[str] | None) -> int:
     pb = sub.add_parser("bench", help="measure speed against baselines in the same run")
     pb.add_argument("--json", metavar="OUT")
     pb.add_argument("--quick", action="store_true", help="fewer repeats")
+    pg = sub.add_parser("gallery", help="the results that ship with the package: list, verify or build them")
+    pg.add_argument("action", choices=["list", "verify", "build"],
+                    help="list: what it holds; verify: compute every entry again and compare (bit for bit on the "
+                         "platform it was built on); build: compute and write them (for a release)")
+    pg.add_argument("--only", action="append", default=None, metavar="NAME",
+                    help="an entry's name (repeatable): demo-chaos, demo-cone, demo-linear, demo-sweep-chaos, "
+                         "demo-sweep-cone")
+    pl = sub.add_parser("lesson", help="the lesson's handout: the seven steps and their figures as one HTML file")
+    pl.add_argument("--html", metavar="OUT", required=True, help="the file to write (it opens offline)")
     args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
 
     try:
@@ -358,6 +367,10 @@ def _main(argv: list[str] | None) -> int:
         from twophase_core.science.train import configure_threads
 
         configure_threads()
+        if args.cmd == "lesson":
+            return _lesson(args.html)
+        if args.cmd == "gallery":
+            return _gallery(args.action, args.only)
         if args.cmd == "bench":
             from twophase_core.bench.suite import main as bench_main
 
@@ -392,6 +405,38 @@ def _main(argv: list[str] | None) -> int:
             print(f"twophase: error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _lesson(out: str) -> int:
+    """`twophase lesson --html OUT`: the whole lesson, figures included, in one file that opens offline."""
+    from twophase_core.interfaces.lesson import handout_html
+
+    check_output_path(out)
+    Path(out).write_text(handout_html())
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _gallery(action: str, only: list[str] | None) -> int:
+    """`twophase gallery list|verify|build`: verify exits 1 if an entry is not reproduced."""
+    from twophase_core.interfaces import gallery
+
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if action == "list":
+        g = gallery.read()
+        for e in g.entries:
+            print(f"{e.name:18s} {e.run_id}  {e.bytes:>9,} bytes  built {e.built} (twophase {e.version}, torch "
+                  f"{e.platform.get('torch')})")
+        print(f"{len(g.entries)} results, {gallery.size():,} bytes in {gallery.FOLDER}")
+        return 0
+    if action == "build":
+        g = gallery.build(only, say=say)
+        print(f"gallery: {len(g.entries)} results, {gallery.size():,} bytes")
+        return 0
+    verdicts = gallery.verify(only, say=say)
+    if not verdicts:
+        raise ConfigError("--only", ",".join(only or []), "names no entry of the gallery (twophase gallery list)")
+    return 0 if all(v.same for v in verdicts) else 1
 
 
 def _submit(args: argparse.Namespace) -> int:
