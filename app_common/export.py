@@ -57,5 +57,11 @@ def figure_block(fig: Any, table: F.Table, name: str, view: RunView | Sequence[R
                          key=f"html_{key}", icon=":material/download:", on_click="ignore", width="stretch",
                          help=HTML_HELP)
     if show_command and text:
-        st.code(text, language="bash", wrap_lines=True)
+        command_block(text)
     return selection
+
+
+def command_block(command: str) -> None:
+    """A reproduce command, and how `twophase` gets on PATH: pasted into a plain shell it is not found otherwise."""
+    st.code(command, language="bash", wrap_lines=True)
+    st.caption(F.COMMAND_NOTE)

@@ -1,7 +1,8 @@
 """The settings form, generated from the config specs: one widget per setting of the experiment.
 
 The same specs give the CLI its flags, so the form and the CLI accept the same text ('0, 100 2ep'),
-check it the same way (`config.with_settings`), and name the same field in an error. A choice is a
+check it the same way (`config.with_settings`), and name the same field in an error: every bad field at
+once, each under its widget (`with_all_settings`). A choice is a
 selectbox, a bool a checkbox, everything else a text field (a cleared field is an error, never a
 silent default). The form starts from a preset or, when a run is open, from that run's settings:
 change one field, press Run, and the new run starts while the old one stays.
@@ -9,6 +10,7 @@ change one field, press Run, and the new run starts while the old one stays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import streamlit as st
@@ -69,6 +71,27 @@ def _widgets(kind: str, base: conf.ExperimentConfig, prefix: str) -> tuple[dict[
     return out, slots
 
 
+def with_all_settings(base: conf.ExperimentConfig, values: Mapping[str, Any]
+                      ) -> tuple[conf.ExperimentConfig | None, list[conf.ConfigError]]:
+    """`conf.with_settings(base, values)`, or every bad field rather than only the first: a field the engine refuses
+    is put back to `base`'s value and the rest is checked again, so each field is judged beside the others as
+    entered. Returns (the config, []) or (None, one error per bad field, in the engine's order)."""
+    left = dict(values)
+    errors: list[conf.ConfigError] = []
+    while True:
+        try:
+            cfg = conf.with_settings(base, left)
+        except conf.ConfigError as e:
+            if e.field in {x.field for x in errors}:  # refused again with its base value: a relation already named
+                return None, errors
+            errors.append(e)
+            if e.field not in left:  # not one of the fields given: nothing left to take back
+                return None, errors
+            del left[e.field]
+        else:
+            return (cfg, []) if not errors else (None, errors)
+
+
 def settings_form(kind: str, run_config: conf.ExperimentConfig | None = None, run_id: str | None = None,
                   expanded: bool = True) -> None:
     """Preset (or this run's settings) plus the form; Run validates with the engine and queues a job
@@ -88,17 +111,21 @@ def settings_form(kind: str, run_config: conf.ExperimentConfig | None = None, ru
             submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return
-    try:
-        cfg = conf.with_settings(base, values)
-        rec = job_manager().submit(cfg)
-    except conf.ConfigError as e:
-        if e.field in slots:
+    cfg, errors = with_all_settings(base, values)
+    if cfg is None:  # each bad field under its widget, the others (not a field of the form) here
+        named = [e for e in errors if e.field in slots]
+        for e in named:
             slots[e.field].error(str(e), icon=":material/error:")
-            general.warning(f"Nothing was started: fix **{e.field}** above.", icon=":material/warning:")
+        others = [f"- {e}" for e in errors if e.field not in slots]
+        fix = f"fix {', '.join(f'**{e.field}**' for e in named)} above." if named else ""
+        if others:
+            general.error("\n".join([f"Nothing was started: {fix}", *others]), icon=":material/error:")
         else:
-            general.error(f"Nothing was started: {e}", icon=":material/error:")
+            general.warning(f"Nothing was started: {fix}", icon=":material/warning:")
         return
-    except StoreError as e:  # a full or damaged store: said as such, never a traceback
+    try:
+        rec = job_manager().submit(cfg)
+    except (conf.ConfigError, StoreError) as e:  # a full or damaged store: said as such, never a traceback
         general.error(f"Nothing was started: {e}", icon=":material/error:")
         return
     open_run(kind, rec.id, switch=False)

@@ -3,7 +3,10 @@
 import streamlit as st
 
 import app_common as ui
+from twophase_core.experiments.sweep import load_sweep
 from twophase_core.interfaces import figures as F
+from twophase_core.interfaces.gallery import demo_sweep
+from twophase_core.settings import config as conf
 
 KIND = "chaos"
 view, cmd = ui.page_run(
@@ -24,9 +27,11 @@ log = c[0].toggle("log colour / log axis", key="chaos_log",
 ui.to_query("log", "1" if log else "0")
 seed = None
 if len(a["seeds"]) > 1:
-    pick = c[1].selectbox("perturbation seed", ["mean"] + [str(k) for k in range(len(a["seeds"]))],
-                          key="chaos_seed",
+    seeds = ["mean"] + [str(k) for k in range(len(a["seeds"]))]
+    ui.from_query("chaos_seed", "seed", str, "mean", allowed=seeds)
+    pick = c[1].selectbox("perturbation seed", seeds, key="chaos_seed",
                           format_func=lambda s: "mean over seeds" if s == "mean" else f"seed {int(a['seeds'][int(s)])}")
+    ui.to_query("seed", pick)
     seed = None if pick == "mean" else int(pick)
 
 cells = F.chaos_cells(a)
@@ -37,8 +42,10 @@ if cells:  # the cell of the path plot: from a click on a heatmap (read before t
     clicked = F.chaos_cell_at(a, point) if point is not None else None
     if clicked is not None:
         st.session_state["chaos_cell"] = f"{int(a['t0'][clicked[0]])},{int(a['t1'][clicked[1]])}"
+        ui.chosen("chaos_cell")
+    # until a click, the link or the user picks one: the largest barrier of the cells computed so far
     ui.from_query("chaos_cell", "cell", lambda s: s.replace(" ", ""), max(by_label, key=lambda s: b[by_label[s]]),
-                  allowed=list(by_label))
+                  allowed=list(by_label), follow=True)
 framed = tuple(int(v) for v in st.session_state["chaos_cell"].split(",")) if cells else None
 
 st.subheader("Heatmaps over (t0, t1)")
@@ -53,8 +60,10 @@ for col, m in zip(cols, F.METRICS, strict=True):
                         show_command=m == "C", on_select=True)
 
 st.subheader("Cross-sections: the metric versus t1, one line per t0")
+ui.from_query("chaos_section_metric", "metric", str, "C", allowed=list(F.METRICS))
 metric = st.radio("metric", list(F.METRICS), horizontal=True, key="chaos_section_metric",
                   format_func=lambda m: F.METRICS[m])
+ui.to_query("metric", metric)
 if len(a["seeds"]) > 1 and seed is None:  # several perturbation seeds: the mean with its 95% band
     ui.figure_block(F.chaos_sections_band(a, metric, log=log), F.chaos_sections_band_table(a, metric),
                     f"sections_{metric}", view, cmd, "sections")
@@ -69,13 +78,22 @@ st.caption("t* is where the metric falls halfway between its early and late leve
 group = F.chaos_transition_group(a)
 ui.figure_block(F.transition_figure([group], metric), F.transition_curve_table([group], metric),
                 f"transition_{metric}", view, cmd, "transition", show_command=False)
-st.dataframe(F.transition_summary_table([group]), hide_index=True)
+short = F.too_few_points(group)
+if short:  # (the demo: 4 t0) said once, with where the estimate is: the gallery's demo-sweep, seeded in every store
+    demo = demo_sweep("chaos")
+    stored = load_sweep(ui.job_manager().store, demo.id()) is not None
+    st.info(f"{short} The **demo-sweep** on the Sweeps page is that: {len(conf.flat(demo.base)['t0'])} t0, each run "
+            f"{demo.replicates} times, with t* and its interval for each metric.", icon=":material/info:")
+    st.page_link(ui.PAGE_FILES["sweeps"], label="Open the demo-sweep on the Sweeps page", icon=":material/timeline:",
+                 query_params={"sweep": demo.id()} if stored else None)
+else:
+    st.table(F.transition_summary_text([group]), hide_index=True)
 
 st.subheader("Loss along the interpolation path")
 if not cells:
     st.info("No cell computed yet.")
     st.stop()
-pick = st.selectbox("cell (t0, t1)", list(by_label), key="chaos_cell",
+pick = st.selectbox("cell (t0, t1)", list(by_label), key="chaos_cell", on_change=ui.chosen, args=("chaos_cell",),
                     format_func=lambda s: "t0={}, t1={}".format(*s.split(",")) + f"  (B={b[by_label[s]]:.3g})",
                     help="a click on a heatmap cell selects it here; the largest barrier is selected first")
 ui.to_query("cell", pick)

@@ -26,15 +26,19 @@ links[-1].page_link(ui.PAGE_FILES["runs"], label="Pick other runs", icon=":mater
 st.subheader("Settings that differ")
 st.dataframe(CF.settings_table(labels, [v.run_id for v in views], [ui.config_of(v) for v in views]), hide_index=True)
 
-log = st.toggle("log colour / log axis", value=kind == "chaos", key=f"compare_log_{kind}")
+ui.from_query(f"compare_log_{kind}", "log", ui.parse_bool, kind == "chaos")
+log = st.toggle("log colour / log axis", key=f"compare_log_{kind}")
+ui.to_query("log", "1" if log else "0")
 if kind == "chaos":
     for m in F.METRICS:
         st.subheader(F.METRICS[m])
         ui.figure_block(CF.chaos_heatmaps(arrays, labels, m, log=log), CF.chaos_heatmaps_table(arrays, labels, m),
                         f"heatmaps_{m}", views, cmds, f"cmp_heat_{m}", show_command=m == "C")
     st.subheader("Cross-sections overlaid")
+    ui.from_query("compare_section_metric", "metric", str, "C", allowed=list(F.METRICS))
     metric = st.radio("metric", list(F.METRICS), horizontal=True, key="compare_section_metric",
                       format_func=lambda m: F.METRICS[m])
+    ui.to_query("metric", metric)
     ui.figure_block(CF.chaos_sections(arrays, labels, metric, log=log), CF.chaos_sections_table(arrays, labels, metric),
                     f"sections_{metric}", views, cmds, "cmp_sections", show_command=False)
 elif kind == "cone":

@@ -16,15 +16,12 @@ a = view.result.arrays
 ang = F.cone_angles(view.result)
 
 
-def _deg(v):
-    return "n/a" if v is None else f"{v:.1f}°"
-
-
 c = st.columns(4)
 cw, ew = ang["cone_window"], ang["early_window"]
-c[0].metric(f"Cone angle, t in [{cw[0]}, {cw[1]}]" if cw else "Cone angle", _deg(ang["cone_angle_deg"]),
-            help="the angle subtended, seen from H(theta_0), by the kernel increments H_t - H_tau in the window")
-c[1].metric(f"Early angle, t in [{ew[0]}, {ew[1]}]" if ew else "Early angle", _deg(ang["early_angle_deg"]),
+c[0].metric(f"Cone angle, t in [{cw[0]}, {cw[1]}]" if cw else "Cone angle", F.fmt_angle(ang["cone_angle_deg"]),
+            help="the widest angle, seen from H(theta_0), between the kernels of the window: the dashed rays of the "
+                 "trajectory below")
+c[1].metric(f"Early angle, t in [{ew[0]}, {ew[1]}]" if ew else "Early angle", F.fmt_angle(ang["early_angle_deg"]),
             help="the same angle over the early checkpoints: wide while the dynamics are chaotic")
 c[2].metric("Kernels", f"{len(a['iters'])}", help="checkpoints with a kernel")
 c[3].metric("Final test accuracy", f"{float(a['test_acc'][-1]):.3f}")
@@ -39,12 +36,14 @@ with left:
 with right:
     st.subheader("Kernel trajectory")
     honest = F.honest_view(a)
-    ui.from_query("cone_method", "proj", str, honest[0], allowed=list(F.PROJECTION_LABELS))
-    ui.from_query("cone_dim", "dim", int, honest[1], allowed=[2, 3])
+    # the honest view of each run opened, until the user picks a view
+    ui.from_query("cone_method", "proj", str, honest[0], allowed=list(F.PROJECTION_LABELS), follow=True)
+    ui.from_query("cone_dim", "dim", int, honest[1], allowed=[2, 3], follow=True)
     p = st.columns(2)
     method = p[0].radio("projection", list(F.PROJECTION_LABELS), horizontal=True, key="cone_method",
-                        format_func=lambda m: F.PROJECTION_LABELS[m])
-    dim = p[1].radio("dimensions", [2, 3], horizontal=True, key="cone_dim", format_func=lambda d: f"{d}-D")
+                        format_func=lambda m: F.PROJECTION_LABELS[m], on_change=ui.chosen, args=("cone_method",))
+    dim = p[1].radio("dimensions", [2, 3], horizontal=True, key="cone_dim", format_func=lambda d: f"{d}-D",
+                     on_change=ui.chosen, args=("cone_dim",))
     ui.to_query("proj", method)
     ui.to_query("dim", str(dim))
     ui.figure_block(F.cone_projection(a, method, dim, rays=True), F.cone_projection_table(a, method, dim),
@@ -56,11 +55,12 @@ with right:
         st.caption(
             f"What to see: each point is the kernel at one checkpoint (colour: iteration), the red diamond is "
             f"H(θ₀). The dashed rays go from H(θ₀) to the kernels at t = {int(its[ends[0]])} and t = "
-            f"{int(its[ends[1]])}, the first and last of the cone window: seen from where training started, the "
-            f"kernels of the window stay inside the narrow wedge between them, although they keep moving. "
-            f"The rays are {true:.0f}° apart in kernel space; this {dim}-D {F.PROJECTION_LABELS[method]} view draws "
-            f"them {drawn:.0f}° apart. It opens in {honest[1]}-D {F.PROJECTION_LABELS[honest[0]]}, the flat view "
-            "that draws this angle most faithfully; a 3-D view adds its camera's own projection.")
+            f"{int(its[ends[1]])}, the two of the cone window furthest apart: seen from where training started, "
+            f"every kernel of the window stays within that wedge's angle of the others, although they keep moving. "
+            f"The rays are {F.fmt_angle(true)} apart in kernel space, the cone angle; this {dim}-D "
+            f"{F.PROJECTION_LABELS[method]} view draws them {F.fmt_angle(drawn)} apart. It opens in {honest[1]}-D "
+            f"{F.PROJECTION_LABELS[honest[0]]}, the flat view that draws this angle most faithfully; a 3-D view adds "
+            "its camera's own projection.")
 
 left, right = st.columns(2, gap="medium")
 with left:

@@ -51,7 +51,7 @@ def _edit(entry: K.RunEntry) -> None:
 def _delete(picked: list[K.RunEntry]) -> None:
     """Asks first; then removes records, results and notes, never checkpoints."""
     st.warning(f"Delete {len(picked)} run{'s' if len(picked) > 1 else ''}: "
-               + ", ".join(f"**{e.name}**" for e in picked)
+               + ", ".join(f"the {ui.KIND_TITLES[e.kind]} run **{e.name}**" for e in picked)
                + "? Their job records, results, partial results and notes go. Checkpoints stay: other runs on the "
                  "same training trajectory use them.", icon=":material/delete:")
     c = st.columns([1, 1, 4])
@@ -135,7 +135,7 @@ def runs_view() -> None:
     shown = K.filter_runs(entries, kinds, statuses, tags, text)
     rows, varying = K.runs_table(shown)
     st.caption(f"{len(shown)} of {len(entries)} runs. "
-               + (f"Between name and status: the settings that differ between these runs ({', '.join(varying)})."
+               + (f"The columns after created are the settings that differ between these runs ({', '.join(varying)})."
                   if varying else "These runs share every setting."))
     spec_help = {n: conf.settings_of(registry.get(e.kind).config)[n][0].help for e in shown if e.config is not None
                  for n in varying if n in conf.settings_of(registry.get(e.kind).config)}

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import app_common as ui
+from app_common.form import with_all_settings
 from app_common.runs import warn_skipped
 from twophase_core.execution import sweeps as SJ
 from twophase_core.experiments import reproduce
@@ -49,22 +50,33 @@ with st.expander("New sweep", expanded=not sweeps):
         reps = f[3].text_input("replicates", str(sweep_replicates(start)), key=f"sweep_reps_{start}")
         error = st.empty()
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
-    if go:
-        try:
-            over = dict(ln.split("=", 1) for ln in _lines(overrides) if "=" in ln)
-            bad = [ln for ln in _lines(overrides) if "=" not in ln]
-            if bad:
-                raise conf.ConfigError("other settings", bad[0], "write FIELD=value, one per line")
-            base = conf.with_settings(preset(start, kind), {k.strip(): v for k, v in over.items()})
-            n = reps.strip()
-            if not n.isdigit() or int(n) < 1:
-                raise conf.ConfigError("replicates", reps, "must be a whole number >= 1")
-            sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
-                            int(n))
-            rec = SJ.submit_sweep(jm, sweep)
-        except (conf.ConfigError, StoreError) as e:
-            error.error(f"Nothing was started: {e}", icon=":material/error:")
-        else:
+    if go:  # every bad field is named, not only the first
+        errors: list[Exception] = []
+        bad = [ln for ln in _lines(overrides) if "=" not in ln]
+        if bad:
+            errors.append(conf.ConfigError("other settings", bad, "write FIELD=value, one per line"))
+        over = {k.strip(): v for k, v in (ln.split("=", 1) for ln in _lines(overrides) if "=" in ln)}
+        base, bad_settings = with_all_settings(preset(start, kind), over)
+        errors += bad_settings
+        n = reps.strip()
+        if not n.isdigit() or int(n) < 1:
+            errors.append(conf.ConfigError("replicates", reps, "must be a whole number >= 1"))
+        for ln in _lines(vary):
+            try:
+                S.parse_vary(kind, [ln])
+            except conf.ConfigError as e:
+                errors.append(e)
+        if not errors and base is not None:
+            try:
+                sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
+                                int(n))
+                rec = SJ.submit_sweep(jm, sweep)
+            except (conf.ConfigError, StoreError) as e:
+                errors.append(e)
+        if errors:
+            error.error("Nothing was started:\n" + "\n".join(f"- {e}" for e in errors), icon=":material/error:")
+        else:  # open the new sweep: the picker below follows it, and so does the link
+            st.session_state["sweep_pick"] = rec["id"]
             st.query_params["sweep"] = rec["id"]
             st.rerun()
 
@@ -77,11 +89,12 @@ sid = st.query_params.get("sweep")
 ids = [r["id"] for r in sweeps]
 if sid and sid not in ids:
     st.warning(f"No sweep called `{sid[:80]}` in this store; pick one below.", icon=":material/search_off:")
-pick = st.selectbox("Sweep", ids, index=ids.index(sid) if sid in ids else 0, key="sweep_pick",
+ui.from_query("sweep_pick", "sweep", str, ids[0], allowed=ids)
+pick = st.selectbox("Sweep", ids, key="sweep_pick",
                     format_func=lambda i: next(f"{r['sweep']['kind']} · {len(r['runs'])} runs · "
                                                f"{', '.join(r['sweep']['vary']) or 'seeds only'} · "
                                                f"{ui.fmt_time(r.get('created'))}" for r in sweeps if r["id"] == i))
-st.query_params["sweep"] = pick
+ui.to_query("sweep", pick)
 rec = next(r for r in sweeps if r["id"] == pick)
 sweep = S.Sweep.from_dict(rec["sweep"])
 
@@ -107,17 +120,18 @@ done = [g for g in groups if g["replicates"]]
 if not done:
     st.info("The first points are training; groups appear here as their runs finish.",
             icon=":material/hourglass_top:")
-    st.code(cmd, language="bash", wrap_lines=True)
+    ui.command_block(cmd)
     st.stop()
 
 fgroups = S.figure_groups(done)
 metrics = list(fgroups[0]["values"]) if fgroups else []
 if fgroups:
     st.subheader("The transition: t* and its 95% interval per group")
-    table = F.transition_summary_table(fgroups)
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    st.table(F.transition_summary_text(fgroups), hide_index=True)
+    ui.from_query("sweep_metric", "metric", str, metrics[0], allowed=metrics)
     metric = st.radio("metric", metrics, horizontal=True, key="sweep_metric",
                       format_func=lambda m: F.TRANSITION_METRICS.get(m, m))
+    ui.to_query("metric", metric)
     view = ui.RunView(pick, sweep.kind, None, None, False)
     ui.figure_block(F.transition_figure(fgroups, metric), F.transition_curve_table(fgroups, metric),
                     f"transition_{metric}", view, cmd, "sweep_transition")
@@ -126,7 +140,9 @@ if sweep.kind == "chaos":
     st.subheader("Cross-sections with their 95% band over replicates")
     labels = [", ".join(f"{k}={v}" for k, v in g["varied"].items()) or "base" for g in done]
     k = st.selectbox("group", range(len(done)), format_func=lambda i: labels[i], key="sweep_group")
+    ui.from_query("sweep_band_metric", "band", str, "C", allowed=list(F.METRICS))
     m = st.radio("metric", list(F.METRICS), horizontal=True, key="sweep_band_metric")
+    ui.to_query("band", m)
     arrays = F.stack_replicates([r.arrays for r in res.replicates_of(done[k]["varied"])])
     ui.figure_block(F.chaos_sections_band(arrays, m, log=True), F.chaos_sections_band_table(arrays, m),
                     f"sections_band_{m}", ui.RunView(pick, "chaos", None, None, False), cmd, "sweep_bands",

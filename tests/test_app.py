@@ -18,18 +18,20 @@ from twophase_core.execution.run import run_experiment
 from twophase_core.experiments.presets import preset
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.interfaces import figures as F
+from twophase_core.interfaces import gallery
 from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-# each page with nothing stored: its title and what it says instead of figures (None: Home has no such line)
+# each page of an empty store (which the app fills with the gallery, nothing trained): its title and what it says
+# instead of figures (None: no such line; the Sweeps page opens the gallery's demo-sweep, the Runs page lists it)
 EMPTY = {
     "pages/home.py": ("Two-phase learning dynamics", None),
     "pages/chaos.py": ("Chaos Effect", "No Chaos Effect run open yet"),
     "pages/cone.py": ("Cone Effect", "No Cone Effect run open yet"),
     "pages/linear.py": ("Linearised training", "No Linearised training run open yet"),
-    "pages/sweeps.py": ("Sweeps", "No sweeps yet"),
-    "pages/runs.py": ("Runs", "No runs yet"),
+    "pages/sweeps.py": ("Sweeps", None),
+    "pages/runs.py": ("Runs", None),
     "pages/compare.py": ("Compare runs", "this link names 0"),
 }
 # the figures of a result page, top to bottom, by the start of their titles (the training curve first, folded)
@@ -109,6 +111,11 @@ def _stored(run_id: str) -> Result:
     return r
 
 
+def _sig3(v: float) -> str:
+    """v to 3 significant digits, written out (816.5 -> '817', 1337.6 -> '1340'): how the t* tables read."""
+    return f"{float(f'{v:.3g}'):g}"
+
+
 def _text(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "error", "warning", "title", "subheader")
              for e in getattr(at, kind)]
@@ -117,15 +124,18 @@ def _text(at: AppTest) -> str:
 
 def test_every_page_renders_empty_with_its_title_and_what_to_do(empty):
     at = _app()
-    assert any(b.label == "Run the demo" for b in at.button)
+    assert [b.label for b in at.button][:2] == ["Start the lesson", "Open the demo"]  # first, above the fold
     for page, (title, says) in EMPTY.items():
         if page != "pages/home.py":
             at.switch_page(page).run()
         assert not at.exception, page
         assert [t.value for t in at.title] == [title], page
         notes = [e.value for e in (*at.info, *at.warning)]
-        assert (says is None and not notes) or any(says in n for n in notes), (page, notes)
-        assert not at.get("plotly_chart"), page
+        assert says is None or any(says in n for n in notes), (page, notes)
+        if page == "pages/runs.py":  # the gallery's results, each once, and nothing else
+            assert sorted(at.dataframe[0].value["id"]) == sorted(e.run_id for e in gallery.read().entries)
+        elif page != "pages/sweeps.py":
+            assert not at.get("plotly_chart"), page
     assert JobManager(Store(empty)).list() == []  # looking starts nothing
 
 
@@ -349,8 +359,14 @@ def test_sweeps_page_shows_groups_transition_and_bands(empty):
     assert all(r.status == "done" for r in JobManager(store).list())
     at = _app(page="sweeps", sweep=rec["id"])
     assert not at.exception
-    table = at.dataframe[0].value  # t* per group and metric
+    table = at.table[0].value  # t* per group and metric, as text that fits: 3 significant digits, whole reasons
     assert set(table["metric"]) == {"C", "B", "D"} and len(table) == 6
+    full = F.transition_summary_table(S.figure_groups([g for g in S.sweep_result(store, rec).groups(n_boot=1000)
+                                                       if g["replicates"]]))
+    for k in range(len(table)):
+        found = full["found"][k]
+        assert table["t*"][k] == (_sig3(full["t_star"][k]) if found else "none")
+        assert table["why none was found"][k] == ("" if found else full["reason"][k])
     figs = _figures(at)  # the transition figure and the banded cross-sections, on C first
     assert len(figs) == 2 and _title(figs[0]).startswith(f"Where the chaos ends: {F.METRICS['C']}")
     assert _title(figs[1]).startswith(F.METRICS["C"] + " versus t1") and "95% band" in _title(figs[1])
@@ -361,22 +377,35 @@ def test_sweeps_page_shows_groups_transition_and_bands(empty):
 
 
 def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
-    at = _app(page="sweeps")
+    from twophase_core.experiments import sweep as S
+
+    older = S.Sweep(preset("tiny", "chaos"), replicates=1)  # a sweep already there, open when the form is used
+    Store(empty).put_json(S.sweep_key(older.id()), {"id": older.id(), "sweep": older.to_dict(), "created": 1.0,
+                                                     "runs": [p.run_id for p in S.expand(older)]})
+    at = _app(page="sweeps", sweep=older.id())
+    assert at.selectbox(key="sweep_pick").value == older.id()
     at.radio(key="sweep_kind").set_value("chaos").run()
     at.selectbox(key="sweep_preset").set_value("tiny").run()
-    at.text_area(key="sweep_vary_chaos_tiny").set_value("epss=1,2")
+    at.text_area(key="sweep_vary_chaos_tiny").set_value("epss=1,2\nlr=fast")
+    at.text_area(key="sweep_over_chaos_tiny").set_value("iterations=-5\nnonsense")
+    at.text_input(key="sweep_reps_tiny").set_value("two")
     [go] = [b for b in at.button if b.label == "Run sweep"]
     go.click().run()
     assert not at.exception
-    assert any("epss" in e.value for e in at.error)
+    [error] = [e.value for e in at.error]  # every bad field, not only the first
+    for bad in ("other settings=['nonsense']", "iterations='-5'", "replicates='two'", "'epss'", "lr='fast'"):
+        assert bad in error, (bad, error)
     assert JobManager(Store(empty)).list() == []
     at.text_area(key="sweep_vary_chaos_tiny").set_value("eps=1e-7,1e-6")
+    at.text_area(key="sweep_over_chaos_tiny").set_value("")
     at.text_input(key="sweep_reps_tiny").set_value("2")
     [go] = [b for b in at.button if b.label == "Run sweep"]
     go.click().run()
     assert not at.exception and not at.error
     recs = JobManager(Store(empty)).list()
-    assert len(recs) == 4 and at.query_params.get("sweep", "").startswith("sweep-")
+    new = S.Sweep(preset("tiny", "chaos"), S.parse_vary("chaos", ["eps=1e-7,1e-6"]), replicates=2).id()
+    assert len(recs) == 4 and new != older.id()
+    assert at.query_params.get("sweep") == new and at.selectbox(key="sweep_pick").value == new  # the new one opens
     for r in recs:
         JobManager(Store(empty)).cancel(r.id)
 
@@ -389,7 +418,110 @@ def test_chaos_page_draws_the_transition_and_bands_over_perturbation_seeds(empty
     titles = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Where the chaos ends" in s for s in titles)  # the transition figure
     assert any("95% band over replicates" in s for s in titles)  # cross-sections with their band
-    assert set(at.dataframe[0].value["metric"]) == {"C", "B", "D"}
+    # 2 t0 (the demo has 4): said once in plain words, with the way to the demo-sweep, not 3 rows of refusals
+    assert not at.table and any("One run of 2 t0 cannot place t* with an interval" in i.value for i in at.info)
+    [link] = [p for p in at.get("page_link") if "demo-sweep" in p.proto.label]
+    assert link.proto.page == "sweeps"
+
+
+def test_the_demo_sweep_is_linked_by_its_id_where_the_store_holds_it(empty):
+    from twophase_core.experiments import sweep as S
+    from twophase_core.experiments.presets import sweep_replicates
+
+    demo = S.Sweep(preset("demo-sweep", "chaos"), replicates=sweep_replicates("demo-sweep"))
+    store = Store(empty)
+    store.put_json(S.sweep_key(demo.id()), {"id": demo.id(), "sweep": demo.to_dict(), "created": 1.0,
+                                            "runs": [p.run_id for p in S.expand(demo)]})
+    r = run_experiment(preset("tiny", "chaos"), store)
+    at = _app(page="chaos", run=f"chaos-{r.hash}")
+    assert not at.exception
+    [link] = [p for p in at.get("page_link") if "demo-sweep" in p.proto.label]
+    assert link.proto.query_string == f"sweep={demo.id()}"
+    [note] = [i.value for i in at.info if "demo-sweep" in i.value]
+    assert f"{len(demo.base.t0)} t0, each run {demo.replicates} times" in note
+
+
+def test_a_run_with_enough_t0_shows_t_star_or_the_whole_reason(empty):
+    from twophase_core.science.transition import estimate_transition
+
+    cfg = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30), t1=(60,), perturb_seeds=(0, 1))
+    r = run_experiment(cfg, Store(empty))
+    at = _app(page="chaos", run=f"chaos-{r.hash}")
+    assert not at.exception
+    [table] = [t.value for t in at.table]
+    assert list(table["metric"]) == ["C", "B", "D"]
+    for k, m in enumerate(("C", "B", "D")):
+        tr = estimate_transition(r.arrays["t0"], r.arrays[m][:, :, -1], n_boot=1000, seed=0)
+        assert table["t*"][k] == (_sig3(tr.t_star) if tr.found else "none")
+        assert table["why none was found"][k] == ("" if tr.found else tr.reason)  # whole, not cut
+
+
+def test_a_form_with_several_bad_fields_names_them_all(empty):
+    at = _app()
+    at.switch_page("pages/chaos.py").run()
+    at.selectbox(key="preset_chaos").set_value("tiny").run()
+    for field, value in (("t0", "abc"), ("eps", "-1"), ("batch_size", "100000")):
+        at.text_input(key=f"chaos.tiny.{field}").set_value(value)
+    [run] = [b for b in at.button if b.label == "Run"]
+    run.click().run()
+    assert not at.exception
+    errors = sorted(e.value for e in at.error)
+    assert [e.split("=")[0] for e in errors] == ["batch_size", "eps", "t0"] and "training set" in errors[0]
+    [warning] = [w.value for w in at.warning if "Nothing was started" in w.value]
+    assert all(f"**{f}**" in warning for f in ("t0", "eps", "batch_size"))
+    assert JobManager(Store(empty)).list() == []
+
+
+def test_the_reproduce_command_says_how_twophase_gets_on_path(with_results):
+    at = _app(page="linear", run=with_results["linear"])
+    [code] = [c.value for c in at.code]
+    assert code.startswith("twophase linear")
+    assert any(".venv/bin/twophase" in c.value and "source .venv/bin/activate" in c.value and "Docker" in c.value
+               for c in at.caption)
+    html = F.to_html(F.linear_figure(_stored(with_results["linear"]).arrays), code)
+    assert code in html and ".venv/bin/twophase" in html and "source .venv/bin/activate" in html
+
+
+def test_the_framed_cell_follows_the_largest_barrier_until_the_user_picks_one(empty, tmp_path):
+    """A partial result's largest barrier is only the largest so far: the default cell moves as cells come in."""
+    import subprocess
+    import sys
+    import time
+
+    from twophase_core.execution.jobs import JobRecord, save_record
+    from twophase_core.experiments.result import save_result
+
+    cfg = preset("tiny", "chaos")  # t0 0, 20 by t1 30, 60: every cell computed
+    full = run_experiment(cfg, Store(tmp_path / "scratch"))
+    full.arrays["B"][0] = [[0.1, 0.2], [0.5, 0.3]]
+    first = Result(full.kind, full.config, full.hash, {k: v.copy() for k, v in full.arrays.items()},
+                   {**full.meta, "partial": True, "units_done": 1})  # cut back to the row of t0 = 0
+    first.arrays["B"][0] = [[0.1, 0.2], [np.nan, np.nan]]
+    first.arrays["C"][0, 1] = np.nan
+    store = Store(empty)
+    save_result(store, first, partial=True)
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.execution.worker"])
+    try:  # a live process whose command line names the worker: the job counts as running
+        jid = f"chaos-{first.hash}"
+        now = time.time()
+        save_record(store, JobRecord(jid, "chaos", first.hash, conf.to_dict(cfg), status="running", stage="cells",
+                                     progress=0.5, pid=fake.pid, created=now, started=now, updated=now))
+        at = _app(page="chaos", run=jid)
+        assert not at.exception and at.selectbox(key="chaos_cell").value == "0,60"
+        save_result(store, Result(full.kind, full.config, full.hash, dict(full.arrays),
+                                  {**full.meta, "partial": True, "units_done": 2}), partial=True)
+        at.run()
+        assert at.selectbox(key="chaos_cell").value == "20,30" and at.query_params.get("cell") == "20,30"
+        frame = _figure(at, "B: loss barrier")["layout"]["shapes"][0]
+        assert (frame["x0"], frame["y0"]) == (-0.5, 0.5)  # framed: t1 = 30 is column 0, t0 = 20 row 1
+        at.selectbox(key="chaos_cell").set_value("0,30").run()  # the user's pick stays as the result grows
+        full.arrays["B"][0] = [[0.1, 0.2], [0.5, 0.9]]
+        save_result(store, full)
+        at.run()
+        assert not at.exception and at.selectbox(key="chaos_cell").value == "0,30"
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_path):

@@ -225,7 +225,7 @@ def test_transition_figure_overlays_groups_and_tables_them():
     curve = F.transition_curve_table(groups, "C", n_boot=200)
     assert F.table_rows(curve) == 3 * 8 and set(curve["group"]) == {"lr=0.05", "lr=0.1", "lr=0.2"}
     j = json.loads(F.to_json(curve))
-    assert j["columns"] == ["group", "t0", "replicates", "mean", "band_low", "band_high", "fit"]
+    assert j["columns"] == ["group", "t0", "replicates", "zeros", "mean", "band_low", "band_high", "fit"]
 
 
 def test_transition_figure_with_zeros_given_estimates_and_none_found():
@@ -235,8 +235,8 @@ def test_transition_figure_with_zeros_given_estimates_and_none_found():
     B = g["values"]["B"]
     fig = F.transition_figure([g], "B", n_boot=200)
     mean = next(tr for tr in fig.data if tr.name == "zeros")
-    floor = B[B > 0].min() / 10  # zeros drawn where the estimator puts them
-    assert np.allclose(mean.y, np.exp(np.log(np.where(B == 0, floor, B)).mean(axis=0)))
+    late = (B == 0).any(axis=0)  # t0 >= 30: every replicate exactly 0
+    assert np.allclose(mean.y[~late], np.exp(np.log(B[:, ~late]).mean(axis=0))) and np.isnan(mean.y[late]).all()
     # an estimate given as the sweep JSON's dict is drawn as is; None (none found) draws no t*
     given = estimate_transition(g["t0"], g["values"]["C"], n_boot=50, seed=3)
     g2 = {**g, "transitions": {"C": given.to_dict(), "B": None}}
@@ -291,3 +291,82 @@ def test_transition_figure_on_the_cone_side_labels_t_and_thins_dense_ticks():
     assert np.allclose(fig.layout.xaxis.tickvals, [1 + v for v in ticks])
     line = next(tr for tr in fig.data if "t* =" in tr.name)
     assert 700 < line.x[0] - 1 < 1400
+
+
+# ---------------------------------------------------------------------------------------------
+# Every number on screen right and readable (issue 16)
+
+
+def test_round_sig_keeps_three_significant_digits_and_every_leading_one():
+    cases = {816.5148: "817", 363.9438: "364", 1337.5846: "1340", 0.012345: "0.0123", 0.1: "0.1", 99.96: "100",
+             2.5e-7: "2.5e-7", 3.0e7: "3e7", 0.0: "0", None: "", float("nan"): ""}
+    assert {v: F.round_sig(v) for v in cases} == cases
+
+
+def test_transition_summary_text_rounds_t_star_and_keeps_the_whole_reason():
+    from twophase_core.science.transition import estimate_transition
+
+    g = _falling_group("lr=0.1", 30.0)
+    short = {"label": "4 t0", "t0": g["t0"][:4], "values": {"C": g["values"]["C"][:, :4]}}
+    t = F.transition_summary_text([g, short], ("C",), n_boot=200)
+    tr = estimate_transition(g["t0"], g["values"]["C"], n_boot=200)
+    sig = lambda v: f"{float(f'{v:.3g}'):g}"  # noqa: E731
+    assert t["t*"] == [sig(tr.t_star), "none"] and t["95% interval"] == [f"[{sig(tr.ci_low)}, {sig(tr.ci_high)}]", ""]
+    assert t["why none was found"] == ["", "too few t0 points with a value: 4 < 5"]  # whole, as the estimator says
+    assert t["replicates"] == ["5", "5"] and t["points"] == ["8", "4"]
+    line = next(tr_ for tr_ in F.transition_figure([g], "C", n_boot=200).data if "t* =" in (tr_.name or ""))
+    assert line.name == f"lr=0.1: t* = {sig(tr.t_star)} [{sig(tr.ci_low)}, {sig(tr.ci_high)}]"  # one rounding
+    assert F.too_few_points(short) == ("One run of 4 t0 cannot place t* with an interval: the fit needs at least 5 "
+                                       "t0, and its interval needs replicates, the same run repeated with other "
+                                       "data and init seeds.")
+    assert F.too_few_points(g) is None
+
+
+def _on_axis(fig, axis):
+    return [tr for tr in fig.data if (tr.yaxis or "y") == axis]
+
+
+def test_exact_zeros_on_a_log_axis_are_drawn_as_zeros_not_as_values():
+    g = _falling_group("zeros", 30.0)
+    B = g["values"]["B"]  # 0 for every replicate from t0 = 40 on
+    fig = F.transition_figure([g], "B", n_boot=200)
+    assert fig.layout.yaxis2.ticktext == ("0",) and fig.layout.yaxis.type == "log"
+    drawn = np.concatenate([np.asarray(tr.y, dtype=float) for tr in _on_axis(fig, "y")
+                            if tr.name and (tr.name == "zeros" or tr.name.endswith("replicates"))])
+    assert np.nanmin(drawn) >= B[B > 0].min()  # nothing at the floor, a tenth of the smallest value
+    reps = next(tr for tr in fig.data if tr.name == "zeros: replicates exactly 0")
+    mean = next(tr for tr in fig.data if tr.name == "zeros: geometric mean 0")
+    assert reps.yaxis == mean.yaxis == "y2" and not np.any(reps.y) and len(reps.x) == int((B == 0).sum())
+    assert np.allclose(mean.x, 1 + g["t0"][(B == 0).all(axis=0)])
+    fit = next(tr for tr in fig.data if tr.name == "zeros: fit")
+    assert np.nanmin(np.asarray(fit.y, dtype=float)) >= B[B > 0].min()
+    curve = F.transition_curve_table([g], "B", n_boot=200)
+    late = [i for i, z in enumerate(curve["zeros"]) if z]
+    assert [curve["t0"][i] for i in late] == g["t0"][(B == 0).any(axis=0)].tolist()
+    assert all(curve["mean"][i] == 0 and curve["band_low"][i] is None for i in late)
+    assert "yaxis2" not in F.transition_figure([g], "C", n_boot=200).to_plotly_json()["layout"]  # no zeros: no row
+
+
+def test_zeros_in_log_line_figures_go_on_the_zero_row(results):
+    a = dict(results["chaos"].arrays)
+    a["B"] = a["B"].copy()
+    a["B"][0, 1, 1] = 0.0  # t0 = 20, t1 = 60: no barrier (the tiny run has real zeros at t1 = 30 too)
+    fig = F.chaos_sections(a, "B", log=True)
+    marks = {tr.name: sorted(int(x) for x in tr.x) for tr in _on_axis(fig, "y2")}
+    assert all(np.all(np.abs(tr.y) < 1) for tr in _on_axis(fig, "y2"))  # on the row "0", a lane per line
+    assert fig.layout.yaxis2.ticktext == ("0",) and tuple(fig.layout.yaxis2.range) == (-1, 1)
+    zeros = {f"t0={int(t0)}: exactly 0": [int(t1) for t1, b in zip(a["t1"], a["B"][0, i], strict=True) if b == 0]
+             for i, t0 in enumerate(a["t0"])}
+    assert marks == {name: t1s for name, t1s in zeros.items() if t1s}
+    assert "t0=20: exactly 0" in marks
+    line = next(tr for tr in fig.data if tr.name == "t0=20")
+    assert np.isnan(np.asarray(line.y, dtype=float)).sum() == int((a["B"][0, 1] == 0).sum())
+    assert not _on_axis(F.chaos_sections(a, "B", log=False), "y2")  # a linear axis draws 0 itself
+    cone = results["cone"].arrays  # S(H_tau, H_tau) = 0 at t = tau
+    refs = F.cone_ref_curves(cone, log=True)
+    assert sorted(int(x) for tr in _on_axis(refs, "y2") for x in tr.x) == sorted(int(t) for t in cone["references"])
+
+
+def test_html_export_says_how_twophase_gets_on_path(results):
+    html = F.to_html(F.linear_figure(results["linear"].arrays), "twophase linear --preset tiny")
+    assert ".venv/bin/twophase" in html and "source .venv/bin/activate" in html and "Docker image" in html

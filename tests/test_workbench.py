@@ -6,6 +6,7 @@ Real tiny results (`run_experiment(preset('tiny', kind), Store(root))`) in a sto
 as in test_app.py; AppTest drives the pages. Selections (table rows, a heatmap click) are set the way the
 browser reports them: as the widget's selection state."""
 
+import json
 import os
 import re
 import subprocess
@@ -91,10 +92,13 @@ def _charts(at: AppTest) -> list:
 # 1. Runs you can tell apart
 
 
-def test_default_name_is_the_nearest_preset_and_what_differs():
+def test_default_name_is_the_kind_the_nearest_preset_and_what_differs():
     cfg = conf.replace(conf.replace(preset("demo", "chaos"), eps=1e-6), data_seed=5)
-    assert K.default_name(cfg) == "demo · eps=1e-6 · data_seed=5"
-    assert K.default_name(preset("tiny", "cone")) == "tiny"
+    assert K.default_name(cfg) == "chaos · demo · eps=1e-6 · data_seed=5"
+    assert K.default_name(preset("tiny", "cone")) == "cone · tiny"
+    # the demo's three runs are three names, not "demo" three times
+    assert [K.default_name(preset("demo", k)) for k in ("chaos", "cone", "linear")] == \
+        ["chaos · demo", "cone · demo", "linear · demo"]
     name, changed = preset_differences(cfg)
     assert name == "demo" and changed == {"eps": 1e-6, "data_seed": 5}
     # the same helper gives the reproduce command: flags for exactly those settings
@@ -126,18 +130,22 @@ def test_runs_table_lists_every_run_once_with_the_settings_that_differ(with_resu
     rec = jm.submit(preset("tiny", "linear"))  # its result is stored: a job "done" at once, no worker
     assert rec.status == "done"
     at = _runs_page()
+    every = [i for ids in with_results.values() for i in ids]
+    listed = list(at.dataframe[0].value["id"])
+    assert set(every) <= set(listed) and len(set(listed)) == len(listed)  # the job and the CLI's results, each once
+    at.text_input(key="runs_text").set_value("tiny").run()  # these runs only (a store may hold others)
     [table] = at.dataframe
     df = table.value
-    every = [i for ids in with_results.values() for i in ids]
-    assert sorted(df["id"]) == sorted(every)  # the job and the CLI's results, each once
-    assert list(df.columns[:2]) == ["kind", "name"]
-    for col in ("status", "progress", "wall time", "created", "error"):
-        assert col in df.columns
-    # settings that differ between the listed runs, between name and status
-    between = list(df.columns[2:list(df.columns).index("status")])
-    assert {"eps", "references", "switch"} <= set(between) and "lr" not in between
+    assert sorted(df["id"]) == sorted(every)
+    # what every run has first (status and progress are never pushed off screen), then the settings that differ
+    cols = list(df.columns)
+    assert cols[:6] == ["kind", "name", "status", "progress", "wall time", "created"]
+    assert cols[-3:] == ["tags", "error", "id"]
+    assert {"eps", "references", "switch"} <= set(cols[6:-3]) and "lr" not in cols
     names = dict(zip(df["id"], df["name"], strict=True))
-    assert names[with_results["chaos"][0]] == "tiny" and names[with_results["chaos"][1]] == "tiny · eps=1e-5"
+    assert names[with_results["chaos"][0]] == "chaos · tiny"
+    assert names[with_results["chaos"][1]] == "chaos · tiny · eps=1e-5"
+    assert names[with_results["cone"][0]] == "cone · tiny" and names[with_results["linear"][0]] == "linear · tiny"
     assert not [b for b in at.button if b.key and b.key.startswith("open_")]  # no second list of rows
 
 
@@ -194,7 +202,8 @@ def test_delete_asks_first_and_keeps_checkpoints(own_store):
     at = _select_rows(at, [row])
     [delete] = [b for b in at.button if b.key == "runs_delete"]
     delete.click().run()
-    assert any("Checkpoints stay" in w.value for w in at.warning)  # it asks first
+    [ask] = [w.value for w in at.warning if "Checkpoints stay" in w.value]  # it asks first, naming the kind
+    assert "the Linearised training run **linear · tiny · switch=0,20,40**" in ask
     assert load_result(Store(root), "linear", ids["linear"][1].split("-")[1]) is not None
     [yes] = [b for b in at.button if b.key == "runs_delete_yes"]
     yes.click().run()
@@ -215,9 +224,10 @@ def test_a_failed_run_shows_its_whole_error_when_selected_and_can_be_resubmitted
     assert rec.status == "failed"
     at = _runs_page()
     df = at.dataframe[0].value
-    assert list(df["status"]) == ["failed"] and list(df["name"]) == ["tiny · eps=0.001"]
-    at = _select_rows(at, [0])
-    assert any(e.label.startswith("Error of tiny · eps=0.001") for e in at.expander)
+    row = list(df["id"]).index(rec.id)
+    assert (df["status"][row], df["name"][row]) == ("failed", "chaos · tiny · eps=0.001")
+    at = _select_rows(at, [row])
+    assert any(e.label.startswith("Error of chaos · tiny · eps=0.001") for e in at.expander)
     assert any(c.value == rec.error and "x" * 300 in c.value for c in at.code)  # the whole error
     [resubmit] = [b for b in at.button if b.key == "runs_resubmit"]
     assert not resubmit.disabled
@@ -396,6 +406,54 @@ def test_chaos_link_carries_log_and_cell(with_results):
     assert bad.selectbox(key="chaos_cell").value in {"0,30", "0,60", "20,30", "20,60"}
 
 
+def test_switching_pages_keeps_the_view(with_results):
+    """Log, metric, cell and projection survive a visit to another page (Streamlit drops a widget's state on a
+    page that does not draw it, and the navigation drops the query string)."""
+    rid = with_results["chaos"][0]
+    a = load_result(Store(), "chaos", rid.split("-")[1]).arrays
+    cells = {f"{t0},{t1}": float(a["B"][0, i, j]) for i, j, t0, t1 in F.chaos_cells(a)}
+    smallest = min(cells, key=cells.__getitem__)  # not the default (the largest barrier)
+    at = _app(page="chaos", run=rid)
+    assert at.selectbox(key="chaos_cell").value == max(cells, key=cells.__getitem__)
+    at.toggle(key="chaos_log").set_value(False).run()
+    at.radio(key="chaos_section_metric").set_value("D").run()
+    at.selectbox(key="chaos_cell").set_value(smallest).run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/chaos.py").run()
+    assert not at.exception
+    assert at.toggle(key="chaos_log").value is False and at.radio(key="chaos_section_metric").value == "D"
+    assert at.selectbox(key="chaos_cell").value == smallest
+    assert [at.query_params.get(k) for k in ("run", "log", "metric", "cell")] == [rid, "0", "D", smallest]
+    assert any(F.METRICS["D"] + " versus t1" in c.proto.spec for c in _charts(at))  # and drawn so
+    cone = with_results["cone"][0]
+    at.switch_page("pages/cone.py").run()
+    at.query_params["run"] = cone
+    at.run()
+    other = next(m for m in F.PROJECTION_LABELS if m != at.radio(key="cone_method").value)
+    at.radio(key="cone_method").set_value(other).run()
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/cone.py").run()
+    assert not at.exception and at.radio(key="cone_method").value == other and at.query_params.get("proj") == other
+
+
+def test_the_cone_angle_is_one_value_with_one_rounding(with_results):
+    """The metric, the label on the rays and the caption say the same angle, written the same way."""
+    rid = with_results["cone"][0]
+    r = load_result(Store(), "cone", rid.split("-")[1])
+    angle = f"{r.meta['cone_angle_deg']:.1f}°"
+    at = _app(page="cone", run=rid)
+    assert not at.exception
+    [metric] = [m for m in at.metric if m.label.startswith("Cone angle")]
+    assert metric.value == angle
+    [caption] = [c.value for c in at.caption if "What to see" in c.value]
+    assert f"The rays are {angle} apart in kernel space" in caption
+    [spec] = [json.loads(c.proto.spec) for c in _charts(at) if "ray to" in c.proto.spec]
+    [label] = [a["text"] for a in spec["layout"]["annotations"] if a.get("name") == "cone angle"]
+    assert label.startswith(angle + " ")
+    bars = CF.cone_angles([r, r], ["a", "b"])  # and the comparison's bars
+    assert list(bars.data[1].text) == [angle, angle]
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. The cone, drawn
 
@@ -407,10 +465,12 @@ def test_cone_projection_draws_rays_with_the_angle(with_results):
     assert ends is not None
     its = a["iters"].tolist()
     lo, hi = a["cone_window"].tolist()
-    inside = [t for t in its if lo <= t <= hi and t != 0]
-    assert (its[ends[0]], its[ends[1]]) == (inside[0], inside[-1])
+    inside = [k for k, t in enumerate(its) if lo <= t <= hi and t != 0]
+    assert ends[0] in inside and ends[1] in inside
     true = F.ray_angle_kernel(a, *ends)
-    assert 0 <= true <= r.meta["cone_angle_deg"] + 1e-9  # the cone angle is the widest pair of the window
+    # the rays are the widest pair of the window: they open by the cone angle the engine stored, no other
+    assert true == pytest.approx(r.meta["cone_angle_deg"], abs=1e-9)
+    assert all(F.ray_angle_kernel(a, i, j) <= true + 1e-9 for i in inside for j in inside)
     for dim in (2, 3):
         fig = F.cone_projection(a, "pca", dim, rays=True)
         rays = [t for t in fig.data if t.name and t.name.startswith("ray to")]
@@ -419,7 +479,7 @@ def test_cone_projection_draws_rays_with_the_angle(with_results):
         assert np.allclose([rays[0].x[0], rays[0].y[0]], xyz[0, :2])  # from H(theta_0)
         assert np.allclose([rays[1].x[1], rays[1].y[1]], xyz[ends[1], :2])  # to the last kernel of the window
         [label] = fig.layout.scene.annotations if dim == 3 else fig.layout.annotations
-        assert label.name == "cone angle" and f"{true:.0f}°" in label.text
+        assert label.name == "cone angle" and label.text.startswith(f"{r.meta['cone_angle_deg']:.1f}°")
     assert len(F.cone_projection(a, "pca", 2).data) == 2  # without rays: as before
     assert F.honest_view(a)[1] == 2
 

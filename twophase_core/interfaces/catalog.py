@@ -3,8 +3,9 @@ one list of every run in a store, jobs and results computed without a job (the C
 
 A run's name, tags and note live in the store under `runmeta/<run id>` as JSON, beside its job record
 and result and never inside them: editing a name must not touch a result's checksum or a job the worker
-is writing. A run without a stored name is called after the preset nearest to its config plus what
-differs from it (`demo · eps=1e-6 · data_seed=5`), from the same helper as its reproduce command.
+is writing. A run without a stored name is called after its kind and the preset nearest to its
+config plus what differs from it (`chaos · demo · eps=1e-6 · data_seed=5`), from the same helper as its reproduce
+command.
 
 Deleting a run removes its job record, result, partial result, metadata and worker log, and never a
 checkpoint: checkpoints belong to a training trajectory that other runs share. Nothing here imports
@@ -94,10 +95,11 @@ def short_value(spec: Spec, value: object, limit: int = VALUE_CHARS) -> str:
 
 
 def default_name(cfg: conf.ExperimentConfig) -> str:
-    """The preset nearest to `cfg`, then every setting that differs from it: `demo · eps=1e-6 · data_seed=5`."""
+    """The kind, the preset nearest to `cfg`, then every setting that differs from it:
+    `chaos · demo · eps=1e-6 · data_seed=5` (the demo's three runs are not three runs called "demo")."""
     name, changed = preset_differences(cfg)
     specs = conf.settings_of(type(cfg))
-    return SEP.join([name] + [f"{k}={short_value(specs[k][0], v)}" for k, v in changed.items()])
+    return SEP.join([type(cfg).kind, name] + [f"{k}={short_value(specs[k][0], v)}" for k, v in changed.items()])
 
 
 def differing_settings(cfgs: list[conf.ExperimentConfig]) -> list[str]:
@@ -253,16 +255,17 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def runs_table(entries: list[RunEntry], now: float | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The Runs page's rows (one per run) and the names of the setting columns: kind, name, the settings
-    that differ between these runs, status, progress, wall time, created, tags, error, id."""
+    """The Runs page's rows (one per run) and the names of the setting columns: kind, name, status, progress,
+    wall time, created, then the settings that differ between these runs (there may be many: they come after
+    what every run has, so they never push its status off screen), tags, error, id."""
     varying = differing_settings([e.config for e in entries if e.config is not None])
     rows = []
     for e in entries:
         settings = settings_text(e.config, varying) if e.config is not None else {n: "" for n in varying}
-        rows.append({"kind": e.kind, "name": e.name, **settings, "status": e.status, "progress": e.progress,
+        rows.append({"kind": e.kind, "name": e.name, "status": e.status, "progress": e.progress,
                      "wall time": fmt_seconds(e.wall_s(now)),
                      "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created)) if e.created else "",
-                     "tags": ", ".join(e.meta.tags), "error": e.error, "id": e.id})
+                     **settings, "tags": ", ".join(e.meta.tags), "error": e.error, "id": e.id})
     return rows, varying
 
 

@@ -152,6 +152,8 @@ def _overlay(runs: list[Arrays], labels: list[str], lines: Lines, x_title: str, 
                 hovertemplate=f"{label}<br>{name}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"))
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title=y_title, type="log" if log else "linear", exponentformat="e")
+    if log:
+        F.zeros_to_row(fig, x_title.split(" ")[0])
     return F.apply_layout(fig, title, legend_title_text=legend, height=460)
 
 
@@ -224,9 +226,9 @@ def cone_angles(results: list[Result], labels: list[str], title: str | None = No
         win = "early_window" if col.startswith("early") else "cone_window"
         fig.add_trace(go.Bar(
             x=t["run"], y=[v if v is not None else 0.0 for v in t[col]], name=name, marker_color=colour(k + 3),
-            text=["n/a" if v is None else f"{v:.0f}°" for v in t[col]], textposition="outside",
+            text=[F.fmt_angle(v) for v in t[col]], textposition="outside",
             textfont=dict(size=F.CELL_FONT_PX), customdata=t[win],
-            hovertemplate=f"%{{x}}<br>{name}, t in [%{{customdata}}]: %{{y:.1f}}°<extra></extra>"))
+            hovertemplate=f"%{{x}}<br>{name}, t in [%{{customdata}}]: %{{text}}<extra></extra>"))
     fig.update_yaxes(title="degrees, seen from H(theta_0)", rangemode="tozero")
     return F.apply_layout(fig, title or "Cone angles side by side", barmode="group", height=420)
 

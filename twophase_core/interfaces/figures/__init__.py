@@ -9,11 +9,14 @@ downloads is what they saw. One module per concern: `base` (look, cells, export)
 from __future__ import annotations
 
 from .base import (  # noqa: F401
+    COMMAND_NOTE,
     LAYOUT,
     LINE_COLOURS,
     METRICS,
     PROJECTION_LABELS,
+    ZERO_AXIS,
     Table,
+    add_zero_row,
     apply_layout,
     cell_value,
     config_from_result,
@@ -21,12 +24,15 @@ from .base import (  # noqa: F401
     log_colour,
     log_range,
     rgba,
+    round_sig,
     seed_reduce,
     table_rows,
     to_csv,
     to_frame,
     to_html,
     to_json,
+    zero_marks,
+    zeros_to_row,
 )
 from .chaos import (  # noqa: F401
     CELL_FONT_PX,
@@ -58,6 +64,7 @@ from .cone import (  # noqa: F401
     cone_S_heatmap,
     cone_S_table,
     cone_test_acc,
+    fmt_angle,
     honest_view,
     ray_angle_drawn,
     ray_angle_kernel,
@@ -75,7 +82,9 @@ from .transition import (  # noqa: F401
     chaos_sections_band_table,
     chaos_transition_group,
     stack_replicates,
+    too_few_points,
     transition_curve_table,
     transition_figure,
     transition_summary_table,
+    transition_summary_text,
 )

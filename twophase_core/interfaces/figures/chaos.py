@@ -18,6 +18,7 @@ from twophase_core.interfaces.figures.base import (
     log_colour,
     log_range,
     seed_reduce,
+    zeros_to_row,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +180,8 @@ def chaos_sections(arrays: dict[str, np.ndarray], metric: str, log: bool = False
         ))
     fig.update_xaxes(title="t1 (iteration)")
     fig.update_yaxes(title=metric, type="log" if log else "linear", exponentformat="e")
+    if log:
+        zeros_to_row(fig, "t1")  # B and D are often exactly 0 late
     return apply_layout(fig, title or f"{METRICS[metric]} versus t1, one line per t0", legend_title_text="perturbed at")
 
 

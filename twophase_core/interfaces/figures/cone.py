@@ -16,6 +16,7 @@ from twophase_core.interfaces.figures.base import (
     apply_layout,
     cell_value,
     log_colour,
+    zeros_to_row,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ def cone_ref_curves(arrays: dict[str, np.ndarray], log: bool = False, title: str
                                  hovertemplate=f"tau={int(tau)}<br>t=%{{x}}<br>S=%{{y:.4g}}<extra></extra>"))
     fig.update_xaxes(title="t (iteration)")
     fig.update_yaxes(title="S(H(theta_t), H(theta_tau))", type="log" if log else "linear")
+    if log:
+        zeros_to_row(fig, "t")  # S(H_tau, H_tau) = 0 at t = tau
     return apply_layout(fig, title or "Kernel distance to a reference checkpoint tau", legend_title_text="reference")
 
 
@@ -98,8 +101,10 @@ def cone_neighbours(arrays: dict[str, np.ndarray], log: bool = False, title: str
                                  hovertemplate=f"dt={dt}<br>t=%{{x}}<br>S=%{{y:.4g}}<extra></extra>"))
     fig.update_xaxes(title="t (iteration)")
     fig.update_yaxes(title="S(H(theta_t), H(theta_t+dt))", type="log" if log else "linear")
+    if log:
+        zeros_to_row(fig, "t")
     return apply_layout(fig, title or "Kernel velocity: distance between neighbouring checkpoints",
-                   legend_title_text="step")
+                        legend_title_text="step")
 
 
 def cone_projection_table(arrays: dict[str, np.ndarray], method: str, dim: int) -> Table:
@@ -118,13 +123,23 @@ def _iteration_colorbar(its: np.ndarray) -> dict[str, object]:
 
 
 def cone_ray_ends(arrays: dict[str, np.ndarray]) -> tuple[int, int] | None:
-    """Indices of the first and last checkpoints (after 0) of the cone window, the ends of the drawn rays."""
+    """Indices of the two kernels of the cone window (after 0) whose increments from H(theta_0) are furthest apart:
+    the pair that subtends the cone angle (the result's cone_angle_deg), so the rays drawn open by that angle.
+    Increments of zero length have no direction and are skipped, as the cone angle skips them."""
     its = np.asarray(arrays["iters"]).astype(int)
     win = arrays.get("cone_window")
     if win is None or len(its) < 3:
         return None
     inside = [k for k, t in enumerate(its) if int(win[0]) <= t <= int(win[1]) and k != 0]
-    return (inside[0], inside[-1]) if len(inside) >= 2 else None
+    g = np.asarray(arrays["G"], dtype=float)
+    keep = [k for k in inside if g[k, k] - g[k, 0] - g[0, k] + 1.0 > 1e-15]  # |u_k - u_0|^2, as ray_angle_kernel
+    pairs = [(i, j) for n, i in enumerate(keep) for j in keep[n + 1:]]
+    return max(pairs, key=lambda p: ray_angle_kernel(arrays, *p)) if pairs else None
+
+
+def fmt_angle(deg: float | None) -> str:
+    """An angle as every view writes it (metric, rays, caption, comparison): one value, one rounding."""
+    return "n/a" if deg is None else f"{deg:.1f}°"
 
 
 def ray_angle_kernel(arrays: dict[str, np.ndarray], a: int, b: int) -> float:
@@ -160,9 +175,9 @@ def cone_projection(arrays: dict[str, np.ndarray], method: str = "pca", dim: int
     """The kernels along training as points (PCA or MDS of the normalised Gram matrix), joined in
     the order of training and coloured by iteration; H(theta_0) is the red diamond (paper Fig. 5c).
 
-    rays=True draws the cone: a ray from H(theta_0) to the first and to the last kernel of the cone
-    window, labelled with the angle between them measured in kernel space (the drawn angle of a
-    projection can differ; the hover says by how much)."""
+    rays=True draws the cone: a ray from H(theta_0) to each kernel of the widest pair of the cone window
+    (`cone_ray_ends`), labelled with the angle between them measured in kernel space, the cone angle (the drawn
+    angle of a projection can differ; the hover says by how much)."""
     if dim not in (2, 3) or method not in PROJECTION_LABELS:
         raise ValueError(f"no projection {method}{dim}")
     xyz = np.asarray(arrays[f"{method}{dim}"], dtype=float)
@@ -204,12 +219,12 @@ RAY_COLOUR = "#d62728"
 
 def _draw_rays(fig: go.Figure, arrays: dict[str, np.ndarray], xyz: np.ndarray, its: np.ndarray, method: str, dim: int,
                ends: tuple[int, int]) -> None:
-    """Two rays from H(theta_0) to the ends of the cone window, and the angle between them as a label."""
+    """Two rays from H(theta_0) to the widest pair of the cone window, and the angle between them as a label."""
     a, b = ends
     true, drawn = ray_angle_kernel(arrays, a, b), ray_angle_drawn(arrays, method, dim, a, b)
-    label = f"{true:.0f}° (t={int(its[a])} to {int(its[b])})"
-    hover = (f"ray from H(θ₀) to H(θ_t), t=%{{customdata}}<br>angle between the rays: {true:.1f}° in kernel space,"
-             f" {drawn:.1f}° as drawn<extra></extra>")
+    label = f"{fmt_angle(true)} (t={int(its[a])} and {int(its[b])})"
+    hover = (f"ray from H(θ₀) to H(θ_t), t=%{{customdata}}<br>angle between the rays: {fmt_angle(true)} in kernel "
+             f"space, {fmt_angle(drawn)} as drawn<extra></extra>")
     for k in (a, b):
         pts = xyz[[0, k]]
         common = dict(mode="lines", line=dict(color=RAY_COLOUR, width=3, dash="dash"), customdata=[its[k], its[k]],

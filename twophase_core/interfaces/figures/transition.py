@@ -14,10 +14,14 @@ from twophase_core.interfaces.figures.base import (
     LINE_COLOURS,
     METRICS,
     Table,
+    add_zero_row,
     apply_layout,
     cell_value,
     rgba,
+    round_sig,
     seed_reduce,
+    zero_marks,
+    zeros_to_row,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -51,23 +55,36 @@ def _sorted_group(group: TransitionGroup, metric: str) -> tuple[np.ndarray, np.n
     return t0[order], v[:, order]
 
 
-def transition_curve_table(groups: list[TransitionGroup], metric: str, n_boot: int = 1000, seed: int = 0) -> Table:
-    """What `transition_figure` draws, per group and t0: replicates with a value, the geometric mean over
-    replicates with its 95% bootstrap band (exact zeros at the estimator's floor, as it fits them), and
-    the fitted sigmoid there (empty where no fit was made)."""
-    from twophase_core.science.transition import log_values, replicate_band, sigmoid_curve
+def _geometric_band(v: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per t: the geometric mean over replicates with its 95% bootstrap band, and how many replicates are exactly 0.
+    Where any is 0 the geometric mean is 0 (no band): a zero is shown as a zero, never at the estimator's floor."""
+    from twophase_core.science.transition import log_values, replicate_band
 
-    t: Table = {"group": [], "t0": [], "replicates": [], "mean": [], "band_low": [], "band_high": [], "fit": []}
+    _, floor, _ = log_values(v)
+    mean, lo, hi = replicate_band(v, n_boot=n_boot, seed=seed, log=True, floor=floor)
+    zeros = np.sum(np.isfinite(v) & (v == 0), axis=0)
+    hit = zeros > 0
+    return np.where(hit, 0.0, mean), np.where(hit, np.nan, lo), np.where(hit, np.nan, hi), zeros
+
+
+def transition_curve_table(groups: list[TransitionGroup], metric: str, n_boot: int = 1000, seed: int = 0) -> Table:
+    """What `transition_figure` draws, per group and t0: replicates with a value, how many are exactly 0, the
+    geometric mean over replicates with its 95% bootstrap band (mean 0 and no band where a replicate is 0), and
+    the fitted sigmoid there (empty where no fit was made)."""
+    from twophase_core.science.transition import sigmoid_curve
+
+    t: Table = {"group": [], "t0": [], "replicates": [], "zeros": [], "mean": [], "band_low": [], "band_high": [],
+                "fit": []}
     for g in groups:
         t0, v = _sorted_group(g, metric)
-        _, floor, _ = log_values(v)
-        mean, lo, hi = replicate_band(v, n_boot=n_boot, seed=seed, log=True, floor=floor)
+        mean, lo, hi, zeros = _geometric_band(v, n_boot, seed)
         tr = _transition_of(g, metric, n_boot, seed)
         fit = sigmoid_curve(tr, t0) if tr is not None else np.full(t0.shape, np.nan)  # None: none found
         for i, x in enumerate(t0):
             t["group"].append(str(g["label"]))
             t["t0"].append(int(x))
             t["replicates"].append(int(np.isfinite(v[:, i]).sum()))
+            t["zeros"].append(int(zeros[i]))
             for col, arr in (("mean", mean), ("band_low", lo), ("band_high", hi), ("fit", fit)):
                 t[col].append(cell_value(arr[i]))
     return t
@@ -75,7 +92,7 @@ def transition_curve_table(groups: list[TransitionGroup], metric: str, n_boot: i
 
 def transition_summary_table(groups: list[TransitionGroup], metrics: tuple[str, ...] | None = None,
                              n_boot: int = 1000, seed: int = 0) -> Table:
-    """t* and its 95% interval per group and metric, or why none was found."""
+    """t* and its 95% interval per group and metric, or why none was found (full precision: the export)."""
     t: Table = {"group": [], "metric": [], "found": [], "t_star": [], "ci_low": [], "ci_high": [], "replicates": [],
                 "points": [], "method": [], "reason": []}
     for g in groups:
@@ -93,6 +110,33 @@ def transition_summary_table(groups: list[TransitionGroup], metrics: tuple[str, 
     return t
 
 
+def transition_summary_text(groups: list[TransitionGroup], metrics: tuple[str, ...] | None = None,
+                            n_boot: int = 1000, seed: int = 0) -> Table:
+    """The summary as a page shows it, every cell text: t* and its interval to 3 significant digits (a long float
+    in a narrow column lost its leading digits), and the whole reason where none was found."""
+    full = transition_summary_table(groups, metrics, n_boot, seed)
+    found = full["found"]
+    return {
+        "group": full["group"], "metric": full["metric"],
+        "t*": [round_sig(v) if ok else "none" for v, ok in zip(full["t_star"], found, strict=True)],
+        "95% interval": [f"[{round_sig(lo)}, {round_sig(hi)}]" if ok else ""
+                         for lo, hi, ok in zip(full["ci_low"], full["ci_high"], found, strict=True)],
+        "replicates": ["" if n is None else str(n) for n in full["replicates"]],
+        "points": ["" if n is None else str(n) for n in full["points"]],
+        "why none was found": ["" if ok else str(r) for r, ok in zip(full["reason"], found, strict=True)],
+    }
+
+
+def too_few_points(group: TransitionGroup) -> str | None:
+    """Plain words when a group's grid is too short for any estimate of t* (one run of the demo: 4 t0), else None,
+    so a page says it once instead of a table of refusals."""
+    from twophase_core.science.transition import RULES
+
+    n = len(np.atleast_1d(np.asarray(group["t0"])))
+    if n >= RULES.min_points:
+        return None
+    return (f"One run of {n} t0 cannot place t* with an interval: the fit needs at least {RULES.min_points} t0, and "
+            "its interval needs replicates, the same run repeated with other data and init seeds.")
 
 
 def _spread_ticks(ts: list[int], most: int = 10) -> list[int]:
@@ -109,55 +153,83 @@ def _spread_ticks(ts: list[int], most: int = 10) -> list[int]:
     return [ts[i] for i in keep] + [ts[-1]]
 
 
+def _segments(mask: np.ndarray) -> list[np.ndarray]:
+    """Indices of each run of consecutive True in `mask` (a band is drawn per run, never across a gap)."""
+    idx = np.flatnonzero(mask)
+    return [r for r in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if r.size] if idx.size else []
+
+
 def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 1000, seed: int = 0,
                       show_replicates: bool = True, title: str | None = None) -> go.Figure:
     """The metric at the final t1 versus t0, one colour per group: the geometric mean over replicates
     (the scale t* is defined on) with its 95% bootstrap band, the replicates as faint points, the fitted
     sigmoid dotted, and t* as a dashed vertical line over its shaded 95% interval. x is 1 + t0 on a log
-    axis, labelled with t0; exact zeros sit at the estimator's floor (a tenth of the smallest positive
-    value), the only place a log axis can show them. Groups: see the comment above."""
-    from twophase_core.science.transition import log_values, replicate_band, sigmoid_curve
+    axis, labelled with t0. Exact zeros (and a geometric mean that a zero makes 0) are drawn on a row of their
+    own under the log axis, labelled 0 (`add_zero_row`), never at the floor the estimator counts them at (a tenth
+    of the smallest positive value, which their hover states); the fit is drawn down to the smallest positive
+    value only, and not at all where it was refused and zeros shaped it. Groups: see the comment above."""
+    from twophase_core.science.transition import log_values, sigmoid_curve
 
     fig = go.Figure()
     lows: list[float] = []
     highs: list[float] = []
     ticks: set[int] = set()
     drawn = []
+    marks = []
     for k, g in enumerate(groups):
         colour = LINE_COLOURS[k % len(LINE_COLOURS)]
         label = str(g["label"])
         t0, v = _sorted_group(g, metric)
         _, floor, _ = log_values(v)
-        shown = np.where(v == 0, floor if floor is not None else np.nan, v)
-        mean, lo, hi = replicate_band(v, n_boot=n_boot, seed=seed, log=True, floor=floor)
+        mean, lo, hi, zeros = _geometric_band(v, n_boot, seed)
         ok = np.isfinite(mean)
+        pos = ok & (mean > 0)
         x = 1.0 + t0
         ticks.update(int(a) for a in t0[ok])
+        shown = np.where(v > 0, v, np.nan)
         lows.append(np.nanmin(shown) if np.isfinite(shown).any() else np.nan)
         highs.append(np.nanmax(shown) if np.isfinite(shown).any() else np.nan)
+        for seg in _segments(pos):
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([x[seg], x[seg][::-1]]), y=np.concatenate([hi[seg], lo[seg][::-1]]), fill="toself",
+                fillcolor=rgba(colour, 0.18), line=dict(width=0), name=f"{label}: 95% band", legendgroup=label,
+                showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(
-            x=np.concatenate([x[ok], x[ok][::-1]]), y=np.concatenate([hi[ok], lo[ok][::-1]]), fill="toself",
-            fillcolor=rgba(colour, 0.18), line=dict(width=0), name=f"{label}: 95% band", legendgroup=label,
-            showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(
-            x=x[ok], y=mean[ok], mode="lines+markers", name=label, legendgroup=label,
+            x=x[ok], y=np.where(pos, mean, np.nan)[ok], mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=colour, width=2.5),
             customdata=np.stack([t0[ok], lo[ok], hi[ok]], axis=1),
             hovertemplate=(f"{label}<br>t0=%{{customdata[0]:.0f}}<br>{metric} (geometric mean)=%{{y:.3g}}"
                            "<br>95% band [%{customdata[1]:.3g}, %{customdata[2]:.3g}]<extra></extra>")))
+        counted = f"<br>(t* counts a 0 as {floor:.2g}, a tenth of the smallest value)" if floor is not None else ""
+        zero = ok & (mean == 0)
+        if zero.any():
+            marks.append(zero_marks(
+                x[zero], colour, f"{label}: geometric mean 0", legendgroup=label,
+                customdata=np.stack([t0[zero], zeros[zero], np.isfinite(v[:, zero]).sum(axis=0)], axis=1),
+                hover=(f"{label}<br>t0=%{{customdata[0]:.0f}}<br>%{{customdata[1]:.0f}} of %{{customdata[2]:.0f}} "
+                       f"replicates exactly 0: geometric mean 0{counted}<extra></extra>")))
         if show_replicates:
-            rx, ry = np.broadcast_to(x, shown.shape).ravel(), shown.ravel()
-            keep = np.isfinite(ry)
-            fig.add_trace(go.Scatter(
-                x=rx[keep], y=ry[keep], mode="markers", name=f"{label}: replicates", legendgroup=label,
-                showlegend=False, marker=dict(color=colour, size=5, opacity=0.35),
-                customdata=(rx[keep] - 1.0), hovertemplate=f"{label}, one replicate<br>t0=%{{customdata:.0f}}"
-                                                           f"<br>{metric}=%{{y:.3g}}<extra></extra>"))
+            rx, ry = np.broadcast_to(x, v.shape).ravel(), v.ravel()
+            for keep, on_row in ((np.isfinite(ry) & (ry > 0), False), (ry == 0, True)):
+                if not keep.any():
+                    continue
+                hover = (f"{label}, one replicate<br>t0=%{{customdata:.0f}}<br>{metric}="
+                         + (f"0 exactly{counted}" if on_row else "%{y:.3g}") + "<extra></extra>")
+                if on_row:
+                    marks.append(zero_marks(rx[keep], colour, f"{label}: replicates exactly 0", hover, label,
+                                            customdata=rx[keep] - 1.0, opacity=0.45, size=6))
+                else:
+                    fig.add_trace(go.Scatter(
+                        x=rx[keep], y=ry[keep], mode="markers", name=f"{label}: replicates", legendgroup=label,
+                        showlegend=False, marker=dict(color=colour, size=5, opacity=0.35),
+                        customdata=(rx[keep] - 1.0), hovertemplate=hover))
         tr = _transition_of(g, metric, n_boot, seed)
-        if tr is not None and tr.early is not None and ok.sum() >= 2:
+        # a refused fit to data with zeros is a curve through the floor, which is no data: not drawn
+        if tr is not None and tr.early is not None and ok.sum() >= 2 and (tr.found or not tr.zeros):
             xs = np.geomspace(x[ok][0], x[ok][-1], 120)
+            fit = sigmoid_curve(tr, xs - 1.0)
             fig.add_trace(go.Scatter(
-                x=xs, y=sigmoid_curve(tr, xs - 1.0), mode="lines", name=f"{label}: fit", legendgroup=label,
+                x=xs, y=np.where(fit >= lows[-1], fit, np.nan), mode="lines", name=f"{label}: fit", legendgroup=label,
                 showlegend=False, line=dict(color=colour, dash="dot", width=1.5), hoverinfo="skip"))
         drawn.append((label, colour, tr))
     finite_lo = [a for a in lows if np.isfinite(a) and a > 0]
@@ -168,7 +240,7 @@ def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 
         if tr is None or not tr.found or tr.t_star is None or tr.ci_low is None or tr.ci_high is None:
             continue  # (found: t* and its interval are there)
         a, b, c = 1.0 + tr.ci_low, 1.0 + tr.ci_high, 1.0 + tr.t_star
-        text = f"{label}: t* = {tr.t_star:.4g} [{tr.ci_low:.4g}, {tr.ci_high:.4g}]"
+        text = f"{label}: t* = {round_sig(tr.t_star)} [{round_sig(tr.ci_low)}, {round_sig(tr.ci_high)}]"
         fig.add_trace(go.Scatter(
             x=[a, b, b, a, a], y=[y0, y0, y1, y1, y0], fill="toself", fillcolor=rgba(colour, 0.12),
             line=dict(width=0), mode="lines", name=f"{label}: 95% interval of t*", legendgroup=label,
@@ -182,7 +254,8 @@ def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 
                      tickvals=[1 + v for v in tick], ticktext=[str(v) for v in tick])
     y_what = "S between neighbouring checkpoints" if metric == "S" else f"{metric} at the final t1"
     fig.update_yaxes(type="log", range=[math.log10(y0), math.log10(y1)], exponentformat="e",
-                     title=f"{y_what} (geometric mean over replicates)")
+                     title=f"{y_what} (geometric mean)")  # short: the zero row leaves the axis less height
+    add_zero_row(fig, marks)
     name = TRANSITION_METRICS.get(metric, metric)
     default = (f"Where the kernel settles: {name} versus t" if metric == "S"
                else f"Where the chaos ends: {name} versus t0")
@@ -226,7 +299,7 @@ def chaos_sections_band(arrays: dict[str, np.ndarray], metric: str, log: bool = 
 
     arrays: {"t0": (n0,), "t1": (n1,), metric: (replicates, n0, n1)}, NaN where t1 <= t0 (see
     `stack_replicates`). The band is the percentile bootstrap of the mean over replicates; a log axis
-    cannot draw a band edge at 0, so there the band stops.
+    cannot draw a band edge at 0, so there the band stops, and a mean of exactly 0 goes on the zero row.
     """
     from twophase_core.science.transition import replicate_band
 
@@ -252,6 +325,8 @@ def chaos_sections_band(arrays: dict[str, np.ndarray], metric: str, log: bool = 
     fig.update_xaxes(title="t1 (iteration)")
     fig.update_yaxes(title=f"{metric} (mean over {v.shape[0]} replicates)", type="log" if log else "linear",
                      exponentformat="e")
+    if log:
+        zeros_to_row(fig, "t1")
     name = METRICS.get(metric, metric)
     return apply_layout(fig, title or f"{name} versus t1, one line per t0, 95% band over replicates",
                         legend_title_text="perturbed at")
