@@ -27,6 +27,10 @@ def run_header(view: RunView) -> str:
     with c2:
         base = (st.context.url or "").rstrip("/")
         st.caption(f"Link to this view: `{base}?run={view.run_id}`" if base else f"Link: `?run={view.run_id}`")
+    shipped = view.result.meta.get("gallery") if view.result is not None else None
+    if shipped:  # seeded from the gallery: say so, and how it is checked
+        st.caption(f"This result ships with twophase {shipped['version']} (computed {shipped['built']}; nothing "
+                   "was trained here). `twophase gallery verify` computes it again and compares.")
     job_status(view)
     return cmd
 

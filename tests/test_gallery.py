@@ -140,3 +140,15 @@ def test_the_lesson_page_walks_its_steps_by_url_and_offers_a_live_variant_with_i
     assert waits and " s on a 2-core laptop" in waits[0]
     at.button(key="lesson_next").click().run()
     assert at.query_params["step"] == "3" and at.title[0].value == lesson.steps()[2].title
+
+
+def test_a_seeded_result_says_it_ships_with_twophase_and_how_it_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "cache"))
+    demo = gallery.read().named("demo-chaos")[0]
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"page": "chaos", "run": demo.run_id})
+    at.run()  # the app's job manager fills the empty store from the gallery
+    assert not at.exception, at.exception
+    [note] = [c.value for c in at.caption if "ships with twophase" in c.value]
+    assert f"computed {demo.built}" in note and "twophase gallery verify" in note
+    assert len(at.get("plotly_chart")) >= 3  # drawn at once: nothing trained
