@@ -54,8 +54,9 @@ def test_interval_narrows_with_more_replicates():
         widths = []
         for d in range(12):
             tr = T.estimate_transition(T0, draw(np.random.default_rng(1000 + d), r), n_boot=100, seed=d)
-            assert tr.found, tr.reason
-            widths.append(math.log1p(tr.ci_high) - math.log1p(tr.ci_low))
+            if tr.found:  # 3 replicates of noise sd 1 do not always show the late level against a hinge
+                widths.append(math.log1p(tr.ci_high) - math.log1p(tr.ci_low))
+        assert len(widths) >= 9
         return float(np.median(widths))
 
     w3, w12 = median_log_width(3), median_log_width(12)
@@ -131,10 +132,10 @@ def test_too_few_points_and_midpoint_outside_the_grid():
     after = T.estimate_transition(T0, draw(rng, 5, t_mid=2000.0, width=0.3))  # falls after the last t0
     assert not after.found and "no fall" in after.reason
     edge = T.estimate_transition(T0, draw(rng, 5, t_mid=250.0, width=0.3))  # one t0 after the fall
-    assert not edge.found and "1 after" in edge.reason
+    assert edge.outcome == "beyond_grid" and "1 t0 points lie on the late level" in edge.reason
     # only the start of the fall is on the grid (no noise): its middle and its late level lie beyond it
     beyond = T.estimate_transition(T0, np.exp(np.tile(log_curve(t_mid=400.0, width=0.3), (3, 1))))
-    assert not beyond.found and ("outside the t0 grid" in beyond.reason or "extrapolated" in beyond.reason)
+    assert beyond.outcome == "beyond_grid" and "try larger t0 and T" in beyond.reason
     for d in range(10):  # the same with noise: never a number
         tr = T.estimate_transition(T0, draw(np.random.default_rng(d), 5, t_mid=1000.0, width=0.5), n_boot=50)
         assert not tr.found, tr
@@ -165,11 +166,11 @@ def test_bootstrap_failures_are_counted_and_too_many_refuse_an_answer():
     falls = np.exp(log_curve())
     flat = np.full(T0.size, math.exp(-3.0))
     # half the resamples of two replicates hold the flat one twice or lean on it; they cannot all fall
-    rules = T.Rules(min_drop_se=0.0)
+    rules = T.Rules(min_drop_se=0.0, min_evidence=-math.inf)
     tr = T.estimate_transition(T0, np.vstack([falls, flat]), n_boot=200, rules=rules)
     assert not tr.found and "bootstrap" in tr.reason and tr.boot_failed > 20
     lenient = T.estimate_transition(T0, np.vstack([falls, flat]), n_boot=200,
-                                    rules=T.Rules(min_drop_se=0.0, max_boot_fail=0.5))
+                                    rules=T.Rules(min_drop_se=0.0, min_evidence=-math.inf, max_boot_fail=0.5))
     assert lenient.found and lenient.boot_failed == tr.boot_failed
 
 
@@ -177,8 +178,10 @@ def test_expansion_is_the_small_sample_factor():
     # sqrt(R / (R - 1)) * t_{R-1, 0.975} / z_0.975, from printed tables
     assert T.expansion(5) == pytest.approx(math.sqrt(5 / 4) * 2.776445 / 1.959964, rel=1e-5)
     assert T.expansion(8) == pytest.approx(math.sqrt(8 / 7) * 2.364624 / 1.959964, rel=1e-5)
-    plain = T.estimate_transition(T0, draw(np.random.default_rng(9), 5), rules=T.Rules(expand=False), n_boot=200)
-    wide = T.estimate_transition(T0, draw(np.random.default_rng(9), 5), n_boot=200)
+    boot = T.Rules(resolve=False)  # the bootstrap interval alone, before the grid's resolution is added
+    plain = T.estimate_transition(T0, draw(np.random.default_rng(9), 5), rules=T.Rules(expand=False, resolve=False),
+                                  n_boot=200)
+    wide = T.estimate_transition(T0, draw(np.random.default_rng(9), 5), rules=boot, n_boot=200)
     assert plain.expansion == 1.0 and wide.expansion == pytest.approx(T.expansion(5))
     assert wide.t_star == plain.t_star and wide.ci_low < plain.ci_low and wide.ci_high > plain.ci_high
     assert math.log1p(wide.ci_high) - math.log1p(wide.t_star) == pytest.approx(

@@ -31,11 +31,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import leastsq
+from scipy.stats import f as f_dist
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
 METHOD = "sigmoid-log1p"  # logistic in log(1 + t) fitted to the mean log metric; expanded percentile bootstrap
 LEVEL = 0.95
+# found: a fall between two seen levels, with t* and its interval. none: no fall (or too little data to judge one).
+# beyond_grid: still falling, or not yet fallen, at the last t. before_grid: already falling at the first t, or
+# fallen before it. unresolved: a step sharper than the grid: the interval is the two grid points it lies between.
+OUTCOMES = ("found", "none", "beyond_grid", "before_grid", "unresolved")
+ADVICE = {"beyond_grid": "try larger t0 and T", "before_grid": "try smaller t0",
+          "unresolved": "add t0 between these two"}
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,11 @@ class Rules:
     min_side_points: int = 2  # t columns on each side of the midpoint: a level read off one point is an outlier's
     level_margin: float = 0.25  # fitted levels may pass the observed mean curve by this share of its range
     max_boot_fail: float = 0.10  # share of bootstrap fits allowed to fail
-    width_min_spacing: float = 0.25  # lower bound of w, as a share of the median spacing of u
+    width_min_spacing: float = 0.05  # lower bound of w, as a share of the median spacing of u (near a step)
     expand: bool = True  # widen the percentile interval for few replicates (see `expansion`)
+    min_evidence: float = 2.0  # AIC by which the sigmoid must beat every plateau-less alternative
+    resolve: bool = True  # widen the interval to every midpoint a step or sigmoid fits as well (`_profile_interval`)
+    level_share: float = 0.2  # a t column is on a level when the fitted curve there is within this share of the drop
 
 
 RULES = Rules()
@@ -84,6 +94,17 @@ class Transition:
     n_boot: int = 0
     boot_failed: int = 0  # bootstrap resamples whose fit failed (see docs)
     expansion: float = 1.0  # factor applied to the percentile interval's half-widths in u (1: plain percentile)
+    outcome: str = ""  # one of OUTCOMES; "" is filled from `found` ("found" or "none"), for entries written before
+    evidence: float | None = None  # AIC of the best plateau-less alternative minus the sigmoid's
+    alternative: str | None = None  # that alternative: "straight fall", "flat then falling", "falling then flat"
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", "found" if self.found else "none")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        if self.found != (self.outcome == "found"):
+            raise ValueError(f"found={self.found} contradicts outcome={self.outcome!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain floats and ints, None for missing; inf (no replicate noise) as None."""
@@ -103,6 +124,7 @@ def transition_json(estimates: Mapping[str, Transition]) -> dict[str, Any]:
      "not_found": {"B": "no fall: ..."}}."""
     out: dict[str, Any] = {k: (e.to_dict() if e.found else None) for k, e in estimates.items()}
     out["not_found"] = {k: e.reason for k, e in estimates.items() if not e.found}
+    out["outcome"] = {k: e.outcome for k, e in estimates.items()}
     return out
 
 
@@ -295,33 +317,68 @@ def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, se
     se = noise / math.sqrt(float(np.mean(counts))) if R > 1 else float("nan")
     drop = E - L
     snr = (drop / se if se > 0 else (math.inf if drop > 0 else -math.inf)) if R > 1 else None
-    fit = dict(early=math.exp(E), late=math.exp(L), fold=math.exp(drop) if drop < 700 else math.inf,
-               midpoint_u=m, width=w, slope=-drop / (4 * w), drop_se=snr, noise_sd=noise if R > 1 else None)
+    fit: dict[str, Any] = dict(early=math.exp(E), late=math.exp(L), fold=math.exp(drop) if drop < 700 else math.inf,
+                               midpoint_u=m, width=w, slope=-drop / (4 * w), drop_se=snr,
+                               noise_sd=noise if R > 1 else None)
+
+    def other(outcome: str, reason: str, **more: Any) -> Transition:
+        """A refusal that is not "none": the reason says what to change (ADVICE)."""
+        return Transition(False, None, None, None, reason=f"{reason}: {ADVICE[outcome]}", outcome=outcome,
+                          **{**base, **fit, **more})
+
     if drop <= 0:
         return none("no fall: the fitted late level is not below the early level (flat or rising)", **fit)
     if drop < math.log(rules.min_fold):
         return none(f"the fall is too small: early/late = {math.exp(drop):.3g} < {rules.min_fold:g}", **fit)
-    if not (u[0] < m < u[-1]):
-        return none(f"the midpoint t = {math.expm1(m):.4g} lies outside the {axis} grid "
-                    f"[{tt[0]:g}, {tt[-1]:g}]", **fit)
-    before, after = int(np.sum(u < m)), int(np.sum(u > m))
-    if min(before, after) < rules.min_side_points:
-        return none(f"the midpoint t = {math.expm1(m):.4g} has {before} {axis} points before it and {after} after; "
-                    f"each level needs at least {rules.min_side_points}", **fit)
-    lo, hi = float(ybar.min()), float(ybar.max())
-    margin = rules.level_margin * (hi - lo)
-    if E > hi + margin:
-        return none(f"the early level is extrapolated beyond the data (no plateau before the fall): "
-                    f"add smaller {axis}", **fit)
-    if L < lo - margin:
-        return none(f"the late level is extrapolated beyond the data (no plateau after the fall): "
-                    f"add larger {axis}", **fit)
     if R < rules.min_replicates:
         return none(f"{R} replicate: a bootstrap over replicates needs at least {rules.min_replicates}, "
                     "so no interval is possible", **fit)
     if snr is not None and snr < rules.min_drop_se:
         return none(f"the fall is within replicate noise: {drop:.3g} in log M is {snr:.3g} standard errors "
                     f"< {rules.min_drop_se:g}", **fit)
+    sse_flat = float(np.sum((ybar - ybar.mean()) ** 2))
+    sse_sig = float(np.sum((L + (E - L) * _basis(u, m, w) - ybar) ** 2))
+    gain_flat = _chi2(sse_flat - sse_sig, se, sse_flat) - 2 * 3
+    if gain_flat < rules.min_evidence:
+        return none(f"no credible fall: a flat curve fits as well (AIC gain of the sigmoid {gain_flat:.3g} "
+                    f"< {rules.min_evidence:g})", **fit)
+    if m >= u[-1]:
+        return other("beyond_grid", f"the midpoint t = {math.expm1(m):.4g} lies beyond the last {axis} "
+                     f"({tt[-1]:g}): the fall is not over within the grid", **fit)
+    if m <= u[0]:
+        return other("before_grid", f"the midpoint t = {math.expm1(m):.4g} lies before the first {axis} "
+                     f"({tt[0]:g})", **fit)
+    # each level seen: enough t columns where the fitted curve is within level_share of the drop from it
+    s = _basis(u, m, w)
+    on_early, on_late = int(np.sum(s >= 1 - rules.level_share)), int(np.sum(s <= rules.level_share))
+    share = f"within {rules.level_share:.0%} of the fall"
+    lo_y, hi_y = float(ybar.min()), float(ybar.max())
+    margin = rules.level_margin * (hi_y - lo_y)
+    if on_late < rules.min_side_points or L < lo_y - margin:
+        return other("beyond_grid", f"still falling at the last {axis}: {on_late} {axis} points lie on the late level "
+                     f"({share}), at least {rules.min_side_points} are needed", **fit)
+    if on_early < rules.min_side_points or E > hi_y + margin:
+        return other("before_grid", f"already falling at the first {axis}: {on_early} {axis} points lie on the early "
+                     f"level ({share}), at least {rules.min_side_points} are needed", **fit)
+    # the sigmoid against the shapes without a late (or an early) plateau
+    # AIC with the replicate noise known: chi-square plus twice the parameters (the sigmoid has 4)
+    gains = {k: _chi2(sse_alt - sse_sig, se, sse_alt) - 2 * (4 - npar) for k, (sse_alt, npar) in
+             _alternatives(u, ybar).items()}
+    name, evidence = min(gains.items(), key=lambda kv: kv[1])
+    fit.update(evidence=evidence, alternative=name)
+    if evidence < rules.min_evidence:
+        where = "before_grid" if name == "falling then flat" else "beyond_grid"
+        side = "early" if where == "before_grid" else "late"
+        return other(where, f"the sigmoid does not beat a {name} curve (AIC gain {evidence:.3g} "
+                     f"< {rules.min_evidence:g}): the {side} level is not seen", **fit)
+    # a step sharper than the grid: no column's mean lies inside the fall, so t* is only known to lie between two t
+    band = rules.level_share * drop
+    inside = (ybar > L + band) & (ybar < E - band)
+    if not inside.any():
+        a, b = float(tt[u < m][-1]), float(tt[u > m][0])
+        return Transition(False, None, a, b, reason=f"a step sharper than the grid: no {axis} lies inside the fall, so "
+                          f"t* lies somewhere between {a:g} and {b:g}: {ADVICE['unresolved']}", outcome="unresolved",
+                          **{**base, **fit})
     if n_boot < 1:
         return none(f"n_boot={n_boot}: without bootstrap fits there is no interval", **fit)
     mids, failed = _bootstrap(u, y, n_boot, seed, box, rules.min_points, start)
@@ -333,9 +390,83 @@ def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, se
     q_lo, q_hi = np.quantile(mids, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     c = expansion(R) if rules.expand else 1.0
     lo_u, hi_u = min(q_lo, m - c * (m - q_lo)), max(q_hi, m + c * (q_hi - m))
+    # never narrower than the grid resolves: every midpoint whose best curve (steps included) fits as well
+    dof = int(np.sum(np.maximum(counts - 1, 0)))
+    p_lo, p_hi = _profile_interval(u, ybar, sse_sig, se, dof, n, box) if rules.resolve else (hi_u, lo_u)
+    lo_u, hi_u = max(min(lo_u, p_lo), u[0]), min(max(hi_u, p_hi), u[-1])  # never before or past the grid
     return Transition(True, math.expm1(m), math.expm1(lo_u), math.expm1(hi_u), reason=None, expansion=c,
-                      **{**base, **fit})
+                      outcome="found", **{**base, **fit})
 
+
+def _chi2(d_sse: float, se: float, scale: float) -> float:
+    """A difference of sums of squares in units of the mean curve's variance se^2 (inf without replicate noise,
+    unless the difference is rounding)."""
+    if se > 0:
+        return d_sse / se**2
+    return math.inf if d_sse > 1e-12 * max(scale, 1.0) else 0.0
+
+
+def _alternatives(u: np.ndarray, y: np.ndarray) -> dict[str, tuple[float, int]]:
+    """Least-squares SSE of the shapes a fall without one of its plateaus takes, in log M versus u: a straight
+    fall (a power law in t), flat then falling to the end (a hinge whose late side is a line), and falling then
+    flat (the mirror: the early plateau not seen). The hinge's knot is scanned on a fine grid; for a fixed
+    knot the shape is linear in its two coefficients, solved in closed form. Returns {name: (SSE, parameters)}."""
+    n = u.size
+    ones = np.ones(n)
+    x = np.stack([ones, u], axis=1)
+    line = float(np.sum((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2))
+    knots = np.linspace(u[0], u[-1], 257)[1:-1]
+    out = {"straight fall": (line, 2)}
+    for name, g in (("flat then falling", np.maximum(u[None, :] - knots[:, None], 0.0)),
+                    ("falling then flat", np.minimum(u[None, :] - knots[:, None], 0.0))):
+        out[name] = (float(np.min(_two_term_sse(g, y))), 3)
+    return out
+
+
+def _two_term_sse(g: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SSE of y ~ a + b g_k for every row g_k of g (K, n), by the 2x2 normal equations."""
+    n = y.size
+    sg, sgg, sy, sgy = g.sum(1), (g * g).sum(1), float(y.sum()), g @ y
+    det = n * sgg - sg**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (sgg * sy - sg * sgy) / det
+        b = (n * sgy - sg * sy) / det
+        sse = np.sum((y[None, :] - a[:, None] - b[:, None] * g) ** 2, axis=1)
+    flat = float(np.sum((y - y.mean()) ** 2))
+    return np.where(np.isfinite(sse) & (np.abs(det) > 1e-12), sse, flat)
+
+
+def _profile_interval(u: np.ndarray, y: np.ndarray, sse_min: float, se: float, dof: int, n: int,
+                      box: Box) -> tuple[float, float]:
+    """The 95% profile set of the midpoint m, in u: every m for which some falling sigmoid, down to a step far
+    sharper than the grid, fits the mean curve within F(1, dof; 0.95) se^2 of the best fit (se^2 scaled up by the
+    fit's own misfit when it exceeds the replicate noise). A step between two grid points fits equally well
+    anywhere between them, so the set never claims more than the grid resolves. Returns its hull (lo, hi)."""
+    span = float(u[-1] - u[0])
+    ms = np.linspace(u[0], u[-1], 401)
+    ws = np.geomspace(1e-3 * span, float(box[1][3]), 24)
+    mm, ww = (g.ravel() for g in np.meshgrid(ms, ws, indexing="ij"))
+    s = _basis(u[None, :], mm[:, None], ww[:, None])  # (M K, n)
+    a = 1.0 - s
+    ss, sa, aa = (s * s).sum(1), (s * a).sum(1), (a * a).sum(1)
+    sy, ay = s @ y, a @ y
+    det = ss * aa - sa * sa
+    with np.errstate(divide="ignore", invalid="ignore"):
+        E = (aa * sy - sa * ay) / det
+        L = (ss * ay - sa * sy) / det
+        sse = np.sum((y[None, :] - E[:, None] * s - L[:, None] * a) ** 2, axis=1)
+    sse = np.where(np.isfinite(sse) & (np.abs(det) > 1e-12) & (E > L), sse, np.inf).reshape(len(ms), len(ws))
+    prof = sse.min(axis=1)
+    best = min(sse_min, float(prof.min()))
+    if not se > 0:
+        return float(u[-1]), float(u[0])  # no noise: nothing to add to the bootstrap
+    phi = max(1.0, best / se**2 / max(n - 4, 1))  # misfit beyond the replicate noise widens the set
+    thr = float(f_dist.ppf(LEVEL, 1, max(dof, 1))) * se**2 * phi
+    keep = ms[prof - best <= thr]
+    if not keep.size:
+        return float(u[-1]), float(u[0])
+    step = ms[1] - ms[0]
+    return float(keep.min() - step / 2), float(keep.max() + step / 2)
 
 def expansion(replicates: int) -> float:
     """sqrt(R / (R - 1)) t_{R-1, 0.975} / z_0.975: how much wider a 95% interval must be from R replicates.
