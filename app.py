@@ -38,4 +38,7 @@ if wanted in PAGES and PAGES[wanted].url_path != page.url_path:
 elif "page" in st.query_params:
     del st.query_params["page"]  # the path names the page now; a stale ?page= must not pull users back
 
+from app_common.runs import start_jobs  # noqa: E402  (only now: see app_common/pages_mode.py)
+
+start_jobs()  # the warm worker starts loading torch while the first page draws
 page.run()

@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from twophase_core.execution.jobs import JobManager, JobRecord
+from twophase_core.execution.jobs import JobManager, JobRecord, env_warm_workers
 from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
 from twophase_core.interfaces import catalog as K
@@ -62,15 +62,28 @@ POLL_S = 1.0
 
 @st.cache_resource(show_spinner=False)
 def _job_manager(root: str) -> JobManager:
-    """The store's job manager; an empty store first gets the gallery's results (shown at once, nothing trained)."""
+    """The store's job manager; an empty store first gets the gallery's results (shown at once, nothing trained,
+    unless TWOPHASE_GALLERY=0). Its launcher keeps a warm worker ready (TWOPHASE_WARM_WORKERS, default 1): torch
+    loads in that process, never in this one, and a click trains at once."""
     store = Store(root)
-    gallery.seed(store)
-    return JobManager(store)
+    if gallery.wanted():
+        gallery.seed(store)
+    return JobManager(store, warm=env_warm_workers())
 
 
 def job_manager() -> JobManager:
     """One manager per store root (a changed TWOPHASE_CACHE_DIR gets its own)."""
     return _job_manager(str(default_root()))
+
+
+def start_jobs() -> None:
+    """Make the store's manager when a server's first page runs, not at the first click, so the warm worker has
+    loaded torch by the time anyone presses a button. A store that cannot be opened is left to the page: it says
+    what is wrong where the user looks."""
+    try:
+        job_manager()
+    except Exception:  # noqa: BLE001 - reported by the page that uses the store
+        pass
 
 
 def split_run_id(run_id: str) -> tuple[str, str] | None:

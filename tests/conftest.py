@@ -1,11 +1,15 @@
 """Shared fixtures: every test gets its own result store; torch stays on one thread."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# the app keeps a warm worker (torch loaded, ~300 MB) per store; tests that render the app would start one
+# each: only tests/test_jobs.py's warm-worker tests (which ask for it) and the bench use them
+os.environ.setdefault("TWOPHASE_WARM_WORKERS", "0")
 
 
 @pytest.fixture

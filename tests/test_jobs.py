@@ -357,3 +357,52 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return None
+
+
+def _warm_children(jm: JobManager) -> list:
+    return [p for ps in jm.launcher._warm.values() for p in ps]  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_warm_worker_takes_the_next_job_and_gives_the_cold_workers_bits(store, tmp_path):
+    cfg = conf.replace(preset("tiny", "chaos"), iterations=60, t1=(30, 60))
+    jm = JobManager(store, warm=1)
+    try:
+        (ready,) = _warm_children(jm)  # started with the manager, before any submit
+        assert ready.poll() is None and not store.keys("job/")
+        rec = jm.submit(cfg)
+        assert rec.pid == ready.pid  # the job went to the process that was already up
+        (spare,) = _warm_children(jm)
+        assert spare.pid != ready.pid and spare.poll() is None  # and another one waits for the next click
+        final = wait_for("the job on the warm worker to finish", lambda: finished(jm, rec.id))
+        assert final.status == "done", final.error
+        assert wait_for("the warm worker to exit", lambda: gone(ready.pid), timeout=10)
+        log = Path(final.log).read_text()
+        assert f"worker for {rec.id}" in log and f"{rec.id} done" in log
+        cold = JobManager(Store(tmp_path / "cold"))
+        crec = cold.submit(cfg)
+        assert wait_for("the cold job to finish", lambda: finished(cold, crec.id)).status == "done"
+        assert_same_result(jm.result(rec.id), cold.result(crec.id))
+    finally:
+        jm.launcher.stop_warm()  # type: ignore[attr-defined]
+    assert spare.wait(timeout=10) == 0  # EOF on its pipe: it leaves without a job
+    assert len(store.keys("job/")) == 1
+
+
+def test_a_warm_worker_never_outlives_the_process_that_started_it(tmp_path):
+    import subprocess
+    import sys
+
+    parent = subprocess.run(
+        [sys.executable, "-c", "import os, sys\nfrom twophase_core.execution.jobs import LocalLauncher\n"
+         "la = LocalLauncher(warm=1)\nla.prestart(sys.argv[1])\n"
+         "print([p.pid for ps in la._warm.values() for p in ps][0], flush=True)\nos._exit(0)\n",
+         str(tmp_path / "cache")], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(parent.stdout.strip())
+    assert wait_for("the orphaned warm worker to exit", lambda: gone(pid), timeout=60)
+    assert not (tmp_path / "cache" / "index").exists()  # it never opened the store
+
+
+def test_no_warm_worker_unless_asked(store):
+    jm = JobManager(store)
+    assert _warm_children(jm) == []

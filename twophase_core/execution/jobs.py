@@ -26,11 +26,14 @@ reconcile), and splitting them would put the two halves of each handshake in dif
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -49,6 +52,7 @@ from twophase_core.storage.store import Store
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 ENV_MAX_JOBS = "TWOPHASE_MAX_JOBS"
+ENV_WARM = "TWOPHASE_WARM_WORKERS"  # the app's warm workers (default 1; 0: none)
 STALE_S = 5.0  # a running record with no pid and no heartbeat for this long: its worker never started
 CANCEL_GRACE_S = 15.0  # a worker that ignores a cancel this long is killed
 WORKER_MODULE = "twophase_core.execution.worker"  # started as `python -m WORKER_MODULE JOB_ID --cache-dir DIR`
@@ -193,26 +197,84 @@ def _proc_state(pid: int) -> str | None:
 class LocalLauncher:
     """Workers as local OS processes, each in its own session (a page reload never kills them)."""
 
-    def __init__(self, env: dict[str, str] | None = None, python: str | None = None):
+    def __init__(self, env: dict[str, str] | None = None, python: str | None = None, warm: int = 0):
         self.env = dict(env or {})
         self.python = python or sys.executable
+        self.warm = warm  # workers kept started ahead of their job, per store root (the app: env_warm_workers())
         self._children: dict[int, subprocess.Popen] = {}
         self._exited: dict[int, int] = {}
+        self._warm: dict[str, list[subprocess.Popen]] = {}  # store root -> waiting warm workers
+        self._warm_lock = threading.Lock()  # Streamlit runs sessions in threads that share this launcher
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        pkg_parent = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def prestart(self, cache_dir: str) -> None:
+        """Keep `self.warm` workers waiting for a job on this store root: torch and the engine imported, the
+        demo's data loaded (`worker.wait_for_job`). They read their job id from a pipe, so they end when this
+        process does, and until then hold no lock and open no store. Nothing happens when `warm` is 0."""
+        if self.warm <= 0:
+            return
+        with self._warm_lock:
+            ready = [p for p in self._warm.get(cache_dir, []) if p.poll() is None]
+            while len(ready) < self.warm:
+                with tempfile.TemporaryFile() as out:  # what it prints while waiting goes to its job's log
+                    p = subprocess.Popen([self.python, "-m", WORKER_MODULE, "--warm", "--cache-dir", str(cache_dir)],
+                                         stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self._env(), start_new_session=True, close_fds=True)
+                ready.append(p)
+            self._warm[cache_dir] = ready
+
+    def _take_warm(self, cache_dir: str) -> subprocess.Popen | None:
+        with self._warm_lock:
+            ready = self._warm.get(cache_dir, [])
+            while ready:
+                p = ready.pop(0)
+                if p.poll() is None:
+                    return p
+        return None
 
     def launch(self, job_id: str, cache_dir: str) -> int:
         log = log_path(cache_dir, job_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
-        pkg_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)
         with open(log, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} worker for {job_id}\n".encode())
             out.flush()
-            p = subprocess.Popen([self.python, "-m", WORKER_MODULE, job_id, "--cache-dir", str(cache_dir)],
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, close_fds=True)
+            p = self._take_warm(cache_dir)
+            if p is not None and p.stdin is not None:
+                try:  # the job id, then EOF: the warm worker takes it from here
+                    p.stdin.write(f"{job_id}\n".encode())
+                    p.stdin.close()
+                except OSError:  # it died just now: start one cold
+                    p = None
+            else:
+                p = None
+            if p is None:
+                p = subprocess.Popen([self.python, "-m", WORKER_MODULE, job_id, "--cache-dir", str(cache_dir)],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self._env(),
+                                     start_new_session=True, close_fds=True)
         self._children[p.pid] = p
+        self.prestart(cache_dir)  # the next click finds one ready too
         return p.pid
+
+    def stop_warm(self) -> None:
+        """End the waiting warm workers (EOF on their pipe: they exit without touching any store)."""
+        with self._warm_lock:
+            waiting = [p for ps in self._warm.values() for p in ps]
+            self._warm.clear()
+        for p in waiting:
+            with contextlib.suppress(OSError):
+                if p.stdin is not None:
+                    p.stdin.close()
+        for p in waiting:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
     def exit_status(self, pid: int) -> int | None:
         """Return code of a worker this executor started and that has ended (-N: signal N), else None."""
@@ -280,6 +342,11 @@ class LocalLauncher:
 # The manager
 
 
+def env_warm_workers() -> int:
+    """$TWOPHASE_WARM_WORKERS (default 1): workers the app keeps started ahead of a click (0 turns them off)."""
+    return int(from_env(ENV_WARM, Spec("int", "warm workers kept ready", lo=0, hi=64), 1))
+
+
 def env_max_jobs() -> int:
     """$TWOPHASE_MAX_JOBS (default 1), checked like a setting: a bad value names the variable."""
     return int(from_env(ENV_MAX_JOBS, Spec("int", "jobs running at once", lo=1, hi=1024), 1))
@@ -289,14 +356,16 @@ class JobManager:
     """Submit, watch, cancel and collect experiment jobs; state lives in `store`, not in this object."""
 
     def __init__(self, store: Store | None = None, max_running: int | None = None,
-                 launcher: Launcher | None = None):
+                 launcher: Launcher | None = None, warm: int = 0):
         self.store = store if store is not None else Store()
         self.max_running = max_running if max_running is not None else env_max_jobs()
         if not isinstance(self.max_running, int) or self.max_running < 1:
             raise conf.ConfigError("max_running", self.max_running, "must be a whole number >= 1")
         # workers pump the queue when they end: they must use the same limit
-        self.launcher: Launcher = launcher or LocalLauncher(env={ENV_MAX_JOBS: str(self.max_running)})
+        self.launcher: Launcher = launcher or LocalLauncher(env={ENV_MAX_JOBS: str(self.max_running)}, warm=warm)
         self.cache_dir = str(Path(self.store.root).resolve())
+        if isinstance(self.launcher, LocalLauncher):  # `warm` workers ready before the first submit
+            self.launcher.prestart(self.cache_dir)
         self.skipped: list[R.RecordProblem] = []  # job records the last `list` could not use
 
     # -- ids and records --------------------------------------------------------------------

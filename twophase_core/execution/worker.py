@@ -1,7 +1,9 @@
 """One job in its own process: `python -m twophase_core.execution.worker JOB_ID [--cache-dir DIR]`.
 
 Started by `jobs.LocalLauncher` (own session; stdout/stderr go to `jobs/<id>.log` under the
-store root). Reads the config from the job record, runs the experiment, and writes to the record:
+store root), or ahead of its job as a warm worker (`--warm`, see `wait_for_job`): torch, the engine and
+the demo's data loaded, waiting on stdin for the job id, so a click in the app is not followed by
+seconds of imports. Reads the config from the job record, runs the experiment, and writes to the record:
 progress, stage and ETA at most ~5 times a second, a heartbeat (`updated`) at least every second
 from a daemon thread (so a killed worker is noticed), and the outcome (done / failed with a one-line
 error and the traceback / cancelled). A cancel is read from the record by the same thread and
@@ -21,19 +23,29 @@ import argparse
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from types import FrameType
 
-from twophase_core.execution.jobs import RESUME_HINT, JobManager, JobRecord, read_record, save_record, update_record
+from twophase_core.execution.jobs import (
+    RESUME_HINT,
+    JobManager,
+    JobRecord,
+    log_path,
+    read_record,
+    save_record,
+    update_record,
+)
 from twophase_core.execution.placement import resolve_executor
 from twophase_core.experiments import registry
 from twophase_core.settings import config as conf
 from twophase_core.storage.errors import StoreError, StoreFull
 from twophase_core.storage.record_types import REPAIR_HINT
-from twophase_core.storage.store import Store
+from twophase_core.storage.store import Store, default_root
 
 WRITE_EVERY_S = 0.2  # progress writes: at most ~5 a second
 HEARTBEAT_S = 1.0  # a write at least this often, even without progress
@@ -238,14 +250,99 @@ def run_job(store: Store, job_id: str) -> int:
     return 0 if status in ("done", "cancelled") else 1
 
 
+def warm_up(data_dir: Path) -> None:
+    """Pay before the job exists what its first seconds would go to (measured on the 2-core machine): importing
+    torch (2.6 s), the first optimizer (3.6 s: it imports torch._dynamo), the engine's modules, and the demo's
+    data (MNIST-1D: 5 s to generate into the store's data/ folder the first time, 0.01 s to read after). One step
+    of the demo's model runs under a forked RNG, so a job starts from the state a cold worker's would."""
+    import torch
+
+    from twophase_core.science.train import configure_threads
+
+    try:
+        configure_threads()
+    except conf.ConfigError as e:  # run_job says it again in the job's log
+        print(f"worker: {e}; using 1 thread", file=sys.stderr)
+        torch.set_num_threads(1)
+    import twophase_core.execution.run  # noqa: F401 - with the experiment kinds it runs
+    import twophase_core.experiments.result  # noqa: F401
+    import twophase_core.science.linearised  # noqa: F401
+    import twophase_core.science.lockstep  # noqa: F401
+    import twophase_core.science.metrics  # noqa: F401
+    import twophase_core.science.ntk  # noqa: F401
+    from twophase_core.experiments.presets import DEMO_TRAIN
+    from twophase_core.science.data import get_dataset
+    from twophase_core.science.models import build_model, trainable
+
+    ds = get_dataset(DEMO_TRAIN, cache_dir=data_dir)
+    model = build_model(DEMO_TRAIN, ds.input_shape, ds.num_classes)
+    opt = torch.optim.SGD(trainable(model), lr=DEMO_TRAIN.lr, momentum=DEMO_TRAIN.momentum,
+                          weight_decay=DEMO_TRAIN.weight_decay)
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        torch.nn.functional.cross_entropy(model(ds.x_train[:DEMO_TRAIN.batch_size]),
+                                          ds.y_train[:DEMO_TRAIN.batch_size]).backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            model(ds.x_test)
+
+
+def _log_into(path: Path) -> None:
+    """From here on this process's stdout and stderr (fds 1 and 2, so C code's too) append to the job's log,
+    after what it printed while it waited (the launcher gave it an unnamed temporary file until then)."""
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            f.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        with contextlib.suppress(OSError):
+            before = os.fstat(1)
+            if stat.S_ISREG(before.st_mode) and before.st_size:
+                os.write(fd, os.pread(1, before.st_size, 0))
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def wait_for_job(root: Path) -> str | None:
+    """A warm worker's wait: `warm_up`, then one line from stdin, the job id; None at EOF (whoever started it is
+    gone or stopped it), so a warm worker never outlives its launcher's process. It opens no store and takes no
+    lock until it has its job; from then on it is a worker like any other, whose output goes to the job's log."""
+    try:
+        warm_up(root / "data")
+    except Exception:  # noqa: BLE001 - only slower: the job meets the same problem and reports it on its record
+        traceback.print_exc()
+    job_id = sys.stdin.buffer.readline().decode("utf-8", "replace").strip()
+    if not job_id:
+        return None
+    _log_into(log_path(root, job_id))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the pipe is done with: nothing else is read from it
+    os.close(devnull)
+    return job_id
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m twophase_core.execution.worker", description=__doc__.splitlines()[0])
-    ap.add_argument("job_id")
+    ap.add_argument("job_id", nargs="?")
     ap.add_argument("--cache-dir", default=None, help="the store root (default: $TWOPHASE_CACHE_DIR or ./cache)")
+    ap.add_argument("--warm", action="store_true",
+                    help="start ahead of the job: load torch, the engine and the demo's data, then read the job id "
+                    "from stdin (EOF: exit)")
     args = ap.parse_args(argv)
+    if (args.job_id is None) != args.warm:
+        ap.error("give a JOB_ID, or --warm to read it from stdin")
+    job_id = args.job_id
+    if args.warm:
+        job_id = wait_for_job(Path(args.cache_dir) if args.cache_dir else default_root())
+        if job_id is None:
+            return 0
     store = Store(args.cache_dir) if args.cache_dir else Store()
     try:
-        rc = run_job(store, args.job_id)
+        rc = run_job(store, job_id)
         try:  # the exit path starts the next queued job
             JobManager(store).pump()
         except Exception:  # noqa: BLE001

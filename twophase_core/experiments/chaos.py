@@ -138,12 +138,12 @@ class Chaos(Kind[ChaosConfig, Row]):
         else:
             control = training.base()
         for si, (seed, br) in enumerate(zip(seeds, branches, strict=True)):
-            if how != "stack":
-                tracker.set_stage(f"branch t0={t0} seed={seed}")
-                br.ensure(later, tracker.add, cancel)
             row["realized"][si] = training.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
-            tracker.set_stage(f"metrics t0={t0}")
             for t1 in later:
+                if how != "stack":  # up to this t1 only, so its cell shows before the branch trains on (same bits:
+                    tracker.set_stage(f"branch t0={t0} seed={seed}")  # a branch resumed from its checkpoint)
+                    br.ensure([t1], tracker.add, cancel)
+                tracker.set_stage(f"metrics t0={t0}")
                 if cancel is not None:
                     cancel.check()
                 j = t1s.index(t1)

@@ -14,6 +14,7 @@ Reading entries and seeding a store import neither torch nor Streamlit: the app'
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -36,6 +37,7 @@ from twophase_core.storage.store import Store
 
 FOLDER = Path(__file__).resolve().parent
 INDEX = FOLDER / "entries.json"
+ENV_GALLERY = "TWOPHASE_GALLERY"  # 0: the app leaves an empty store empty (a researcher's own store, a benchmark)
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-7}  # another platform: float32 training agrees to about this, not to the bit
 
 
@@ -101,6 +103,11 @@ def load(entry: Entry, folder: Path = FOLDER) -> Result:
     arrays, meta = unpack_arrays(data)
     meta.pop("kind", None)
     return Result(entry.kind, meta.pop("config"), meta.pop("hash"), arrays, meta)
+
+
+def wanted() -> bool:
+    """Whether the app seeds an empty store: yes unless $TWOPHASE_GALLERY is 0 (or false, no, off)."""
+    return os.environ.get(ENV_GALLERY, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def seed(store: Store, folder: Path = FOLDER, force: bool = False) -> list[str]:
