@@ -525,6 +525,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def sweep_summary(payload: dict[str, Any]) -> str:
     """One line per group: its varied settings, replicates, and t* with its interval per metric."""
+    from twophase_core.science.transition import outcome_label
+
     lines = [f"sweep {payload['kind']}: {len(payload['runs'])} runs in {payload['meta'].get('seconds')}s, "
              f"{len(payload['groups'])} groups"]
     for g in payload["groups"]:
@@ -532,10 +534,11 @@ def sweep_summary(payload: dict[str, Any]) -> str:
         tr = g.get("transition") or {}
         parts = []
         for m, est in tr.items():
-            if m == "not_found":
+            if m in ("not_found", "outcome"):
                 continue
             parts.append(f"{m}: t*={est['t_star']:.0f} [{est['ci_low']:.0f}, {est['ci_high']:.0f}]" if est
-                         else f"{m}: none ({tr['not_found'].get(m, '')[:60]})")
+                         else f"{m}: {outcome_label((g.get('estimates') or {}).get(m))} "
+                              f"({tr['not_found'].get(m, '')[:60]})")
         lines.append(f"  {name}  R={g['replicates']}  " + "; ".join(parts))
     return "\n".join(lines)
 

@@ -56,7 +56,7 @@ class Rules:
     min_side_points: int = 2  # t columns on each side of the midpoint: a level read off one point is an outlier's
     level_margin: float = 0.25  # fitted levels may pass the observed mean curve by this share of its range
     max_boot_fail: float = 0.10  # share of bootstrap fits allowed to fail
-    width_min_spacing: float = 0.05  # lower bound of w, as a share of the median spacing of u (near a step)
+    width_min_spacing: float = 0.1  # lower bound of w, as a share of the median spacing of u
     expand: bool = True  # widen the percentile interval for few replicates (see `expansion`)
     min_evidence: float = 2.0  # AIC by which the sigmoid must beat every plateau-less alternative
     resolve: bool = True  # widen the interval to every midpoint a step or sigmoid fits as well (`_profile_interval`)
@@ -115,6 +115,19 @@ class Transition:
         """Inverse of `to_dict` (keys it does not know are ignored, so a sweep JSON entry reads back)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def outcome_label(tr: Transition | Mapping[str, Any] | None) -> str:
+    """The outcome in a few words for a table cell or a legend: "found", "beyond grid: try larger t0 and T",
+    "unresolved: between 700 and 900", "before grid: try smaller t0", "none" (None: none found)."""
+    if tr is None:
+        return "none"
+    d = tr if isinstance(tr, Mapping) else asdict(tr)
+    outcome = d.get("outcome") or ("found" if d.get("found") else "none")
+    if outcome == "unresolved" and d.get("ci_low") is not None and d.get("ci_high") is not None:
+        return f"unresolved: between {d['ci_low']:.4g} and {d['ci_high']:.4g}"
+    words = outcome.replace("_", " ")
+    return f"{words}: {ADVICE[outcome]}" if outcome in ADVICE else words
 
 
 def transition_json(estimates: Mapping[str, Transition]) -> dict[str, Any]:
@@ -443,8 +456,8 @@ def _profile_interval(u: np.ndarray, y: np.ndarray, sse_min: float, se: float, d
     fit's own misfit when it exceeds the replicate noise). A step between two grid points fits equally well
     anywhere between them, so the set never claims more than the grid resolves. Returns its hull (lo, hi)."""
     span = float(u[-1] - u[0])
-    ms = np.linspace(u[0], u[-1], 401)
-    ws = np.geomspace(1e-3 * span, float(box[1][3]), 24)
+    ms = np.linspace(u[0], u[-1], 301)
+    ws = np.geomspace(1e-3 * span, float(box[1][3]), 96)  # fine: near a step, m and w trade off closely
     mm, ww = (g.ravel() for g in np.meshgrid(ms, ws, indexing="ij"))
     s = _basis(u[None, :], mm[:, None], ww[:, None])  # (M K, n)
     a = 1.0 - s

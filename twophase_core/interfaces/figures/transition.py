@@ -93,14 +93,15 @@ def transition_curve_table(groups: list[TransitionGroup], metric: str, n_boot: i
 def transition_summary_table(groups: list[TransitionGroup], metrics: tuple[str, ...] | None = None,
                              n_boot: int = 1000, seed: int = 0) -> Table:
     """t* and its 95% interval per group and metric, or why none was found (full precision: the export)."""
-    t: Table = {"group": [], "metric": [], "found": [], "t_star": [], "ci_low": [], "ci_high": [], "replicates": [],
-                "points": [], "method": [], "reason": []}
+    t: Table = {"group": [], "metric": [], "found": [], "outcome": [], "t_star": [], "ci_low": [], "ci_high": [],
+                "replicates": [], "points": [], "method": [], "reason": []}
     for g in groups:
         for metric in metrics or tuple(g["values"]):
             tr = _transition_of(g, metric, n_boot, seed)
             t["group"].append(str(g["label"]))
             t["metric"].append(metric)
             t["found"].append(bool(tr is not None and tr.found))
+            t["outcome"].append("none" if tr is None else tr.outcome)  # ci_low/ci_high also hold an unresolved step
             for col in ("t_star", "ci_low", "ci_high"):
                 t[col].append(None if tr is None or getattr(tr, col) is None else float(getattr(tr, col)))
             t["replicates"].append(None if tr is None else int(tr.replicates))
@@ -113,14 +114,19 @@ def transition_summary_table(groups: list[TransitionGroup], metrics: tuple[str, 
 def transition_summary_text(groups: list[TransitionGroup], metrics: tuple[str, ...] | None = None,
                             n_boot: int = 1000, seed: int = 0) -> Table:
     """The summary as a page shows it, every cell text: t* and its interval to 3 significant digits (a long float
-    in a narrow column lost its leading digits), and the whole reason where none was found."""
+    in a narrow column lost its leading digits), the outcome in words (beyond grid: try larger t0 and T; an
+    unresolved step's interval is the two t0 it lies between), and the whole reason where none was found."""
+    from twophase_core.science.transition import outcome_label
+
     full = transition_summary_table(groups, metrics, n_boot, seed)
     found = full["found"]
     return {
         "group": full["group"], "metric": full["metric"],
         "t*": [round_sig(v) if ok else "none" for v, ok in zip(full["t_star"], found, strict=True)],
-        "95% interval": [f"[{round_sig(lo)}, {round_sig(hi)}]" if ok else ""
-                         for lo, hi, ok in zip(full["ci_low"], full["ci_high"], found, strict=True)],
+        "outcome": [outcome_label({"outcome": o, "ci_low": lo, "ci_high": hi})
+                    for o, lo, hi in zip(full["outcome"], full["ci_low"], full["ci_high"], strict=True)],
+        "95% interval": [f"[{round_sig(lo)}, {round_sig(hi)}]" if lo is not None and hi is not None else ""
+                         for lo, hi in zip(full["ci_low"], full["ci_high"], strict=True)],
         "replicates": ["" if n is None else str(n) for n in full["replicates"]],
         "points": ["" if n is None else str(n) for n in full["points"]],
         "why none was found": ["" if ok else str(r) for r, ok in zip(full["reason"], found, strict=True)],
@@ -237,6 +243,8 @@ def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 
     y0 = min(finite_lo) / 2 if finite_lo else 1e-12
     y1 = max(finite_hi) * 2 if finite_hi else 1.0
     for label, colour, tr in drawn:  # after the data, so the y extent of the lines is known
+        if tr is not None and not tr.found and tr.outcome != "none":
+            _mark_outcome(fig, label, colour, tr, y0, y1)
         if tr is None or not tr.found or tr.t_star is None or tr.ci_low is None or tr.ci_high is None:
             continue  # (found: t* and its interval are there)
         a, b, c = 1.0 + tr.ci_low, 1.0 + tr.ci_high, 1.0 + tr.t_star
@@ -260,6 +268,23 @@ def transition_figure(groups: list[TransitionGroup], metric: str, n_boot: int = 
     default = (f"Where the kernel settles: {name} versus t" if metric == "S"
                else f"Where the chaos ends: {name} versus t0")
     return apply_layout(fig, title or default, legend_title_text="group")
+
+
+def _mark_outcome(fig: go.Figure, label: str, colour: str, tr: Transition, y0: float, y1: float) -> None:
+    """A refusal that says where to look: an unresolved step shades the two t0 it lies between (no t* line: its
+    place between them is not known); beyond or before the grid is a legend entry with what to try."""
+    from twophase_core.science.transition import outcome_label
+
+    text = f"{label}: {outcome_label(tr)}"
+    if tr.outcome == "unresolved" and tr.ci_low is not None and tr.ci_high is not None:
+        a, b = 1.0 + tr.ci_low, 1.0 + tr.ci_high
+        fig.add_trace(go.Scatter(
+            x=[a, b, b, a, a], y=[y0, y0, y1, y1, y0], fill="toself", fillcolor=rgba(colour, 0.10),
+            line=dict(color=colour, width=1, dash="dot"), mode="lines", name=text, legendgroup=label,
+            hoverinfo="text", text=text))
+    else:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, dash="dot"), name=text,
+                                 legendgroup=label, hoverinfo="skip"))
 
 
 def stack_replicates(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
