@@ -6,6 +6,10 @@ once, each under its widget (`with_all_settings`). A choice is a
 selectbox, a bool a checkbox, everything else a text field (a cleared field is an error, never a
 silent default). The form starts from a preset or, when a run is open, from that run's settings:
 change one field, press Run, and the new run starts while the old one stays.
+
+Models and datasets: the built-ins and the names packages register (entry points), never an import path: the
+app may be open to a network and importing a module runs its code. A run made from the CLI with one shows it,
+and Run refuses it under its field (settings/plugins.py refuses it in the app's process too).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import streamlit as st
 from twophase_core.experiments import registry
 from twophase_core.experiments.presets import PRESETS, preset
 from twophase_core.settings import config as conf
+from twophase_core.settings import plugins
 from twophase_core.settings.spec import Spec, format_value
 from twophase_core.storage.errors import StoreError
 
@@ -30,7 +35,9 @@ COLUMNS = 4
 def _widget(name: str, spec: Spec, value: Any, key: str) -> Any:
     label = spec.label or name.replace("_", " ")
     if spec.type == "choice":
-        opts = list(spec.choices)
+        opts = plugins.names(spec.plugin) if spec.plugin else list(spec.choices)
+        if spec.plugin and value not in opts:  # this run's import path: shown as it is, refused on Run
+            opts.append(value)
         return st.selectbox(label, opts, index=opts.index(value) if value in opts else 0, key=key, help=spec.help)
     if spec.type == "bool":
         return st.checkbox(label, value=bool(value), key=key, help=spec.help)
@@ -92,6 +99,14 @@ def with_all_settings(base: conf.ExperimentConfig, values: Mapping[str, Any]
             return (cfg, []) if not errors else (None, errors)
 
 
+def _refuse_import_paths(values: Mapping[str, Any]) -> tuple[None, list[conf.ConfigError]] | None:
+    """(None, an error per model or dataset given as an import path), before the engine sees (and imports) it;
+    None when every one is a registered name."""
+    errors = [conf.ConfigError(name, values[name], plugins.REFUSAL.format(name))
+              for name in plugins.GROUPS if name in values and values[name] not in plugins.names(name)]
+    return (None, errors) if errors else None
+
+
 def settings_form(kind: str, run_config: conf.ExperimentConfig | None = None, run_id: str | None = None,
                   expanded: bool = True) -> None:
     """Preset (or this run's settings) plus the form; Run validates with the engine and queues a job
@@ -111,7 +126,7 @@ def settings_form(kind: str, run_config: conf.ExperimentConfig | None = None, ru
             submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return
-    cfg, errors = with_all_settings(base, values)
+    cfg, errors = _refuse_import_paths(values) or with_all_settings(base, values)
     if cfg is None:  # each bad field under its widget, the others (not a field of the form) here
         named = [e for e in errors if e.field in slots]
         for e in named:

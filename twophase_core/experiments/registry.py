@@ -161,10 +161,14 @@ def load_plugin(module: str, path: str | None = None) -> None:
 
 
 def plugins() -> list[tuple[str, str | None]]:
-    """(module, the folder it was found in) of every plugin loaded here: what a Ray task must load too."""
+    """(module, the folder it was found in) of every plugin loaded here: what a Ray task must load too. Modules of
+    models and datasets given by import path (settings/plugins.py) are among them, so a task finds them where the
+    driver did."""
+    from twophase_core.settings.plugins import imported_modules
+
     _load()
     out = []
-    for module in _PLUGINS:
+    for module in [*_PLUGINS, *(m for m in imported_modules() if m not in _PLUGINS)]:
         file = getattr(sys.modules.get(module), "__file__", None)
         depth = module.count(".") + 1
         out.append((module, str(Path(file).resolve().parents[depth - 1]) if file else None))

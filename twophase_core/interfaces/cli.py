@@ -1,4 +1,4 @@
-"""`twophase chaos|cone|linear|sweep|submit|jobs|presets|settings|cache|gallery|lesson|bench`: the app, in a shell.
+"""`twophase chaos|cone|linear|sweep|submit|jobs|models|datasets|presets|settings|cache|...`: the app, in a shell.
 
 Every setting's flag is generated from its spec (settings.py), so the CLI, the app's form and the
 reproduce command (`command_for`) can never drift apart. Bad input exits with status 2 and one line
@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 PIPE_CLOSED = 141  # the status a shell reports for a command ended by SIGPIPE (128 + 13)
 METAVARS = {"choice": "NAME", "int": "N", "float": "X", "text": "TEXT", "step": "STEP", "steps": "STEPS",
             "ints": "N,N,...", "window": "START,END"}
+PLUGIN_ALLOWED = ", or a plugin: a name `twophase {0}s` lists, or MODULE:CALLABLE (not in the app)"
 
 
 def flag_help(spec: Spec) -> str:
     """A setting's help with its allowed values: the same words in --help and the README table."""
     extra = []
     if spec.choices:
-        extra.append("one of " + ", ".join(spec.choices))
+        extra.append("one of " + ", ".join(spec.choices) + (PLUGIN_ALLOWED.format(spec.plugin) if spec.plugin else ""))
     rng = bounds_text(spec)
     if rng and spec.type not in ("steps", "window"):
         extra.append(rng)
@@ -83,6 +84,7 @@ def settings_table() -> str:
         spec, _ = conf.settings_of(registry.get(kinds[0]).config)[name]
         default = format_value(spec, conf.flat(preset("demo", kinds[0]))[name])
         allowed = ", ".join(spec.choices) if spec.choices else bounds_text(spec)
+        allowed += PLUGIN_ALLOWED.format(spec.plugin) if spec.plugin else ""
         if spec.type == "step":
             allowed = f"a step {allowed}"
         elif spec.type in ("steps", "window"):
@@ -331,6 +333,8 @@ def _main(argv: list[str] | None) -> int:
     pj = sub.add_parser("jobs", help="list the jobs of the store as a table")
     pj.add_argument("--cache-dir")
     sub.add_parser("presets", help="list the presets")
+    sub.add_parser("models", help="list every model: built-in and registered (entry points twophase.models)")
+    sub.add_parser("datasets", help="list every dataset: built-in and registered (entry points twophase.datasets)")
     sub.add_parser("settings", help="print the table of every setting (as in the README)")
     pc = sub.add_parser("cache", help="inspect, check, repair or clear the result store")
     pc.add_argument("action", choices=["info", "check", "repair", "clear"],
@@ -352,9 +356,12 @@ def _main(argv: list[str] | None) -> int:
     pl = sub.add_parser("lesson", help="the lesson's handout: the seven steps and their figures as one HTML file")
     pl.add_argument("--html", metavar="OUT", required=True, help="the file to write (it opens offline)")
     args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    _current_folder_importable()
 
     try:
         _resolve_executor(args)
+        if args.cmd in ("models", "datasets"):
+            return _catalogue(args.cmd[:-1])
         if args.cmd == "presets":
             for name, (desc, _) in PRESETS.items():
                 print(f"{name:18s} {desc}")
@@ -405,6 +412,29 @@ def _main(argv: list[str] | None) -> int:
             print(f"twophase: error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _current_folder_importable() -> None:
+    """An import path (--model mymodels:net) finds a module in the current folder, as `python -m twophase_core`
+    would: the `twophase` script's own folder is first on sys.path, not this one (appended: installed packages
+    come first). A job's worker starts in this folder too (python -m puts it first there)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+
+
+def _catalogue(what: str) -> int:
+    """`twophase models|datasets`: one line each, built-ins first, then every entry point (one that cannot be
+    used says why); then how to give one's own by import path."""
+    from twophase_core.settings import plugins
+
+    rows = plugins.catalogue(what)
+    width = max(len(n) for n, _, _ in rows)
+    for name, origin, text in rows:
+        print(f"{name:{width}s}  {text}" + ("" if origin == "built-in" else f"  [{origin}]"))
+    print(f"\nyour own: --{what} MODULE:CALLABLE, a {plugins.CALLS[what]} (CLI and notebook; the app offers the "
+          f"names above), or register it under the entry-point group {plugins.GROUPS[what]}")
+    return 0
 
 
 def _lesson(out: str) -> int:

@@ -1,4 +1,4 @@
-"""Datasets (a registry) and the SGD noise schedule.
+"""Datasets (a registry, and loaders from outside the package: settings/plugins.py) and the SGD noise schedule.
 
 Every dataset is held in memory as float32 tensors. The batch schedule is a pure function of
 (data seed, iteration): minibatch indices, crop offsets, flips and the dropout seed at step t
@@ -19,6 +19,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from twophase_core.settings import plugins
 from twophase_core.settings.config import ConfigError, TrainConfig
 from twophase_core.settings.spec import shown
 
@@ -262,10 +263,14 @@ def clear_cache() -> None:
 
 def get_dataset(cfg: TrainConfig, cache_dir: Path | None = None) -> Dataset:
     """The dataset of a training config (loaded once per process), cut to train_size if set. `cache_dir`: where
-    a generated dataset may keep its arrays between processes (the run's store gives its data/ folder)."""
-    if cfg.dataset not in REGISTRY:
-        raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(REGISTRY)}")
-    ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download, cache_dir)
+    a generated dataset may keep its arrays between processes (the run's store gives its data/ folder). A plugin's
+    loader gives its arrays as they are (checked, not standardised: `plugins.load_dataset`)."""
+    if cfg.dataset in REGISTRY:
+        ds = _load_cached(cfg.dataset, cfg.data_root, cfg.download, cache_dir)
+    else:
+        a = plugins.load_dataset(cfg.dataset, cfg.data_root)
+        ds = Dataset(cfg.dataset, torch.from_numpy(a.x_train), torch.from_numpy(a.y_train), torch.from_numpy(a.x_test),
+                     torch.from_numpy(a.y_test), a.classes, a.x_train.ndim == 4)
     if cfg.train_size:
         if cfg.train_size > len(ds.x_train):
             raise ConfigError("train_size", cfg.train_size, f"{cfg.dataset} has {len(ds.x_train)} training points")

@@ -1,7 +1,8 @@
 """Model registry: adding a model is one builder plus one registry line.
 
 Every builder takes (input shape, classes, width multiplier, dropout) and is initialised from
-its own seed, so theta_0 is a pure function of the config.
+its own seed, so theta_0 is a pure function of the config. A model from outside the package (a
+registered name or MODULE:CALLABLE) is built by its factory the same way (settings/plugins.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from twophase_core.settings import plugins
 from twophase_core.settings.config import ConfigError, TrainConfig
 
 
@@ -157,12 +159,14 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(cfg: TrainConfig, in_shape: tuple[int, ...], classes: int,
                 device: torch.device | str = "cpu") -> nn.Module:
-    """theta_0 of a config: built under its init seed, without touching the global RNG."""
-    if cfg.model not in REGISTRY:
-        raise ConfigError("model", cfg.model, f"choose one of {', '.join(REGISTRY)}")
+    """theta_0 of a config: built under its init seed, without touching the global RNG (a plugin's factory
+    too: `plugins.call_factory`, which checks what it returns)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        model = REGISTRY[cfg.model](in_shape, classes, cfg.width, cfg.dropout)
+        if cfg.model in REGISTRY:
+            model = REGISTRY[cfg.model](in_shape, classes, cfg.width, cfg.dropout)
+        else:
+            model = plugins.call_factory(cfg.model, in_shape, classes, cfg.width, cfg.dropout)
     return model.to(device)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
+from twophase_core.settings import plugins
 from twophase_core.settings.spec import (
     MAX_INT,
     MAX_SEED,
@@ -37,8 +38,8 @@ __all__ = ["ConfigError", "parse_step"]  # re-exported: callers know one config 
 
 SCHEMA = 1  # bump when a change of code changes results for the same config
 
-DATASETS = ("digits", "mnist1d", "cifar10", "synthetic")
-MODELS = ("mlp", "cnn", "resnet20", "vgg16_bn", "vgg16_bn_fc")
+DATASETS = tuple(plugins.BUILTIN["dataset"])  # digits, mnist1d, cifar10, synthetic
+MODELS = tuple(plugins.BUILTIN["model"])  # mlp, cnn, resnet20, vgg16_bn, vgg16_bn_fc
 DEVICES = ("cpu", "cuda", "auto")
 # what the engine offers, named here (torch-free) so that every kind's config can list its choices
 EPS_MODES = ("per-coordinate", "total-l2", "relative")  # docs/science.md: the paper's norm read three ways
@@ -55,8 +56,8 @@ class TrainConfig:
     """The base training run: data, model, optimiser and SGD noise."""
 
     dataset: str = setting("mnist1d", "training data; mnist1d, digits and synthetic ship with the installed packages",
-                           "choice", choices=DATASETS)
-    model: str = setting("cnn", "architecture (mnist1d is 1-D: mlp or cnn)", "choice", choices=MODELS)
+                           "choice", choices=DATASETS, plugin="dataset")
+    model: str = setting("cnn", "architecture (mnist1d is 1-D: mlp or cnn)", "choice", choices=MODELS, plugin="model")
     width: float = setting(1.0, "width multiplier of every layer", "float", lo=0, lo_open=True, hi=16,
                            label="width multiplier")
     lr: float = setting(0.1, "SGD learning rate", "float", lo=0, lo_open=True, hi=1e6, label="learning rate")
@@ -89,7 +90,8 @@ class TrainConfig:
 
     def trajectory_key(self) -> str:
         d = {k: v for k, v in to_dict(self).items() if k not in self._NOT_TRAJECTORY}
-        return digest({"kind": "trajectory", **d})
+        own = plugin_identity(self)
+        return digest({"kind": "trajectory", **d, **({"plugins": own} if own else {})})
 
 
 STEPS = {"lo": 0, "hi": MAX_INT}  # bounds of a setting holding iterations (each kind checks them against T)
@@ -210,22 +212,48 @@ def by_base_run(configs: Iterable[Exp]) -> dict[str, list[Exp]]:
     return groups
 
 
+def plugin_identity(train: TrainConfig) -> dict[str, dict[str, str]]:
+    """What the keys hold of a model or dataset from outside the package (`plugins.identity`: its code's digest
+    or declared version; a dataset's data root too, which it reads); {} for built-ins, so their keys never move."""
+    own: dict[str, dict[str, str]] = {}
+    if train.model not in MODELS:
+        own["model"] = plugins.identity("model", train.model)
+    if train.dataset not in DATASETS:
+        own["dataset"] = {**plugins.identity("dataset", train.dataset), "root": train.data_root}
+    return own
+
+
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version."""
-    return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg)})
+    """Stable key of a config: sha256 of its canonical JSON, the kind and the schema version (and the identity
+    of a model or dataset from outside the package, `plugin_identity`)."""
+    own = plugin_identity(cfg.train)
+    return digest({"schema": SCHEMA, "kind": kind_of(cfg), "config": to_dict(cfg), **({"plugins": own} if own else {})})
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps: users think in epochs, the science counts iterations
 
 TRAIN_SIZES = {"digits": 1437, "mnist1d": 4000, "cifar10": 50000, "synthetic": 256}
+# (input shape, classes) of the built-in datasets: what a plugin model is tried on before anything runs
+SHAPES = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10), "cifar10": ((3, 32, 32), 10),
+          "synthetic": ((3, 8, 8), 4)}
+IMAGE_MODELS = ("resnet20", "vgg16_bn", "vgg16_bn_fc")  # built-ins for 2-D images (C, H, W) only
+
+
+def data_facts(cfg: TrainConfig) -> tuple[int, tuple[int, ...], int]:
+    """(training points, input shape, classes) of the config's dataset: a built-in's from the tables above, without
+    loading it; a plugin's loaded (once per process) and checked."""
+    if cfg.dataset in DATASETS:
+        return TRAIN_SIZES[cfg.dataset], *SHAPES[cfg.dataset]
+    a = plugins.load_dataset(cfg.dataset, cfg.data_root)
+    return len(a.x_train), a.input_shape, a.classes
 
 
 def iterations_per_epoch(cfg: TrainConfig) -> int:
-    """SGD steps per epoch (the last partial batch is dropped), without loading the data."""
-    n = cfg.train_size or TRAIN_SIZES.get(cfg.dataset, 0)
-    if not n:
+    """SGD steps per epoch (the last partial batch is dropped), without loading a built-in dataset."""
+    if not isinstance(cfg.dataset, str) or not cfg.dataset:
         raise ConfigError("dataset", cfg.dataset, f"choose one of {', '.join(DATASETS)}")
+    n = cfg.train_size or data_facts(cfg)[0]
     return max(1, n // cfg.batch_size)
 
 
@@ -243,11 +271,17 @@ def validate_train(c: TrainConfig) -> None:
     if not isinstance(c, TrainConfig):
         raise ConfigError("train", c, "must be a TrainConfig (a dict of training settings in from_dict)")
     _check_fields(c)
-    if c.dataset == "mnist1d" and c.model in ("resnet20", "vgg16_bn", "vgg16_bn_fc"):
+    if c.dataset == "mnist1d" and c.model in IMAGE_MODELS:
         raise ConfigError("model", c.model, "mnist1d is 1-D: use mlp or cnn")
-    if c.augment and c.dataset not in ("cifar10", "synthetic"):
-        raise ConfigError("augment", c.augment, "crop/flip augmentation is for image data (cifar10)")
-    n = TRAIN_SIZES[c.dataset]
+    n, shape, classes = data_facts(c)
+    if c.model in IMAGE_MODELS and len(shape) != 3:
+        raise ConfigError("model", c.model, f"needs 2-D images (C, H, W); {c.dataset}'s inputs have shape {shape}")
+    if c.model == "cnn" and len(shape) not in (2, 3):
+        raise ConfigError("model", c.model, f"needs inputs (C, L) or (C, H, W); {c.dataset}'s have shape {shape}")
+    if c.model not in MODELS:
+        plugins.check_model(c.model, shape, classes, c.width, c.dropout)
+    if c.augment and c.dataset not in ("cifar10", "synthetic") and not (c.dataset not in DATASETS and len(shape) == 3):
+        raise ConfigError("augment", c.augment, "crop/flip augmentation is for image data (C, H, W)")
     if c.train_size > n:
         raise ConfigError("train_size", c.train_size, f"{c.dataset} has {n} training points")
     if c.batch_size > (c.train_size or n):

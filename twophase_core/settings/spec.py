@@ -65,6 +65,7 @@ class Spec:
     advanced: bool = False
     aliases: tuple[str, ...] = ()
     hi_text: str = ""  # why the maximum is what it is, for the error message
+    plugin: str = ""  # "model" or "dataset": a choice that may also name a plugin (settings/plugins.py)
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")
@@ -251,7 +252,11 @@ def check(name: str, spec: Spec, v: object) -> None:
     t = spec.type
     why = f" ({spec.hi_text})" if spec.hi_text else ""
     if t == "choice":
-        if not isinstance(v, str) or v not in spec.choices:
+        if spec.plugin and isinstance(v, str) and v not in spec.choices:
+            from twophase_core.settings.plugins import resolve
+
+            resolve(spec.plugin, v)  # imported and checked, or a ConfigError naming the setting
+        elif not isinstance(v, str) or v not in spec.choices:
             raise ConfigError(name, v, f"choose one of {', '.join(spec.choices)}")
     elif t in ("int", "step"):
         if not _is_int(v):
