@@ -14,11 +14,12 @@ HOST ?= 127.0.0.1
 
 .PHONY: run test bench lint clean-cache browser-deps docker docker-base test-docker
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/twophase-example-plugin/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_TORCH_FLAGS) $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test,ray,s3]'
+	$(BIN)/python -m pip install -q -e examples/twophase-example-plugin  # its entry points: tests of plugins
 	touch $@
 
 .venv: $(VENV)/.installed

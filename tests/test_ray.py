@@ -630,3 +630,25 @@ def test_a_plugin_kind_runs_its_units_as_ray_tasks_and_gives_the_local_bits(ray_
     assert remote.meta["executor"] == "ray"
     for k in ("t", "norm", "acc", "train_loss"):
         assert np.array_equal(local.arrays[k], remote.arrays[k]), k
+
+
+@pytest.mark.slow
+def test_an_own_model_and_dataset_by_import_path_run_as_ray_tasks_with_the_local_bits(ray_cluster, tmp_path,
+                                                                                       monkeypatch):
+    """A model and a dataset named MODULE:CALLABLE from a folder on the driver's path only (tests/plugins, never
+    installed): the tasks find the module where the driver did, and the result equals the local one."""
+    from conftest import PLUGINS
+
+    from twophase_core.execution.run import run_experiment
+    from twophase_core.settings import plugins
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    cfg = conf.replace(preset("tiny", "chaos"), model="model_data:with_width", dataset="model_data:blobs")
+    try:
+        local = run_experiment(cfg, Store(tmp_path / "local"))
+        remote = run_experiment(cfg, Store(tmp_path / "ray"), executor="ray")
+    finally:
+        plugins.forget()
+    assert remote.meta["executor"] == "ray" and remote.hash == local.hash
+    for k in ("C", "B", "D", "acc_branch", "realized_eps_norm", "acc_base"):
+        assert np.array_equal(local.arrays[k], remote.arrays[k], equal_nan=True), k
