@@ -25,6 +25,7 @@ from twophase_core.experiments.kind import Kind, band
 from twophase_core.experiments.registry import Plan
 from twophase_core.experiments.result import Result, nested
 from twophase_core.experiments.running import Live, Tracker
+from twophase_core.science.cone import APEXES, ConeReport, cone_report
 from twophase_core.settings import config as conf
 from twophase_core.settings.spec import MAX_INT, MAX_SEED, ConfigError, setting
 
@@ -217,6 +218,7 @@ class Cone(Kind[ConeConfig, Kernel]):
             "projections": {k: a[k].tolist() for k in ("pca2", "pca3", "mds2", "mds3")},
             "cone_window": a["cone_window"].tolist(), "cone_angle_deg": r.meta.get("cone_angle_deg"),
             "early_window": a["early_window"].tolist(), "early_angle_deg": r.meta.get("early_angle_deg"),
+            "cone": {apex: rep.to_dict() for apex, rep in cone_reports(r).items()},
             "config": r.config, "hash": r.hash, "meta": r.meta,
         }
 
@@ -233,14 +235,17 @@ class Cone(Kind[ConeConfig, Kernel]):
         S = r.arrays["S"]
         m = len(r.arrays["iters"])
         h = m // 2
+        rep = cone_reports(r)
+        seen = "; ".join(f"from t={x.apex_iteration} {x.angle_deg:.1f} deg against a random walk's "
+                         f"{x.null_mean_deg:.1f} [{x.null_low_deg:.1f}, {x.null_high_deg:.1f}]" for x in rep.values())
         return (f"cone {r.hash} ({r.meta.get('seconds')}s): {m} kernels; mean S early block {S[:h, :h].mean():.4f}, "
-                f"late block {S[h:, h:].mean():.4f}, early-late {S[:h, h:].mean():.4f}; cone angle "
-                f"{r.meta.get('cone_angle_deg'):.1f} deg (early {r.meta.get('early_angle_deg')})")
+                f"late block {S[h:, h:].mean():.4f}, early-late {S[:h, h:].mean():.4f}; cone angle over "
+                f"t={rep['start'].window[0]}..{rep['start'].window[1]}: {seen} (early {r.meta.get('early_angle_deg')})")
 
     def summarize(self, done: list[Result], n_boot: int, seed: int) -> dict[str, Any]:
         """S's mean and band per pair of checkpoints, and the kernel velocity at the smallest dt by replicate,
         with the transition fitted to it."""
-        from twophase_core.science.transition import estimate_kernel_transition, transition_json
+        from twophase_core.science.transition import estimate_kernel_transition, replicate_band, transition_json
 
         a0 = done[0].arrays
         entry: dict[str, Any] = {"iters": np.asarray(a0["iters"]).tolist(),
@@ -250,10 +255,36 @@ class Cone(Kind[ConeConfig, Kernel]):
         t = np.asarray(a0[f"neigh_t_{dt}"])
         s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
         entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": nested(s), **band(s, n_boot, seed)}
+        entry["cone_angle"] = {}
+        for apex in APEXES:  # the angle over replicates with its interval, beside the null's
+            reps = [cone_reports(r)[apex] for r in done]
+            angles = np.array([x.angle_deg for x in reps])
+            mean, lo, hi = replicate_band(angles[:, None], n_boot=n_boot, seed=seed)
+            entry["cone_angle"][apex] = {
+                "window": list(reps[0].window), "apex_iteration": reps[0].apex_iteration,
+                "replicates": angles.tolist(), "mean": float(mean[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]),
+                "null_mean": float(np.mean([x.null_mean_deg for x in reps])),
+                "null_low": float(min(x.null_low_deg for x in reps)),
+                "null_high": float(max(x.null_high_deg for x in reps))}
         est = estimate_kernel_transition(t, s, n_boot=n_boot, seed=seed)
         entry["transition"] = transition_json({"S": est})
         entry["estimates"] = {"S": est.to_dict()}
         return entry
+
+
+def kernel_entries(r: Result) -> int:
+    """Entries of one kernel of the result: (n O)^2 for full kernels, n^2 for trace: the null walk's dimension."""
+    n = int(r.config["n_samples"])
+    o = int(r.meta.get("n_outputs") or 1)
+    return (n * o) ** 2 if r.config.get("kernel") == "full" else n * n
+
+
+def cone_reports(r: Result) -> dict[str, ConeReport]:
+    """The cone angle over the result's window seen from each apex (H(theta_0), the default; the window's first
+    kernel), each beside its random-walk null (`science.cone`). From G alone: stored results get it too."""
+    its = [int(t) for t in r.arrays["iters"]]
+    w = (int(r.arrays["cone_window"][0]), int(r.arrays["cone_window"][1]))
+    return {apex: cone_report(r.arrays["G"], its, w, kernel_entries(r), apex) for apex in APEXES}
 
 
 CONE = registry.register(Cone())

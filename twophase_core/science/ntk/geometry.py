@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from twophase_core.science.cone import cone_angle
+
 _GRAM_BLOCK = 1 << 25  # float64 elements per column block in gram(): 256 MiB
 
 
@@ -203,30 +205,6 @@ def project(G: np.ndarray, method: str = "pca", dim: int = 3, seed: int = 0) -> 
         _, _, vt = np.linalg.svd(y, full_matrices=False)
         return _pad(_fix_signs(y @ vt.T), dim)
     raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
-
-
-def cone_angle(G: np.ndarray, window: Sequence[int], apex: int = 0) -> float:
-    """Largest angle (degrees) between increments u_i - u_apex over a window of checkpoints.
-
-    u_i are the unit-normalised kernels; seen from H(theta_apex) (default theta_0) the kernels of a
-    window subtend this cone: wide while the kernel still turns (early), narrow after the
-    transition. Uses only G: <d_i, d_j> = G_ij - G_i,apex - G_apex,j + 1. window holds indices
-    into G; the apex and increments of zero length (no direction) are skipped; 0 if fewer than
-    two remain. Cost: w^2 for a window of w checkpoints.
-    """
-    g = np.asarray(G, dtype=np.float64)
-    idx = [int(i) for i in dict.fromkeys(window) if int(i) != apex]
-    if len(idx) < 2:
-        return 0.0
-    ga = g[idx, apex]
-    ip = g[np.ix_(idx, idx)] - ga[:, None] - ga[None, :] + 1.0
-    norm2 = np.diag(ip).copy()
-    keep = norm2 > 1e-15
-    if keep.sum() < 2:
-        return 0.0
-    ip, nrm = ip[np.ix_(keep, keep)], np.sqrt(norm2[keep])
-    cos = np.clip(ip / np.outer(nrm, nrm), -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos.min())))
 
 
 def cone_angles(
