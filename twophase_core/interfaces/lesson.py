@@ -139,7 +139,9 @@ def transition_text() -> str:
     groups = _sweep_groups("demo-sweep-chaos")
     est = groups[0]["transitions"].get("C") if groups else None
     if not est or not est.get("found"):
-        return "the replicates place no transition"
+        from twophase_core.science.transition import outcome_label
+
+        return f"the replicates place no transition ({outcome_label(est)})"
     return f"t* = {est['t_star']:.0f} [{est['ci_low']:.0f}, {est['ci_high']:.0f}]"
 
 

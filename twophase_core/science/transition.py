@@ -10,14 +10,17 @@ sigmoid
 is fitted by least squares to the mean of y over replicates; t* = exp(m) - 1 is where the curve
 is halfway between the early level E and the late level L on the log scale. The 95% interval is the
 percentile bootstrap over replicates (rows are resampled, everything else is fixed), widened for few
-replicates (`expansion`: plain percentiles covered 78% at R = 5). Whenever the
-fall is not credible (see `docs/transition.md` for every rule and default) the answer is "no
-transition found" with the reason, never a number.
+replicates (`expansion`: plain percentiles covered 78% at R = 5), and never narrower than the grid
+resolves (`_profile_interval`: every midpoint a sigmoid or a step fits as well). A t* is reported only
+when both levels hold two t0 and the sigmoid beats, by AIC with the replicate noise known, the shapes
+without a plateau (a straight fall, flat then falling, falling then flat). Otherwise `outcome` says
+why there is no number: none, beyond_grid, before_grid or unresolved (docs/transition.md: every rule,
+default and measured rate; `transition_rates` measures them again).
 
 numpy and scipy only: the sweep, the app and the CLI call it on arrays, without torch.
 
-Past 350 lines on purpose: the fit, its refusal rules and the bootstrap are one definition of t*;
-every rule is read beside the fit it guards.
+Past 350 lines on purpose: the fit, its refusal rules, the model comparison, the bootstrap and the
+profile are one definition of t*; every rule is read beside the fit it guards.
 """
 
 from __future__ import annotations
