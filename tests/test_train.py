@@ -186,3 +186,25 @@ def test_training_waits_for_the_process_holding_the_trajectory_and_a_cancel_ends
         holder.wait()
     run.base().ensure([10])
     assert run.steps_done == 10 and store.checkpoints(run.key) == [10]
+
+
+def test_the_shipped_mnist1d_is_what_the_mnist1d_package_generates_and_a_damaged_copy_is_not_used(tmp_path,
+                                                                                                  monkeypatch):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from twophase_core.science import data
+
+    want = make_dataset(get_dataset_args())  # the oracle: a fresh generation by the package itself
+    data.clear_cache()
+    ds = data.load_mnist1d_data()
+    want_x, want_xt = data._standardise(want["x"][:, None].astype(np.float64),
+                                        want["x_test"][:, None].astype(np.float64))
+    assert torch.equal(ds.x_train, want_x) and torch.equal(ds.x_test, want_xt)
+    assert ds.y_train.tolist() == list(want["y"]) and ds.y_test.tolist() == list(want["y_test"])
+    damaged = tmp_path / "mnist1d-default.npz"
+    raw = bytearray(data.MNIST1D_SHIPPED.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    monkeypatch.setattr(data, "MNIST1D_SHIPPED", damaged)
+    again = data.load_mnist1d_data(cache_dir=tmp_path / "store-data")  # generated again, and kept there
+    assert torch.equal(again.x_train, want_x) and (tmp_path / "store-data" / "mnist1d-default.npz").exists()

@@ -253,7 +253,7 @@ def run_job(store: Store, job_id: str) -> int:
 def warm_up(data_dir: Path) -> None:
     """Pay before the job exists what its first seconds would go to (measured on the 2-core machine): importing
     torch (2.6 s), the first optimizer (3.6 s: it imports torch._dynamo), the engine's modules, and the demo's
-    data (MNIST-1D: 5 s to generate into the store's data/ folder the first time, 0.01 s to read after). One step
+    data (MNIST-1D, shipped with the package). One step
     of the demo's model runs under a forked RNG, so a job starts from the state a cold worker's would."""
     import torch
 
