@@ -270,17 +270,17 @@ def test_a_step_sharper_than_the_grid_is_unresolved_between_the_two_t0_around_it
 
 def test_found_intervals_stay_inside_the_grid_and_cover_a_seen_sigmoid():
     hits = n = 0
-    for d in range(15):
+    for d in range(10):
         rng = np.random.default_rng(4000 + d)
         t_mid = float(np.exp(rng.uniform(math.log(100), math.log(300))))
         curve = -12.0 + 8.0 / (1.0 + np.exp((GU - math.log1p(t_mid)) / 0.4))
-        tr = T.estimate_transition(G, _noisy(rng, curve), n_boot=200, seed=d)
+        tr = T.estimate_transition(G, _noisy(rng, curve), n_boot=100, seed=d)
         assert tr.found == (tr.outcome == "found")
         if tr.found:
             n += 1
             hits += tr.ci_low <= t_mid <= tr.ci_high
             assert G[0] <= tr.ci_low < tr.t_star < tr.ci_high <= G[-1]
-    assert n >= 13 and hits >= n - 1
+    assert n >= 8 and hits >= n - 1
 
 
 def test_the_interval_is_never_narrower_than_a_step_fits():

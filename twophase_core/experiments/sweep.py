@@ -204,10 +204,15 @@ class SweepResult:
         return summarize(self.sweep, self.points, self.results, n_boot=n_boot, seed=seed)
 
     def to_json(self, n_boot: int = 1000) -> dict[str, Any]:
-        return {**self.sweep.to_dict(),
-                "runs": [{"varied": _plain(p.varied), "replicate": p.replicate, "hash": p.hash,
-                          "kind": self.sweep.kind, "done": p.hash in self.results} for p in self.points],
-                "groups": self.groups(n_boot=n_boot), "meta": self.meta}
+        groups = self.groups(n_boot=n_boot)
+        out = {**self.sweep.to_dict(),
+               "runs": [{"varied": _plain(p.varied), "replicate": p.replicate, "hash": p.hash,
+                         "kind": self.sweep.kind, "done": p.hash in self.results} for p in self.points],
+               "groups": groups, "meta": self.meta}
+        diagram = phase_diagram(self.sweep, groups)
+        if diagram is not None:
+            out["phase_diagram"] = diagram
+        return out
 
 
 def _plain(d: Mapping[str, object]) -> dict[str, object]:
@@ -247,6 +252,36 @@ def summarize(sweep: Sweep, points: Sequence[Point], results: dict[str, Result],
         entry.update(experiment.summarize(done, n_boot, seed))
         out.append(entry)
     return out
+
+
+def phase_diagram(sweep: Sweep, groups: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """t* over the two settings a sweep varies (seeds aside), per metric, as a grid of cells: each cell the
+    outcome, t* and its interval (an unresolved step's two t0), and the reason; None where the group has no
+    result yet. None when the sweep does not vary exactly two settings: a diagram needs two axes.
+
+    {"x": name, "y": name, "x_values": [...], "y_values": [...], "cells": {metric: [[cell per x] per y]}}"""
+    names = [k for k, _ in sweep.vary if k not in sweep.seeds]
+    if len(names) != 2:
+        return None
+    values = {k: [_plain({k: v})[k] for v in vs] for k, vs in sweep.vary if k in names}
+    x, y = names
+    by_cell = {(json.dumps(g["varied"].get(x)), json.dumps(g["varied"].get(y))): g for g in groups}
+    metrics = sorted({m for g in groups for m in (g.get("estimates") or {})})
+    keep = ("outcome", "t_star", "ci_low", "ci_high", "reason", "replicates")
+    cells: dict[str, list[list[dict[str, Any] | None]]] = {}
+    for m in metrics:
+        rows = []
+        for vy in values[y]:
+            row: list[dict[str, Any] | None] = []
+            for vx in values[x]:
+                g = by_cell.get((json.dumps(vx), json.dumps(vy)))
+                est = (g.get("estimates") or {}).get(m) if g else None
+                if est is not None:  # an entry written before outcomes existed: found or none
+                    est = {**est, "outcome": est.get("outcome") or ("found" if est.get("found") else "none")}
+                row.append(None if est is None else {k: est.get(k) for k in keep})
+            rows.append(row)
+        cells[m] = rows
+    return {"x": x, "y": y, "x_values": values[x], "y_values": values[y], "cells": cells}
 
 
 class TransitionGroup(TypedDict):

@@ -63,6 +63,7 @@ class Rules:
     expand: bool = True  # widen the percentile interval for few replicates (see `expansion`)
     min_evidence: float = 2.0  # AIC by which the sigmoid must beat every plateau-less alternative
     resolve: bool = True  # widen the interval to every midpoint a step or sigmoid fits as well (`_profile_interval`)
+    inside_share: float = 0.2  # a column is inside the fall when its mean is this share of the drop from both levels
     level_share: float = 0.2  # a t column is on a level when the fitted curve there is within this share of the drop
 
 
@@ -376,7 +377,10 @@ def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, se
     if on_early < rules.min_side_points or E > hi_y + margin:
         return other("before_grid", f"already falling at the first {axis}: {on_early} {axis} points lie on the early "
                      f"level ({share}), at least {rules.min_side_points} are needed", **fit)
-    # the sigmoid against the shapes without a late (or an early) plateau
+    # the sigmoid against the shapes without a late (or an early) plateau; its SSE the best of the solver's and
+    # the profile's (which also tries steps sharper than the box allows)
+    ms, prof = _profile(u, ybar, box)
+    sse_sig = min(sse_sig, float(prof.min()))
     # AIC with the replicate noise known: chi-square plus twice the parameters (the sigmoid has 4)
     gains = {k: _chi2(sse_alt - sse_sig, se, sse_alt) - 2 * (4 - npar) for k, (sse_alt, npar) in
              _alternatives(u, ybar).items()}
@@ -388,7 +392,7 @@ def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, se
         return other(where, f"the sigmoid does not beat a {name} curve (AIC gain {evidence:.3g} "
                      f"< {rules.min_evidence:g}): the {side} level is not seen", **fit)
     # a step sharper than the grid: no column's mean lies inside the fall, so t* is only known to lie between two t
-    band = rules.level_share * drop
+    band = rules.inside_share * drop
     inside = (ybar > L + band) & (ybar < E - band)
     if not inside.any():
         a, b = float(tt[u < m][-1]), float(tt[u > m][0])
@@ -408,8 +412,10 @@ def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, se
     lo_u, hi_u = min(q_lo, m - c * (m - q_lo)), max(q_hi, m + c * (q_hi - m))
     # never narrower than the grid resolves: every midpoint whose best curve (steps included) fits as well
     dof = int(np.sum(np.maximum(counts - 1, 0)))
-    p_lo, p_hi = _profile_interval(u, ybar, sse_sig, se, dof, n, box) if rules.resolve else (hi_u, lo_u)
-    lo_u, hi_u = max(min(lo_u, p_lo), u[0]), min(max(hi_u, p_hi), u[-1])  # never before or past the grid
+    hull = _profile_interval(ms, prof, sse_sig, se, dof, n) if rules.resolve else None
+    if hull is not None:
+        lo_u, hi_u = min(lo_u, hull[0]), max(hi_u, hull[1])
+    lo_u, hi_u = max(lo_u, u[0]), min(hi_u, u[-1])  # never before or past the grid
     return Transition(True, math.expm1(m), math.expm1(lo_u), math.expm1(hi_u), reason=None, expansion=c,
                       outcome="found", **{**base, **fit})
 
@@ -452,12 +458,10 @@ def _two_term_sse(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(sse) & (np.abs(det) > 1e-12), sse, flat)
 
 
-def _profile_interval(u: np.ndarray, y: np.ndarray, sse_min: float, se: float, dof: int, n: int,
-                      box: Box) -> tuple[float, float]:
-    """The 95% profile set of the midpoint m, in u: every m for which some falling sigmoid, down to a step far
-    sharper than the grid, fits the mean curve within F(1, dof; 0.95) se^2 of the best fit (se^2 scaled up by the
-    fit's own misfit when it exceeds the replicate noise). A step between two grid points fits equally well
-    anywhere between them, so the set never claims more than the grid resolves. Returns its hull (lo, hi)."""
+def _profile(u: np.ndarray, y: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The profile of the midpoint: for each m on 301 points across the grid, the smallest SSE of a decreasing
+    sigmoid of any width from a step far sharper than the grid (1/1000 of its span) to the box's widest, with
+    its best levels (closed form for fixed m and w). Returns (m values, SSE)."""
     span = float(u[-1] - u[0])
     ms = np.linspace(u[0], u[-1], 301)
     ws = np.geomspace(1e-3 * span, float(box[1][3]), 96)  # fine: near a step, m and w trade off closely
@@ -472,15 +476,22 @@ def _profile_interval(u: np.ndarray, y: np.ndarray, sse_min: float, se: float, d
         L = (ss * ay - sa * sy) / det
         sse = np.sum((y[None, :] - E[:, None] * s - L[:, None] * a) ** 2, axis=1)
     sse = np.where(np.isfinite(sse) & (np.abs(det) > 1e-12) & (E > L), sse, np.inf).reshape(len(ms), len(ws))
-    prof = sse.min(axis=1)
-    best = min(sse_min, float(prof.min()))
+    return ms, sse.min(axis=1)
+
+
+def _profile_interval(ms: np.ndarray, prof: np.ndarray, best: float, se: float, dof: int,
+                      n: int) -> tuple[float, float] | None:
+    """The 95% profile set of the midpoint m, in u: every m whose profile SSE is within F(1, dof; 0.95) se^2 of
+    the best fit (se^2 scaled up by the fit's own misfit when it exceeds the replicate noise). A step between two
+    grid points fits equally well anywhere between them, so the set never claims more than the grid resolves.
+    Returns its hull (lo, hi), or None without replicate noise (nothing to add to the bootstrap)."""
     if not se > 0:
-        return float(u[-1]), float(u[0])  # no noise: nothing to add to the bootstrap
+        return None
     phi = max(1.0, best / se**2 / max(n - 4, 1))  # misfit beyond the replicate noise widens the set
     thr = float(f_dist.ppf(LEVEL, 1, max(dof, 1))) * se**2 * phi
     keep = ms[prof - best <= thr]
     if not keep.size:
-        return float(u[-1]), float(u[0])
+        return None
     step = ms[1] - ms[0]
     return float(keep.min() - step / 2), float(keep.max() + step / 2)
 

@@ -81,6 +81,8 @@ from .transition import (  # noqa: F401
     chaos_sections_band,
     chaos_sections_band_table,
     chaos_transition_group,
+    phase_diagram_figure,
+    phase_diagram_table,
     stack_replicates,
     too_few_points,
     transition_curve_table,

@@ -287,6 +287,66 @@ def _mark_outcome(fig: go.Figure, label: str, colour: str, tr: Transition, y0: f
                                  legendgroup=label, hoverinfo="skip"))
 
 
+def _phase_text(cell: dict | None) -> str:
+    from twophase_core.science.transition import outcome_label
+
+    if cell is None:
+        return "not run yet"
+    if cell.get("outcome") == "found":
+        return str(round_sig(cell.get("t_star")))
+    return outcome_label(cell).split(":")[0] if cell.get("outcome") != "unresolved" else \
+        f"{round_sig(cell.get('ci_low'))}-{round_sig(cell.get('ci_high'))}?"
+
+
+def phase_diagram_table(diagram: dict, metric: str) -> Table:
+    """The phase diagram's cells, one row each: both settings, the outcome, t* and its interval, and the reason."""
+    from twophase_core.science.transition import outcome_label
+
+    x, y = diagram["x"], diagram["y"]
+    t: Table = {x: [], y: [], "outcome": [], "t_star": [], "ci_low": [], "ci_high": [], "replicates": [], "reason": []}
+    for j, vy in enumerate(diagram["y_values"]):
+        for i, vx in enumerate(diagram["x_values"]):
+            cell = diagram["cells"].get(metric, [[None] * len(diagram["x_values"])] * len(diagram["y_values"]))[j][i]
+            t[x].append(str(vx))
+            t[y].append(str(vy))
+            t["outcome"].append("not run yet" if cell is None else outcome_label(cell))
+            for col in ("t_star", "ci_low", "ci_high", "replicates", "reason"):
+                t[col].append(None if cell is None else cell.get(col))
+    return t
+
+
+def phase_diagram_figure(diagram: dict, metric: str, title: str | None = None) -> go.Figure:
+    """t* as a heatmap over the two settings a sweep varies (`experiments.sweep.phase_diagram`): the colour is t* on
+    a log scale, the interval on hover, and a cell without a t* (none, beyond or before the grid, an unresolved
+    step, not run yet) is left uncoloured and says which in words, so no refusal reads as a value."""
+    x, y = diagram["x"], diagram["y"]
+    xs, ys = [str(v) for v in diagram["x_values"]], [str(v) for v in diagram["y_values"]]
+    cells = diagram["cells"].get(metric) or [[None] * len(xs) for _ in ys]
+    z = np.full((len(ys), len(xs)), np.nan)
+    text = [["" for _ in xs] for _ in ys]
+    hover = [["" for _ in xs] for _ in ys]
+    for j in range(len(ys)):
+        for i in range(len(xs)):
+            c = cells[j][i]
+            text[j][i] = _phase_text(c)
+            if c is not None and c.get("outcome") == "found" and c.get("t_star") is not None:
+                z[j, i] = math.log10(1.0 + float(c["t_star"]))
+                hover[j][i] = (f"t* = {round_sig(c['t_star'])} [{round_sig(c['ci_low'])}, {round_sig(c['ci_high'])}]"
+                               f"<br>{c.get('replicates')} replicates")
+            else:
+                hover[j][i] = "no t*" if c is None else str(c.get("reason") or c.get("outcome"))
+    finite = z[np.isfinite(z)]
+    ticks = np.unique(np.round(finite, 3)) if finite.size else np.array([])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=xs, y=ys, text=text, texttemplate="%{text}", customdata=hover, colorscale="Viridis",
+        hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>%{{customdata}}<extra></extra>", xgap=2, ygap=2,
+        colorbar=dict(title="t*", tickvals=ticks.tolist(), ticktext=[round_sig(10**v - 1) for v in ticks])))
+    fig.update_xaxes(title=x, type="category")
+    fig.update_yaxes(title=y, type="category")
+    name = TRANSITION_METRICS.get(metric, metric)
+    return apply_layout(fig, title or f"Phase diagram: t* of {name} over {x} and {y} (uncoloured: no t*, and why)")
+
+
 def stack_replicates(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Chaos result arrays of the replicates of one setting -> {"t0", "t1", "C", "B", "D"} with the
     metrics of shape (replicates, t0, t1), each replicate averaged over its perturbation seeds (as the
