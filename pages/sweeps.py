@@ -135,6 +135,11 @@ if fgroups:
     view = ui.RunView(pick, sweep.kind, None, None, False)
     ui.figure_block(F.transition_figure(fgroups, metric), F.transition_curve_table(fgroups, metric),
                     f"transition_{metric}", view, cmd, "sweep_transition")
+    diagram = S.phase_diagram(sweep, done)  # two varied settings: t* over both of them
+    if diagram is not None:
+        st.subheader(f"Phase diagram: t* over {diagram['x']} and {diagram['y']}")
+        ui.figure_block(F.phase_diagram_figure(diagram, metric), F.phase_diagram_table(diagram, metric),
+                        f"phase_diagram_{metric}", view, cmd, "sweep_phase", show_command=False)
 
 if sweep.kind == "chaos":
     st.subheader("Cross-sections with their 95% band over replicates")
