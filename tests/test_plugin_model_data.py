@@ -315,3 +315,28 @@ def test_no_page_of_the_app_imports_a_module_a_user_names(tmp_path, monkeypatch)
     assert f"model='{MODEL}' is invalid: is an import path" in error, error
     assert JobManager(Store(tmp_path / "cache")).list() == []
     assert "twophase_example_plugin.models" not in sys.modules and "twophase_example_plugin.data" not in sys.modules
+
+
+@pytest.mark.slow
+def test_the_readmes_own_model_and_data_run_from_the_cli_and_then_from_the_notebook_store(tmp_path):
+    """The README's example as written: its mynet.py, its command (the installed script, in that folder), then its
+    notebook lines, which find the CLI's result in the store (the same key from another process)."""
+    text = (ROOT / "README.md").read_text().split("## Your own model and data", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1) for b in text.split("```")[1::2]]
+    assert [lang for lang, _ in blocks] == ["python", "bash", "python"]
+    [module, command, notebook] = [body for _, body in blocks]
+    (tmp_path / "mynet.py").write_text(module)
+    env = {**os.environ, "TWOPHASE_CACHE_DIR": str(tmp_path / "cache")}
+    bin_dir = Path(sys.executable).parent
+    argv = command.replace("twophase ", f"{bin_dir / 'twophase'} ", 1).split() + ["--json", str(tmp_path / "c.json")]
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cli = json.loads((tmp_path / "c.json").read_text())
+    probe = notebook + "r = run_chaos(replace(preset('tiny', 'chaos'), model='mynet:net', dataset='mynet:data'))\n" \
+        "print(r.hash, r.meta['created'], len(r.to_dataframe()))\n"
+    n = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert n.returncode == 0, n.stderr
+    h, created, rows = n.stdout.split()
+    assert (h, created) == (cli["hash"], cli["meta"]["created"])  # the CLI's result, served from the store
+    assert int(rows) == len(cli["t0"]) * len(cli["t1"])  # one row per (t0, t1) of the one perturbation seed

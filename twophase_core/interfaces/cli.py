@@ -36,7 +36,7 @@ PLUGIN_ALLOWED = ", or a plugin: a name `twophase {0}s` lists, or MODULE:CALLABL
 
 
 def flag_help(spec: Spec) -> str:
-    """A setting's help with its allowed values: the same words in --help and the README table."""
+    """A setting's help with its allowed values: the same words in --help and the table of docs/settings.md."""
     extra = []
     if spec.choices:
         extra.append("one of " + ", ".join(spec.choices) + (PLUGIN_ALLOWED.format(spec.plugin) if spec.plugin else ""))
@@ -73,7 +73,7 @@ def build_config(kind: str, args: argparse.Namespace) -> conf.ExperimentConfig:
 
 
 def settings_table() -> str:
-    """The README's settings table, generated from the specs (a test keeps the README current)."""
+    """The table of every setting (docs/settings.md), generated from the specs (a test keeps the file current)."""
     rows = ["| setting | flag | experiments | default (demo) | allowed | what it does |",
             "| --- | --- | --- | --- | --- | --- |"]
     seen: dict[str, list[str]] = {}
@@ -335,7 +335,7 @@ def _main(argv: list[str] | None) -> int:
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("models", help="list every model: built-in and registered (entry points twophase.models)")
     sub.add_parser("datasets", help="list every dataset: built-in and registered (entry points twophase.datasets)")
-    sub.add_parser("settings", help="print the table of every setting (as in the README)")
+    sub.add_parser("settings", help="print the table of every setting (as in docs/settings.md)")
     pc = sub.add_parser("cache", help="inspect, check, repair or clear the result store")
     pc.add_argument("action", choices=["info", "check", "repair", "clear"],
                     help="info: sizes; check: report problems, change nothing; repair: rebuild the index, move "

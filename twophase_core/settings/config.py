@@ -3,13 +3,16 @@
 Every experiment config (an `ExperimentConfig`: each kind's lives with its experiment, under
 twophase_core/experiments/) holds the `TrainConfig` of its base run. Each field is declared with
 `settings.setting`, which keeps its help, type, bounds and allowed values in the field's metadata:
-the CLI flags, the app's form, the reproduce command, the README table and the per-field checks of
+the CLI flags, the app's form, the reproduce command, docs/settings.md and the per-field checks of
 `validate` are generated from it. `validate` is the single place where settings are checked (the
 per-field checks, then the checks that relate fields); it raises `ConfigError` naming the field,
 the bad value and what is allowed. `config_hash` keys the result store;
 `TrainConfig.trajectory_key` keys checkpoints, and leaves out what cannot change the trajectory
 (the run length, where checkpoints are saved, where the data lives), so that every experiment on
-the same training run shares one base run. Definitions: docs/science.md.
+the same training run shares one base run. A model or dataset from outside the package (a registered name or
+MODULE:CALLABLE: settings/plugins.py) is checked here too, and both keys then hold its identity (its code's
+digest or declared version), so an edit is never served stale; built-in configs keep their keys. Definitions:
+docs/science.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every config field (config.py) is declared with `setting(...)`, which stores a `Spec` in the
 dataclass field's metadata, as open_lth's hparams do. Everything that shows or reads a setting is
 generated from it: the CLI flags and the reproduce command (cli.py), the app's settings form
-(app_common/form.py), the README's settings table (`markdown_table`), and the per-field half of
+(app_common/form.py), the table of docs/settings.md (`cli.settings_table`), and the per-field half of
 `config.validate` (`check`). One parser turns text into values for both the CLI and the form
 (`split_list`, `parse_text`), so '0, 100 2ep' means the same everywhere.
 
