@@ -41,4 +41,7 @@ elif "page" in st.query_params:
 from app_common.runs import start_jobs  # noqa: E402  (only now: see app_common/pages_mode.py)
 
 start_jobs()  # the warm worker starts loading torch while the first page draws
+from app_common.present import presentation_toggle  # noqa: E402  (after st.navigation, as above)
+
+presentation_toggle()  # ?present=1: the sidebar's toggle, on every page, before the page draws
 page.run()

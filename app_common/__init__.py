@@ -8,6 +8,7 @@
 - `page`: the shared top of a result page (title, form, run header, waiting text);
 - `compare`: the runs a `compare?runs=...` link names, checked, with their labels and commands;
 - `clicks`: the point a user clicked on a chart since the last run;
+- `present`: presentation mode (`?present=1`): the toggle, figures restyled and stacked for a projector;
 - `query_state`: widgets that start from the link's query parameters (or the view this user left) and
   write their value back.
 
@@ -21,6 +22,7 @@ from .clicks import new_click
 from .compare import compare_views, labels_and_commands
 from .export import chart_state, command_block, figure_block
 from .page import page_run
+from .present import figure_columns, for_screen, presenting, show_figure
 from .query_state import chosen, from_query, parse_bool, to_query
 from .runs import (
     KIND_TITLES,
@@ -39,3 +41,4 @@ from .runs import (
 __all__ = ["KIND_TITLES", "KINDS", "PAGE_FILES", "POLL_S", "RunView", "chart_state", "chosen", "command_block",
            "compare_views", "config_of", "figure_block", "fmt_time", "from_query", "job_manager", "labels_and_commands",
            "new_click", "open_run", "page_run", "parse_bool", "run_entries", "run_name", "to_query"]
+__all__ += ["figure_columns", "for_screen", "presenting", "show_figure"]  # presentation mode

@@ -10,6 +10,7 @@ import streamlit as st
 
 from twophase_core.interfaces import figures as F
 
+from .present import for_screen
 from .runs import RunView
 
 HTML_HELP = "a standalone page with plotly.js inside: it opens offline, with no internet"
@@ -32,11 +33,12 @@ def figure_block(fig: Any, table: F.Table, name: str, view: RunView | Sequence[R
     views = [view] if isinstance(view, RunView) else list(view)
     commands = [command] if isinstance(command, str) else list(command)
     selection = None
+    shown = for_screen(fig)  # (presentation mode: restyled for a projector; the exports keep the figure as built)
     if on_select:
-        selection = st.plotly_chart(fig, key=f"fig_{key}", config={"displaylogo": False}, on_select="rerun",
+        selection = st.plotly_chart(shown, key=f"fig_{key}", config={"displaylogo": False}, on_select="rerun",
                                     selection_mode="points")
     else:
-        st.plotly_chart(fig, key=f"fig_{key}", config={"displaylogo": False})
+        st.plotly_chart(shown, key=f"fig_{key}", config={"displaylogo": False})
     if len(views) == 1:
         stem = f"{views[0].run_id}_{name}"
         context: dict[str, Any] = {"run": views[0].run_id, "command": commands[0] if commands else "",

@@ -66,6 +66,12 @@ def from_query(key: str, param: str, parse: Callable[[str], Any], default: Any,
     st.session_state[_kept(key)] = value
 
 
+def kept(key: str) -> Any:
+    """The value widget `key` has, or had when this user last drew it (None if never): for a page that reads a
+    widget another page, or app.py, draws."""
+    return st.session_state[key] if key in st.session_state else st.session_state.get(_kept(key))
+
+
 def chosen(key: str) -> None:
     """The user picked the value of widget `key` (a click, or the widget's on_change): it stops following its
     default (`from_query(follow=True)`)."""

@@ -50,7 +50,7 @@ framed = tuple(int(v) for v in st.session_state["chaos_cell"].split(",")) if cel
 
 st.subheader("Heatmaps over (t0, t1)")
 st.caption("Click a cell to draw the loss along its interpolation path at the bottom of the page (framed in red).")
-cols = st.columns(3)
+cols = ui.figure_columns(3)  # (presentation mode: one below the other)
 for col, m in zip(cols, F.METRICS, strict=True):
     with col:
         fig = F.chaos_heatmap(a, m, log=log, seed=seed, title={"C": "C: parameter distance", "B": "B: loss barrier",

@@ -16,6 +16,7 @@ if problem:
 kind = views[0].kind
 labels, cmds = ui.labels_and_commands(views)
 arrays = [v.result.arrays for v in views]
+per_row = 1 if ui.presenting() else CF.PER_ROW  # heatmaps in a row of one figure: one per row on a projector
 st.caption(f"{len(views)} {ui.KIND_TITLES[kind]} runs. Heatmaps of one quantity share one colour scale; curves are "
            "overlaid, one colour per run.")
 links = st.columns(len(views) + 1)
@@ -32,8 +33,9 @@ ui.to_query("log", "1" if log else "0")
 if kind == "chaos":
     for m in F.METRICS:
         st.subheader(F.METRICS[m])
-        ui.figure_block(CF.chaos_heatmaps(arrays, labels, m, log=log), CF.chaos_heatmaps_table(arrays, labels, m),
-                        f"heatmaps_{m}", views, cmds, f"cmp_heat_{m}", show_command=m == "C")
+        ui.figure_block(CF.chaos_heatmaps(arrays, labels, m, log=log, per_row=per_row),
+                        CF.chaos_heatmaps_table(arrays, labels, m), f"heatmaps_{m}", views, cmds, f"cmp_heat_{m}",
+                        show_command=m == "C")
     st.subheader("Cross-sections overlaid")
     ui.from_query("compare_section_metric", "metric", str, "C", allowed=list(F.METRICS))
     metric = st.radio("metric", list(F.METRICS), horizontal=True, key="compare_section_metric",
@@ -47,9 +49,9 @@ elif kind == "cone":
     ui.figure_block(CF.cone_angles(results, labels), CF.cone_angles_table(results, labels), "cone_angles", views,
                     cmds, "cmp_angles")
     st.subheader("Kernel distance between checkpoints")
-    ui.figure_block(CF.cone_S_heatmaps(arrays, labels, log=log), CF.cone_S_heatmaps_table(arrays, labels),
-                    "S_heatmaps", views, cmds, "cmp_S", show_command=False)
-    left, right = st.columns(2, gap="medium")
+    ui.figure_block(CF.cone_S_heatmaps(arrays, labels, log=log, per_row=per_row),
+                    CF.cone_S_heatmaps_table(arrays, labels), "S_heatmaps", views, cmds, "cmp_S", show_command=False)
+    left, right = ui.figure_columns(2, gap="medium")
     with left:
         st.subheader("Distance to a reference checkpoint")
         ui.figure_block(CF.cone_ref_curves(arrays, labels, log=log), CF.cone_ref_table(arrays, labels),

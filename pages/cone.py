@@ -29,7 +29,7 @@ ui.from_query("cone_log", "log", ui.parse_bool, False)
 log = st.toggle("log scale for S", key="cone_log")
 ui.to_query("log", "1" if log else "0")
 
-left, right = st.columns(2, gap="medium")
+left, right = ui.figure_columns(2, gap="medium")
 with left:
     st.subheader("Kernel distance between checkpoints")
     ui.figure_block(F.cone_S_heatmap(a, log=log), F.cone_S_table(a), "S_heatmap", view, cmd, "S")
@@ -62,7 +62,7 @@ with right:
             f"{F.PROJECTION_LABELS[honest[0]]}, the flat view that draws this angle most faithfully; a 3-D view adds "
             "its camera's own projection.")
 
-left, right = st.columns(2, gap="medium")
+left, right = ui.figure_columns(2, gap="medium")
 with left:
     st.subheader("Distance to a reference checkpoint")
     ui.figure_block(F.cone_ref_curves(a, log=log), F.cone_ref_table(a), "reference_curves", view, cmd, "ref",

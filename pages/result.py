@@ -17,7 +17,7 @@ experiment = registry.get(parsed[0])
 view, cmd = ui.page_run(experiment.name, experiment.title, experiment.help)
 for title, fig in experiment.figures(view.result):
     st.subheader(title)
-    st.plotly_chart(fig, width="stretch")
+    ui.show_figure(fig, key=f"result_{title}")
 st.dataframe(view.result.to_dataframe(), hide_index=True)
 
 with st.expander("Details: config and timings"):

@@ -559,3 +559,29 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_presentation_mode_from_the_link_survives_a_page_switch(empty):
+    """?present=1 turns the mode on (the sidebar's toggle shows it), and it stays on, in the link too, on another
+    page although the navigation drops the query string: there Next comes before the figure, which is restyled
+    for a projector. Without it, or with ?present=0, the usual look."""
+    at = _app(present="1")
+    assert not at.exception
+    assert at.toggle(key="present_mode").value is True and at.query_params.get("present") == "1"
+    at.query_params.clear()  # as the navigation does
+    at.switch_page("pages/lesson.py").run()
+    assert not at.exception
+    assert at.query_params.get("present") == "1"
+    [fig] = _figures(at)
+    assert fig["layout"]["font"]["size"] >= F.MIN_FONT_PX
+    def drawn(node: Any) -> list[Any]:  # every element in the order the page draws them
+        kids = getattr(node, "children", None)
+        return [node] if kids is None else [e for k in sorted(kids) for e in drawn(kids[k])]
+
+    order = [getattr(e, "label", None) or e.type for e in drawn(at.main) if e.type in ("button", "plotly_chart")]
+    assert order.index("Next") < order.index("plotly_chart")  # above the fold on a projector
+    for off in (_app(present="0"), _app()):  # (AppTest reruns the page alone: the toggle's off is a browser test's)
+        assert off.toggle(key="present_mode").value is False and "present" not in off.query_params
+        off.switch_page("pages/lesson.py").run()
+        [fig] = _figures(off)
+        assert (fig["layout"].get("font") or {}).get("size", 12) < F.MIN_FONT_PX  # the usual look

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from twophase_core.execution.run import run_experiment
@@ -370,3 +371,98 @@ def test_zeros_in_log_line_figures_go_on_the_zero_row(results):
 def test_html_export_says_how_twophase_gets_on_path(results):
     html = F.to_html(F.linear_figure(results["linear"].arrays), "twophase linear --preset tiny")
     assert ".venv/bin/twophase" in html and "source .venv/bin/activate" in html and "Docker image" in html
+
+
+# ---------------------------------------------------------------------------------------------
+# Presentation mode (figures.present): a projector, 1280x720 at 150 % zoom
+
+
+def _font_sizes(node, path=""):
+    """(where, size) of every explicit font size in a figure's dict, templates left out (defaults only)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "template":
+                continue
+            if k.endswith("font") and isinstance(v, dict) and "size" in v:
+                yield f"{path}.{k}", v["size"]
+            yield from _font_sizes(v, f"{path}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            yield from _font_sizes(v, f"{path}[{i}]")
+
+
+def _every_figure(results):
+    from twophase_core.interfaces import compare as CF
+
+    c, k, li = results["chaos"].arrays, results["cone"].arrays, results["linear"].arrays
+    for m in F.METRICS:
+        yield F.chaos_heatmap(c, m, log=True, clickable=True, selected=(0, 30))
+    yield F.chaos_sections(c, "B", log=True)
+    yield F.chaos_path(c, 0, 0)
+    yield F.transition_figure([F.chaos_transition_group(c)], "C", n_boot=50)
+    yield F.training_curve(c)
+    yield F.cone_S_heatmap(k, log=True)
+    yield F.cone_projection(k, "pca", 2, rays=True)
+    yield F.cone_ref_curves(k, log=True)
+    yield F.cone_neighbours(k)
+    yield F.cone_test_acc(k)
+    yield F.linear_figure(li, iterations=60)
+    yield CF.chaos_heatmaps([c, c], ["a", "b"], "C", log=True, per_row=1)
+    yield CF.cone_angles([results["cone"], results["cone"]], ["a", "b"])
+
+
+def test_presentation_puts_every_label_at_16_px_or_more(results):
+    for fig in _every_figure(results):
+        before = json.loads(fig.to_json())
+        d = F.present(fig).to_plotly_json()
+        assert json.loads(fig.to_json()) == before  # a copy: the figure as built is untouched
+        lay = d["layout"]
+        assert lay["font"]["size"] >= 16 and lay["title"]["font"]["size"] >= 16  # what every label inherits
+        small = [(where, size) for where, size in _font_sizes(d) if size < 16]
+        assert not small, (lay["title"]["text"], small)
+        for name, axis in lay.items():
+            if name[1:5] == "axis" and axis.get("type") == "log":  # plotly writes the 2s and 5s at 3/4 size
+                assert axis.get("tickvals") is not None or not str(axis.get("dtick", "D")).startswith("D"), name
+            if name[1:5] == "axis":
+                assert axis["automargin"], name  # its labels and title push the margin rather than being cut
+        for cb in [tr["colorbar"] for tr in d["data"] if "colorbar" in tr] + \
+                  [v["colorbar"] for k, v in lay.items() if k.startswith("coloraxis")]:
+            assert cb["orientation"] == "v" and cb["title"]["side"] == "right"  # ticks never pile up
+
+
+def _grid(n_rows: int, n_cols: int, value: float = 3.7e-4):
+    """Chaos arrays on an n_rows x n_cols grid, every cell the same value (every label as wide)."""
+    return {"t0": np.arange(n_rows) * 10, "t1": 1000 + np.arange(n_cols) * 10, "seeds": np.array([0]),
+            **{m: np.full((1, n_rows, n_cols), value) for m in F.METRICS}}
+
+
+@pytest.mark.parametrize("n_rows,n_cols", [(2, 2), (4, 5), (4, 7), (6, 12), (10, 20), (30, 4), (3, 40)])
+@pytest.mark.parametrize("value", [3.7e-4, 0.05])
+def test_presentation_writes_heatmap_values_only_where_they_fit(n_rows, n_cols, value):
+    """The oracle, independent of the code's estimate: a cell is at most the figure's whole width (or height) over
+    the grid, at least what is left after generous margins; a label's width is between 0.45 and 0.75 em per
+    character. Values must be hidden where even the largest cell is narrower than the smallest label, and shown
+    where the smallest cell holds the largest label with room to spare; hover keeps every value either way."""
+    style = F.PRESENT
+    fig = F.present(F.chaos_heatmap(_grid(n_rows, n_cols, value), "C"))
+    tr = fig.data[0]
+    label = F.cell_label(value)
+    em, pad = style.cell_px, 2 * style.cell_pad_px
+    largest = (style.width_px / n_cols, style.height_px / n_rows)
+    smallest = ((style.width_px - 300) / n_cols, (style.height_px - 200) / n_rows)
+    never = largest[0] < 0.45 * em * len(label) or largest[1] < em
+    surely = smallest[0] >= 0.75 * em * len(label) + pad and smallest[1] >= 1.2 * em + pad
+    shown = bool(tr.texttemplate)
+    assert not (never and shown) and not (surely and not shown), (label, n_rows, n_cols, largest, smallest)
+    if shown:
+        assert tr.textfont.size >= 16
+    assert "customdata" in tr.hovertemplate and np.allclose(np.asarray(tr.customdata, dtype=float), value)
+
+
+def test_presentation_wraps_long_titles_and_keeps_short_ones():
+    long = "Where the chaos ends: parameter dissimilarity C (cosine distance) versus t0, with every replicate"
+    fig = F.present(F.apply_layout(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])), long))
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) >= 2 and " ".join(lines) == long
+    assert all(F.text_width(line, F.PRESENT.title_px) <= F.PRESENT.width_px for line in lines)
+    assert F.present(F.apply_layout(go.Figure(), "Short")).layout.title.text == "Short"

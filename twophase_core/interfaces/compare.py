@@ -79,10 +79,13 @@ def _shared_colour(zs: list[np.ndarray], log: bool) -> tuple[list[np.ndarray], d
 
 
 def _heatmap_grid(zs: list[np.ndarray], xs: list[list[str]], ys: list[list[str]], labels: list[str], name: str,
-                  log: bool, hover: str, text: bool, reverse_y: bool = False) -> tuple[go.Figure, int]:
-    """Heatmaps in rows of PER_ROW sharing one colour axis; returns the figure and its number of rows."""
+                  log: bool, hover: str, text: bool, reverse_y: bool = False, per_row: int = PER_ROW
+                  ) -> tuple[go.Figure, int]:
+    """Heatmaps in rows of `per_row` sharing one colour axis; returns the figure and its number of rows. Cell values
+    are written where they fit a third of a page; the text stays on every heatmap (hover does not show it), so that
+    presentation mode (`figures.present`), one per row, can write them where they fit there."""
     n = len(zs)
-    cols = min(n, PER_ROW)
+    cols = min(n, max(per_row, 1))
     rows = math.ceil(n / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=labels, horizontal_spacing=0.06,
                         vertical_spacing=0.14 if rows > 1 else 0.1)
@@ -93,7 +96,7 @@ def _heatmap_grid(zs: list[np.ndarray], xs: list[list[str]], ys: list[list[str]]
         size = F.cell_text_size(len(y), len(x), [t for row in cell_text for t in row]) if text else None
         fig.add_trace(go.Heatmap(
             z=c, x=x, y=y, customdata=z, coloraxis="coloraxis", xgap=1, ygap=1, hoverongaps=False, name=labels[k],
-            text=cell_text if size else None,
+            text=cell_text if text else None,
             texttemplate="%{text}" if size else None, textfont=dict(size=size) if size else None,
             hovertemplate=f"{labels[k]}<br>{hover}<extra></extra>"), row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(type="category")
@@ -103,13 +106,13 @@ def _heatmap_grid(zs: list[np.ndarray], xs: list[list[str]], ys: list[list[str]]
 
 
 def chaos_heatmaps(runs: list[Arrays], labels: list[str], metric: str, log: bool = False,
-                   title: str | None = None) -> go.Figure:
+                   title: str | None = None, per_row: int = PER_ROW) -> go.Figure:
     """C, B or D over (t0, t1) for each run (mean over its perturbation seeds), on one colour scale."""
     zs = [F.seed_reduce(a[metric]) for a in runs]
     xs = [[str(int(v)) for v in a["t1"]] for a in runs]
     ys = [[str(int(v)) for v in a["t0"]] for a in runs]
     hover = f"t0=%{{y}}<br>t1=%{{x}}<br>{metric}=%{{customdata:.4g}}"
-    fig, rows = _heatmap_grid(zs, xs, ys, labels, metric, log, hover, text=True)
+    fig, rows = _heatmap_grid(zs, xs, ys, labels, metric, log, hover, text=True, per_row=per_row)
     fig.update_xaxes(title="t1")
     fig.update_yaxes(title="t0", col=1)
     return F.apply_layout(fig, title or f"{F.METRICS[metric]} over (t0, t1), one colour scale",
@@ -120,12 +123,13 @@ def chaos_heatmaps_table(runs: list[Arrays], labels: list[str], metric: str) -> 
     return _with_run([F.chaos_heatmap_table(a, metric) for a in runs], labels)
 
 
-def cone_S_heatmaps(runs: list[Arrays], labels: list[str], log: bool = False, title: str | None = None) -> go.Figure:
+def cone_S_heatmaps(runs: list[Arrays], labels: list[str], log: bool = False, title: str | None = None,
+                    per_row: int = PER_ROW) -> go.Figure:
     """The kernel distance S between checkpoints for each run, on one colour scale."""
     zs = [np.asarray(a["S"], dtype=float) for a in runs]
     ticks = [[str(int(v)) for v in a["iters"]] for a in runs]
     fig, rows = _heatmap_grid(zs, ticks, ticks, labels, "S", log, "t_i=%{y}<br>t_j=%{x}<br>S=%{customdata:.4g}",
-                              text=False, reverse_y=True)
+                              text=False, reverse_y=True, per_row=per_row)
     fig.update_xaxes(title="t_j")
     fig.update_yaxes(title="t_i", col=1)
     return F.apply_layout(fig, title or "Kernel distance S(H(theta_ti), H(theta_tj)), one colour scale",

@@ -3,7 +3,7 @@
 Pure functions of a `Result` (or of its arrays): no Streamlit, no torch. Every view of the app has a
 figure builder and a `*_table` that holds exactly the numbers the figure draws, so what a user
 downloads is what they saw. One module per concern: `base` (look, cells, export), `chaos`, `cone`,
-`linear`, `transition`; every public name is importable from here.
+`linear`, `transition`, `present` (presentation mode); every public name is importable from here.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from .cone import (  # noqa: F401
     ray_angle_kernel,
 )
 from .linear import linear_figure, linear_table  # noqa: F401
+from .present import MIN_FONT_PX, PRESENT, Presentation, present, text_width, wrap  # noqa: F401
 from .training import (  # noqa: F401
     has_training_curve,
     live_stage,
