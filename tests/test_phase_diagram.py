@@ -2,8 +2,10 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from twophase_core.experiments import sweep as S
 from twophase_core.experiments.presets import preset
@@ -49,3 +51,30 @@ def test_a_two_setting_sweep_gives_a_grid_of_cells_and_its_figure_colours_only_f
     assert len(table["lr"]) == 6 and table["outcome"][0] == "beyond grid: try larger t0 and T"
     # one varied setting (or three): no diagram
     assert S.phase_diagram(S.Sweep(preset("tiny", "chaos"), S.parse_vary("chaos", ["lr=0.05,0.1"])), groups) is None
+
+
+@pytest.mark.slow  # trains four tiny runs and opens the app: about 25 s here
+def test_the_sweeps_page_draws_the_phase_diagram_of_a_two_setting_sweep(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from twophase_core.execution import sweeps as SJ
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.settings import config as conf
+    from twophase_core.storage.store import Store
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    monkeypatch.setenv("TWOPHASE_WARM_WORKERS", "0")
+    monkeypatch.setenv("TWOPHASE_GALLERY", "0")
+    base = conf.replace(preset("tiny", "chaos"), t0=(0, 5, 10, 20, 30, 40), t1=(60,))
+    sweep = S.Sweep(base, S.parse_vary("chaos", ["eps=1e-7,1e-5", "lr=0.05,0.1"]), replicates=1)
+    store = Store(root)
+    SJ.run_sweep(sweep, store)
+    rec = SJ.submit_sweep(JobManager(store), sweep)  # every point is stored: nothing is started
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    at.query_params.update({"page": "sweeps", "sweep": rec["id"]})
+    at.run()
+    assert not at.exception, at.exception
+    assert any(h.value == "Phase diagram: t* over eps and lr" for h in at.subheader)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Phase diagram: t* of") for t in titles)
