@@ -340,3 +340,32 @@ def test_the_readmes_own_model_and_data_run_from_the_cli_and_then_from_the_noteb
     h, created, rows = n.stdout.split()
     assert (h, created) == (cli["hash"], cli["meta"]["created"])  # the CLI's result, served from the store
     assert int(rows) == len(cli["t0"]) * len(cli["t1"])  # one row per (t0, t1) of the one perturbation seed
+
+
+def test_a_torchvision_model_by_name_gets_the_classes_and_the_inputs_channels():
+    import torchvision
+
+    from twophase_core.science.data import get_dataset
+    from twophase_core.science.models import build_model
+
+    cfg = conf.replace(preset("tiny", "chaos"), model="torchvision:resnet18", dataset="digits")
+    conf.validate(cfg)
+    ds = get_dataset(cfg.train)
+    model = build_model(cfg.train, ds.input_shape, ds.num_classes)
+    assert type(model) is torchvision.models.ResNet and (model.conv1.in_channels, model.fc.out_features) == (1, 10)
+    assert (model.conv1.out_channels, model.conv1.kernel_size, model.conv1.stride) == (64, (7, 7), (2, 2))
+    assert model.eval()(ds.x_test[:3]).shape == (3, 10)
+    assert conf.plugin_identity(cfg.train) == {"model": {"target": "torchvision:resnet18",
+                                                         "version": f"torchvision {torchvision.__version__}"}}
+
+
+@pytest.mark.parametrize(("model", "dataset", "needle"), [
+    ("torchvision:resnet1", "digits", "has no classification model 'resnet1'"),
+    ("torchvision:resnet18", "mnist1d", "take 2-D images (C, H, W), not inputs of shape (1, 40)"),
+    ("torchvision:vgg11_bn", "digits", "forward on inputs of shape (2, 1, 8, 8) failed: RuntimeError"),
+])
+def test_a_torchvision_model_that_cannot_work_is_one_line_and_exit_2(capsys, tmp_path, model, dataset, needle):
+    code = main(["chaos", "--preset", "tiny", "--model", model, "--dataset", dataset, "--print-config"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"twophase: error: model='{model}'"), err
+    assert needle in err, err

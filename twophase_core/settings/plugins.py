@@ -9,6 +9,9 @@ naming what is wrong), gives its identity for the config's hash, and loads and c
   and `dropout` are passed as keywords only when it accepts them.
 - A dataset loader is called as `loader(root)` (the `data_root` setting) and returns `(x_train, y_train, x_test,
   y_test)` as numpy arrays or torch tensors: inputs floats, labels whole numbers 0..classes-1.
+- `torchvision:NAME` is a classification model of torchvision (`torchvision.models.list_models()`), untrained,
+  with `num_classes` set and its first convolution taking the input's channels; its identity is torchvision's
+  version.
 
 Identity (`identity`): the resolved `MODULE:CALLABLE` and either the version the plugin declares
 (`__twophase_version__` on the callable, else on its module) or the sha256 of the source files of the named
@@ -60,6 +63,7 @@ NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # a registered name (a CLI value, a
 PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_]"
                   r"[A-Za-z0-9_]*)*", re.ASCII)
 VERSION_ATTR = "__twophase_version__"
+TORCHVISION = "torchvision:"
 
 REFUSAL = ("is an import path, which the app does not run (importing a module runs its code, and the app may be "
            "open to a network): choose a registered {0} (twophase {0}s lists them), or run it from the command line "
@@ -160,8 +164,9 @@ def resolve(what: str, name: str) -> Plugin:
         raise ConfigError(what, name, REFUSAL.format(what))
     with _LOCK:
         cached = _RESOLVED.get((what, name))
-        if (cached is not None and sys.modules.get(cached.module.__name__) is cached.module
-                and _attribute(cached.module, cached.target.split(":", 1)[1]) is cached.obj):
+        if cached is not None and (cached.origin == "torchvision" or (
+                sys.modules.get(cached.module.__name__) is cached.module
+                and _attribute(cached.module, cached.target.split(":", 1)[1]) is cached.obj)):
             return cached
         plugin = _resolve(what, name)
         _RESOLVED[what, name] = plugin
@@ -171,6 +176,8 @@ def resolve(what: str, name: str) -> Plugin:
 def _resolve(what: str, name: str) -> Plugin:
     if not isinstance(name, str) or not name:
         raise ConfigError(what, name, _choices(what))
+    if what == "model" and name.startswith(TORCHVISION):
+        return _torchvision(name)
     if is_import_path(name):
         if not PATH.fullmatch(name):
             raise ConfigError(what, name, "write an import path as MODULE:CALLABLE, e.g. mypkg.nets:small_cnn")
@@ -194,6 +201,42 @@ def _resolve(what: str, name: str) -> Plugin:
     return Plugin(what, name, target, origin, obj, module, _identity(what, name, target, module, obj), keywords)
 
 
+def _torchvision(name: str) -> Plugin:
+    """torchvision's classification model NAME as a factory: num_classes set, the first Conv2d rebuilt for the
+    input's channels where they differ (the same kernel, stride, padding and bias)."""
+    arch = name[len(TORCHVISION):]
+    try:
+        import torchvision
+        from torchvision import models
+    except Exception as e:  # noqa: BLE001 - a torchvision that does not import beside this torch, named
+        raise ConfigError("model", name, f"torchvision does not import here: {one_line(e)}") from None
+    if arch not in models.list_models(module=models):
+        raise ConfigError("model", name, f"torchvision {torchvision.__version__} has no classification model "
+                          f"{arch!r}: e.g. resnet18, vgg11_bn, mobilenet_v3_small (torchvision.models.list_models())")
+    builder = models.get_model_builder(arch)
+
+    def factory(in_shape: tuple[int, ...], classes: int) -> Any:
+        from torch import nn
+
+        if len(in_shape) != 3:
+            raise ConfigError("model", name, f"torchvision's models take 2-D images (C, H, W), not inputs of shape "
+                              f"{tuple(in_shape)}")
+        model = builder(weights=None, num_classes=classes)
+        for parent in model.modules():
+            for child_name, conv in parent.named_children():
+                if isinstance(conv, nn.Conv2d):
+                    if conv.in_channels != in_shape[0]:
+                        same: dict[str, Any] = {k: getattr(conv, k) for k in (
+                            "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")}
+                        setattr(parent, child_name, nn.Conv2d(in_shape[0], bias=conv.bias is not None, **same))
+                    return model
+        return model
+
+    factory.__doc__ = f"torchvision's {arch}, untrained, its first convolution taking the input's channels"
+    return Plugin("model", name, name, "torchvision", factory, models,
+                  {"target": name, "version": f"torchvision {torchvision.__version__}"}, frozenset())
+
+
 def _attribute(module: ModuleType, attr: str) -> Any:
     """module.a.b for attr 'a.b', or None."""
     obj: Any = module
@@ -203,7 +246,8 @@ def _attribute(module: ModuleType, attr: str) -> Any:
 
 
 def _choices(what: str) -> str:
-    return (f"choose one of {', '.join(names(what))} (twophase {what}s lists them), or give an import path "
+    also = ", torchvision:NAME (a torchvision model)" if what == "model" else ""
+    return (f"choose one of {', '.join(names(what))} (twophase {what}s lists them){also}, or give an import path "
             f"MODULE:CALLABLE to a {CALLS[what]}")
 
 
@@ -303,6 +347,8 @@ def call_factory(name: str, in_shape: tuple[int, ...], classes: int, width: floa
     options = {k: v for k, v in (("width", width), ("dropout", dropout)) if k in p.keywords}
     try:
         model = p.obj(tuple(in_shape), int(classes), **options)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - whatever the factory raises, named in one line
         raise ConfigError("model", name, f"{p.target}(in_shape={tuple(in_shape)}, classes={classes}) failed: "
                           f"{one_line(e)}") from None
