@@ -36,3 +36,19 @@ def test_a_refined_sweep_reuses_its_store_and_stays_within_its_budget(tmp_path):
     assert ref.to_json()["rounds"] == ref.rounds
     with pytest.raises(ValueError):
         refine_sweep(S.Sweep(base, S.parse_vary("chaos", ["t0=0,5|0,10"])), store, 1.0)
+
+
+@pytest.mark.slow  # trains a tiny sweep twice: about 20 s here
+def test_cli_sweep_refine_reports_the_budget_spent(tmp_path, capsys):
+    import json
+
+    from twophase_core.interfaces.cli import main
+
+    out = tmp_path / "sweep.json"
+    argv = ["sweep", "chaos", "--preset", "tiny", "--replicates", "2", "--t0", "0,5,10,20,30", "--t1", "60",
+            "--refine", "5000", "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    d = json.loads(out.read_text())
+    assert d["refine"]["budget"] == 5000 and 0 < d["refine"]["spent"] <= 5000 + d["refine"]["rounds"][0]["units"]
+    assert d["refine"]["rounds"][0]["t0"] == [0, 5, 10, 20, 30] and d["base"]["t0"] == d["refine"]["rounds"][-1]["t0"]
+    assert "units spent" in capsys.readouterr().out

@@ -133,6 +133,9 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
         p.add_argument("--replicates", default=None, metavar="K",
                        help="replicates per setting when the seeds are not varied: seed, seed+1, ... (default: the "
                             "preset's, else 1)")
+        p.add_argument("--refine", type=float, default=None, metavar="BUDGET",
+                       help="chaos: after the grid given, add t0 where t* is not yet found (and raise T past it) "
+                            "until it is, or BUDGET progress units (SGD steps and evaluations) are spent")
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -546,8 +549,18 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     check_output_path(args.json)
     store = open_store(args.cache_dir)
-    res = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor)
-    payload = res.to_json()
+    if getattr(args, "refine", None) is not None:  # issue 17: an adaptive t0 grid (execution/refine.py)
+        from twophase_core.execution.refine import refine_sweep
+
+        ref = refine_sweep(sweep, store, args.refine,
+                           run=lambda s: run_sweep(s, store, progress=_Bar(args.quiet), executor=args.executor))
+        res, extra = ref.result, {"refine": ref.to_json()}
+        print(f"refined in {len(ref.rounds)} rounds, {ref.spent:.0f} of {args.refine:.0f} units spent "
+              f"({ref.stopped}); t0 = {ref.rounds[-1]['t0']}, T = {ref.rounds[-1]['T']}",
+              file=sys.stderr if args.json == "-" else sys.stdout)
+    else:
+        res, extra = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor), {}
+    payload = {**res.to_json(), **extra}
     _write_json(args.json, payload)
     print(sweep_summary(payload), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON alone
     return 0
