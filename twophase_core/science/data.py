@@ -183,23 +183,24 @@ class _CifarUnpickler(pickle.Unpickler):
         return found
 
 
-def _is_label(y: object) -> bool:
-    return isinstance(y, int | np.integer) and not isinstance(y, bool) and bool(0 <= y < 10)
+def _is_label(y: object, classes: int = 10) -> bool:
+    return isinstance(y, int | np.integer) and not isinstance(y, bool) and bool(0 <= y < classes)
 
 
-def _checked_batch(path: Path, d: object) -> tuple[np.ndarray, list[int]]:
-    """(images (N, 3, 32, 32) uint8, labels) of an unpickled batch, after checking it has CIFAR-10's shape."""
+def _checked_batch(path: Path, d: object, key: str = "labels", classes: int = 10) -> tuple[np.ndarray, list[int]]:
+    """(images (N, 3, 32, 32) uint8, labels) of an unpickled batch, after checking it has CIFAR's shape (labels
+    under `key`: CIFAR-10's 'labels', CIFAR-100's 'fine_labels')."""
     if not isinstance(d, dict):
         raise CifarBatchError(path, f"it holds a {type(d).__name__}, not a dict")
-    data, labels = (d.get(k, d.get(k.encode())) for k in ("data", "labels"))
+    data, labels = (d.get(k, d.get(k.encode())) for k in ("data", key))
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         raise CifarBatchError(path, "its data is not a uint8 array of rows of 3072 pixels")
-    if not (isinstance(labels, list) and len(labels) == len(data) and all(_is_label(y) for y in labels)):
-        raise CifarBatchError(path, f"its labels are not a list of {len(data)} whole numbers in 0..9")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(_is_label(y, classes) for y in labels)):
+        raise CifarBatchError(path, f"its {key} are not a list of {len(data)} whole numbers in 0..{classes - 1}")
     return data.reshape(-1, 3, 32, 32), [int(y) for y in labels]
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+def _read_cifar_batch(path: Path, key: str = "labels", classes: int = 10) -> tuple[np.ndarray, list[int]]:
     """One batch of the cifar-10-batches-py layout (python-2 pickles: latin1), read with the restricted
     unpickler and checked: a planted pickle's payload never runs, and is named instead."""
     with open(path, "rb") as f:
@@ -212,12 +213,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
         except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways; each is one line here
             raise CifarBatchError(path, "it does not unpickle: " + " ".join(f"{type(e).__name__}: {e}".split())[:200]
                                   ) from None
-    return _checked_batch(path, d)
+    return _checked_batch(path, d, key, classes)
+
+
+def _data_root(root: str) -> str:
+    """Where torchvision-format data lives: `root`, else $TWOPHASE_CIFAR_ROOT, else ~/data."""
+    return root or os.environ.get("TWOPHASE_CIFAR_ROOT", "") or str(Path.home() / "data")
 
 
 def load_cifar10_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """CIFAR-10 from `root`/cifar-10-batches-py (torchvision layout), downloaded only on request."""
-    root = root or os.environ.get("TWOPHASE_CIFAR_ROOT", "") or str(Path.home() / "data")
+    root = _data_root(root)
     folder = Path(root) / "cifar-10-batches-py"
     if not folder.is_dir():
         if not download:
@@ -242,6 +248,112 @@ def load_cifar10_data(root: str = "", download: bool = False, cache_dir: Path | 
     return Dataset("cifar10", f(xtr), torch.tensor(ytr).long(), f(xte), torch.tensor(yte).long(), 10, True)
 
 
+def _download(name: str, root: str, download: bool, folder: Path, what: str) -> None:
+    """torchvision's download of dataset `name` into `root` when asked and `folder` is missing; else one line
+    saying where the files go."""
+    if not download:
+        raise ConfigError("data_root", root, f"no {name} at {folder}: put {what} there (torchvision's layout), point "
+                          "data_root at the folder above it, or set download=True (needs internet)")
+    import torchvision.datasets as tvd
+
+    try:
+        if name == "SVHN":
+            for split in ("train", "test"):
+                tvd.SVHN(root, split=split, download=True)
+        else:
+            getattr(tvd, name)(root, train=True, download=True)
+    except Exception as e:  # noqa: BLE001 - no network, a proxy, a full disk: one line
+        raise ConfigError("download", True, f"{name} could not be downloaded into {root} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:160]}): put {what} in {folder} by hand") from None
+
+
+MNIST_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+               "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def _read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format), plain or .gz: magic 0x0000080D (D dimensions), sizes, data."""
+    import gzip
+
+    found = path if path.exists() else path.with_name(path.name + ".gz")
+    try:
+        with (gzip.open(found, "rb") if found.suffix == ".gz" else open(found, "rb")) as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError("data_root", str(path.parent), f"{path.name} cannot be read: {e.strerror or e}") from None
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    if raw[:4] != bytes([0, 0, 8, dims]) or len(raw) != 4 + 4 * dims + int(np.prod(shape)):
+        raise ConfigError("data_root", str(path.parent), f"{found.name} is not an IDX file of {dims}-D unsigned "
+                          "bytes; replace it with the original")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _load_mnist_like(name: str, root: str, download: bool) -> Dataset:
+    root = _data_root(root)
+    folder = Path(root) / name / "raw"
+    if not all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in MNIST_FILES.values()):
+        _download(name, root, download, folder, " and ".join(MNIST_FILES.values()) + " (or .gz)")
+    x = {k: _read_idx(folder / f, 3 if k.startswith("x") else 1) for k, f in MNIST_FILES.items()}
+    for split in ("train", "test"):
+        if len(x[f"x_{split}"]) != len(x[f"y_{split}"]) or x[f"y_{split}"].max(initial=0) > 9:
+            raise ConfigError("data_root", root, f"{name}'s {split} images and labels disagree (count, or labels "
+                              "beyond 0..9): replace the files with the originals")
+    xtr_t, xte_t = _standardise(x["x_train"][:, None] / 255.0, x["x_test"][:, None] / 255.0)
+    return Dataset(name.lower(), xtr_t, torch.from_numpy(x["y_train"].astype(np.int64)), xte_t,
+                   torch.from_numpy(x["y_test"].astype(np.int64)), 10, True)
+
+
+def load_mnist_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
+    """MNIST from `root`/MNIST/raw (torchvision's layout, IDX files plain or .gz): 60000 train / 10000 test."""
+    return _load_mnist_like("MNIST", root, download)
+
+
+def load_fashion_mnist_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
+    """Fashion-MNIST from `root`/FashionMNIST/raw (torchvision's layout): 60000 train / 10000 test."""
+    return _load_mnist_like("FashionMNIST", root, download)
+
+
+def load_cifar100_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
+    """CIFAR-100 (fine labels) from `root`/cifar-100-python: 50000 train / 10000 test, read with the restricted
+    unpickler CIFAR-10 uses."""
+    root = _data_root(root)
+    folder = Path(root) / "cifar-100-python"
+    if not ((folder / "train").exists() and (folder / "test").exists()):
+        _download("CIFAR100", root, download, folder, "train and test")
+    try:
+        (xtr, ytr), (xte, yte) = (_read_cifar_batch(folder / f, "fine_labels", 100) for f in ("train", "test"))
+    except CifarBatchError as e:
+        raise ConfigError("data_root", root, str(e).replace("CIFAR-10", "CIFAR-100")) from None
+    except OSError as e:
+        raise ConfigError("data_root", root, f"CIFAR-100 at {folder} is unreadable ({e})") from e
+    xtr_t, xte_t = _standardise(xtr / 255.0, xte / 255.0)
+    return Dataset("cifar100", xtr_t, torch.tensor(ytr).long(), xte_t, torch.tensor(yte).long(), 100, True)
+
+
+def load_svhn_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
+    """SVHN (cropped digits) from `root`/train_32x32.mat and test_32x32.mat (torchvision's layout): 73257 train /
+    26032 test; label 10 is the digit 0, as torchvision maps it."""
+    from scipy.io import loadmat
+
+    root = _data_root(root)
+    folder = Path(root)
+    if not ((folder / "train_32x32.mat").exists() and (folder / "test_32x32.mat").exists()):
+        _download("SVHN", root, download, folder, "train_32x32.mat and test_32x32.mat")
+    out = []
+    for split in ("train", "test"):
+        try:
+            m = loadmat(folder / f"{split}_32x32.mat")
+            x, y = m["X"], np.asarray(m["y"]).reshape(-1).astype(np.int64) % 10
+        except Exception as e:  # noqa: BLE001 - a damaged .mat fails in many ways: one line
+            raise ConfigError("data_root", root, f"{split}_32x32.mat is not SVHN's ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:120]}); replace it with the original") from None
+        if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[:3] == (32, 32, 3) and x.shape[3] == len(y)):
+            raise ConfigError("data_root", root, f"{split}_32x32.mat's X is not 32 x 32 x 3 x N images for its labels")
+        out += [np.transpose(x, (3, 2, 0, 1)) / 255.0, y]
+    xtr_t, xte_t = _standardise(out[0], out[2])
+    return Dataset("svhn", xtr_t, torch.from_numpy(out[1]), xte_t, torch.from_numpy(out[3]), 10, True)
+
+
 def load_synthetic_data(root: str = "", download: bool = False, cache_dir: Path | None = None) -> Dataset:
     """Tiny 3x8x8 Gaussian-cluster images, 4 classes (256 train / 128 test): for tests only."""
     rng = np.random.default_rng(1234)
@@ -260,6 +372,10 @@ REGISTRY: dict[str, Callable[..., Dataset]] = {
     "mnist1d": load_mnist1d_data,
     "cifar10": load_cifar10_data,
     "synthetic": load_synthetic_data,
+    "mnist": load_mnist_data,
+    "fashion_mnist": load_fashion_mnist_data,
+    "cifar100": load_cifar100_data,
+    "svhn": load_svhn_data,
 }
 
 

@@ -41,7 +41,7 @@ __all__ = ["ConfigError", "parse_step"]  # re-exported: callers know one config 
 
 SCHEMA = 1  # bump when a change of code changes results for the same config
 
-DATASETS = tuple(plugins.BUILTIN["dataset"])  # digits, mnist1d, cifar10, synthetic
+DATASETS = tuple(plugins.BUILTIN["dataset"])  # digits, mnist1d, cifar10, synthetic, and torchvision's formats
 MODELS = tuple(plugins.BUILTIN["model"])  # mlp, cnn, resnet20, vgg16_bn, vgg16_bn_fc
 DEVICES = ("cpu", "cuda", "auto")
 # what the engine offers, named here (torch-free) so that every kind's config can list its choices
@@ -79,14 +79,17 @@ class TrainConfig:
     init_seed: int = setting(0, "seed of theta_0", "int", lo=0, hi=MAX_SEED, aliases=("--seed",), label="init seed")
     data_seed: int = setting(0, "seed of the SGD noise: batches, crops, flips, dropout masks", "int", lo=0,
                              hi=MAX_SEED, label="data seed (SGD noise)")
-    augment: bool = setting(False, "random crop + flip (image data: cifar10, synthetic)", "bool", **_ADV)
+    augment: bool = setting(False, "random crop + flip (image data: cifar10, cifar100, svhn, mnist, ..., synthetic)",
+                            "bool", **_ADV)
     dropout: float = setting(0.5, "dropout rate of vgg16_bn_fc (models without dropout ignore it)", "float",
                              lo=0, hi=1, hi_open=True, **_ADV)
     train_size: int = setting(0, "use the first n training points; 0: all", "int", lo=0, hi=MAX_INT, **_ADV)
     device: str = setting("cpu", "where to train (auto: cuda if available)", "choice", choices=DEVICES, **_ADV)
-    data_root: str = setting("", "cifar10: folder holding cifar-10-batches-py ($TWOPHASE_CIFAR_ROOT if empty)",
+    data_root: str = setting("", "cifar10, cifar100, svhn, mnist, fashion_mnist: folder holding them in torchvision's "
+                             "layout ($TWOPHASE_CIFAR_ROOT if empty); a plugin's loader: its argument",
                              "text", **_ADV)
-    download: bool = setting(False, "cifar10: download if missing (needs internet)", "bool", **_ADV)
+    download: bool = setting(False, "cifar10, cifar100, svhn, mnist, fashion_mnist: download if missing (needs "
+                             "internet)", "bool", **_ADV)
 
     # Fields that cannot change the trajectory theta_0..theta_t: not part of its key.
     _NOT_TRAJECTORY = ("iterations", "checkpoint_every", "data_root", "download")
@@ -236,10 +239,13 @@ def config_hash(cfg: ExperimentConfig) -> str:
 # ---------------------------------------------------------------------------------------------
 # Steps: users think in epochs, the science counts iterations
 
-TRAIN_SIZES = {"digits": 1437, "mnist1d": 4000, "cifar10": 50000, "synthetic": 256}
+TRAIN_SIZES = {"digits": 1437, "mnist1d": 4000, "cifar10": 50000, "synthetic": 256, "mnist": 60000,
+               "fashion_mnist": 60000, "cifar100": 50000, "svhn": 73257}
 # (input shape, classes) of the built-in datasets: what a plugin model is tried on before anything runs
 SHAPES = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10), "cifar10": ((3, 32, 32), 10),
-          "synthetic": ((3, 8, 8), 4)}
+          "synthetic": ((3, 8, 8), 4), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+          "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10)}
+AUGMENTABLE = ("cifar10", "synthetic", "mnist", "fashion_mnist", "cifar100", "svhn")  # image data: crop and flip
 IMAGE_MODELS = ("resnet20", "vgg16_bn", "vgg16_bn_fc")  # built-ins for 2-D images (C, H, W) only
 
 
@@ -283,7 +289,7 @@ def validate_train(c: TrainConfig) -> None:
         raise ConfigError("model", c.model, f"needs inputs (C, L) or (C, H, W); {c.dataset}'s have shape {shape}")
     if c.model not in MODELS:
         plugins.check_model(c.model, shape, classes, c.width, c.dropout)
-    if c.augment and c.dataset not in ("cifar10", "synthetic") and not (c.dataset not in DATASETS and len(shape) == 3):
+    if c.augment and c.dataset not in AUGMENTABLE and not (c.dataset not in DATASETS and len(shape) == 3):
         raise ConfigError("augment", c.augment, "crop/flip augmentation is for image data (C, H, W)")
     if c.train_size > n:
         raise ConfigError("train_size", c.train_size, f"{c.dataset} has {n} training points")

@@ -48,6 +48,10 @@ BUILTIN: dict[str, dict[str, str]] = {
         "mnist1d": "MNIST-1D (1 x 40), generated offline by the mnist1d package: 4000 train / 1000 test, 10 classes",
         "cifar10": "CIFAR-10 (3 x 32 x 32) from data_root/cifar-10-batches-py: 50000 train / 10000 test",
         "synthetic": "tiny 3 x 8 x 8 Gaussian clusters, 4 classes (256 train / 128 test): for tests",
+        "mnist": "MNIST (1 x 28 x 28) from data_root/MNIST/raw (torchvision's layout): 60000 train / 10000 test",
+        "fashion_mnist": "Fashion-MNIST (1 x 28 x 28) from data_root/FashionMNIST/raw: 60000 train / 10000 test",
+        "cifar100": "CIFAR-100, fine labels (3 x 32 x 32) from data_root/cifar-100-python: 50000 / 10000, 100 classes",
+        "svhn": "SVHN digits (3 x 32 x 32) from data_root/{train,test}_32x32.mat: 73257 train / 26032 test",
     },
     "model": {
         "mlp": "two hidden ReLU layers of 128*width units",
