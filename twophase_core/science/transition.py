@@ -295,12 +295,14 @@ def _col_means(y: np.ndarray) -> np.ndarray:
 
 def estimate_transition(t0: ArrayLike, values: ArrayLike, n_boot: int = 1000, seed: int = 0, floor: float | None = None,
                         rules: Rules = RULES, axis: str = "t0") -> Transition:
-    """t* of a chaos metric at the final t1 versus t0, with a 95% percentile-bootstrap interval.
+    """t* of a chaos metric at the final t1 versus t0, with a 95% interval (expanded bootstrap, widened to what
+    the grid resolves, inside the grid).
 
     t0: (n,) iterations >= 0, any order; values: (replicates, n), NaN where a cell has no value, larger
     before the transition than after. Zeros sit at `floor` on the log scale (default: a tenth of the
-    smallest positive value). Returns a `Transition`; `found` is False, with the reason, when any rule
-    of `rules` fails (docs/transition.md). Deterministic for a given seed.
+    smallest positive value). Returns a `Transition`; when any rule of `rules` fails, `found` is False and
+    `outcome` (none, beyond_grid, before_grid, unresolved) and `reason` say why (docs/transition.md).
+    Deterministic for a given seed.
     """
     t, v = _prepare(t0, values)
     y_all, fl, nz = log_values(v, floor)
