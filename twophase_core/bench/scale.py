@@ -62,6 +62,24 @@ def bench_sweep() -> dict[str, float]:
             "sweep_saving": 1.0 - together / alone}
 
 
+def bench_demo_sweep() -> dict[str, float]:
+    """`twophase sweep chaos --preset demo-sweep` from an empty store, as the CLI runs it (one process per core):
+    its wall time, and the CPU time of this process and of the pool's workers (both cores busy: CPU near 2x wall)."""
+    from twophase_core.execution import local_pool
+    from twophase_core.execution.sweeps import run_sweep
+    from twophase_core.experiments.presets import preset, sweep_replicates
+    from twophase_core.experiments.sweep import Sweep
+    from twophase_core.storage.store import Store
+
+    sweep = Sweep(preset("demo-sweep", "chaos"), replicates=sweep_replicates("demo-sweep"))
+    with tempfile.TemporaryDirectory() as d:
+        cpu, t = time.process_time(), time.perf_counter()
+        res = run_sweep(sweep, Store(Path(d) / "s"), workers=None)
+        wall = time.perf_counter() - t
+        cpu = time.process_time() - cpu + (local_pool.last_cpu_seconds if res.meta["workers"] > 1 else 0.0)
+    return {"demo_sweep_seconds": wall, "demo_sweep_cpu_seconds": cpu, "demo_sweep_workers": float(res.meta["workers"])}
+
+
 def _warm(ray: ModuleType, n: int) -> None:
     """Start and warm one worker per CPU (torch imported), so the timing sees tasks, not start-up."""
     def importer(i: int) -> int:

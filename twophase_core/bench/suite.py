@@ -40,6 +40,7 @@ TARGETS = {
     "demo_first_live_curve_seconds": ("<=", 2.0),  # Open the demo on a store the gallery did not fill, warm worker
     "demo_first_heatmap_cell_seconds": ("<=", 6.0),
     "sweep_saving": (">=", 0.2),
+    "demo_sweep_seconds": ("<=", 80.0),  # idle 2-core machine, from an empty store
     "ray_scaling_efficiency": (">=", 0.8),
 }
 
@@ -325,13 +326,16 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     print("timing a page render ...", flush=True)
     out["page_render_seconds"] = bench_page()
     from twophase_core.bench.browser import bench_demo_in_browser
-    from twophase_core.bench.scale import bench_ray, bench_storage, bench_sweep
+    from twophase_core.bench.scale import bench_demo_sweep, bench_ray, bench_storage, bench_sweep
 
     print("timing the demo in Chromium: Open the demo -> live curve -> first heatmap cell (warm, cold) ...",
           flush=True)
     out.update(bench_demo_in_browser())
     print("timing a sweep against its points one by one ...", flush=True)
     out.update(bench_sweep())
+    if not quick:
+        print("timing the demo-sweep (chaos, 5 replicates) from an empty store, one process per core ...", flush=True)
+        out.update(bench_demo_sweep())
     print("timing Ray: task overhead, 1 against 2 one-CPU nodes, Ray against the local runner ...", flush=True)
     out.update(bench_ray())
     print("timing checkpoints in an object store (a local S3 server) against a folder ...", flush=True)

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from twophase_core.execution import tasks
+from twophase_core.execution.tasks import Plugins, Report
 from twophase_core.settings.spec import ConfigError, Spec, from_env
 
 if TYPE_CHECKING:
@@ -57,11 +59,9 @@ GCS_ATTEMPTS = "1"
 _ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
                       r":(?P<port>[0-9]{1,5})", re.ASCII)
 Out = TypeVar("Out")
-Report = Callable[[float], None]  # a task's units done so far
 # A Ray actor handle (the progress board), or None where nothing listens: its methods are made at run time
 # (`board.report.remote(...)`), which Ray's types do not say
 Handle = Any
-Plugins = list[tuple[str, str | None]]  # (module, the folder the driver found it in): `registry.plugins()`
 _ADDRESS_HELP = ("give the head's GCS address host:port (ray start --head prints it), ray://host:port for Ray Client, "
                  "'auto' to join the cluster on this machine, or leave it empty to start a local Ray")
 
@@ -181,79 +181,27 @@ def _reporting(board: Handle, key: Hashable, work: Callable[[Report | None], Out
     return out
 
 
-def _load_plugins(plugins: Plugins) -> None:
-    """The driver's plugins, loaded into the experiment registry in a task's process (a kind defined outside the
-    package: its module, and the folder the driver found it in)."""
-    from twophase_core.experiments import registry
-
-    for module, path in plugins:
-        registry.load_plugin(module, path)
-
-
 def _prepare_task(train_dict: dict[str, object], needed: list[int], points: list[tuple[str, dict[str, object]]],
                   files: CheckpointFiles, plugins: Plugins, board: Handle = None,
                   key: str = "") -> dict[str, Plan]:
-    """One base run of a sweep: trained (or found) at every checkpoint its points read, and the plan of each
-    point (what its units share: the lockstep path, the eNTK path and samples), by config hash."""
-    from twophase_core.experiments import registry
-    from twophase_core.experiments.running import Units
-    from twophase_core.science.train import Training, configure_threads
-    from twophase_core.settings import config as conf
-    from twophase_core.storage.store import task_store
-
-    _load_plugins(plugins)
-
-    def prepare(report: Report | None) -> dict[str, Plan]:
-        configure_threads()
-        steps = Units(report)
-        with task_store(files) as store:
-            training = Training(conf.from_dict(conf.TrainConfig, train_dict), store)
-            training.base().ensure(needed, steps.add)
-            plans = {}
-            for kind, d in points:
-                cfg = registry.config_from_dict(kind, d)
-                plans[conf.config_hash(cfg)] = registry.get(kind).plan(training, cfg, "ray")
-        if report is not None:
-            report(steps.done)
-        return plans
-
-    return _reporting(board, ("base", key), prepare)
+    """`tasks.prepare` as a Ray task, its progress on the board."""
+    return _reporting(board, ("base", key), lambda report: tasks.prepare(
+        train_dict, needed, points, files, plugins, report, "ray"))
 
 
 def _unit_task(kind: str, cfg_dict: dict[str, object], key: int, files: CheckpointFiles, plugins: Plugins,
                plans: dict[str, Plan], h: str, board: Handle = None) -> tuple[object, int]:
-    """One unit of an experiment (a chaos row, a cone kernel's file, a linear switch accuracy) and the SGD steps it
-    took, with the plan its experiment shares (`plans[h]`: inline for a single run, a prepare task's result in a
-    sweep); its progress goes to the board."""
-    from twophase_core.experiments import registry
-    from twophase_core.experiments.running import in_task
-
-    _load_plugins(plugins)
-    experiment = registry.get(kind)
-    plan = plans[h]
-
-    def unit(report: Report | None) -> tuple[object, int]:
-        return in_task(experiment.config, cfg_dict, files, report, lambda training, cfg, units: (
-            experiment.run_unit(training, cfg, key, plan, units), training.steps_done))
-
-    return _reporting(board, (h, key), unit)
+    """`tasks.unit` as a Ray task, with the plan its experiment shares (`plans[h]`: inline for a single run, a
+    prepare task's result in a sweep); its progress goes to the board."""
+    return _reporting(board, (h, key), lambda report: tasks.unit(kind, cfg_dict, key, files, plugins, plans[h],
+                                                                 report))
 
 
 def _assemble_task(kind: str, cfg_dict: dict[str, object], files: CheckpointFiles, plugins: Plugins,
                    plans: dict[str, Plan], h: str, keys: list[int],
                    *results: tuple[object, int]) -> tuple[dict[str, np.ndarray], str, dict[str, Any]]:
-    """A sweep point's result from its units (given as arguments: Ray starts this when they are all done); it
-    travels back as arrays and metadata and the driver stores it."""
-    from twophase_core.experiments import registry
-    from twophase_core.science.train import configure_threads
-    from twophase_core.storage.store import task_store
-
-    _load_plugins(plugins)
-    configure_threads()
-    with task_store(files) as store:
-        r = registry.get(kind).compute(registry.config_from_dict(kind, cfg_dict), store, executor="ray",
-                                       plan=plans[h], units=dict(zip(keys, results, strict=True)))
-    return r.arrays, r.hash, {**r.meta, "config": r.config}
+    """`tasks.assemble` as a Ray task (its units given as arguments: Ray starts it when they are all done)."""
+    return tasks.assemble(kind, cfg_dict, files, plugins, plans[h], keys, results, "ray")
 
 
 def _gather(ray: ModuleType, refs: Sequence[ObjectRef[Out]], cancel: CancelToken | None,

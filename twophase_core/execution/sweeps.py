@@ -20,11 +20,17 @@ if TYPE_CHECKING:
     from twophase_core.science.train import CancelToken
 
 
+POOL_MIN_UNITS = 5000.0  # SGD steps and equivalents: less is seconds of work, about what starting the pool takes
+
+
 def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[float, str], None] | None = None,
-              cancel: CancelToken | None = None, executor: str = "local") -> SweepResult:
-    """Every point, then the summary. Locally: in this process, points sharing a base run one after
-    another. On Ray: the points not yet stored as one graph of tasks (`on_ray.run_points`: base runs,
-    then every point's units, then each point's result), the bar moving with the tasks' progress."""
+              cancel: CancelToken | None = None, executor: str = "local", workers: int | None = 1) -> SweepResult:
+    """Every point, then the summary. Locally with `workers` 1: in this process, points sharing a base run one
+    after another; with more, the points not yet stored as one graph of tasks over that many processes
+    (`local_pool.run_points`); None: one per core ($TWOPHASE_SWEEP_WORKERS), unless the work left is under
+    POOL_MIN_UNITS (starting the processes would cost more than they save). On Ray: the same graph on the cluster
+    (`on_ray.run_points`: base runs, then every point's units, then each point's result), the bar moving with the
+    tasks' progress."""
     from twophase_core.execution.run import run_experiment  # here: the app's process queues sweeps without torch
 
     store = store if store is not None else Store()
@@ -32,7 +38,36 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
     order = sorted(range(len(points)), key=lambda i: points[i].config.train.trajectory_key())
     results: dict[str, Result] = {}
     started = time.time()
-    if executor == "ray":
+    if workers is None:
+        from twophase_core.execution.local_pool import env_workers
+
+        workers = env_workers() if executor == "local" else 1
+        if workers > 1:
+            have = load_results(store, points)
+            todo = [points[i].config for i in order if points[i].hash not in have]
+            workers = workers if todo and sweep_units(todo, store) >= POOL_MIN_UNITS else 1
+    if executor == "local" and workers > 1:
+        from twophase_core.execution.local_pool import run_points as run_here
+
+        results = load_results(store, points)
+        todo = [points[i].config for i in order if points[i].hash not in results]
+        total = sweep_units(todo, store) if todo and progress is not None else 0.0
+        done_units, finished = [0.0], [0]
+
+        def told(added: float = 0.0) -> None:
+            done_units[0] += added
+            if progress is not None:
+                progress(min((len(points) - len(todo) + (len(todo) * min(done_units[0] / total, 1.0) if total
+                                                         else finished[0])) / len(points), 0.999),
+                         f"{finished[0]} of {len(todo)} points done on {workers} processes")
+
+        for r in run_here(todo, store.files, workers, cancel, on_units=told if progress is not None else None):
+            save_result(store, r)
+            results[r.hash] = r
+            finished[0] += 1
+            told()
+        order = []
+    elif executor == "ray":
         from twophase_core.execution.on_ray import run_points
 
         results = load_results(store, points)
@@ -69,7 +104,7 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
     if progress is not None:
         progress(1.0, "done")
     return SweepResult(sweep, points, results, {"seconds": round(time.time() - started, 3),
-                                                "points": len(points), "executor": executor})
+                                                "points": len(points), "executor": executor, "workers": workers})
 
 
 

@@ -136,6 +136,10 @@ def _experiment_parser(sub: argparse._SubParsersAction, kind: str, help_: str, s
         p.add_argument("--refine", type=float, default=None, metavar="BUDGET",
                        help="chaos: after the grid given, add t0 where t* is not yet found (and raise T past it) "
                             "until it is, or BUDGET progress units (SGD steps and evaluations) are spent")
+        p.add_argument("--workers", default=None, metavar="N",
+                       help="local: processes the sweep's tasks run in (base runs, rows, kernels, switch times), "
+                            "1 for this process only (default $TWOPHASE_SWEEP_WORKERS, else one per core for a sweep "
+                            "of more than a few seconds)")
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)} (default demo)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -531,6 +535,7 @@ def _jobs(cache_dir: str | None) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """`twophase sweep KIND ...`: everything is expanded and validated before the first point runs."""
+    from twophase_core.execution.local_pool import WORKERS_SPEC, env_workers
     from twophase_core.execution.sweeps import run_sweep
     from twophase_core.experiments.sweep import DEFAULT_SEEDS, MAX_POINTS, Sweep, expand, parse_vary
     from twophase_core.settings.spec import Spec, check, parse_text, split_list
@@ -547,19 +552,26 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps({**sweep.to_dict(), "points": len(points)}, indent=2))
         return 0
+    workers = None  # one per core ($TWOPHASE_SWEEP_WORKERS), unless the sweep is a few seconds of work
+    if args.workers is not None:
+        workers = parse_text("--workers", WORKERS_SPEC, args.workers)
+        check("--workers", WORKERS_SPEC, workers)
+    else:
+        env_workers()  # a bad $TWOPHASE_SWEEP_WORKERS is named before anything runs
     check_output_path(args.json)
     store = open_store(args.cache_dir)
     if getattr(args, "refine", None) is not None:  # issue 17: an adaptive t0 grid (execution/refine.py)
         from twophase_core.execution.refine import refine_sweep
 
         ref = refine_sweep(sweep, store, args.refine,
-                           run=lambda s: run_sweep(s, store, progress=_Bar(args.quiet), executor=args.executor))
+                           run=lambda s: run_sweep(s, store, progress=_Bar(args.quiet), executor=args.executor,
+                                                   workers=workers))
         res, extra = ref.result, {"refine": ref.to_json()}
         print(f"refined in {len(ref.rounds)} rounds, {ref.spent:.0f} of {args.refine:.0f} units spent "
               f"({ref.stopped}); t0 = {ref.rounds[-1]['t0']}, T = {ref.rounds[-1]['T']}",
               file=sys.stderr if args.json == "-" else sys.stdout)
     else:
-        res, extra = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor), {}
+        res, extra = run_sweep(sweep, store, progress=_Bar(args.quiet), executor=args.executor, workers=workers), {}
     payload = {**res.to_json(), **extra}
     _write_json(args.json, payload)
     print(sweep_summary(payload), file=sys.stderr if args.json == "-" else sys.stdout)  # stdout: the JSON alone
