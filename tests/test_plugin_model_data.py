@@ -147,6 +147,7 @@ def _keys(folder: Path) -> tuple[str, str]:
     return conf.config_hash(cfg), cfg.train.trajectory_key()
 
 
+@pytest.mark.slow
 def test_editing_the_models_code_gives_new_keys_and_a_declared_version_holds_them(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # edits within a second must not meet a stale .pyc
@@ -169,6 +170,7 @@ def test_editing_the_models_code_gives_new_keys_and_a_declared_version_holds_the
     assert _keys(tmp_path) != declared
 
 
+@pytest.mark.slow
 def test_chaos_on_an_own_model_and_dataset_by_import_path_from_the_cli_control_is_exactly_zero(tmp_path):
     r = _cli("chaos", "--preset", "tiny", "--model", MODEL, "--dataset", DATA, "--eps", "0", "--quiet", "--json",
              str(tmp_path / "c.json"), cache=tmp_path / "cache")
@@ -196,6 +198,7 @@ def _kernel(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return (j @ j.T).numpy()
 
 
+@pytest.mark.slow
 def test_the_cone_on_an_own_model_equals_kernels_from_plain_autograd(tmp_path):
     from twophase_core.science.data import stratified_subset
     from twophase_core.science.train import Training
@@ -294,6 +297,7 @@ def test_the_form_refuses_an_import_path_and_the_app_never_imports_one(tmp_path,
     conf.validate(cfg)  # (the refusal is the app's script threads', not this test's)
 
 
+@pytest.mark.slow
 def test_no_page_of_the_app_imports_a_module_a_user_names(tmp_path, monkeypatch):
     """The sweep page's free text reaches the engine, which refuses import paths in the app's script runs."""
     monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(tmp_path / "cache"))
