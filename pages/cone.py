@@ -16,15 +16,28 @@ a = view.result.arrays
 ang = F.cone_angles(view.result)
 
 
+APEX_LABELS = {"start": "H(θ₀) (default)", "window": "the window's first kernel"}
+ui.from_query("cone_apex", "apex", str, F.DEFAULT_APEX, allowed=list(F.APEXES))
+apex = st.radio("cone seen from", list(F.APEXES), horizontal=True, key="cone_apex",
+                format_func=lambda x: APEX_LABELS[x],
+                help="the apex the cone angle is measured from: H(θ₀), where training started (the paper's picture), "
+                     "or the first kernel of the window; far from the window, any window looks narrow")
+ui.to_query("apex", apex)
+null = F.cone_against_null(view.result, apex)
 c = st.columns(4)
 cw, ew = ang["cone_window"], ang["early_window"]
-c[0].metric(f"Cone angle, t in [{cw[0]}, {cw[1]}]" if cw else "Cone angle", F.fmt_angle(ang["cone_angle_deg"]),
-            help="the widest angle, seen from H(theta_0), between the kernels of the window: the dashed rays of the "
-                 "trajectory below")
-c[1].metric(f"Early angle, t in [{ew[0]}, {ew[1]}]" if ew else "Early angle", F.fmt_angle(ang["early_angle_deg"]),
-            help="the same angle over the early checkpoints: wide while the dynamics are chaotic")
-c[2].metric("Kernels", f"{len(a['iters'])}", help="checkpoints with a kernel")
-c[3].metric("Final test accuracy", f"{float(a['test_acc'][-1]):.3f}")
+c[0].metric(f"Cone angle, t in [{cw[0]}, {cw[1]}]" if cw else "Cone angle", F.fmt_angle(null.angle_deg),
+            help=f"the widest angle, seen from the kernel at t = {null.apex_iteration}, between the kernels of the "
+                 "window (from H(θ₀): the dashed rays of the trajectory below)")
+c[1].metric("Random walk, same steps", f"{F.fmt_angle(null.null_mean_deg)}",
+            help=f"the null: {null.null_draws} random walks with this trajectory's step lengths in random directions "
+                 f"of the kernel's dimension ({null.dim:,}), seen from the same apex over the same window; 95 % of "
+                 f"them between {F.fmt_angle(null.null_low_deg)} and {F.fmt_angle(null.null_high_deg)}. A kernel "
+                 "that moves inside a cone has an angle well below it (docs/science.md, 'The cone against a null')")
+c[2].metric(f"Early angle, t in [{ew[0]}, {ew[1]}]" if ew else "Early angle", F.fmt_angle(ang["early_angle_deg"]),
+            help="the angle over the early checkpoints, seen from H(θ₀): wide while the dynamics are chaotic")
+c[3].metric("Kernels", f"{len(a['iters'])}", help=f"checkpoints with a kernel; final test accuracy "
+                                                    f"{float(a['test_acc'][-1]):.3f}")
 ui.from_query("cone_log", "log", ui.parse_bool, False)
 log = st.toggle("log scale for S", key="cone_log")
 ui.to_query("log", "1" if log else "0")

@@ -158,11 +158,24 @@ def test_result_pages_draw_a_stored_result(with_results, kind):
         for m, title in (("C", "C: parameter distance"), ("B", "B: loss barrier"), ("D", "D: disagreement")):
             heat = _figure(at, title)["data"][0]
             assert heat["type"] == "heatmap" and np.allclose(_values(heat["customdata"]), a[m][0])
-    elif kind == "cone":  # the angle, the kernel count and the final accuracy as stored
-        shown = {m.label.split(",")[0]: m.value for m in at.metric}
-        assert shown["Cone angle"] == f"{meta['cone_angle_deg']:.1f}°" and shown["Kernels"] == str(len(a["iters"]))
-        assert shown["Final test accuracy"] == f"{a['test_acc'][-1]:.3f}"
+    elif kind == "cone":  # the angle, its null, the kernel count and the final accuracy as stored
+        shown = {m.label.split(",")[0]: m for m in at.metric}
+        assert shown["Cone angle"].value == f"{meta['cone_angle_deg']:.1f}°"
+        assert shown["Kernels"].value == str(len(a["iters"])) and f"{a['test_acc'][-1]:.3f}" in shown["Kernels"].help
+        assert shown["Random walk"].value.endswith("°") and "random walks" in shown["Random walk"].help
         assert _figure(at, "Kernel distance S")["data"][0]["type"] == "heatmap"
+        # seen from the window's first kernel: the widest angle between explicit increments u_i - u_first, with
+        # the unit kernels u_i rebuilt from G (G = U U^T)
+        w, v = np.linalg.eigh(a["G"])
+        u = v * np.sqrt(np.clip(w, 0, None))
+        its, (lo, hi) = a["iters"].tolist(), a["cone_window"].tolist()
+        inside = [i for i, t in enumerate(its) if lo <= t <= hi]
+        d = u[inside[1:]] - u[inside[0]]
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        widest = np.degrees(np.arccos(np.clip(d @ d.T, -1, 1)).max())
+        at.radio(key="cone_apex").set_value("window").run()
+        assert {m.label.split(",")[0]: m.value for m in at.metric}["Cone angle"] == f"{widest:.1f}°"
+        assert at.query_params.get("apex") == "window"
     else:  # the table under the figure: one row per switch time, the stored accuracies
         [table] = [d.value for d in at.dataframe]
         assert list(table.columns) == ["switch", "acc_linear", "acc_at_switch", "acc_full"]

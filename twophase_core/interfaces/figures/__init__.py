@@ -51,8 +51,11 @@ from .chaos import (  # noqa: F401
     text_px,
 )
 from .cone import (  # noqa: F401
+    APEXES,
+    DEFAULT_APEX,
     RAY_COLOUR,
     cone_acc_table,
+    cone_against_null,
     cone_angles,
     cone_neigh_table,
     cone_neighbours,

@@ -18,6 +18,7 @@ from twophase_core.interfaces.figures.base import (
     log_colour,
     zeros_to_row,
 )
+from twophase_core.science.cone import APEXES, DEFAULT_APEX, ConeReport  # noqa: F401 - APEXES: for the page
 
 if TYPE_CHECKING:
     from twophase_core.experiments.result import Result
@@ -258,6 +259,14 @@ def cone_test_acc(arrays: dict[str, np.ndarray], title: str | None = None) -> go
     fig.update_xaxes(title="t (iteration)")
     fig.update_yaxes(title="test accuracy", rangemode="tozero")
     return apply_layout(fig, title or "Test accuracy along training", height=320)
+
+
+def cone_against_null(result: Result, apex: str = DEFAULT_APEX) -> ConeReport:
+    """The cone angle seen from `apex` ("start": H(theta_0), the default; "window": the window's first kernel) and
+    the random-walk null beside it (science/cone.py), from the stored G."""
+    from twophase_core.experiments.cone import cone_reports
+
+    return cone_reports(result)[apex]
 
 
 def cone_angles(result: Result) -> dict[str, Any]:
