@@ -116,7 +116,7 @@ def chaos_heatmaps(runs: list[Arrays], labels: list[str], metric: str, log: bool
     fig.update_xaxes(title="t1")
     fig.update_yaxes(title="t0", col=1)
     return F.apply_layout(fig, title or f"{F.METRICS[metric]} over (t0, t1), one colour scale",
-                          height=120 + 330 * rows)
+                          height=150 + 330 * rows, margin=dict(l=60, r=20, t=80, b=50))  # (t: the title over a run's)
 
 
 def chaos_heatmaps_table(runs: list[Arrays], labels: list[str], metric: str) -> Table:
@@ -133,7 +133,7 @@ def cone_S_heatmaps(runs: list[Arrays], labels: list[str], log: bool = False, ti
     fig.update_xaxes(title="t_j")
     fig.update_yaxes(title="t_i", col=1)
     return F.apply_layout(fig, title or "Kernel distance S(H(theta_ti), H(theta_tj)), one colour scale",
-                          height=120 + 380 * rows)
+                          height=150 + 380 * rows, margin=dict(l=60, r=20, t=80, b=50))
 
 
 def cone_S_heatmaps_table(runs: list[Arrays], labels: list[str]) -> Table:
@@ -146,7 +146,9 @@ def cone_S_heatmaps_table(runs: list[Arrays], labels: list[str]) -> Table:
 
 def _overlay(runs: list[Arrays], labels: list[str], lines: Lines, x_title: str, y_title: str, log: bool,
              title: str, legend: str) -> go.Figure:
-    """`lines(arrays)` yields (line name, x, y) per line of one run; each run gets a colour, each line a dash."""
+    """`lines(arrays)` yields (line name, x, y) per line of one run; each run gets a colour, each line a dash. The
+    legend (long: a run's name per line) goes under the plot and the title breaks after its first clause: beside
+    the legend, in half a page, the plot was a sliver and the title was cut."""
     fig = go.Figure()
     for k, (a, label) in enumerate(zip(runs, labels, strict=True)):
         for d, (name, x, y) in enumerate(lines(a)):
@@ -158,7 +160,9 @@ def _overlay(runs: list[Arrays], labels: list[str], lines: Lines, x_title: str, 
     fig.update_yaxes(title=y_title, type="log" if log else "linear", exponentformat="e")
     if log:
         F.zeros_to_row(fig, x_title.split(" ")[0])
-    return F.apply_layout(fig, title, legend_title_text=legend, height=460)
+    return F.apply_layout(fig, title.replace(": ", ":<br>", 1), height=500, margin=dict(l=60, r=20, t=80, b=50),
+                          legend=dict(title_text=legend, orientation="h", xref="container", x=0.0, yref="container",
+                                      y=0.0, yanchor="bottom"))
 
 
 def _section_lines(metric: str) -> Lines:

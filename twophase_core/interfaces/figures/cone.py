@@ -203,10 +203,11 @@ def cone_projection(arrays: dict[str, np.ndarray], method: str = "pca", dim: int
         fig = go.Figure(go.Scatter(x=xyz[:, 0], y=xyz[:, 1], mode="lines+markers", marker=marker,
                                    line=dict(color="rgba(120,120,120,0.6)", width=1.5), customdata=its,
                                    hovertemplate=hover, name="H(theta_t)"))
-        fig.add_trace(go.Scatter(x=[xyz[0, 0]], y=[xyz[0, 1]], mode="markers+text",
-                                 marker=dict(color="#d62728", size=14, symbol="diamond"), text=["H(θ₀)"],
-                                 textposition="top center", name="H(theta_0)", customdata=[its[0]],
-                                 hovertemplate="H(θ₀), t=%{customdata}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[xyz[0, 0]], y=[xyz[0, 1]], mode="markers",
+                                 marker=dict(color="#d62728", size=14, symbol="diamond"), name="H(theta_0)",
+                                 customdata=[its[0]], hovertemplate="H(θ₀), t=%{customdata}<extra></extra>"))
+        # its label as an annotation: a marker's text is clipped by the plot area, and H(θ₀) often sits at its edge
+        fig.add_annotation(x=xyz[0, 0], y=xyz[0, 1], text="H(θ₀)", showarrow=False, yshift=16, name="H(theta_0)")
         fig.update_xaxes(title=f"{lab} 1")
         fig.update_yaxes(title=f"{lab} 2", scaleanchor="x", scaleratio=1)
     ends = cone_ray_ends(arrays) if rays else None

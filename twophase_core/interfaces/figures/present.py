@@ -112,7 +112,7 @@ class _Box:
     height: float
 
 
-def _plot_box(layout: dict[str, Any], style: Presentation, height: float, colourbar: bool, legend: bool) -> _Box:
+def _plot_box(layout: dict[str, Any], style: Presentation, height: float, colourbar: bool, legend_px: float) -> _Box:
     f = style.font_px
     line = 1.3 * f
     ys = [layout.get(a) or {} for a in _axes(layout, "y")]
@@ -120,7 +120,7 @@ def _plot_box(layout: dict[str, Any], style: Presentation, height: float, colour
     left = 14 + text_width("0" * y_ticks, f) + 2 * line  # tick labels and a title of up to two lines
     right = 20 + (16 + text_width("1e-10", f) + 2 * line if colourbar else 0)
     top = 24 + 2 * 1.3 * style.title_px
-    bottom = 14 + line + 2 * line + (3 * line if legend else 0)
+    bottom = 14 + line + 2 * line + legend_px
     return _Box(max(style.width_px - left - right, 50.0), max(height - top - bottom, 50.0))
 
 
@@ -153,16 +153,16 @@ def _extent(fig: go.Figure, layout: dict[str, Any], axis: str, letter: str) -> t
     return (float(allv.min()), float(allv.max())) if allv.size else None
 
 
-def _log_ticks(a: dict[str, Any], extent: tuple[float, float] | None) -> None:
+def _log_ticks(a: dict[str, Any], extent: tuple[float, float] | None, most: int) -> None:
     """Ticks of a log axis, every label at full size: plotly writes the 2s and 5s between decades at three
-    quarters of the font (under 16 px), so decades only where the axis spans two or more of them, else explicit
-    ticks at 1, 2 and 5 times a power of ten."""
+    quarters of the font (under 16 px), so decades only where the axis spans two or more of them (every k-th, for
+    at most `most` labels), else explicit ticks at 1, 2 and 5 times a power of ten."""
     if a.get("tickvals") is not None or extent is None:
         return
     lo, hi = extent
     decades = math.log10(hi / lo) if hi > lo else 0.0
     if decades >= 2:
-        a["dtick"] = max(1, math.ceil(decades / 6))
+        a["dtick"] = max(1, math.ceil(decades / max(most - 1, 1)))
         return
     vals = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
             for m in (1, 2, 5)]
@@ -191,6 +191,49 @@ def _thin_ticks(a: dict[str, Any], length: float, size: float) -> None:
                 continue
         keep.append(int(i))
     a["tickvals"], a["ticktext"], a["tickangle"] = [vals[i] for i in keep], [texts[i] for i in keep], 0
+
+
+_CARTESIAN = ("scatter", "scattergl", "bar", "heatmap", "histogram", "box", "violin", "contour")
+
+
+def _legend_rows(names: list[str], title: str, style: Presentation) -> int:
+    """Rows a horizontal legend of these entries takes across the narrowest figure (its title first in the row)."""
+    rows, x = 1, text_width(title, style.font_px) + 10 if title else 0.0
+    for name in names:
+        w = 50 + text_width(name, style.font_px)
+        if x and x + w > style.width_px:
+            rows, x = rows + 1, 0.0
+        x += w
+    return rows
+
+
+def _respace_rows(layout: dict[str, Any], box: _Box, style: Presentation) -> None:
+    """A grid of subplots stacked in rows (a comparison), respaced for large text: each row's title (make_subplots'
+    annotation) inside the plot area's top, and between rows room for the x axis's labels and title, which at
+    presentation size ran into the next row's title."""
+    anns = layout.get("annotations") or []
+    titles = [a for a in anns if a.get("xref") == "paper" and a.get("yref") == "paper"
+              and a.get("yanchor") == "bottom" and a.get("showarrow") is False]
+    ys = [k for k in _axes(layout, "y") if (layout[k] or {}).get("domain")]
+    rows = sorted({tuple(layout[k]["domain"]) for k in ys}, key=lambda d: -d[1])
+    if not titles or not rows:
+        return
+    line = 1.4 * style.font_px
+    above, below = line + 8, 10 + 3 * line + 12  # a row's title; ticks, standoff, a two-line x title
+    plot = box.height
+    each = (plot - len(rows) * above - (len(rows) - 1) * below) / len(rows)
+    if each < 120:
+        return  # no room to gain: leave it as built
+    top, new = plot, {}
+    for d in rows:
+        top -= above
+        new[d] = [max((top - each) / plot, 0.0), min(top / plot, 1.0)]
+        top -= each + below
+    for k in ys:
+        layout[k]["domain"] = new[tuple(layout[k]["domain"])]
+    for a in titles:
+        row = min(new, key=lambda d: abs(d[1] - float(a.get("y", 0))))
+        a["y"] = new[row][1]
 
 
 def _vertical_colourbar(cb: dict[str, Any], style: Presentation) -> dict[str, Any]:
@@ -251,14 +294,30 @@ def present(fig: go.Figure, style: Presentation = PRESENT) -> go.Figure:
 
     # the legend: under the plot, in rows, pushing the bottom margin (a legend at the right of a full-width
     # figure takes the plot's width; one below at a fixed offset ran into the x axis's title)
-    legend = layout.get("showlegend") is not False and sum(bool(tr.get("showlegend", True) is not False
-                                                                and tr.get("name")) for tr in data) > 1
-    if legend:
-        old = layout.get("legend") or {}
-        layout["legend"] = {**{k: v for k, v in old.items() if k in ("title", "traceorder", "groupclick")},
-                            "orientation": "h", "x": 0.0, "xanchor": "left", "yref": "container", "y": 0.0,
-                            "yanchor": "bottom", "font": {**(old.get("font") or {}), "size": f}}
-    box = _plot_box(layout, style, height, colourbar, legend)
+    names = [str(tr["name"]) for tr in data if tr.get("showlegend", True) is not False and tr.get("name")]
+    legend_px = 0.0
+    old: dict[str, Any] = layout.get("legend") or {}
+    old_title: dict[str, Any] = old["title"] if isinstance(old.get("title"), dict) else {"text": old.get("title") or ""}
+    legend_title = {**old_title, "font": {**(old_title.get("font") or {}), "size": f}}
+    if layout.get("showlegend") is not False and len(names) > 1:
+        layout["legend"] = {**{k: v for k, v in old.items() if k in ("traceorder", "groupclick")},
+                            "title": legend_title, "orientation": "h", "xref": "container", "x": 0.0,
+                            "xanchor": "left", "yref": "container", "y": 0.0, "yanchor": "bottom",
+                            "font": {**(old.get("font") or {}), "size": f}}
+        legend_px = _legend_rows(names, _title_text(legend_title), style) * 1.45 * f + 10
+        height = max(height, legend_px + 330)  # room left for the plot itself
+        layout["height"] = height
+    elif old or legend_title.get("text"):
+        layout["legend"] = {**old, "title": legend_title, "font": {**(old.get("font") or {}), "size": f}}
+    box = _plot_box(layout, style, height, colourbar, legend_px)
+    _respace_rows(layout, box, style)
+    for scene in [k for k in layout if re.fullmatch(r"scene\d*", k)]:  # 3-D: its axes' labels too
+        for axis in ("xaxis", "yaxis", "zaxis"):
+            a = layout[scene].setdefault(axis, {})
+            a["tickfont"] = {**(a.get("tickfont") or {}), "size": f}
+    if any(tr.get("type") in _CARTESIAN for tr in data):  # axes the builder left to the template get the sizes too
+        layout.setdefault("xaxis", {})
+        layout.setdefault("yaxis", {})
 
     # titles: wrapped to the room they have, and allowed to push the margins rather than be cut
     title = layout.get("title") or {}
@@ -273,8 +332,9 @@ def present(fig: go.Figure, style: Presentation = PRESENT) -> go.Figure:
             a = layout[ax] = dict(layout[ax] or {})
             a["automargin"] = True
             a["ticklabelstandoff"] = 10 if letter == "x" else 8  # the first labels of x and y touched at the corner
-            if a.get("type") == "log":
-                _log_ticks(a, _extent(fig, layout, ax, letter))
+            if a.get("type") == "log":  # labels two lines of text apart at least
+                length = box.width if letter == "x" else box.height * _domain(layout, ax)
+                _log_ticks(a, _extent(fig, layout, ax, letter), int(length // (2.5 * f if letter == "y" else 5 * f)))
             if letter == "x" and isinstance(a.get("tickvals"), list | tuple):
                 _thin_ticks(a, box.width, f)
             a["tickfont"] = {**(a.get("tickfont") or {}), "size": f}
@@ -290,6 +350,8 @@ def present(fig: go.Figure, style: Presentation = PRESENT) -> go.Figure:
 
     # heatmap values: only where they fit, else only on hover
     for trace, tr, patch in zip(new.data, data, patches, strict=True):
+        if tr.get("type") == "scatter" and "text" in str(tr.get("mode", "")):  # a marker's label near the edge
+            patch["cliponaxis"] = False
         if tr.get("type") == "heatmap" and trace.text is not None:  # (a builder that gave no text wants none)
             if _cells_fit(trace, layout, box, style):
                 patch.update(texttemplate=trace.texttemplate or "%{text}", textfont={"size": style.cell_px})
