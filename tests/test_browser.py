@@ -4,7 +4,8 @@ stored sweep; two submitted runs compared and a heatmap click that redraws the i
 
 Every run is the tiny preset except the demo's first screen, which only the demo can show (see that test).
 Waits are on what the page shows, never on a timer. Uses the system Chromium (/usr/bin/chromium);
-Playwright never downloads a browser here. Screenshots land in tests/artifacts/ (git-ignored).
+Playwright never downloads a browser here. Screenshots land in tests/artifacts/ (git-ignored, except the Lesson in
+presentation mode: lesson_present_*.png are committed, to be looked at).
 """
 
 import os
@@ -243,3 +244,150 @@ def test_two_submitted_runs_compared_and_a_cell_click_redraws_the_path(cache, ap
             page.screenshot(path=str(ARTIFACTS / "browser_chaos_click_tiny.png"), full_page=True)
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Presentation mode on a projector: 1280x720 at 150 % zoom is a CSS viewport of 853x480 at 1.5 device px per CSS px
+
+PROJECTOR = {"viewport": {"width": 853, "height": 480}, "device_scale_factor": 1.5}
+MIN_LABEL_PX = 16
+# every text label of one plotly figure, with its box in CSS px (skipping empty and hidden ones), and the figure's box
+FIGURE_LABELS = r"""(plot) => {
+  const box = (r) => ({x: r.left, y: r.top, w: r.width, h: r.height});
+  const shown = (el) => {
+    for (let e = el; e && e !== plot; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (s.display === 'none' || s.visibility === 'hidden' || parseFloat(s.opacity) === 0) return false;
+    }
+    return true;
+  };
+  const clipOf = (el) => {  // the plot area that clips a trace's text (a heatmap's values), if it is clipped
+    const sub = el.closest('.cartesianlayer .subplot');
+    let clipped = false;
+    for (let e = el; sub && e && e !== sub; e = e.parentElement) clipped = clipped || e.hasAttribute('clip-path');
+    const area = clipped && plot.querySelector(`.draglayer .${sub.classList[1]} .nsewdrag`);
+    return area ? box(area.getBoundingClientRect()) : null;
+  };
+  const labels = [];
+  for (const t of plot.querySelectorAll('.main-svg text')) {
+    const text = (t.textContent || '').trim();
+    const r = t.getBoundingClientRect();
+    if (!text || r.width < 0.5 || r.height < 0.5 || !shown(t)) continue;
+    labels.push({text, ...box(r), size: parseFloat(getComputedStyle(t).fontSize), clip: clipOf(t),
+                 where: t.parentElement.getAttribute('class') || ''});
+  }
+  const title = plot.querySelector('.gtitle');
+  return {figure: box(plot.getBoundingClientRect()), title: title ? title.textContent : '', labels};
+}"""
+
+
+def _outside(a: dict, b: dict, slack: float) -> bool:
+    """Whether box `a` reaches more than `slack` px out of box `b`."""
+    return a["x"] < b["x"] - slack or a["y"] < b["y"] - slack or a["x"] + a["w"] > b["x"] + b["w"] + slack \
+        or a["y"] + a["h"] > b["y"] + b["h"] + slack
+
+
+def label_problems(info: dict, slack: float = 0.5) -> list[str]:
+    """Labels under MIN_LABEL_PX, cut by the figure's edges or by the plot area that clips them, or overlapping another
+    label (boxes that share more than `slack` px both ways: touching is allowed, covering is not)."""
+    fig, labels = info["figure"], info["labels"]
+    out = [f"{a['text']!r} is {a['size']:g} px" for a in labels if a["size"] < MIN_LABEL_PX]
+    out += [f"{a['text']!r} is cut by the figure's edge" for a in labels if _outside(a, fig, slack)]
+    out += [f"{a['text']!r} is cut by its plot area" for a in labels if a["clip"] and _outside(a, a["clip"], slack)]
+    for k, a in enumerate(labels):
+        for b in labels[k + 1:]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            if dx > slack and dy > slack:
+                out.append(f"{a['text']!r} ({a['where']}) overlaps {b['text']!r} ({b['where']}) "
+                           f"by {dx:.0f}x{dy:.0f} px")
+    return out
+
+
+def _wait_drawn(page, expect, heading: str, charts: int) -> None:
+    """Until `heading` is shown, the script run is over and at least `charts` figures are drawn, every one of them."""
+    expect(page.get_by_role("heading", name=heading).first).to_be_visible(timeout=60_000)
+    page.wait_for_function(
+        """(n) => { const app = document.querySelector("[data-testid='stApp']");
+                    const c = [...document.querySelectorAll("[data-testid='stPlotlyChart']")];
+                    return app && app.getAttribute('data-test-script-state') === 'notRunning' && c.length >= n
+                           && c.every(e => e.querySelector('.main-svg .infolayer')); }""",
+        arg=charts, timeout=60_000)
+
+
+def test_presentation_mode_every_figure_is_readable_on_a_projector(cache, app_url):
+    """?present=1 at 853x480 CSS px on every page, on the gallery's results (nothing trains): the sidebar is
+    collapsed, the page's first primary button is above the fold, and in every figure no label is under 16 px, cut by
+    the figure's edge or overlapping another. Each Lesson step is saved as tests/artifacts/lesson_present_N.png (the
+    first screen) and lesson_present_N_figure.png (its figure), committed; the mode's toggle is tried last."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from twophase_core.interfaces import gallery, lesson
+    from twophase_core.storage.store import Store
+
+    store = Store(cache)
+    gallery.seed(store)  # as the app does on an empty store; here first, for the run ids
+    store.close()
+    g = gallery.read()
+    one = {name: g.named(name)[0].run_id for name in ("demo-chaos", "demo-cone", "demo-linear", "demo-sweep-chaos",
+                                                        "demo-sweep-cone")}
+    sweep = {rec["name"]: sid for sid, rec in g.sweeps.items()}
+    # (path, heading, figures at least): every page, a result page on the demo's grid and on the denser demo-sweep's
+    pages = [("", "Two-phase learning dynamics", 0),
+             *[(f"lesson?step={n}", None, 1) for n in range(1, len(lesson.steps()) + 1)],
+             (f"chaos?run={one['demo-chaos']}", "Chaos Effect", 6),
+             (f"chaos?run={one['demo-sweep-chaos']}", "Chaos Effect", 6),
+             (f"cone?run={one['demo-cone']}", "Cone Effect", 5),
+             (f"linear?run={one['demo-linear']}", "Linearised training", 1),
+             (f"sweeps?sweep={sweep['demo-sweep-chaos']}", "Sweeps", 2),
+             (f"sweeps?sweep={sweep['demo-sweep-cone']}", "Sweeps", 1),
+             ("runs", "Runs", 0),
+             (f"compare?runs={one['demo-chaos']},{one['demo-sweep-chaos']}", "Compare runs", 4),
+             (f"compare?runs={one['demo-cone']},{one['demo-sweep-cone']}", "Compare runs", 4)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_context(**PROJECTOR).new_page()
+            for path, heading, charts in pages:
+                sep = "&" if "?" in path else "?"
+                page.goto(f"{app_url}/{path}{sep}present=1", wait_until="domcontentloaded")
+                if heading is None:  # a lesson step: its title is the heading
+                    expect(page.get_by_text("Lesson · step", exact=False)).to_be_visible(timeout=60_000)
+                    heading = page.get_by_role("heading", level=1).first.inner_text().strip()
+                _wait_drawn(page, expect, heading, charts)
+                assert "present=1" in page.url, path
+                expect(page.get_by_test_id("stSidebar")).to_have_attribute("data-collapsed", "true")
+                primary = page.locator("[data-testid='stBaseButton-primary']:visible")
+                if primary.count():
+                    box = primary.first.bounding_box()
+                    if box["y"] + box["height"] > PROJECTOR["viewport"]["height"]:
+                        problems.append(f"/{path}: the primary button {primary.first.inner_text()!r} is below the "
+                                        f"fold (bottom at {box['y'] + box['height']:.0f} px)")
+                for chart in page.locator(".js-plotly-plot").all():
+                    if not chart.is_visible():
+                        continue  # folded away (an expander)
+                    chart.scroll_into_view_if_needed()
+                    info = chart.evaluate(FIGURE_LABELS)
+                    problems += [f"/{path} '{info['title']}': {x}" for x in label_problems(info)]
+                if path.startswith("lesson"):  # what the class sees first, and the step's figure
+                    step = path.split("=")[1]
+                    page.get_by_test_id("stMain").evaluate("e => e.scrollTo(0, 0)")
+                    expect(page.get_by_role("button", name="Next")).to_be_in_viewport()
+                    page.screenshot(path=str(ARTIFACTS / f"lesson_present_{step}.png"), scale="css")
+                    page.locator(".js-plotly-plot").first.screenshot(
+                        path=str(ARTIFACTS / f"lesson_present_{step}_figure.png"), scale="css")
+            # the mode survives a page switch: Home's Start the lesson opens the lesson still presenting; the
+            # sidebar's toggle turns it off, and out of the link
+            page.goto(f"{app_url}/?present=1", wait_until="domcontentloaded")
+            page.get_by_role("button", name="Start the lesson").click(timeout=60_000)
+            expect(page.get_by_text("Lesson · step 1", exact=False)).to_be_visible(timeout=60_000)
+            expect(page).to_have_url(re.compile(r"/lesson\?.*present=1"), timeout=30_000)
+            page.get_by_test_id("stExpandSidebarButton").click()
+            page.get_by_test_id("stSidebar").get_by_text("Presentation mode").click()
+            expect(page).not_to_have_url(re.compile(r"present="), timeout=30_000)
+            expect(page.get_by_text("Lesson · step 1", exact=False)).to_be_visible()
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)
