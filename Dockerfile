@@ -75,9 +75,10 @@ RUN --mount=type=secret,id=ca,required=false \
         > /opt/venv/torch-constraint.txt; \
     cat /opt/venv/torch-constraint.txt; \
     python -c "import torchvision" 2>/dev/null || echo "WARNING: torchvision does not load against this torch" \
-        "(a PyPI torchvision is built for PyPI's CUDA torch): CIFAR-10 (--preset cifar10-*) will not work" \
-        "in this image; the demo and the MNIST-1D presets do. TORCH_INDEX=<a CPU index> or TORCH_VARIANT=cuda" \
-        "gives a matching pair." >&2
+        "(a PyPI torchvision is built for PyPI's CUDA torch): --model torchvision:NAME and download=True will" \
+        "say so in one line; CIFAR-10, MNIST, CIFAR-100 and SVHN from a data_root folder, the demo and the" \
+        "MNIST-1D presets work (twophase reads those files itself). TORCH_INDEX=<a CPU index> or" \
+        "TORCH_VARIANT=cuda gives a matching pair." >&2
 
 # the project's dependencies (and its build backend), from pyproject.toml alone: code edits keep this layer
 COPY pyproject.toml /tmp/pyproject.toml
