@@ -38,6 +38,7 @@ from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
 
+from twophase_core.settings import spec
 from twophase_core.settings.spec import ConfigError, shown
 
 GROUPS = {"model": "twophase.models", "dataset": "twophase.datasets"}
@@ -493,3 +494,6 @@ def forget() -> None:
         _RESOLVED.clear()
         _TRIED.clear()
         _LOADED.clear()
+
+
+spec.PLUGIN_RESOLVER[:] = [resolve]  # spec.check resolves plugin names through this module

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -247,15 +248,19 @@ def _finite(v: float) -> bool:
         return False
 
 
+# A choice that may also name a plugin (model, dataset) is resolved by settings/plugins.py, which puts its `resolve`
+# here when imported (config.py imports it, so it is here wherever such a setting exists): this module stays at the
+# bottom of the settings layer, importing nothing of the project.
+PLUGIN_RESOLVER: list[Callable[[str, str], object]] = []
+
+
 def check(name: str, spec: Spec, v: object) -> None:
     """Raise ConfigError unless `v` has the setting's type and lies within its bounds and choices."""
     t = spec.type
     why = f" ({spec.hi_text})" if spec.hi_text else ""
     if t == "choice":
-        if spec.plugin and isinstance(v, str) and v not in spec.choices:
-            from twophase_core.settings.plugins import resolve
-
-            resolve(spec.plugin, v)  # imported and checked, or a ConfigError naming the setting
+        if spec.plugin and isinstance(v, str) and v not in spec.choices and PLUGIN_RESOLVER:
+            PLUGIN_RESOLVER[0](spec.plugin, v)  # imported and checked, or a ConfigError naming the setting
         elif not isinstance(v, str) or v not in spec.choices:
             raise ConfigError(name, v, f"choose one of {', '.join(spec.choices)}")
     elif t in ("int", "step"):
