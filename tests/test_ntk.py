@@ -525,3 +525,26 @@ def test_ntk_vector_product_equals_the_kernel_times_the_vector():
     hv = ntk.ntk_vector_product(model, x, v)
     assert hv.shape == v.shape and model.training
     assert torch.allclose(hv.reshape(-1), h @ v.reshape(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_symmetrized_is_the_mean_with_its_transpose_bit_for_bit():
+    h = torch.randn(50, 50, dtype=torch.float64)
+    before = h.clone().add_(h.T.clone()).mul_(0.5)  # the formula it replaced
+    got = ntk_blocks.symmetrized(h.clone())
+    assert torch.equal(got, before) and torch.equal(got, got.T)
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_a_small_kernel_skips_the_free_memory_lookup_and_a_large_one_asks(method, monkeypatch):
+    asked: list[torch.device] = []
+
+    def budget(device: torch.device) -> int:
+        asked.append(device)
+        return 1 << 30
+
+    monkeypatch.setattr(ntk_blocks, "default_budget", budget)
+    model, x = _mlp(), torch.randn(6, 5)
+    small = ntk.empirical_ntk(model, x, "full", method)
+    assert asked == []
+    monkeypatch.setattr(ntk_blocks, "SMALL_JOB_BYTES", 0)
+    assert torch.equal(ntk.empirical_ntk(model, x, "full", method), small) and len(asked) == 1

@@ -44,6 +44,7 @@ from .blocks import (
     functional,
     per_sample_jacobian,
     product,
+    resolve_budget,
     self_product,
     symmetrized,
 )
@@ -106,13 +107,14 @@ def _work(model: nn.Module, float64: bool) -> tuple[torch.dtype, int]:
     return work, max([p.element_size() for p in model.parameters()] + [work.itemsize])
 
 
-def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> Tensor:
     params, f = functional(model)
     with torch.no_grad():
         o = f(params, x[0]).numel()
     p = sum(t.numel() for t in params.values())
     work, itemsize = _work(model, float64)
-    bounds = chunk_bounds(x.shape[0], o * p * itemsize, budget)
+    per_sample = o * p * itemsize
+    bounds = chunk_bounds(x.shape[0], per_sample, resolve_budget(budget, x.device, x.shape[0] * per_sample))
 
     def chunk(i: int) -> list[Tensor]:
         s, e = bounds[i]
@@ -121,10 +123,11 @@ def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, floa
     return assemble(bounds, o if kernel == "full" else 1, chunk, self_product, product, x.device)
 
 
-def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> Tensor:
     pl = structured.plan(model, x[:1], x.shape[0], kernel)
     work, itemsize = _work(model, float64)
-    bounds = chunk_bounds(x.shape[0], structured.per_sample_bytes(pl, itemsize), budget)
+    per_sample = structured.per_sample_bytes(pl, itemsize)
+    bounds = chunk_bounds(x.shape[0], per_sample, resolve_budget(budget, x.device, x.shape[0] * per_sample))
 
     def chunk(i: int) -> structured.Factors:
         s, e = bounds[i]
@@ -153,13 +156,14 @@ def _ntvp_products(model: nn.Module, x: Tensor) -> tuple[Callable[[Tensor], Tens
     return vmap(column), out[0].numel()
 
 
-def _ntvp_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int, float64: bool) -> Tensor:
+def _ntvp_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> Tensor:
     n = x.shape[0]
     products, o = _ntvp_products(model, x)
     _, itemsize = _work(model, float64)
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
     per_column = itemsize * (2 * p + 4 * n * _activations(model, x[:1]))
-    batch = max(1, min(n * o, budget // max(1, per_column)))
+    b = default_budget(x.device) if budget is None else int(budget)
+    batch = max(1, min(n * o, b // max(1, per_column)))
     eye = torch.eye(n * o, dtype=x.dtype, device=x.device)
     h = torch.empty(n * o, n * o, dtype=torch.float64, device=x.device)
     for s in range(0, n * o, batch):
@@ -391,8 +395,7 @@ def empirical_ntk(
         if method == "auto":
             method, h = _choose(model, x, kernel, memory_budget_bytes, float64)
         if h is None:
-            budget = default_budget(x.device) if memory_budget_bytes is None else int(memory_budget_bytes)
-            h = _PATHS[method](model, x, kernel, budget, float64)
+            h = _PATHS[method](model, x, kernel, memory_budget_bytes, float64)
     return h if float64 else h.float()
 
 
