@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from waiting import wait_for
+from waiting import set_when, wait_for
 
 from twophase_core.execution.sweeps import run_sweep
 from twophase_core.experiments.presets import preset
@@ -59,13 +59,7 @@ def test_a_cancel_stops_every_worker_keeps_the_checkpoints_and_a_rerun_gives_the
     sweep = Sweep(base, parse_vary("chaos", ["eps=1e-6,1e-5"]))
     store, token, key = Store(tmp_path / "c"), CancelToken(), base.train.trajectory_key()
 
-    def cancel_once_the_base_run_is_under_way() -> None:
-        try:
-            wait_for("two checkpoints of the base run", lambda: len(store.checkpoints(key)) >= 2, timeout=120)
-        finally:
-            token.set()
-
-    threading.Thread(target=cancel_once_the_base_run_is_under_way, daemon=True).start()
+    set_when(token, "two checkpoints of the base run", lambda: len(store.checkpoints(key)) >= 2)
     with pytest.raises(Cancelled):
         run_sweep(sweep, store, workers=2, cancel=token)
     assert not mp.active_children()

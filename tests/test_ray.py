@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from waiting import free_port, gone, wait_for
+from waiting import free_port, gone, set_when, wait_for
 
 from twophase_core.execution import on_ray as ray_exec
 from twophase_core.execution.on_ray import ENV_ADDRESS, check_address
@@ -421,13 +421,7 @@ def test_a_cancelled_ray_sweep_stops_and_a_resubmission_gives_the_same_result(ra
     token = CancelToken()
     key = base.train.trajectory_key()
 
-    def cancel_once_the_base_run_is_under_way() -> None:
-        try:
-            wait_for("two checkpoints of the base run", lambda: len(store.checkpoints(key)) >= 2, timeout=120)
-        finally:
-            token.set()
-
-    threading.Thread(target=cancel_once_the_base_run_is_under_way, daemon=True).start()
+    set_when(token, "two checkpoints of the base run", lambda: len(store.checkpoints(key)) >= 2)
     with pytest.raises(Cancelled):
         run_sweep(sweep, store, executor="ray", cancel=token)
     kept = store.checkpoints(key)

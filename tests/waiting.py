@@ -55,3 +55,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def set_when(token: Any, what: str, cond: Callable[[], Any], timeout: float = 120) -> None:
+    """In a daemon thread: wait for `cond()` (see `wait_for`), then `token.set()` (a CancelToken), also when the
+    wait fails, so the run it cancels never hangs."""
+    import threading
+
+    def run() -> None:
+        try:
+            wait_for(what, cond, timeout=timeout)
+        finally:
+            token.set()
+
+    threading.Thread(target=run, daemon=True).start()
