@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from waiting import free_port, wait_healthy
+from waiting import free_port, stop, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,12 +66,7 @@ def app_url(tmp_path, cache):
         wait_healthy(url, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
         log.close()
         _stop_workers(cache)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from waiting import free_port, wait_healthy
+from waiting import free_port, stop, wait_healthy
 
 from twophase_core.interfaces.cli import main
 from twophase_core.science.data import load_cifar10_data
@@ -202,12 +202,7 @@ def _serve(tmp_path: Path, *flags: str, **env: str) -> set[ipaddress.IPv4Address
         wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=60)
         return _listening(proc.pid, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")

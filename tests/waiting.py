@@ -69,3 +69,13 @@ def set_when(token: Any, what: str, cond: Callable[[], Any], timeout: float = 12
             token.set()
 
     threading.Thread(target=run, daemon=True).start()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server the test started; kill it if it has not ended 15 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
