@@ -3,7 +3,7 @@
 Every ratio compares two things timed in the same process, minutes apart at most; absolute
 seconds are printed for context only. Targets (2-core CPU): entk_speedup_vs_loop >= 3,
 entk_floor_ratio <= 1.3, entk_structured_speedup >= 5 (MLP) and >= 1.5 (demo CNN),
-entk_auto_vs_best <= 1.05, auto_vs_best <= 1.05, overhead_ratio <= 1.3, demo cold < 60 s,
+entk_auto_vs_best <= 1.05, auto_vs_best <= 1.05, overhead_ratio <= 1.15, demo cold < 60 s,
 warm < 1 s, page render < 1 s.
 """
 
@@ -13,7 +13,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ TARGETS = {
     "entk_auto_vs_best": ("<=", 1.05),
     "entk_floor_ratio": ("<=", 1.3),
     "auto_vs_best": ("<=", 1.05),
-    "overhead_ratio": ("<=", 1.3),
+    "overhead_ratio": ("<=", 1.15),
     "demo_cold_seconds": ("<", 60.0),
     "demo_warm_seconds": ("<", 1.0),
     "page_render_seconds": ("<", 1.0),
@@ -196,21 +197,40 @@ def _time_paths(key: str, model: nn.Module, x: torch.Tensor, kernel: str,
     }
 
 
-def bench_step(steps: int) -> float:
-    """Seconds per SGD step of the demo model (the unit of overhead_ratio)."""
+# overhead_ratio's unit, the seconds of one SGD step: the minimum over STEP_ROUNDS rounds of STEP_ROUND_STEPS
+# steps each, the rounds interleaved with the cold demo runs they are compared with; the same in --quick
+# and full, so both modes measure the same thing (issue 21: 50 against 200 steps gave 1.20 against 1.51).
+STEP_ROUND_STEPS = 100
+# Cold demo chaos runs timed for overhead_ratio (the minimum kept), each between two rounds of steps.
+OVERHEAD_COLD_RUNS = 2
+
+
+def bench_step(steps: int = STEP_ROUND_STEPS, rounds: int = 1) -> float:
+    """Seconds per SGD step of the demo model (the unit of overhead_ratio): min over rounds of `steps` steps.
+
+    Exactly the steps a chaos run takes (`Training.step`: batch, lr, dropout seed, forward, backward,
+    SGD update), after five warm-up steps, with nothing else (no loss checks, no checkpoints).
+    """
     from twophase_core.experiments.presets import preset
     from twophase_core.science.train import Training
     from twophase_core.storage.store import Store
 
     with tempfile.TemporaryDirectory() as d:
-        training = Training(preset("demo", "chaos").train, Store(d))
-        s = training.initial()
-        for t in range(5):
-            training.step(s.model, s.opt, t)
-        t0 = time.perf_counter()
-        for t in range(5, 5 + steps):
-            training.step(s.model, s.opt, t)
-        return (time.perf_counter() - t0) / steps
+        store = Store(d)
+        try:
+            training = Training(preset("demo", "chaos").train, store)
+            s = training.initial()
+            for t in range(5):
+                training.step(s.model, s.opt, t)
+            best = float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for t in range(5, 5 + steps):
+                    training.step(s.model, s.opt, t)
+                best = min(best, (time.perf_counter() - t0) / steps)
+        finally:
+            store.close()
+        return best
 
 
 def bench_lockstep(steps: int, k: int = 8) -> dict[str, Any]:
@@ -237,28 +257,77 @@ def bench_lockstep(steps: int, k: int = 8) -> dict[str, Any]:
             "lockstep_auto": choice, "auto_vs_best": times[choice] / min(times.values())}
 
 
-def bench_demo() -> dict[str, Any]:
-    """The demo preset's chaos and cone from an empty store (cold), then again (warm)."""
+@contextmanager
+def _timed_metrics() -> Iterator[list[float]]:
+    """Seconds spent in `metrics.pair_metrics` (each chaos cell's B, C and D) while the block runs."""
+    from twophase_core.science import metrics
+
+    spent = [0.0]
+    original = metrics.pair_metrics
+
+    def timed(*args: Any, **kwargs: Any) -> metrics.PairMetrics:
+        t = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    metrics.pair_metrics = timed  # the same function, timed
+    try:
+        yield spent
+    finally:
+        metrics.pair_metrics = original
+
+
+def bench_demo(cold_runs: int = OVERHEAD_COLD_RUNS) -> dict[str, Any]:
+    """The demo preset's chaos and cone from an empty store (cold), then again (warm); overhead_ratio.
+
+    overhead_ratio = the demo chaos run from an empty store in this process, over the work the
+    experiment consists of: its SGD steps times `bench_step`'s seconds per step, plus the seconds
+    its cells spend measuring B, C and D (`pair_metrics`: 30 forward passes over 500 test points per
+    cell, timed inside the run). What it counts as overhead: checkpoints written, verified and read
+    back, locks, the loss checks and curve, planning, data loading, model and optimizer builds.
+    Imports a process pays once (torch, torch._dynamo at the first optimizer) are paid before the
+    timed region, as a warm worker pays them before its first job. `overhead_ratio_vs_sgd` is the
+    run over its SGD steps alone (the metrics counted as overhead), reported without a target.
+    Both are minima over `cold_runs` cold runs, each on a new store, between rounds of
+    STEP_ROUND_STEPS steps (step round, cold run, step round, ...), so that a burst of load elsewhere
+    touches one sample, not the ratio. docs/benchmarks.md says where the time beyond SGD goes.
+    """
     from twophase_core.execution.run import run_chaos, run_cone
     from twophase_core.experiments.presets import preset
     from twophase_core.science import data
     from twophase_core.storage.store import Store
 
-    with tempfile.TemporaryDirectory() as d:
-        store = Store(d)
-        data.clear_cache()
-        t = time.perf_counter()
-        chaos = run_chaos(preset("demo", "chaos"), store)
-        t_chaos = time.perf_counter() - t
-        run_cone(preset("demo", "cone"), store)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        run_chaos(preset("demo", "chaos"), store)
-        run_cone(preset("demo", "cone"), store)
-        warm = time.perf_counter() - t
-        store.close()
-    return {"demo_cold_seconds": cold, "demo_chaos_cold_seconds": t_chaos, "demo_warm_seconds": warm,
-            "demo_chaos_sgd_steps": int(chaos.meta["sgd_steps"])}
+    step = bench_step(rounds=1)
+    runs: list[tuple[float, float]] = []  # (wall, seconds in pair_metrics) per cold chaos run
+    out: dict[str, Any] = {}
+    for r in range(cold_runs):
+        with tempfile.TemporaryDirectory() as d:
+            store = Store(d)
+            try:
+                data.clear_cache()
+                with _timed_metrics() as spent:
+                    t = time.perf_counter()
+                    chaos = run_chaos(preset("demo", "chaos"), store)
+                    runs.append((time.perf_counter() - t, spent[0]))
+                if r == 0:
+                    t = time.perf_counter()
+                    run_cone(preset("demo", "cone"), store)
+                    cold = runs[0][0] + time.perf_counter() - t
+                    t = time.perf_counter()
+                    run_chaos(preset("demo", "chaos"), store)
+                    run_cone(preset("demo", "cone"), store)
+                    out |= {"demo_cold_seconds": cold, "demo_warm_seconds": time.perf_counter() - t}
+            finally:
+                store.close()
+        step = min(step, bench_step(rounds=1))
+    steps = int(chaos.meta["sgd_steps"])
+    wall, in_metrics = min(runs, key=lambda w: w[0] / (steps * step + w[1]))
+    return out | {"demo_chaos_cold_seconds": min(w for w, _ in runs), "demo_chaos_sgd_steps": steps,
+                  "sgd_step_seconds": step, "demo_chaos_metrics_seconds": in_metrics,
+                  "overhead_ratio": wall / (steps * step + in_metrics),
+                  "overhead_ratio_vs_sgd": min(w for w, _ in runs) / (steps * step)}
 
 
 def bench_page() -> float | None:
@@ -321,8 +390,6 @@ def main(json_out: str | None = None, quick: bool = False) -> int:
     out.update(bench_lockstep(10 if quick else 30))
     print("timing the demo, cold and warm ...", flush=True)
     out.update(bench_demo())
-    out["sgd_step_seconds"] = bench_step(50 if quick else 200)
-    out["overhead_ratio"] = out["demo_chaos_cold_seconds"] / (out["demo_chaos_sgd_steps"] * out["sgd_step_seconds"])
     print("timing a page render ...", flush=True)
     out["page_render_seconds"] = bench_page()
     from twophase_core.bench.browser import bench_demo_in_browser
