@@ -197,9 +197,9 @@ def _time_paths(key: str, model: nn.Module, x: torch.Tensor, kernel: str,
     }
 
 
-# overhead_ratio's unit, the seconds of one SGD step: the minimum over STEP_ROUNDS rounds of STEP_ROUND_STEPS
-# steps each, the rounds interleaved with the cold demo runs they are compared with; the same in --quick
-# and full, so both modes measure the same thing (issue 21: 50 against 200 steps gave 1.20 against 1.51).
+# overhead_ratio's unit, the seconds of one SGD step: the minimum over rounds of STEP_ROUND_STEPS steps each,
+# the rounds interleaved with the cold demo runs they are compared with; the same in --quick and full, so
+# both modes measure the same thing (issue 21: 50 against 200 steps gave 1.20 against 1.51).
 STEP_ROUND_STEPS = 100
 # Cold demo chaos runs timed for overhead_ratio (the minimum kept), each between two rounds of steps.
 OVERHEAD_COLD_RUNS = 2
