@@ -3,18 +3,22 @@ processes that stay up from the first task to the last.
 
 Per base run a prepare task, then its points' units, then each point's assembly (`execution/tasks.py`); the driver
 hands a task to the pool as soon as what it needs is done, so every worker has work while any is left, and a base
-run shared by several points is trained once (a dependency here, as on Ray). Workers come from a forkserver that
-has imported torch and the engine once, so no task waits on an import. Results are bit for bit those of the
-in-process runner: the same functions, one torch thread per process. A worker that dies (killed, out of memory)
-fails the sweep with one line; the checkpoints already written are kept, and running the sweep again resumes.
+run shared by several points is trained once (a dependency here, as on Ray). Of the tasks ready, assemblies go
+first, then units, then base runs: points finish and are stored one after another, not all at the end. Workers
+come from a forkserver that has imported torch and the engine once, so no task waits on an import. Results are bit
+for bit those of the in-process runner: the same functions, one torch thread per process. A worker that dies
+(killed, out of memory) fails the sweep with one line; the checkpoints already written are kept, and running the
+sweep again resumes.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import multiprocessing as mp
 import os
 import queue
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
@@ -103,16 +107,30 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(progress,))
     running: dict[Future[Any], tuple[str, Any]] = {}
+    # tasks whose inputs are done, by rank: assemblies first, then units, then base runs, so points finish (and are
+    # stored) one after another instead of all at the end; at most `workers` in the pool at once
+    ready: list[tuple[int, int, str, Any, Callable[..., Any], tuple[Any, ...]]] = []
+    order = itertools.count()
+
+    def enqueue(rank: int, what: str, key: Any, fn: Callable[..., Any], *args: Any) -> None:
+        heapq.heappush(ready, (rank, next(order), what, key, fn, args))
+
+    def feed() -> None:
+        while ready and len(running) < workers:
+            _, _, what, key, fn, args = heapq.heappop(ready)
+            running[pool.submit(fn, *args)] = (what, key)
+
     try:
         for g, members in enumerate(groups):
             needed = sorted(set().union(*(c.base_checkpoints() for c in members)))
             points = [(conf.kind_of(c), conf.to_dict(c)) for c in members]
-            fut = pool.submit(_prepare, ("base", g), conf.to_dict(members[0].train), needed, points, files, plugins)
-            running[fut] = ("prepare", g)
+            enqueue(2, "prepare", g, _prepare, ("base", g), conf.to_dict(members[0].train), needed, points, files,
+                    plugins)
         units_left: dict[str, list[int]] = {}
         outs: dict[str, dict[int, tasks.UnitOut]] = {}
         plans: dict[str, Plan] = {}
         by_hash = {conf.config_hash(c): c for members in groups for c in members}
+        feed()
         while running:
             done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
             drain()
@@ -131,7 +149,7 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
                         kind, d = conf.kind_of(cfg), conf.to_dict(cfg)
                         units_left[h], outs[h] = list(cfg.unit_keys()), {}
                         for k in cfg.unit_keys():
-                            running[pool.submit(_unit, (h, k), kind, d, k, files, plugins, plan)] = ("unit", (h, k))
+                            enqueue(1, "unit", (h, k), _unit, (h, k), kind, d, k, files, plugins, plan)
                 elif what == "unit":
                     h, k = key
                     outs[h][k] = got
@@ -139,13 +157,13 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
                     if not units_left[h]:
                         cfg = by_hash[h]
                         keys = list(cfg.unit_keys())
-                        fut2 = pool.submit(tasks.assemble, conf.kind_of(cfg), conf.to_dict(cfg), files, plugins,
-                                           plans[h], keys, [outs[h][k] for k in keys], "local")
-                        running[fut2] = ("assemble", h)
+                        enqueue(0, "assemble", h, tasks.assemble, conf.kind_of(cfg), conf.to_dict(cfg), files,
+                                plugins, plans[h], keys, [outs[h][k] for k in keys], "local")
                 else:
                     arrays, h, meta = got
                     config = meta.pop("config")
                     yield Result(conf.kind_of(by_hash[h]), config, h, arrays, meta)
+            feed()
         drain()
     except _Stop:
         _stop(pool)
