@@ -593,7 +593,7 @@ def sweep_summary(payload: dict[str, Any]) -> str:
                 continue
             parts.append(f"{m}: t*={est['t_star']:.0f} [{est['ci_low']:.0f}, {est['ci_high']:.0f}]" if est
                          else f"{m}: {outcome_label((g.get('estimates') or {}).get(m))} "
-                              f"({tr['not_found'].get(m, '')[:60]})")
+                              f"({tr['not_found'].get(m, '')})")
         lines.append(f"  {name}  R={g['replicates']}  " + "; ".join(parts))
     return "\n".join(lines)
 
