@@ -40,8 +40,8 @@ with st.expander("New sweep", expanded=not sweeps):
         f = st.columns([3, 3, 2, 1])
         vary = f[0].text_area("vary: one setting per line, FIELD=v1,v2,...", key=f"sweep_vary_{kind}_{start}",
                               value="lr=0.05,0.1,0.2" if start != "demo-sweep" else "",
-                              help="any setting by name (see the README's table); a list setting takes "
-                                   "alternatives split by |, e.g. t1=300,600|600")
+                              help="any setting by name (every setting: twophase settings, or docs/settings.md); "
+                                   "a list setting takes alternatives split by |, e.g. t1=300,600|600")
         overrides = f[1].text_area("other settings: FIELD=value per line", key=f"sweep_over_{kind}_{start}",
                                    help="applied to every point, e.g. iterations=400")
         seeds = f[2].text_input("replicate seeds", ", ".join(S.DEFAULT_SEEDS), key="sweep_seeds",
