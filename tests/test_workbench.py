@@ -478,8 +478,9 @@ def test_cone_projection_draws_rays_with_the_angle(with_results):
         xyz = a[f"pca{dim}"]
         assert np.allclose([rays[0].x[0], rays[0].y[0]], xyz[0, :2])  # from H(theta_0)
         assert np.allclose([rays[1].x[1], rays[1].y[1]], xyz[ends[1], :2])  # to the last kernel of the window
-        [label] = fig.layout.scene.annotations if dim == 3 else fig.layout.annotations
-        assert label.name == "cone angle" and label.text.startswith(f"{r.meta['cone_angle_deg']:.1f}°")
+        notes = fig.layout.scene.annotations if dim == 3 else fig.layout.annotations
+        [label] = [n for n in notes if n.name == "cone angle"]  # (2-D also labels H(theta_0) by an annotation)
+        assert label.text.startswith(f"{r.meta['cone_angle_deg']:.1f}°")
     assert len(F.cone_projection(a, "pca", 2).data) == 2  # without rays: as before
     assert F.honest_view(a)[1] == 2
 
