@@ -35,7 +35,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check twophase_core pages tests app.py app_common
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not docker"
+	$(BIN)/python -m pytest -q -m "not docker" --durations=20
 
 bench: $(VENV)/.installed
 	$(BIN)/twophase bench --json bench.json
