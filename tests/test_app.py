@@ -497,11 +497,7 @@ def test_the_reproduce_command_says_how_twophase_gets_on_path(with_results):
 
 def test_the_framed_cell_follows_the_largest_barrier_until_the_user_picks_one(empty, tmp_path):
     """A partial result's largest barrier is only the largest so far: the default cell moves as cells come in."""
-    import subprocess
-    import sys
-    import time
 
-    from twophase_core.execution.jobs import JobRecord, save_record
     from twophase_core.experiments.result import save_result
 
     cfg = preset("tiny", "chaos")  # t0 0, 20 by t1 30, 60: every cell computed
@@ -513,12 +509,8 @@ def test_the_framed_cell_follows_the_largest_barrier_until_the_user_picks_one(em
     first.arrays["C"][0, 1] = np.nan
     store = Store(empty)
     save_result(store, first, partial=True)
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.execution.worker"])
-    try:  # a live process whose command line names the worker: the job counts as running
-        jid = f"chaos-{first.hash}"
-        now = time.time()
-        save_record(store, JobRecord(jid, "chaos", first.hash, conf.to_dict(cfg), status="running", stage="cells",
-                                     progress=0.5, pid=fake.pid, created=now, started=now, updated=now))
+    fake, jid = _running_job(store, cfg, first.hash, "cells", 0.5)
+    try:
         at = _app(page="chaos", run=jid)
         assert not at.exception and at.selectbox(key="chaos_cell").value == "0,60"
         save_result(store, Result(full.kind, full.config, full.hash, dict(full.arrays),
@@ -537,15 +529,27 @@ def test_the_framed_cell_follows_the_largest_barrier_until_the_user_picks_one(em
         fake.wait()
 
 
-def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_path):
-    """What a worker saves before the first cell (the base run's curve) is drawn at once, alone."""
+def _running_job(store, cfg, h: str, stage: str, progress: float):
+    """(the stand-in worker process, the job id) of a chaos job recorded as running: a live process whose command
+    line names the worker, so the job counts as running until the test kills it."""
     import subprocess
     import sys
     import time
 
+    from twophase_core.execution.jobs import JobRecord, save_record
+
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.execution.worker"])
+    jid, now = f"chaos-{h}", time.time()
+    save_record(store, JobRecord(jid, "chaos", h, conf.to_dict(cfg), status="running", stage=stage, progress=progress,
+                                 pid=fake.pid, created=now, started=now, updated=now))
+    return fake, jid
+
+
+def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_path):
+    """What a worker saves before the first cell (the base run's curve) is drawn at once, alone."""
+
     import numpy as np
 
-    from twophase_core.execution.jobs import JobRecord, save_record
     from twophase_core.experiments.result import save_result
 
     cfg = conf.replace(preset("tiny", "chaos"), iterations=200, t0=(0, 100), t1=(200,))
@@ -557,12 +561,8 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     first.arrays["acc_t"], first.arrays["acc"] = first.arrays["acc_t"][:1], first.arrays["acc"][:1]
     store = Store(empty)
     save_result(store, first, partial=True)
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "twophase_core.execution.worker"])
-    try:  # a live process whose command line names the worker: the job counts as running
-        jid = f"chaos-{first.hash}"
-        now = time.time()
-        save_record(store, JobRecord(jid, "chaos", first.hash, conf.to_dict(cfg), status="running", stage="base run",
-                                     progress=0.2, pid=fake.pid, created=now, started=now, updated=now))
+    fake, jid = _running_job(store, cfg, first.hash, "base run", 0.2)
+    try:
         at = _app(page="chaos", run=jid)
         assert not at.exception
         assert "Training, live" in [s.value for s in at.subheader]
