@@ -256,8 +256,9 @@ class Cone(Kind[ConeConfig, Kernel]):
         s = np.stack([np.asarray(r.arrays[f"neigh_s_{dt}"], dtype=float) for r in done])
         entry["velocity"] = {"dt": dt, "t": t.tolist(), "replicates": nested(s), **band(s, n_boot, seed)}
         entry["cone_angle"] = {}
+        every = [cone_reports(r) for r in done]
         for apex in APEXES:  # the angle over replicates with its interval, beside the null's
-            reps = [cone_reports(r)[apex] for r in done]
+            reps = [x[apex] for x in every]
             angles = np.array([x.angle_deg for x in reps])
             mean, lo, hi = replicate_band(angles[:, None], n_boot=n_boot, seed=seed)
             entry["cone_angle"][apex] = {
@@ -279,12 +280,17 @@ def kernel_entries(r: Result) -> int:
     return (n * o) ** 2 if r.config.get("kernel") == "full" else n * n
 
 
-def cone_reports(r: Result) -> dict[str, ConeReport]:
-    """The cone angle over the result's window seen from each apex (H(theta_0), the default; the window's first
-    kernel), each beside its random-walk null (`science.cone`). From G alone: stored results get it too."""
+def cone_report_of(r: Result, apex: str) -> ConeReport:
+    """The cone angle over the result's window seen from `apex` (H(theta_0), the default; the window's first
+    kernel), beside its random-walk null (`science.cone`). From G alone: stored results get it too."""
     its = [int(t) for t in r.arrays["iters"]]
     w = (int(r.arrays["cone_window"][0]), int(r.arrays["cone_window"][1]))
-    return {apex: cone_report(r.arrays["G"], its, w, kernel_entries(r), apex) for apex in APEXES}
+    return cone_report(r.arrays["G"], its, w, kernel_entries(r), apex)
+
+
+def cone_reports(r: Result) -> dict[str, ConeReport]:
+    """`cone_report_of` from every apex."""
+    return {apex: cone_report_of(r, apex) for apex in APEXES}
 
 
 CONE = registry.register(Cone())

@@ -265,9 +265,9 @@ def cone_test_acc(arrays: dict[str, np.ndarray], title: str | None = None) -> go
 def cone_against_null(result: Result, apex: str = DEFAULT_APEX) -> ConeReport:
     """The cone angle seen from `apex` ("start": H(theta_0), the default; "window": the window's first kernel) and
     the random-walk null beside it (science/cone.py), from the stored G."""
-    from twophase_core.experiments.cone import cone_reports
+    from twophase_core.experiments.cone import cone_report_of
 
-    return cone_reports(result)[apex]
+    return cone_report_of(result, apex)
 
 
 def cone_angles(result: Result) -> dict[str, Any]:
