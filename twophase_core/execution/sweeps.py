@@ -38,20 +38,20 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
     order = sorted(range(len(points)), key=lambda i: points[i].config.train.trajectory_key())
     results: dict[str, Result] = {}
     started = time.time()
+    auto = workers is None
     if workers is None:
         from twophase_core.execution.local_pool import env_workers
 
         workers = env_workers() if executor == "local" else 1
-        if workers > 1:
-            have = load_results(store, points)
-            todo = [points[i].config for i in order if points[i].hash not in have]
-            workers = workers if todo and sweep_units(todo, store) >= POOL_MIN_UNITS else 1
+    if executor == "local" and workers > 1:
+        results = load_results(store, points)
+        todo = [points[i].config for i in order if points[i].hash not in results]
+        total = sweep_units(todo, store) if todo and (auto or progress is not None) else 0.0
+        if auto and total < POOL_MIN_UNITS:
+            workers, results = 1, {}  # a few seconds of work: starting the pool would cost about as much
     if executor == "local" and workers > 1:
         from twophase_core.execution.local_pool import run_points as run_here
 
-        results = load_results(store, points)
-        todo = [points[i].config for i in order if points[i].hash not in results]
-        total = sweep_units(todo, store) if todo and progress is not None else 0.0
         done_units, finished = [0.0], [0]
 
         def told(added: float = 0.0) -> None:
