@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,16 @@ def test_a_planted_cifar100_pickle_never_runs(tmp_path):
     with pytest.raises(conf.ConfigError, match="asks for 'pathlib.*which the format never holds"):
         get_dataset(conf.TrainConfig(dataset="cifar100", model="cnn", data_root=str(tmp_path)))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(("dataset", "where"), [("cifar10", "data_batch_1..5 and test_batch"),
+                                                ("mnist", "train-images-idx3-ubyte"), ("svhn", "train_32x32.mat")])
+def test_a_download_without_a_loadable_torchvision_says_so_in_one_line(tmp_path, capsys, monkeypatch, dataset, where):
+    # None in sys.modules: `import torchvision` raises ImportError, as in an image whose torchvision was removed
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    code = main(["chaos", "--preset", "tiny", "--dataset", dataset, "--model", "mlp", "--data-root", str(tmp_path),
+                 "--download", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("twophase: error: download="), err
+    assert "torchvision does not import here (ModuleNotFoundError" in err and where in err, err

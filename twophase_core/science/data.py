@@ -229,9 +229,8 @@ def load_cifar10_data(root: str = "", download: bool = False, cache_dir: Path | 
         if not download:
             raise ConfigError("data_root", root, f"no CIFAR-10 at {folder}: point data_root at the folder holding "
                               "cifar-10-batches-py, or set download=True (needs internet)")
-        from torchvision.datasets import CIFAR10
-
-        CIFAR10(root, train=True, download=True)
+        _torchvision_datasets(folder, "data_batch_1..5 and test_batch (cifar-10-python.tar.gz's)").CIFAR10(
+            root, train=True, download=True)
     try:
         parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
         xte, yte = _read_cifar_batch(folder / "test_batch")
@@ -248,14 +247,24 @@ def load_cifar10_data(root: str = "", download: bool = False, cache_dir: Path | 
     return Dataset("cifar10", f(xtr), torch.tensor(ytr).long(), f(xte), torch.tensor(yte).long(), 10, True)
 
 
+def _torchvision_datasets(folder: Path, what: str) -> ModuleType:
+    """torchvision.datasets, which only a download needs; where torchvision is missing or does not load beside this
+    torch (an image built with a CPU torch and PyPI's torchvision), one line saying so and where the files go."""
+    try:
+        return importlib.import_module("torchvision.datasets")
+    except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError 'operator torchvision::nms does not exist'
+        said = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise ConfigError("download", True, f"torchvision does not import here ({said}), and only a download needs "
+                          f"it: put {what} in {folder} by hand") from None
+
+
 def _download(name: str, root: str, download: bool, folder: Path, what: str) -> None:
     """torchvision's download of dataset `name` into `root` when asked and `folder` is missing; else one line
     saying where the files go."""
     if not download:
         raise ConfigError("data_root", root, f"no {name} at {folder}: put {what} there (torchvision's layout), point "
                           "data_root at the folder above it, or set download=True (needs internet)")
-    import torchvision.datasets as tvd
-
+    tvd = _torchvision_datasets(folder, what)
     try:
         if name == "SVHN":
             for split in ("train", "test"):
