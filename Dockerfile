@@ -11,6 +11,7 @@
 #   or from TORCH_INDEX (e.g. https://download.pytorch.org/whl/cu126).
 # TORCH_WHEELS_IMAGE: an image holding wheels at its root (torch, optionally torchvision) to install
 #   instead of any index; `make docker` passes this host's CPU wheel that way (made with docker import).
+#   Without a torchvision wheel there, PyPI's is tried, and uninstalled if it does not load (see below).
 # TLS interception: pass the CA bundle as a secret (`--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt`);
 #   pip uses it during the build and it never lands in a layer.
 ARG BASE_IMAGE=twophase-base:bookworm
@@ -51,7 +52,11 @@ RUN set -eu; \
     useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin twophase
 
 # torch and torchvision first, in one resolve so they match; then pinned by /opt/venv/torch-constraint.txt
-# so that nothing below swaps the build
+# so that nothing below swaps the build. A torchvision that does not load beside this torch (a PyPI torchvision,
+# built for PyPI's CUDA torch, beside a CPU torch from TORCH_WHEELS_IMAGE) is uninstalled, with a warning: then
+# `import torchvision` fails with a plain ImportError, which twophase turns into one line for torchvision:NAME
+# models and download=True, and the constraint file lists torch alone (tests/test_docker.py checks the image
+# agrees with it).
 RUN --mount=type=secret,id=ca,required=false \
     --mount=type=bind,from=torch-wheels,target=/tmp/torch-wheels \
     set -eu; \
@@ -71,16 +76,21 @@ RUN --mount=type=secret,id=ca,required=false \
         echo "torch from PyPI"; \
         pip install $TORCH_PACKAGES; \
     fi; \
-    python -c 'from importlib.metadata import version as v; print("\n".join(f"{p}=={v(p)}" for p in ("torch", "torchvision")))' \
+    if pip show -q torchvision 2>/dev/null && ! why=$(python -c "import torchvision" 2>&1); then \
+        echo "WARNING: torchvision $(pip show torchvision | sed -n 's/^Version: //p') does not load beside torch" \
+            "$(pip show torch | sed -n 's/^Version: //p') ($(printf '%s' "$why" | tail -n 1)); a PyPI torchvision is" \
+            "built for PyPI's CUDA torch. Uninstalled: --model torchvision:NAME and download=True say so in one line;" \
+            "CIFAR-10, MNIST, CIFAR-100 and SVHN from a data_root folder, the demo and the MNIST-1D presets work" \
+            "(twophase reads those files itself). TORCH_INDEX=<a CPU index> or TORCH_VARIANT=cuda gives a matching" \
+            "pair." >&2; \
+        pip uninstall -y torchvision; \
+    fi; \
+    python -c 'from importlib.metadata import distributions; names = {d.metadata["Name"].lower(): d.version for d in distributions()}; print("\n".join(f"{p}=={names[p]}" for p in ("torch", "torchvision") if p in names))' \
         > /opt/venv/torch-constraint.txt; \
-    cat /opt/venv/torch-constraint.txt; \
-    python -c "import torchvision" 2>/dev/null || echo "WARNING: torchvision does not load against this torch" \
-        "(a PyPI torchvision is built for PyPI's CUDA torch): --model torchvision:NAME and download=True will" \
-        "say so in one line; CIFAR-10, MNIST, CIFAR-100 and SVHN from a data_root folder, the demo and the" \
-        "MNIST-1D presets work (twophase reads those files itself). TORCH_INDEX=<a CPU index> or" \
-        "TORCH_VARIANT=cuda gives a matching pair." >&2
+    cat /opt/venv/torch-constraint.txt
 
-# the project's dependencies (and its build backend), from pyproject.toml alone: code edits keep this layer
+# the project's dependencies (and its build backend), from pyproject.toml alone: code edits keep this layer.
+# torchvision only where the step above kept it (else pip would bring back the one that does not load).
 COPY pyproject.toml /tmp/pyproject.toml
 RUN --mount=type=secret,id=ca,required=false \
     set -eu; \
@@ -91,7 +101,8 @@ unknown = [e for e in extras if e not in p['project']['optional-dependencies']];
 assert not unknown, f'EXTRAS: no such extra {unknown}; choose from {sorted(p[\"project\"][\"optional-dependencies\"])}'; \
 deps = p['project']['dependencies'] + p['build-system']['requires']; \
 deps += [d for e in extras for d in p['project']['optional-dependencies'][e]]; \
-print('\n'.join(deps))" > /tmp/requirements.txt; \
+vision = 'torchvision==' in open('/opt/venv/torch-constraint.txt').read(); \
+print('\n'.join(d for d in deps if vision or not d.startswith('torchvision')))" > /tmp/requirements.txt; \
     pip install -c /opt/venv/torch-constraint.txt -r /tmp/requirements.txt; \
     rm /tmp/requirements.txt /tmp/pyproject.toml
 

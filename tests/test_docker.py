@@ -2,8 +2,10 @@
 
 Builds the image with `make docker`, starts it with a named volume for the store, waits for its
 HEALTHCHECK, reaches Streamlit through the published port (so it listens on 0.0.0.0 inside), checks
-the server does not run as root, computes `twophase chaos --preset tiny` inside, restarts the
-container and finds that result served from the volume. Where no daemon answers it starts dockerd
+the server does not run as root, computes `twophase chaos --preset tiny` inside, then a CIFAR-10 chaos
+run on a small CIFAR-format folder written inside (twophase reads it itself: no torchvision needed), checks
+that torchvision either imports or is absent (an ImportError) as /opt/venv/torch-constraint.txt says,
+restarts the container and finds the first result served from the volume. Where no daemon answers it starts dockerd
 (root only) and stops it afterwards; where it cannot, it skips with the reason, unless
 TWOPHASE_REQUIRE_DOCKER=1 (CI), where that is a failure.
 """
@@ -11,6 +13,7 @@ TWOPHASE_REQUIRE_DOCKER=1 (CI), where that is a failure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -122,6 +125,60 @@ def _chaos_tiny(docker: str, name: str) -> tuple[dict, float]:
     return json.loads(lines[0]), seconds
 
 
+# a CIFAR-10 folder in torchvision's layout (cifar-10-batches-py), written by the image's own python: five
+# training batches and a test batch of 40 random images each, as the format's pickles (protocol 2, bytes keys)
+CIFAR_FOLDER = """
+import pathlib, pickle, sys
+import numpy as np
+folder = pathlib.Path(sys.argv[1]) / "cifar-10-batches-py"
+folder.mkdir(parents=True)
+rng = np.random.default_rng(0)
+for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    d = {b"batch_label": name.encode(), b"labels": [int(y) for y in rng.integers(0, 10, 40)],
+         b"data": rng.integers(0, 256, size=(40, 3072), dtype=np.uint8), b"filenames": [b"img.png"] * 40}
+    (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+meta = {b"label_names": [b"class%d" % i for i in range(10)], b"num_cases_per_batch": 40, b"num_vis": 3072}
+(folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+"""
+
+# what the image says of its torchvision (the constraint file lists it only where it loads) and what it does
+TORCHVISION = """
+import json
+listed = "torchvision==" in open("/opt/venv/torch-constraint.txt").read()
+try:
+    import torchvision
+    out = {"listed": listed, "version": torchvision.__version__}
+except ImportError as e:  # anything else (RuntimeError: operator torchvision::nms does not exist) fails the exec
+    out = {"listed": listed, "import_error": f"{type(e).__name__}: {e}"}
+print(json.dumps(out))
+"""
+
+
+def _chaos_cifar10(docker: str, name: str) -> tuple[dict, float]:
+    """A CIFAR-10 chaos run, small, on a folder written in the container: CNN, 20 steps, t0 0 and 10, t1 20."""
+    _run(docker, "exec", name, "python", "-c", CIFAR_FOLDER, "/tmp/cifar")
+    t = time.monotonic()
+    p = _run(docker, "exec", name, "twophase", "chaos", "--dataset", "cifar10", "--data-root", "/tmp/cifar",
+             "--model", "cnn", "--width", "0.25", "--batch-size", "16", "--iterations", "20", "--t0", "0,10",
+             "--t1", "20", "--n-alpha", "3", "--quiet", "--json", "-", timeout=EXEC_TIMEOUT)
+    return json.loads(p.stdout), time.monotonic() - t
+
+
+def _check_torchvision(docker: str, name: str, tmp: str) -> str:
+    """torchvision imports where the constraint file lists it; elsewhere `import torchvision` is an ImportError
+    and --model torchvision:NAME one line. What the image has, in words."""
+    tv = json.loads(_run(docker, "exec", name, "python", "-c", TORCHVISION).stdout)
+    if tv["listed"]:
+        assert "version" in tv, tv
+        return f"torchvision {tv['version']} imports"
+    assert "import_error" in tv, f"torchvision imports but the constraint file does not list it: {tv}"
+    p = _run(docker, "exec", name, "twophase", "chaos", "--preset", "tiny", "--dataset", "cifar10", "--data-root",
+             tmp, "--model", "torchvision:resnet18", check=False)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "torchvision does not import here" in err, err
+    return f"no torchvision ({tv['import_error']}); torchvision:NAME says so in one line"
+
+
 def test_image_builds_serves_and_keeps_the_store_across_a_restart(docker: str, capsys: pytest.CaptureFixture[str]):
     t = time.monotonic()
     build = subprocess.run(["make", "--no-print-directory", "docker", f"IMAGE={IMAGE}"], cwd=ROOT,
@@ -163,6 +220,14 @@ def test_image_builds_serves_and_keeps_the_store_across_a_restart(docker: str, c
         assert info["root"] == "/app/cache" and info["results"] >= 1, info
         _say(capsys, f"chaos --preset tiny: {first_s:.1f}s; store {info['results']} result(s), "
                      f"{info['checkpoints']} checkpoint(s)")
+
+        cifar, cifar_s = _chaos_cifar10(docker, name)
+        assert cifar["config"]["train"]["dataset"] == "cifar10" and cifar["t0"] == [0, 10], cifar["config"]
+        values = [v for k in ("C", "B", "D") for row in cifar[k] for v in row]
+        assert len(values) == 6 and all(math.isfinite(v) for v in values), cifar
+        assert cifar["C"][0][0] > 0, cifar  # a nudge at t0 = 0 leaves the copies apart at t1 = 20
+        _say(capsys, f"chaos on a CIFAR-10 folder (cnn, 20 steps): {cifar_s:.1f}s, C at t0=0: {cifar['C'][0][0]:.2e}")
+        _say(capsys, _check_torchvision(docker, name, "/tmp/cifar"))
 
         t = time.monotonic()
         _run(docker, "restart", name, timeout=120)

@@ -121,3 +121,15 @@ def test_a_download_without_a_loadable_torchvision_says_so_in_one_line(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("twophase: error: download="), err
     assert "torchvision does not import here (ModuleNotFoundError" in err and where in err, err
+
+
+def test_cifar10_from_a_folder_never_imports_torchvision(tmp_path, monkeypatch):
+    # the Docker image built with a CPU torch wheel has no torchvision (tests/test_docker.py runs this path there)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": RNG.integers(0, 256, size=(2, 3072), dtype=np.uint8), b"labels": [3, 7]}, f)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    ds = get_dataset(conf.TrainConfig(dataset="cifar10", model="cnn", batch_size=2, data_root=str(tmp_path)))
+    assert ds.x_train.shape == (10, 3, 32, 32) and ds.y_test.tolist() == [3, 7]
