@@ -6,6 +6,7 @@ import streamlit as st
 import app_common as ui
 from app_common.form import with_all_settings
 from app_common.runs import warn_skipped
+from twophase_core.execution import refine as RF
 from twophase_core.execution import sweeps as SJ
 from twophase_core.experiments import reproduce
 from twophase_core.experiments import sweep as S
@@ -48,6 +49,14 @@ with st.expander("New sweep", expanded=not sweeps):
                                 help="settings that are replicates, not settings; unless varied, replicate r "
                                      "adds r to each")
         reps = f[3].text_input("replicates", str(sweep_replicates(start)), key=f"sweep_reps_{start}")
+        budget = 0
+        if kind == "chaos":
+            budget = st.number_input(
+                "Refine (budget in SGD steps)", min_value=0, value=0, step=1000, key="sweep_refine",
+                help="0: the t0 grid as given. More: after it, t0 are added where t* is not yet found (and T raised "
+                     "past them) until it is, or this many progress units are spent (SGD steps of the base runs and "
+                     "branches not stored yet, plus the cells' evaluations), as `twophase sweep ... --refine N` "
+                     "does; see docs/transition.md, \"Refining the grid\"")
         error = st.empty()
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
     if go:  # every bad field is named, not only the first
@@ -70,7 +79,7 @@ with st.expander("New sweep", expanded=not sweeps):
             try:
                 sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
                                 int(n))
-                rec = SJ.submit_sweep(jm, sweep)
+                rec = SJ.submit_sweep(jm, sweep, refine=float(budget) if budget else None)
             except (conf.ConfigError, StoreError) as e:
                 errors.append(e)
         if errors:
@@ -96,16 +105,19 @@ pick = st.selectbox("Sweep", ids, key="sweep_pick",
                                                f"{ui.fmt_time(r.get('created'))}" for r in sweeps if r["id"] == i))
 ui.to_query("sweep", pick)
 rec = next(r for r in sweeps if r["id"] == pick)
-sweep = S.Sweep.from_dict(rec["sweep"])
+refine = rec.get("refine")
 
 
 @st.fragment(run_every=ui.POLL_S)
 def progress() -> None:
     jm.pump()
-    p = SJ.sweep_progress(jm, rec)
-    st.progress(min(p["progress"], 1.0), text=f"{p['done']} of {p['points']} runs done · {p['running']} running · "
-                f"{p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else ""))
-    mark = (p["done"], p["failed"])
+    now = (S.load_sweep(jm.store, pick) or rec) if refine else rec  # a refine's driver moves it round by round
+    p = SJ.sweep_progress(jm, now)
+    what = f"round {len(now['refine']['rounds']) + 1}: " if refine and RF.refine_state(jm, now) == "running" else ""
+    st.progress(min(p["progress"], 1.0), text=f"{what}{p['done']} of {p['points']} runs done · {p['running']} "
+                f"running · {p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else ""))
+    mark = (p["done"], p["failed"], len(now["runs"]), *((len(now["refine"]["rounds"]), now["refine"]["state"])
+                                                       if refine else ()))
     if st.session_state.get(f"sweep_mark_{pick}") not in (None, mark):
         st.session_state[f"sweep_mark_{pick}"] = mark
         st.rerun()
@@ -113,7 +125,31 @@ def progress() -> None:
 
 
 progress()
-cmd = reproduce.sweep_command(sweep)
+if refine:
+    cmd = reproduce.sweep_command(S.Sweep.from_dict(refine["start"]), refine=refine["budget"])
+    st.subheader("Refining the t0 grid")
+    state = RF.refine_state(jm, rec)
+    spent = f"{refine['spent']:,.0f} of {refine['budget']:,.0f} units spent"
+    n = len(refine["rounds"])
+    if state == "running":
+        st.info(f"Round {n + 1} is running; {n} done, {spent}. Each round adds t0 where t* is not found yet; the "
+                "view below shows the last finished round.", icon=":material/hourglass_top:")
+    elif state == "done":
+        st.success(f"Refined in {n} rounds, {spent}: {refine['stopped']}.", icon=":material/check_circle:")
+    else:
+        why = refine.get("error") or "its driver process ended without saying why"
+        st.warning(f"Refining stopped after {n} rounds, {spent}: {why}. Submit the sweep again to go on (stored "
+                   "points are reused).", icon=":material/warning:")
+    if refine["rounds"]:
+        st.dataframe(pd.DataFrame([{"round": i + 1, "t0": ", ".join(map(str, r["t0"])), "T": r["T"],
+                                    "units": r["units"], **{f"{refine.get('metric', 'C')} ({g})": o
+                                                            for g, o in r["outcomes"].items()}}
+                                   for i, r in enumerate(refine["rounds"])]), hide_index=True)
+    ui.command_block(cmd)
+    rec = RF.shown_record(rec, jm.store)
+sweep = S.Sweep.from_dict(rec["sweep"])
+if not refine:
+    cmd = reproduce.sweep_command(sweep)
 res = S.sweep_result(jm.store, rec)
 groups = res.groups(n_boot=1000)
 done = [g for g in groups if g["replicates"]]

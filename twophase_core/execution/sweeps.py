@@ -109,10 +109,15 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
 
 
 
-def submit_sweep(jm: JobManager, sweep: Sweep) -> dict[str, Any]:
+def submit_sweep(jm: JobManager, sweep: Sweep, refine: float | None = None) -> dict[str, Any]:
     """Record the sweep and queue its points on the job runner (points sharing a base run queued
     together); a point already computed or queued is attached to, not run again. A stored record of this
-    sweep that fails its checks is replaced: the user is submitting the sweep again."""
+    sweep that fails its checks is replaced: the user is submitting the sweep again. With `refine` (a budget
+    in progress units, chaos only): the rounds of `--refine`, driven by one process (`refine.submit_refine`)."""
+    if refine is not None:
+        from twophase_core.execution.refine import submit_refine
+
+        return submit_refine(jm, sweep, refine)
     points = expand(sweep)
     sid = sweep.id()
     old = load_sweep(jm.store, sid)

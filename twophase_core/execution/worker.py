@@ -342,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     store = Store(args.cache_dir) if args.cache_dir else Store()
     try:
-        rc = run_job(store, job_id)
+        if job_id.startswith("sweep-"):  # not a job: the driver of a refined sweep's rounds (execution/refine.py)
+            from twophase_core.execution.refine import drive_refine
+
+            rc = drive_refine(store, job_id)
+        else:
+            rc = run_job(store, job_id)
         try:  # the exit path starts the next queued job
             JobManager(store).pump()
         except Exception:  # noqa: BLE001

@@ -52,8 +52,10 @@ def command_for(cfg: conf.ExperimentConfig, preset_name: str | None = None, json
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = "sweep.json") -> str:
-    """The `twophase sweep ...` line that reproduces the sweep (its base as `command_for` writes it)."""
+def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = "sweep.json",
+                  refine: float | None = None) -> str:
+    """The `twophase sweep ...` line that reproduces the sweep (its base as `command_for` writes it), with
+    `--refine BUDGET` when it was refined."""
     base = shlex.split(command_for(sweep.base, preset_name, json_out=None))
     specs = conf.settings_of(type(sweep.base))
     parts = ["twophase", "sweep", *base[1:]]
@@ -65,5 +67,7 @@ def sweep_command(sweep: Sweep, preset_name: str | None = None, json_out: str = 
             parts += ["--seeds", s]
     if sweep.replicates != 1:
         parts += ["--replicates", str(sweep.replicates)]
+    if refine is not None:
+        parts += ["--refine", str(int(refine)) if float(refine).is_integer() else repr(float(refine))]
     parts += ["--json", json_out]
     return " ".join(shlex.quote(p) for p in parts)

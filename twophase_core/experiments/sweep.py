@@ -321,7 +321,8 @@ def sweep_key(sweep_id: str) -> str:
 
 def _sweep_fields() -> dict[str, R.Field]:
     return {"id": R.Field(str, True), "sweep": R.Field(dict[str, Any], True, _runnable),
-            "runs": R.Field(list[str], True), "created": R.Field(float, False, R.unix_time)}
+            "runs": R.Field(list[str], True), "created": R.Field(float, False, R.unix_time),
+            "refine": R.Field(dict[str, Any], False)}  # a refined sweep's rounds (execution/refine.py)
 
 
 def _runnable(d: Mapping[str, object]) -> str | None:
