@@ -10,6 +10,7 @@ from twophase_core.execution import refine as RF
 from twophase_core.execution import sweeps as SJ
 from twophase_core.experiments import reproduce
 from twophase_core.experiments import sweep as S
+from twophase_core.experiments import twin as TW
 from twophase_core.experiments.presets import PRESETS, preset, sweep_replicates
 from twophase_core.interfaces import figures as F
 from twophase_core.settings import config as conf
@@ -174,8 +175,37 @@ if fgroups:
     diagram = S.phase_diagram(sweep, done)  # two varied settings: t* over both of them
     if diagram is not None:
         st.subheader(f"Phase diagram: t* over {diagram['x']} and {diagram['y']}")
-        ui.figure_block(F.phase_diagram_figure(diagram, metric), F.phase_diagram_table(diagram, metric),
-                        f"phase_diagram_{metric}", view, cmd, "sweep_phase", show_command=False)
+        here, there = st.columns(2)
+        with here:
+            ui.figure_block(F.phase_diagram_figure(diagram, metric), F.phase_diagram_table(diagram, metric),
+                            f"phase_diagram_{metric}", view, cmd, "sweep_phase", show_command=False)
+        other = TW.TWIN_KIND.get(sweep.kind)
+        twin = TW.find_twin(rec, sweeps) if other else None
+        with there:
+            if twin is not None:  # the other side, read off the same base runs, on the same axes
+                tsweep = TW.on_axes_of(S.Sweep.from_dict(RF.shown_record(twin, jm.store)["sweep"]), sweep)
+                tres = S.sweep_result(jm.store, RF.shown_record(twin, jm.store))
+                tdiagram = S.phase_diagram(tsweep, tres.groups(n_boot=1000))
+                tm = TW.TWIN_METRIC[str(other)]
+                tstart = TW.started_from(twin)
+                tref = twin.get("refine")
+                tcmd = reproduce.sweep_command(tstart, refine=tref["budget"] if tref else None)
+                if tdiagram is not None:
+                    ui.figure_block(F.phase_diagram_figure(tdiagram, tm), F.phase_diagram_table(tdiagram, tm),
+                                    f"phase_diagram_{tm}", ui.RunView(twin["id"], str(other), None, None, False),
+                                    tcmd, "sweep_phase_twin", show_command=False)
+                st.page_link(ui.PAGE_FILES["sweeps"], label=f"Open the {ui.KIND_TITLES[other]} sweep beside it",
+                             icon=":material/timeline:", query_params={"sweep": twin["id"]})
+            elif other is not None:
+                missing = TW.missing_twin(TW.started_from(rec))
+                st.info(f"No {ui.KIND_TITLES[other]} sweep over the same training run and the same "
+                        f"{diagram['x']} and {diagram['y']} values is stored, so its t* of "
+                        f"{TW.TWIN_METRIC[other]} cannot be shown beside this one"
+                        + (". This command runs it:" if missing is not None else
+                           f"; a {ui.KIND_TITLES[other]} sweep with these settings does not expand here."),
+                        icon=":material/info:")
+                if missing is not None:
+                    ui.command_block(reproduce.sweep_command(missing))
 
 if sweep.kind == "chaos":
     st.subheader("Cross-sections with their 95% band over replicates")

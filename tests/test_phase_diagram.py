@@ -78,3 +78,94 @@ def test_the_sweeps_page_draws_the_phase_diagram_of_a_two_setting_sweep(tmp_path
     assert any(h.value == "Phase diagram: t* over eps and lr" for h in at.subheader)
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("Phase diagram: t* of") for t in titles)
+
+
+def _rec(sweep: S.Sweep, created: float = 1.0) -> dict:
+    return {"id": sweep.id(), "sweep": sweep.to_dict(), "runs": [p.run_id for p in S.expand(sweep)],
+            "created": created}
+
+
+def test_a_two_setting_sweep_finds_its_other_side_or_the_sweep_to_run():
+    import dataclasses
+
+    from twophase_core.experiments import twin as TW
+    from twophase_core.settings import config as conf
+
+    chaos = S.Sweep(preset("tiny", "chaos"), S.parse_vary("chaos", ["lr=0.05,0.1", "batch_size=16,32"]), replicates=2)
+    # the cone side: its settings given in the other order, more replicates, its own T: still the same base runs
+    cone = S.Sweep(conf.replace(preset("tiny", "cone"), checkpoint_every=10),
+                   S.parse_vary("cone", ["batch_size=32,16", "lr=0.1,0.05"]), replicates=3)
+    wider = S.Sweep(conf.replace(preset("tiny", "cone"), width=0.5), cone.vary)  # another trajectory
+    other_lr = S.Sweep(preset("tiny", "cone"), S.parse_vary("cone", ["lr=0.05,0.2", "batch_size=16,32"]))
+    one_axis = S.Sweep(preset("tiny", "cone"), S.parse_vary("cone", ["lr=0.05,0.1"]))
+    records = [_rec(s) for s in (wider, other_lr, one_axis, cone, chaos)]  # newest first
+    assert TW.find_twin(_rec(chaos), records)["id"] == cone.id()
+    assert TW.find_twin(_rec(cone), records)["id"] == chaos.id()
+    assert TW.find_twin(_rec(wider), records) is None and TW.find_twin(_rec(one_axis), records) is None
+    # a refined chaos sweep's record holds its last round (T raised): matched by the sweep it started from
+    rounds = S.Sweep(conf.replace(chaos.base, iterations=90, t0=(0, 20, 30), t1=(30, 60, 90)), chaos.vary,
+                     chaos.seeds, 2)
+    refined = {**_rec(rounds), "id": chaos.id(), "refine": {"start": chaos.to_dict()}}
+    assert TW.find_twin(_rec(cone), [refined])["id"] == chaos.id()
+    assert TW.started_from(refined) == chaos
+    # drawn on the chaos sweep's axes: x = lr, y = batch_size, whatever order the cone sweep gave them in
+    assert [k for k, _ in TW.on_axes_of(cone, chaos).vary] == ["lr", "batch_size"]
+    groups = [{"varied": {"lr": lr, "batch_size": bs}, "replicates": 3,
+               "estimates": {"S": {"outcome": "none", "t_star": None, "reason": "flat"}}}
+              for lr in (0.1, 0.05) for bs in (32, 16)]
+    d = S.phase_diagram(TW.on_axes_of(cone, chaos), groups)
+    assert (d["x"], d["y"], d["x_values"], d["y_values"]) == ("lr", "batch_size", [0.1, 0.05], [32, 16])
+    # none stored: the cone sweep to run, the tiny preset's cone settings on the chaos sweep's training run
+    missing = TW.missing_twin(chaos)
+    assert missing == S.Sweep(dataclasses.replace(preset("tiny", "cone"), train=chaos.base.train), chaos.vary,
+                              chaos.seeds, 2)
+    assert TW.signature(missing) == TW.signature(chaos) and TW.find_twin(_rec(chaos), [_rec(missing)]) is not None
+    assert TW.missing_twin(cone).kind == "chaos"
+    # eps is no cone setting: there is no cone side to run
+    assert TW.missing_twin(S.Sweep(preset("tiny", "chaos"), S.parse_vary("chaos", ["eps=1e-7,1e-5", "lr=0.05,0.1"]))) \
+        is None
+
+
+@pytest.mark.slow  # trains four tiny base runs with their chaos and cone points, opens the app twice: about 40 s
+def test_the_sweeps_page_draws_the_cone_diagram_beside_the_chaos_one(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from twophase_core.execution import sweeps as SJ
+    from twophase_core.execution.jobs import JobManager
+    from twophase_core.storage.store import Store
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TWOPHASE_CACHE_DIR", str(root))
+    monkeypatch.setenv("TWOPHASE_WARM_WORKERS", "0")
+    monkeypatch.setenv("TWOPHASE_GALLERY", "0")
+    vary = ["lr=0.05,0.1", "batch_size=16,32"]
+    chaos = S.Sweep(preset("tiny", "chaos"), S.parse_vary("chaos", vary))
+    cone = S.Sweep(preset("tiny", "cone"), S.parse_vary("cone", vary))
+    store = Store(root)
+    SJ.run_sweep(chaos, store)
+    SJ.submit_sweep(JobManager(store), chaos)  # every point is stored: nothing is started
+
+    def page(sweep_id: str) -> AppTest:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+        at.query_params.update({"page": "sweeps", "sweep": sweep_id})
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    def diagrams(at: AppTest) -> list[str]:
+        return [t for t in (json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart"))
+                if t.startswith("Phase diagram")]
+
+    at = page(chaos.id())  # no cone side yet: said, with the command that runs it
+    assert len(diagrams(at)) == 1
+    [note] = [i.value for i in at.info if "No Cone" in i.value or "No cone" in i.value]
+    assert "lr and batch_size" in note
+    assert any(c.value.startswith("twophase sweep cone") and "--vary lr=0.05,0.1" in c.value
+               and "--vary batch_size=16,32" in c.value for c in at.code)
+    SJ.run_sweep(cone, store)
+    SJ.submit_sweep(JobManager(store), cone)
+    for mine, theirs, metric in ((chaos, cone, "S"), (cone, chaos, "C")):
+        at = page(mine.id())
+        titles = diagrams(at)
+        assert len(titles) == 2 and titles[1].startswith(f"Phase diagram: t* of {F.TRANSITION_METRICS[metric]}")
+        [link] = [p for p in at.get("page_link") if p.proto.query_string == f"sweep={theirs.id()}"]
