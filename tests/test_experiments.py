@@ -157,6 +157,22 @@ def test_the_base_runs_training_curve_is_sent_live_and_kept(store):
     assert list(lin.arrays["acc_t"]) == [200, 400] and lin.arrays["acc"][0] == a["acc"][1]
 
 
+def test_a_watched_run_shows_its_first_cell_before_the_base_run_ends_with_the_same_bits(tmp_path):
+    """With a page watching (a partial callback), the smallest t0's first cell comes once the base run reaches
+    its t1, before the rest of the base run trains; the result is the unwatched run's, bit for bit."""
+    cfg = conf.replace(CNN_CHAOS, lockstep="loop", iterations=300, t0=(0, 100), t1=(50, 200, 300))
+    seen = []
+    watched = run_chaos(cfg, Store(tmp_path / "watched"), partial=lambda p: seen.append(p))
+    alone = run_chaos(cfg, Store(tmp_path / "alone"))
+    for k in alone.arrays:
+        assert np.array_equal(watched.arrays[k], alone.arrays[k], equal_nan=True), k
+    first = next(p for p in seen if np.isfinite(p.arrays["C"]).any())
+    assert np.isfinite(first.arrays["C"][0, 0, 0]) and np.isfinite(first.arrays["C"]).sum() == 1  # (t0 0, t1 50)
+    assert first.arrays["C"][0, 0, 0] == alone.arrays["C"][0, 0, 0]
+    assert first.arrays["train_t"].max() == 50  # the base run had trained only to that t1
+    assert watched.meta["sgd_steps"] == alone.meta["sgd_steps"]  # nothing trained twice
+
+
 def test_the_training_curve_does_not_depend_on_which_process_trained_what(store, tmp_path):
     """A lost checkpoint is retrained from the one before it: the result, curve included, is unchanged."""
     cfg = preset("tiny", "chaos")

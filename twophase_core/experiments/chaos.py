@@ -114,22 +114,42 @@ class Chaos(Kind[ChaosConfig, Row]):
             steps += lockstep.control_branch(training, t0).steps_needed(later)
         return steps + len(later) * len(cfg.perturb_seeds) * (2.0 + cfg.n_alpha / 10)
 
+    def first_look(self, cfg: ChaosConfig, plan: Plan) -> tuple[int, int] | None:
+        """The smallest t0's first cell, on the loop path (one branch against the base run, a cell per t1): the
+        base run to that t1, the branch beside it, the cell. The stacked path trains its copies together to
+        every t1 at once, so it has no early part."""
+        if plan["how"] != "loop":
+            return None
+        t0 = min(cfg.t0)
+        return t0, min(t1 for t1 in cfg.t1 if t1 > t0)
+
     def run_unit(self, training: Training, cfg: ChaosConfig, key: int, plan: Plan, tracker: Tracker,
                  cancel: CancelToken | None = None, on_part: Callable[[Row], None] | None = None) -> Row:
         """The row of t0 = `key`: the branches from the base checkpoint at t0 (stacked with their own control, or
         one by one against the base run as control, as the plan says) and every cell at t1 > t0. Arrays over
         (seed, t1) on the config's whole t1 grid, NaN where t1 <= t0: C, B, D, acc_branch; path (seed, t1, alpha);
         realized (seed,)."""
+        return self.run_part(training, cfg, key, plan, tracker, cancel, on_part, None, None)
+
+    def run_part(self, training: Training, cfg: ChaosConfig, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None, on_part: Callable[[Row], None] | None, upto: int | None,
+                 before: Row | None) -> Row:
+        """The row's cells at t1 <= `upto` (all when None), skipping those `before` holds (loop path only)."""
         from twophase_core.science import lockstep, metrics
 
         t0, how = key, plan["how"]
         x, y = self.eval_data(training, cfg)
         t1s, seeds = sorted(cfg.t1), list(cfg.perturb_seeds)
-        later = [t1 for t1 in t1s if t1 > t0]
+        later = [t1 for t1 in t1s if t1 > t0 and (upto is None or t1 <= upto)]
         train_x = training.ds.x_train if cfg.bn == "reset" else None
-        row: Row = {k: np.full((len(seeds), len(t1s)), np.nan) for k in ("C", "B", "D", "acc_branch")}
-        row["path"] = np.full((len(seeds), len(t1s), cfg.n_alpha), np.nan)
-        row["realized"] = np.zeros(len(seeds))
+        if before is not None:
+            row: Row = {k: np.array(v, copy=True) for k, v in before.items()}
+        else:
+            row = {k: np.full((len(seeds), len(t1s)), np.nan) for k in ("C", "B", "D", "acc_branch")}
+            row["path"] = np.full((len(seeds), len(t1s), cfg.n_alpha), np.nan)
+            row["realized"] = np.zeros(len(seeds))
+        if (upto is not None or before is not None) and how == "stack":
+            raise ValueError("the stacked path trains a row's copies together: it has no part to run first")
         branches = [training.branch(t0, cfg.eps, cfg.eps_mode, s) for s in seeds]
         if how == "stack":
             tracker.set_stage(f"branches t0={t0} ({len(seeds) + 1} copies stacked)")
@@ -140,6 +160,8 @@ class Chaos(Kind[ChaosConfig, Row]):
         for si, (seed, br) in enumerate(zip(seeds, branches, strict=True)):
             row["realized"][si] = training.perturbation_norms(t0, cfg.eps, cfg.eps_mode, seed)["realized"]
             for t1 in later:
+                if before is not None and not np.isnan(before["C"][si, t1s.index(t1)]):
+                    continue  # computed by the first part
                 if how != "stack":  # up to this t1 only, so its cell shows before the branch trains on (same bits:
                     tracker.set_stage(f"branch t0={t0} seed={seed}")  # a branch resumed from its checkpoint)
                     br.ensure([t1], tracker.add, cancel)

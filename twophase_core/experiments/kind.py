@@ -85,6 +85,17 @@ class Kind(Generic[C, U]):
                 partial(result({"partial": True, "units_done": len(done)}, final=False))
 
         live = Live(training, x, y, lambda: send(force=True))
+        first = self.first_look(cfg, plan) if partial is not None and units is None and remote is None else None
+        if first is not None:  # watched: the first cell as soon as the base run has reached it, then the rest
+            key, upto = first
+            base.ensure([c for c in needed if c <= upto], live.step(prog.add), cancel, on_wait=waiting(prog))
+
+            def part_first(out: U, key: int = key) -> None:
+                shown[key] = out
+                send(force=True)
+
+            shown[key] = self.run_part(training, cfg, key, plan, prog, cancel, part_first, upto, None)
+            prog.set_stage("base run")
         base.ensure(needed, live.step(prog.add), cancel, on_wait=waiting(prog))
         live.finish(needed)
         if self.show_units:
@@ -112,7 +123,11 @@ class Kind(Generic[C, U]):
                     if self.show_units:
                         send()
 
-                done[key] = shown[key] = self.run_unit(training, cfg, key, plan, prog, cancel, part)
+                if first is not None and key == first[0]:  # its first part is done: the rest of it
+                    done[key] = shown[key] = self.run_part(training, cfg, key, plan, prog, cancel, part, None,
+                                                           shown[key])
+                else:
+                    done[key] = shown[key] = self.run_unit(training, cfg, key, plan, prog, cancel, part)
                 if self.show_units:
                     send(force=True)
         r = result({"executor": executor}, final=True)
@@ -148,6 +163,21 @@ class Kind(Generic[C, U]):
                  cancel: CancelToken | None = None, on_part: Callable[[U], None] | None = None) -> U:
         """One unit of work (needs the base checkpoints the config reads); `on_part(out)` may show it half done."""
         raise NotImplementedError(f"{type(self).__name__}.run_unit")
+
+    def first_look(self, cfg: C, plan: Plan) -> tuple[int, int] | None:
+        """(unit key, base iteration) when a unit can show its first part once the base run has reached that
+        iteration: a watched run (a job with a page open) then trains the base run that far, runs that part
+        (`run_part(..., upto=iteration)`) and only then the rest of the base run, so the first cell is on screen
+        seconds after the click instead of after the whole base run. The same work in another order: the base
+        run resumes from its checkpoint, bit for bit. None (the default): the base run trains whole first."""
+        return None
+
+    def run_part(self, training: Training, cfg: C, key: int, plan: Plan, tracker: Tracker,
+                 cancel: CancelToken | None, on_part: Callable[[U], None] | None, upto: int | None,
+                 before: U | None) -> U:
+        """The unit `key` up to base iteration `upto` (None: to its end), going on from `before` (what an
+        earlier call up to some iteration returned). Only kinds with a `first_look` need it."""
+        raise NotImplementedError(f"{type(self).__name__}.run_part")
 
     def assemble(self, training: Training, cfg: C, plan: Plan, done: Mapping[int, U], live: Live,
                  final: bool) -> dict[str, np.ndarray]:
