@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from twophase_core.execution.jobs import JobManager
@@ -24,12 +25,17 @@ def _fmt_eta(s: float | None) -> str:
     return f"ETA {s:.0f} s" if s < 90 else f"ETA {s / 60:.1f} min"
 
 
+LIVE_ARRAYS = ("train_t", "train_loss", "acc_t", "acc")  # the base run's live curve: redrawn by its own fragment
+
+
 def _partial_mark(jm: JobManager, run_id: str) -> Any:
+    """What must rerun the page when it changes: units done and the values computed so far (a new cell), not the
+    live curve's steps (the page's live fragment draws those, and a page rerun per step swamps a slow browser)."""
     p = jm.partial(run_id)
     if p is None:
         return None
-    # grows with every finished cell and every step of the live training curve: either reruns the page
-    return p.meta.get("units_done"), sum(int(v.size) for v in p.arrays.values())
+    values = [np.asarray(v) for k, v in p.arrays.items() if k not in LIVE_ARRAYS]
+    return p.meta.get("units_done"), sum(int(np.isfinite(v).sum()) for v in values if v.dtype.kind in "fiu")
 
 
 def _submit_again(config: dict[str, Any], kind: str, key: str, label: str) -> None:

@@ -4,6 +4,7 @@ import streamlit as st
 
 import app_common as ui
 from twophase_core.experiments.presets import preset
+from twophase_core.interfaces import lesson as L
 
 st.title("Two-phase learning dynamics")
 st.markdown("An interactive lab for *New Evidence of the Two-Phase Learning Dynamics of Neural Networks* "
@@ -48,3 +49,17 @@ c[2].page_link(ui.PAGE_FILES["linear"], label="Linearised training", icon=":mate
 c[2].caption("Train the Taylor model from theta_t: accuracy versus the switch time t.")
 c[3].page_link(ui.PAGE_FILES["runs"], label="Runs", icon=":material/list:")
 c[3].caption("Every run with its name, settings and status: open, compare, rerun, cancel or delete.")
+
+# The Chaos Effect at a glance, from the result that ships with twophase (nothing trains). Drawn here, on the page
+# every visit starts from, it also loads the browser's chart library before the first click: a demo's first live
+# curve then appears at once instead of after seconds of script loading.
+st.divider()
+try:
+    glance = L.step(2)
+    fig = glance.figure()
+except LookupError:  # a source tree whose gallery was never built
+    pass
+else:
+    st.subheader("At a glance: " + glance.title)
+    ui.show_figure(fig, key="home_glance")
+    st.caption(glance.notice + " The Lesson walks through it step by step.")

@@ -134,6 +134,8 @@ def test_every_page_renders_empty_with_its_title_and_what_to_do(empty):
         assert says is None or any(says in n for n in notes), (page, notes)
         if page == "pages/runs.py":  # the gallery's results, each once, and nothing else
             assert sorted(at.dataframe[0].value["id"]) == sorted(e.run_id for e in gallery.read().entries)
+        elif page == "pages/home.py":  # one figure: the shipped demo's C, drawn from the package, not the store
+            assert [c.key for c in at.get("plotly_chart")] == ["home_glance"]
         elif page != "pages/sweeps.py":
             assert not at.get("plotly_chart"), page
     assert JobManager(Store(empty)).list() == []  # looking starts nothing
@@ -598,3 +600,30 @@ def test_presentation_mode_from_the_link_survives_a_page_switch(empty):
         off.switch_page("pages/lesson.py").run()
         [fig] = _figures(off)
         assert (fig["layout"].get("font") or {}).get("size", 12) < F.MIN_FONT_PX  # the usual look
+
+
+def test_the_page_reruns_for_a_new_cell_not_for_each_live_training_step(monkeypatch):
+    """The job panel reruns the whole page when a partial result gains a value (a cell) or a unit, never when
+    only the live curve grows: the live curve redraws itself, and a page rerun per step swamps a slow browser."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from app_common.job_panel import _partial_mark
+
+    def partial(steps: int, cell: bool) -> Result:
+        C = np.full((1, 2, 2), np.nan)
+        if cell:
+            C[0, 0, 1] = 0.5
+        acc_t = np.arange(0, steps, 5)
+        arrays = {"t0": np.array([0, 10]), "t1": np.array([10, 20]), "C": C, "train_t": np.arange(1, steps + 1),
+                  "train_loss": np.ones(steps), "acc_t": acc_t, "acc": np.zeros(len(acc_t))}
+        return Result("chaos", {}, "0" * 20, arrays, {"units_done": 0, "partial": True})
+
+    class Partials:
+        def __init__(self, p: Result):
+            self.p = p
+
+        def partial(self, run_id: str) -> Result:
+            return self.p
+
+    early, later = _partial_mark(Partials(partial(3, False)), "x"), _partial_mark(Partials(partial(40, False)), "x")
+    assert early == later  # only the live curve grew
+    assert _partial_mark(Partials(partial(40, True)), "x") != later  # the first cell arrived
