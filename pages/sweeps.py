@@ -175,7 +175,7 @@ if fgroups:
     diagram = S.phase_diagram(sweep, done)  # two varied settings: t* over both of them
     if diagram is not None:
         st.subheader(f"Phase diagram: t* over {diagram['x']} and {diagram['y']}")
-        here, there = st.columns(2)
+        here, there = ui.figure_columns(2)  # (presentation mode: one below the other)
         with here:
             ui.figure_block(F.phase_diagram_figure(diagram, metric), F.phase_diagram_table(diagram, metric),
                             f"phase_diagram_{metric}", view, cmd, "sweep_phase", show_command=False)
