@@ -36,9 +36,9 @@ def run_header(view: RunView) -> str:
 
 
 WAITING = {
-    "chaos": "The base run trains first; then, for each t0, a perturbed copy trains next to it on the same "
-             "minibatches. The heatmaps appear with the first finished cells (smallest t0 first) and fill in "
-             "as the run goes on. "
+    "chaos": "The base run trains; for each t0, a perturbed copy trains next to it on the same minibatches. "
+             "The first cell comes as soon as the base run reaches the first t1 (the copy from the smallest t0 "
+             "catches up), then the base run finishes and the heatmaps fill in, smallest t0 first. "
              "What to look for: copies perturbed early end up apart (bright cells), copies perturbed late stay "
              "together (dark cells).",
     "cone": "The base run trains and the kernel is computed at every checkpoint; the figures appear when all "
