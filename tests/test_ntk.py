@@ -18,6 +18,7 @@ from twophase_core.science.models import ResNet20, cnn, eval_mode
 from twophase_core.science.ntk import blocks as ntk_blocks
 from twophase_core.science.ntk import geometry as ntk_geometry
 from twophase_core.science.ntk import structured as ntk_structured
+from twophase_core.settings.config import KERNELS
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -270,6 +271,109 @@ def test_structured_handles_shared_modules_fallback_parameters_and_frozen_weight
     for kernel in ("full", "trace"):
         h = ntk.empirical_ntk(model, x, kernel, "structured", float64=True)
         assert _rel(h, ntk.ntk_reference(model, x, kernel)) < 1e-10
+
+
+ACTIVATIONS = [nn.ReLU, lambda: nn.ReLU(inplace=True), nn.Tanh, nn.Sigmoid, nn.GELU, lambda: nn.GELU("tanh"), nn.SiLU,
+               lambda: nn.LeakyReLU(0.1)]
+
+
+def _dense_chain(seed: int) -> tuple[nn.Module, torch.Tensor]:
+    """A random chain of Linear layers and one activation: depth 1 to 4, widths 2 to 70 (one logit or a
+    bias alone make the structured plan form gradients: not a chain), bias on or off, now and then a
+    flattened 3-D input, a Dropout, a frozen layer or a final activation; n from 2 to 40."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    torch.manual_seed(seed)
+    widths = [r(2, 30)] + [r(2, 70) for _ in range(r(0, 3))] + [r(2, 12)]
+    act = ACTIVATIONS[seed % len(ACTIVATIONS)]
+    mods: list[nn.Module] = [nn.Flatten()] if seed % 4 == 1 else []
+    for i in range(len(widths) - 1):
+        mods.append(nn.Linear(widths[i], widths[i + 1], bias=seed % 3 != 0 or i % 2 == 1))
+        if i < len(widths) - 2:
+            mods += [act()] + ([nn.Dropout(0.5)] if seed % 5 == 2 else [])
+    if seed % 7 == 3:
+        mods.append(nn.Tanh())
+    model = nn.Sequential(*mods)
+    shape = (r(2, 40), widths[0]) if seed % 4 != 1 else (r(2, 40), widths[0] // 2 + 1, 2)
+    if seed % 4 == 1:
+        model[1] = nn.Linear(shape[1] * 2, widths[1], bias=model[1].bias is not None)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    if seed % 6 == 5 and len(linears) > 1:  # a frozen layer, backpropagated through (or not, the first)
+        linears[seed % (len(linears) - 1)].requires_grad_(False)
+    return model, torch.randn(*shape)
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_dense_chains_get_the_structured_kernel_bit_for_bit(seed):
+    """ntk_dense (no hooks, no autograd) against the structured path's hooks and batched backward: the
+    same kernel to the last bit (as integers, so a -0 would show) for every kernel and work dtype; and
+    against the per-sample autograd oracle, which shares no code with either."""
+    from twophase_core.science.ntk import dense as ntk_dense
+
+    model, x = _dense_chain(seed)
+    n = x.shape[0]
+    for kernel in KERNELS:
+        with eval_mode(model):
+            pl = ntk_structured.plan(model, x, n, kernel)
+            assert pl.chain is not None
+            for dtype in (torch.float32, torch.float64):
+                general = ntk_structured.self_block(ntk_structured.capture(model, pl, x, kernel), kernel, dtype)
+                fast = ntk_dense.kernel(model, pl.chain, x, kernel, dtype)
+                assert fast is not None
+                assert fast.dtype == general.dtype == torch.float64
+                assert torch.equal(fast.view(torch.int64), general.view(torch.int64)), (kernel, dtype)
+                want = {torch.float32: general.float(), torch.float64: general}[dtype]
+                h = ntk.empirical_ntk(model, x, kernel, "structured", float64=dtype == torch.float64)
+                assert torch.equal(h, want)  # through the dispatch, the same bits
+        assert _rel(h, ntk.ntk_reference(model, x, kernel)) < 1e-5
+
+
+def test_dense_path_steps_aside_where_it_does_not_apply(monkeypatch):
+    """One sample, a forward hook, samples in two chunks, an unsupported module: the general path runs
+    (and a hook that changes the output is honoured)."""
+    from twophase_core.science.ntk import dense as ntk_dense
+
+    calls = []
+    real = ntk_dense._kernel
+    monkeypatch.setattr(ntk_dense, "_kernel", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(6, 5)
+    h = ntk.empirical_ntk(model, x, "full", "structured")
+    assert len(calls) == 1
+    ntk.empirical_ntk(model, x[:1], "full", "structured")
+    ntk.empirical_ntk(model, x, "full", "structured", memory_budget_bytes=600)  # chunks
+    assert len(calls) == 1
+    handle = model[1].register_forward_hook(lambda m, i, out: 2 * out)
+    try:
+        hooked = ntk.empirical_ntk(model, x, "full", "structured")
+        assert len(calls) == 1 and not torch.equal(hooked, h)
+        assert _rel(hooked, ntk.ntk_reference(model, x)) < 1e-5
+    finally:
+        handle.remove()
+    with eval_mode(model):
+        chain = ntk_structured.plan(model, x, 6, "full").chain
+        assert chain is not None and ntk_dense.kernel(model, chain, x, "full", torch.float32) is not None
+        swapped = copy.deepcopy(model)  # the same names and shapes: the cached chain is not its
+        assert ntk_dense.kernel(swapped, chain, x, "full", torch.float32) is None
+    for other in (nn.Sequential(nn.Linear(5, 6), nn.Softplus(), nn.Linear(6, 3)),
+                  nn.Sequential(nn.Linear(5, 6), nn.Sequential(nn.ReLU(), nn.Linear(6, 3)))):
+        with eval_mode(other):
+            assert ntk_structured.plan(other, x, 6, "full").chain is None
+
+
+def test_walk_is_modules_and_named_parameters():
+    lin = nn.Linear(3, 3)
+    shared = nn.Sequential(lin, nn.ReLU(), lin, nn.Sequential(nn.Linear(3, 2, bias=False), lin))
+    shared.extra = nn.Parameter(torch.zeros(2))
+    shared.register_parameter("none", None)
+    for model in (ResNet20((3, 32, 32), 10, 0.25), _convnet(), shared):
+        modules, named = ntk_blocks.walk(model)
+        assert [id(m) for m in modules] == [id(m) for m in model.modules()]
+        assert [(k, id(p)) for k, p in named] == [(k, id(p)) for k, p in model.named_parameters()]
 
 
 def test_float32_kernels_are_accumulated_in_float64():

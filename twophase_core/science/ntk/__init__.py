@@ -6,7 +6,8 @@ multiply-adds of one sample's forward.
 
 - "structured": per-layer factors (`ntk_structured`): for layers linear in their weights the kernel
   is built from Grams of layer inputs and output cotangents, never from whole per-sample Jacobians.
-  Fastest on small and mid-sized networks.
+  Fastest on small and mid-sized networks. For a chain of dense layers (an MLP) `ntk_dense` computes
+  the same kernel, bit for bit, by the same ops without hooks or autograd.
 - "jacobian": per-sample Jacobians from torch.func (vmap over samples of jacrev over outputs),
   contracted as plain matrix products, because a GEMM is the fastest thing a CPU or GPU does.
 - "ntvp": NTK-vector products (one vjp and one jvp per kernel column), memory O(P + activations)
@@ -35,7 +36,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 from twophase_core.science.models import device_of, eval_mode
 from twophase_core.settings.config import KERNELS
 
-from . import structured
+from . import dense, structured
 from .blocks import (
     as_matrices,
     assemble,
@@ -47,6 +48,7 @@ from .blocks import (
     resolve_budget,
     self_product,
     symmetrized,
+    walk,
 )
 from .geometry import (  # noqa: F401  (the public kernel-geometry API, importable from ntk)
     cone_angle,
@@ -104,7 +106,7 @@ def jacobian(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 def _work(model: nn.Module, float64: bool) -> tuple[torch.dtype, int]:
     """(dtype of the matrices multiplied, bytes per entry the budget must count)."""
     work = torch.float64 if float64 else torch.float32
-    return work, max([p.element_size() for p in model.parameters()] + [work.itemsize])
+    return work, max([p.element_size() for _, p in walk(model)[1]] + [work.itemsize])
 
 
 def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> Tensor:
@@ -124,10 +126,15 @@ def _jacobian_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | Non
 
 
 def _structured_kernel(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> Tensor:
-    pl = structured.plan(model, x[:1], x.shape[0], kernel)
-    work, itemsize = _work(model, float64)
+    pl = structured.plan(model, x, x.shape[0], kernel)  # (its forward takes one sample)
+    work = torch.float64 if float64 else torch.float32
+    itemsize = max(pl.itemsize, work.itemsize)  # = _work(model, float64), from the plan's cache
     per_sample = structured.per_sample_bytes(pl, itemsize)
     bounds = chunk_bounds(x.shape[0], per_sample, resolve_budget(budget, x.device, x.shape[0] * per_sample))
+    if len(bounds) == 1 and pl.chain is not None:  # the same kernel, bit for bit, without hooks or autograd
+        h = dense.kernel(model, pl.chain, x, kernel, work)
+        if h is not None:
+            return h
 
     def chunk(i: int) -> structured.Factors:
         s, e = bounds[i]
@@ -241,9 +248,10 @@ def modelled_costs(model: nn.Module, x: Tensor, kernel: str = "full",
 def _key(model: nn.Module, x: Tensor, kernel: str, budget: int | None, float64: bool) -> tuple[Hashable, ...]:
     """The architecture (module types, parameter shapes and flags), the input shape, N, the device,
     torch's thread count and the settings. Kept cheap (no names): it is paid on every auto call."""
+    modules, named = walk(model)
     return (
-        tuple(map(type, model.modules())),
-        tuple((p.shape, p.dtype, p.requires_grad) for p in model.parameters()),
+        tuple(map(type, modules)),
+        tuple((p.shape, p.dtype, p.requires_grad) for _, p in named),
         x.shape, x.dtype, x.device.type, torch.get_num_threads(), kernel, budget, float64,
     )
 

@@ -56,6 +56,33 @@ def functional(
     return params, f
 
 
+def walk(model: nn.Module) -> tuple[list[nn.Module], list[tuple[str, Tensor]]]:
+    """(model.modules(), model.named_parameters()) as lists, in their order, by one plain walk.
+
+    torch's generators build every module's name; on a small MLP they cost more than the walk
+    itself, and the eNTK's cache keys pay them on every kernel.
+    """
+    modules: list[nn.Module] = []
+    named: list[tuple[str, Tensor]] = []
+    seen_m: set[int] = set()
+    seen_p: set[int] = set()
+
+    def visit(m: nn.Module, prefix: str) -> None:
+        seen_m.add(id(m))
+        modules.append(m)
+        dot = prefix + "." if prefix else ""
+        for k, p in m._parameters.items():
+            if p is not None and id(p) not in seen_p:
+                seen_p.add(id(p))
+                named.append((dot + k, p))
+        for k, c in m._modules.items():
+            if c is not None and id(c) not in seen_m:
+                visit(c, dot + k)
+
+    visit(model, "")
+    return modules, named
+
+
 def per_sample_jacobian(f: Callable, params: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
     """vmap over samples of jacrev over outputs: one (N, O, *param.shape) block per parameter."""
     return vmap(jacrev(f), in_dims=(None, 0))(params, x)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from twophase_core.science.ntk import dense
 from twophase_core.science.ntk.blocks import (
     add_product,
     as_matrices,
@@ -51,6 +52,7 @@ from twophase_core.science.ntk.blocks import (
     per_sample_jacobian,
     self_product,
     symmetrized,
+    walk,
 )
 
 # Bytes one factored layer's intermediate may take between two chunks (rows of chunk a are cut to fit).
@@ -101,6 +103,8 @@ class Plan:
     activations: int  # elements of every supported layer's output for one sample
     explicit_params: int = 0  # per-sample gradient entries formed explicitly (BN, "gradients" layers, fallback)
     factor_elems: int = 0  # per-sample elements of the kept factors
+    chain: dense.Chain | None = None  # the model as a chain of dense layers (`ntk_dense`), if it is one
+    itemsize: int = 4  # the largest parameter's bytes per entry
 
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Plan]] = weakref.WeakKeyDictionary()
@@ -198,13 +202,14 @@ def _out_factor(layer: Layer, g: Tensor) -> Tensor:
 def plan(model: nn.Module, x1: Tensor, n: int, kernel: str) -> Plan:
     """Find the supported layers by one forward of one sample, and choose each weight's contraction order.
 
-    Parameters shared between modules, of modules whose hook never fired (used through
-    torch.nn.functional by a parent) or of unsupported modules fall back to per-sample Jacobians.
+    x1: the inputs (one sample is run). Parameters shared between modules, of modules whose hook never
+    fired (used through torch.nn.functional by a parent) or of unsupported modules fall back to
+    per-sample Jacobians.
     The model must already be in eval mode. Cached per model object, input shape, N, kernel and
     trainable-parameter set (its forward is a sixth of a small MLP's whole kernel).
     """
     key = (tuple(x1.shape[1:]), x1.dtype, x1.device, n, kernel,
-           tuple((k, p.shape, p.dtype, p.requires_grad) for k, p in model.named_parameters()))
+           tuple((k, p.shape, p.dtype, p.requires_grad) for k, p in walk(model)[1]))
     cached = _PLANS.get(model, {}).get(key)
     if cached is None:
         cached = _plan(model, x1, n, kernel)
@@ -269,6 +274,8 @@ def _plan(model: nn.Module, x1: Tensor, n: int, kernel: str) -> Plan:
         else:
             pl.factor_elems += s * c + o * s * do
     pl.explicit_params += sum(dict(model.named_parameters())[k].numel() for k in fallback)
+    pl.chain = dense.chain_of(model, layers, fallback)
+    pl.itemsize = max((p.element_size() for p in model.parameters()), default=1)
     return pl
 
 
