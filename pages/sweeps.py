@@ -80,7 +80,7 @@ with st.expander("New sweep", expanded=not sweeps):
             try:
                 sweep = S.Sweep(base, S.parse_vary(kind, _lines(vary)), tuple(split_list(seeds)) or S.DEFAULT_SEEDS,
                                 int(n))
-                rec = SJ.submit_sweep(jm, sweep, refine=float(budget) if budget else None)
+                rec = RF.submit_refine(jm, sweep, float(budget)) if budget else SJ.submit_sweep(jm, sweep)
             except (conf.ConfigError, StoreError) as e:
                 errors.append(e)
         if errors:

@@ -108,7 +108,6 @@ def _tiny_sweep() -> S.Sweep:
 @pytest.mark.slow  # trains a tiny sweep's two rounds twice (in-process and as jobs): about a minute here
 def test_a_refine_run_as_jobs_gives_the_rounds_and_budget_of_the_cli(tmp_path):
     from twophase_core.execution import refine as RF
-    from twophase_core.execution import sweeps as SJ
     from twophase_core.execution.jobs import JobManager
 
     sweep = _tiny_sweep()
@@ -116,7 +115,7 @@ def test_a_refine_run_as_jobs_gives_the_rounds_and_budget_of_the_cli(tmp_path):
     assert len(here.rounds) >= 2  # (the tiny grid asks for a t0 below 5: two rounds)
     store = Store(tmp_path / "jobs")
     launcher = ThreadLauncher()
-    rec = SJ.submit_sweep(JobManager(store, launcher=launcher), sweep, refine=1e9)
+    rec = RF.submit_refine(JobManager(store, launcher=launcher), sweep, 1e9)
     assert rec["refine"]["start"] == sweep.to_dict() and rec["refine"]["pid"] == os.getpid()
 
     def ended():
@@ -132,7 +131,7 @@ def test_a_refine_run_as_jobs_gives_the_rounds_and_budget_of_the_cli(tmp_path):
     assert all(jm.get(p.run_id).status == "done" for r in here.rounds  # every round's points ran as jobs
                for p in S.expand(S.Sweep(conf.replace(sweep.base, t0=tuple(r["t0"])), (), sweep.seeds, 2)))
     # again with no budget: every round is stored, the driver spends nothing and walks the same grids
-    SJ.submit_sweep(jm, sweep, refine=0.0)
+    RF.submit_refine(jm, sweep, 0.0)
     again = wait_for("the second driver to finish", ended, timeout=120)
     assert again["refine"]["spent"] == 0.0 and [r["t0"] for r in again["refine"]["rounds"]] == [
         r["t0"] for r in here.rounds]
@@ -143,7 +142,6 @@ def test_a_refine_is_refused_attached_to_or_said_lost_as_its_driver_goes(tmp_pat
     from launchers import FailingLauncher, IdleLauncher
 
     from twophase_core.execution import refine as RF
-    from twophase_core.execution import sweeps as SJ
     from twophase_core.execution.jobs import JobManager
     from twophase_core.settings.spec import ConfigError
 
@@ -154,15 +152,15 @@ def test_a_refine_is_refused_attached_to_or_said_lost_as_its_driver_goes(tmp_pat
     for bad, budget in ((S.Sweep(preset("tiny", "cone")), 100.0), (S.Sweep(sweep.base, S.parse_vary(
             "chaos", ["iterations=60,80"])), 100.0), (sweep, -1.0), (sweep, float("nan"))):
         with pytest.raises(ConfigError, match="--refine"):
-            SJ.submit_sweep(jm, bad, refine=budget)
+            RF.submit_refine(jm, bad, budget)
     assert S.list_sweeps(store) == ([], [])  # nothing recorded
-    rec = SJ.submit_sweep(jm, sweep, refine=500.0)
+    rec = RF.submit_refine(jm, sweep, 500.0)
     assert rec["refine"]["pid"] == 4242 and RF.refine_state(jm, rec) == "running"
-    assert SJ.submit_sweep(jm, sweep, refine=900.0)["refine"]["budget"] == 500.0  # its driver runs: attached
+    assert RF.submit_refine(jm, sweep, 900.0)["refine"]["budget"] == 500.0  # its driver runs: attached
     assert JobManager(store).list() == []  # the driver queues the points, not the submit
     idle.killed.add(4242)
     assert RF.refine_state(jm, rec) == "lost"
-    failed = SJ.submit_sweep(JobManager(store, launcher=FailingLauncher()), sweep, refine=500.0)
+    failed = RF.submit_refine(JobManager(store, launcher=FailingLauncher()), sweep, 500.0)
     assert failed["refine"]["state"] == "failed" and "no room for a worker" in failed["refine"]["error"]
     assert S.load_sweep(store, sweep.id()) == failed
     # the command shown beside it

@@ -107,17 +107,11 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
                                                 "points": len(points), "executor": executor, "workers": workers})
 
 
-
-
-def submit_sweep(jm: JobManager, sweep: Sweep, refine: float | None = None) -> dict[str, Any]:
+def submit_sweep(jm: JobManager, sweep: Sweep) -> dict[str, Any]:
     """Record the sweep and queue its points on the job runner (points sharing a base run queued
     together); a point already computed or queued is attached to, not run again. A stored record of this
-    sweep that fails its checks is replaced: the user is submitting the sweep again. With `refine` (a budget
-    in progress units, chaos only): the rounds of `--refine`, driven by one process (`refine.submit_refine`)."""
-    if refine is not None:
-        from twophase_core.execution.refine import submit_refine
-
-        return submit_refine(jm, sweep, refine)
+    sweep that fails its checks is replaced: the user is submitting the sweep again. (Refining, whose rounds
+    run sweeps: `refine.submit_refine`.)"""
     points = expand(sweep)
     sid = sweep.id()
     old = load_sweep(jm.store, sid)
