@@ -196,11 +196,21 @@ def ray_cluster() -> Iterator[RayHead]:
 CHAOS = conf.replace(preset("tiny", "chaos"), t0=(0, 10, 20, 40), perturb_seeds=(0, 1))
 
 
-@pytest.mark.slow
-def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def chaos_here(tmp_path_factory):
+    """CHAOS run by the local executor on a store of its own (checkpoints beside it), once for the module: the
+    reference that three tests compare the Ray executor's result with."""
     from twophase_core.execution.run import run_chaos
 
-    local = run_chaos(CHAOS, Store(tmp_path / "local"))
+    root = tmp_path_factory.mktemp("chaos-here")
+    return run_chaos(CHAOS, Store(root / "cache", storage=root / "cache" / "runs"))
+
+
+@pytest.mark.slow
+def test_chaos_through_ray_equals_local_bit_for_bit(ray_cluster, tmp_path, chaos_here):
+    from twophase_core.execution.run import run_chaos
+
+    local = chaos_here
     seen: list[tuple[float, str]] = []
     remote = run_chaos(CHAOS, Store(tmp_path / "ray"), executor="ray", progress=lambda f, s: seen.append((f, s)))
     assert remote.meta["executor"] == "ray" and local.meta.get("executor", "local") == "local"
@@ -316,11 +326,11 @@ def test_cli_executor_ray_a_cone_sweep_and_kernels_as_tasks(ray_cluster, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch):
+def test_a_file_url_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, monkeypatch, chaos_here):
     from twophase_core.execution.run import run_chaos
     from twophase_core.storage.files import ENV_ROOT as ENV_STORAGE
 
-    plain = run_chaos(CHAOS, Store(tmp_path / "plain"))
+    plain = chaos_here
     shared = tmp_path / "shared"
     monkeypatch.setenv(ENV_STORAGE, shared.as_uri())
     got = run_chaos(CHAOS, Store(tmp_path / "cache"), executor="ray")
@@ -359,13 +369,13 @@ def test_a_linear_run_splits_into_one_task_per_switch_time(ray_cluster, tmp_path
 
 
 @pytest.mark.slow
-def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, s3_root):
+def test_an_s3_storage_root_serves_the_ray_tasks(ray_cluster, tmp_path, chaos_here, s3_root):
     """Checkpoints in a bucket, written and read by task processes that see nothing of the driver's disk
     but the bucket: the same bits as a plain local run."""
     from twophase_core.execution.run import run_chaos
 
     url, _, fs = s3_root
-    plain = run_chaos(CHAOS, Store(tmp_path / "plain", storage=tmp_path / "plain" / "runs"))
+    plain = chaos_here
     got = run_chaos(CHAOS, Store(tmp_path / "cache"), executor="ray")
     assert not (tmp_path / "cache" / "runs").exists()
     keys = {o[len(url) - 5:].strip("/").split("/")[0] for o in fs.find(url)}
