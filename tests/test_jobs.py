@@ -188,6 +188,14 @@ def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
     assert kept and max(kept) >= 200, kept
     assert max(kept) < 500, "the kill came too late: the base run had already finished"
     assert jm.result(rec.id) is None
+    # a watched run computes its first cell before the rest of the base run: that branch's steps are kept too
+    run = Training(cfg.train, store)
+    branch_kept = 0
+    for t0 in cfg.t0:
+        for seed in cfg.perturb_seeds:
+            ck = store.checkpoints(run.branch(t0, cfg.eps, cfg.eps_mode, seed).key)
+            branch_kept += max(ck) - t0 if ck else 0
+    assert branch_kept == min(t for t in cfg.t1 if t > min(cfg.t0)) - min(cfg.t0)  # the first cell's branch only
 
     again = jm.submit(cfg)
     assert again.id == rec.id and again.status == "running" and again.pid != rec.pid
@@ -196,7 +204,7 @@ def test_killed_worker_is_reported_failed_and_resubmission_resumes(store):
     assert final.status == "done", final.error
     steps = jm.result(rec.id).meta["sgd_steps"]
     # the base run resumes from its last checkpoint: none of its saved prefix is trained again
-    assert steps == need_fresh - max(kept), (steps, need_fresh, kept)
+    assert steps == need_fresh - max(kept) - branch_kept, (steps, need_fresh, kept, branch_kept)
     assert steps < need_fresh
 
 
