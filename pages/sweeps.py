@@ -131,15 +131,15 @@ if refine:
     st.subheader("Refining the t0 grid")
     state = RF.refine_state(jm, rec)
     spent = f"{refine['spent']:,.0f} of {refine['budget']:,.0f} units spent"
-    n = len(refine["rounds"])
+    n_rounds = len(refine["rounds"])
     if state == "running":
-        st.info(f"Round {n + 1} is running; {n} done, {spent}. Each round adds t0 where t* is not found yet; the "
-                "view below shows the last finished round.", icon=":material/hourglass_top:")
+        st.info(f"Round {n_rounds + 1} is running; {n_rounds} done, {spent}. Each round adds t0 where t* is not "
+                "found yet; the view below shows the last finished round.", icon=":material/hourglass_top:")
     elif state == "done":
-        st.success(f"Refined in {n} rounds, {spent}: {refine['stopped']}.", icon=":material/check_circle:")
+        st.success(f"Refined in {n_rounds} rounds, {spent}: {refine['stopped']}.", icon=":material/check_circle:")
     else:
         why = refine.get("error") or "its driver process ended without saying why"
-        st.warning(f"Refining stopped after {n} rounds, {spent}: {why}. Submit the sweep again to go on (stored "
+        st.warning(f"Refining stopped after {n_rounds} rounds, {spent}: {why}. Submit the sweep again to go on (stored "
                    "points are reused).", icon=":material/warning:")
     if refine["rounds"]:
         st.dataframe(pd.DataFrame([{"round": i + 1, "t0": ", ".join(map(str, r["t0"])), "T": r["T"],
@@ -194,7 +194,7 @@ if fgroups:
                     ui.figure_block(F.phase_diagram_figure(tdiagram, tm), F.phase_diagram_table(tdiagram, tm),
                                     f"phase_diagram_{tm}", ui.RunView(twin["id"], str(other), None, None, False),
                                     tcmd, "sweep_phase_twin", show_command=False)
-                st.page_link(ui.PAGE_FILES["sweeps"], label=f"Open the {ui.KIND_TITLES[other]} sweep beside it",
+                st.page_link(ui.PAGE_FILES["sweeps"], label=f"Open the {ui.KIND_TITLES[str(other)]} sweep beside it",
                              icon=":material/timeline:", query_params={"sweep": twin["id"]})
             elif other is not None:
                 missing = TW.missing_twin(TW.started_from(rec))
