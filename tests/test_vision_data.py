@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import socket
 import sys
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def test_a_download_without_a_loadable_torchvision_says_so_in_one_line(tmp_path,
     # None in sys.modules: `import torchvision` raises ImportError, as in an image whose torchvision was removed
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    # and should that ever stop blocking it, this test still cannot download: tests run offline
+    def offline(self, address):
+        raise AssertionError(f"a test tried to reach {address}: tests never download")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket.socket, "connect_ex", offline)
     code = main(["chaos", "--preset", "tiny", "--dataset", dataset, "--model", "mlp", "--data-root", str(tmp_path),
                  "--download", "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
