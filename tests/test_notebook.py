@@ -56,6 +56,26 @@ def test_default_store_is_the_same_from_any_folder(tmp_path, monkeypatch):
     assert default_root() == tmp_path / "x"
 
 
+def test_a_notebook_computes_on_the_engines_threads_and_gets_its_own_back(store, monkeypatch):
+    """A result stored under a hash must not depend on the caller's torch thread count (a reduction's order can):
+    the notebook API computes on TWOPHASE_THREADS (default 1), as the CLI and the workers do, then restores."""
+    import torch
+
+    from twophase_core import preset, run_chaos
+
+    monkeypatch.delenv("TWOPHASE_THREADS", raising=False)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    torch.set_num_threads(2)
+    try:  # every progress call but the last ("done", after the computation) comes from inside it
+        run_chaos(preset("tiny", "chaos"), store,
+                  progress=lambda f, s: s == "done" or seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2  # the caller's count is back
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
 def test_chaos_dataframe_matches_the_arrays(store):
     from twophase_core import preset, run_chaos
 

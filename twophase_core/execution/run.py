@@ -47,7 +47,10 @@ def run_experiment(cfg: conf.ExperimentConfig, store: Store | None = None, progr
     if result is None:
         store.check_storage()
         remote = on_ray(store, cancel) if executor == "ray" else None
-        result = experiment.compute(cfg, store, progress, cancel, partial, remote=remote, executor=executor)
+        from twophase_core.science.train import engine_threads
+
+        with engine_threads():
+            result = experiment.compute(cfg, store, progress, cancel, partial, remote=remote, executor=executor)
         save_result(store, result)
     if progress:
         progress(1.0, "done")

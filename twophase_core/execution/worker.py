@@ -167,12 +167,13 @@ def run_job(store: Store, job_id: str) -> int:
     print(f"worker {pid}: {job_id} started", flush=True)
     import torch
 
-    from twophase_core.science.train import configure_threads
+    from twophase_core.science.train import ENV_THREADS, configure_threads
 
     try:
         configure_threads()
-    except conf.ConfigError as e:  # the job runs; the log says what was wrong
+    except conf.ConfigError as e:  # the job runs (run_experiment reads the variable again); the log says what was wrong
         print(f"worker: {e}; using 1 thread", file=sys.stderr)
+        os.environ[ENV_THREADS] = "1"
         torch.set_num_threads(1)
     from twophase_core.execution.run import run_experiment
     from twophase_core.experiments.result import load_result, result_key, save_result

@@ -9,9 +9,10 @@ state after t SGD steps; step t uses batch t of the schedule and lr_at(t).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,20 @@ def configure_threads() -> int:
     n = int(from_env(ENV_THREADS, THREADS_SPEC, 1))
     torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def engine_threads() -> Iterator[int]:
+    """`configure_threads` for the duration of a computation, then the caller's count back.
+
+    A notebook or script may run torch on any number of threads, and a reduction's order (so its bits)
+    can depend on it; a result stored under a config's hash must not depend on who called.
+    """
+    before = torch.get_num_threads()
+    try:
+        yield configure_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def lr_at(cfg: conf.TrainConfig, t: int) -> float:
