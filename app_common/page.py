@@ -11,6 +11,7 @@ from twophase_core.interfaces import figures as F
 from .export import figure_block
 from .form import settings_form
 from .job_panel import job_status
+from .present import show_figure
 from .runs import KIND_TITLES, PAGE_FILES, POLL_S, RunView, ShownRun, config_of, current_run, load_run, split_run_id
 
 
@@ -103,7 +104,7 @@ def training_curve(view: ShownRun, cmd: str) -> None:
     T = (view.result.config.get("train") or {}).get("iterations")
     if view.partial and F.live_stage(view.kind, a, view.result.meta):
         st.subheader("Training, live")
-        _live_curve(view.run_id, view.kind, cmd, T)
+        _live_curve(view.run_id, view.kind, T)
         waiting_hint(view)
         st.stop()
     with st.expander("The base run: training loss and test accuracy"):
@@ -112,13 +113,13 @@ def training_curve(view: ShownRun, cmd: str) -> None:
 
 
 @st.fragment(run_every=POLL_S)
-def _live_curve(run_id: str, kind: str, cmd: str, iterations: int | None) -> None:
+def _live_curve(run_id: str, kind: str, iterations: int | None) -> None:
     """The live curve redrawn alone every poll: a whole page's rerun per training step would keep the browser
     busy rendering the form and header (seconds on a loaded 2-core machine) instead of the curve. The job
     panel reruns the page when the first cell arrives or the job ends."""
     view = load_run(kind, run_id)
     if view.result is None:
         return
-    a = view.result.arrays
-    figure_block(F.training_curve(a, iterations=iterations), F.training_curve_table(a), "training_curve",
-                 view.shown(), cmd, "training_live", show_command=False)
+    # the figure alone: its exports (CSV, JSON, HTML rebuilt every second) would double the work of each redraw for
+    # a curve that is only a snapshot; the finished run's curve has them
+    show_figure(F.training_curve(view.result.arrays, iterations=iterations), "fig_training_live")

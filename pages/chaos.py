@@ -18,7 +18,8 @@ view, cmd = ui.page_run(
 a = view.result.arrays
 if view.partial:
     st.info(f"Partial result: {view.result.meta.get('units_done', '?')} of {len(a['t0'])} rows of t0 complete; "
-            "cells fill in as they finish.", icon=":material/hourglass_top:")
+            "cells fill in as they finish. The cross-sections, where the chaos ends and the interpolation path "
+            "come when every row is done.", icon=":material/hourglass_top:")
 
 c = st.columns([2, 2, 3])
 ui.from_query("chaos_log", "log", ui.parse_bool, True)
@@ -47,6 +48,8 @@ if cells:  # the cell of the path plot: from a click on a heatmap (read before t
     ui.from_query("chaos_cell", "cell", lambda s: s.replace(" ", ""), max(by_label, key=lambda s: b[by_label[s]]),
                   allowed=list(by_label), follow=True)
 framed = tuple(int(v) for v in st.session_state["chaos_cell"].split(",")) if cells else None
+if view.partial and cells:  # (no cell picker yet: the link still names the framed cell)
+    ui.to_query("cell", st.session_state["chaos_cell"])
 
 st.subheader("Heatmaps over (t0, t1)")
 st.caption("Click a cell to draw the loss along its interpolation path at the bottom of the page (framed in red).")
@@ -55,9 +58,15 @@ for col, m in zip(cols, F.METRICS, strict=True):
     with col:
         fig = F.chaos_heatmap(a, m, log=log, seed=seed, title={"C": "C: parameter distance", "B": "B: loss barrier",
                                                                  "D": "D: disagreement"}[m],
-                              clickable=True, selected=framed)
-        ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
-                        show_command=m == "C", on_select=True)
+                              clickable=not view.partial, selected=framed)
+        if view.partial:  # the figure alone, redrawn at each new cell: exports and clicks come with the whole result
+            ui.show_figure(fig, f"fig_heat_{m}_partial")
+        else:
+            ui.figure_block(fig, F.chaos_heatmap_table(a, m, seed), f"heatmap_{m}", view, cmd, f"heat_{m}",
+                            show_command=m == "C", on_select=True)
+if view.partial:  # a rerun per cell stays cheap for a slow browser: the first cells show within seconds of Run
+    ui.command_block(cmd)
+    st.stop()
 
 st.subheader("Cross-sections: the metric versus t1, one line per t0")
 ui.from_query("chaos_section_metric", "metric", str, "C", allowed=list(F.METRICS))

@@ -512,20 +512,25 @@ def test_the_framed_cell_follows_the_largest_barrier_until_the_user_picks_one(em
     store = Store(empty)
     save_result(store, first, partial=True)
     fake, jid = _running_job(store, cfg, first.hash, "cells", 0.5)
+    def framed(at: Any) -> tuple[float, float]:
+        frame = _figure(at, "B: loss barrier")["layout"]["shapes"][0]
+        return frame["x0"], frame["y0"]
+
     try:
-        at = _app(page="chaos", run=jid)
-        assert not at.exception and at.selectbox(key="chaos_cell").value == "0,60"
+        at = _app(page="chaos", run=jid)  # partial: the heatmaps alone, the framed cell in the link
+        assert not at.exception and at.query_params.get("cell") == "0,60"
+        assert framed(at) == (0.5, -0.5)  # t1 = 60 is column 1, t0 = 0 row 0
+        assert "Cross-sections: the metric versus t1, one line per t0" not in [s.value for s in at.subheader]
         save_result(store, Result(full.kind, full.config, full.hash, dict(full.arrays),
                                   {**full.meta, "partial": True, "units_done": 2}), partial=True)
         at.run()
-        assert at.selectbox(key="chaos_cell").value == "20,30" and at.query_params.get("cell") == "20,30"
-        frame = _figure(at, "B: loss barrier")["layout"]["shapes"][0]
-        assert (frame["x0"], frame["y0"]) == (-0.5, 0.5)  # framed: t1 = 30 is column 0, t0 = 20 row 1
-        at.selectbox(key="chaos_cell").set_value("0,30").run()  # the user's pick stays as the result grows
+        assert at.query_params.get("cell") == "20,30" and framed(at) == (-0.5, 0.5)  # t1 = 30: column 0; t0 = 20
         full.arrays["B"][0] = [[0.1, 0.2], [0.5, 0.9]]
-        save_result(store, full)
+        save_result(store, full)  # complete: the whole page, the picker on the largest barrier
         at.run()
-        assert not at.exception and at.selectbox(key="chaos_cell").value == "0,30"
+        assert not at.exception and at.selectbox(key="chaos_cell").value == "20,60" and framed(at) == (0.5, 0.5)
+        at.selectbox(key="chaos_cell").set_value("0,30").run()  # the user's pick stays
+        assert at.selectbox(key="chaos_cell").value == "0,30" and at.query_params.get("cell") == "0,30"
     finally:
         fake.kill()
         fake.wait()
