@@ -77,7 +77,7 @@ class Units:
 
 class Live:
     """The base run as it trains: its training loss at every step and its test accuracy at every checkpoint it
-    writes. Sent with partial results (the first at the first step, then about once a second), so a page shows a
+    writes. Sent with partial results (the first at the second step, then about once a second), so a page shows a
     moving curve within seconds of Run. The final result keeps the curve as read back from the base run's
     checkpoints (each holds the losses of the steps that led to it), so it is the same whichever process trained
     which part: `train_t`, `train_loss` up to the last checkpoint the experiment needs, and `acc_t`, `acc` (test
@@ -87,7 +87,7 @@ class Live:
         self.training, self.x, self.y, self.send = training, x, y, send
         self.acc: dict[int, float] = {}
         self.curve: dict[int, float] | None = None  # from the checkpoints, once the base run is complete
-        self._last = 0.0  # the first step is sent at once: the curve appears as soon as training starts
+        self._last = 0.0  # the first two steps are sent at once: the curve appears as soon as training starts
         training.on_save = self._saved
 
     def _saved(self, key: str, t: int, model: torch.nn.Module) -> None:
@@ -101,11 +101,16 @@ class Live:
 
         def on_step(n: int) -> None:
             add(n)
-            if self.send is not None and time.time() - self._last > 1.0:
+            if self.send is not None and time.time() - self._last > 1.0 and self._drawable():
                 self._last = time.time()
                 self.send()
 
         return on_step
+
+    def _drawable(self) -> bool:
+        """Two points at least: a curve of one point is drawn as nothing, and the first send is what a page waits
+        on (it would then show an empty chart for the second it takes to send the next)."""
+        return self._last > 0.0 or len(self.training.losses.get(self.training.key, ())) >= 2
 
     def finish(self, needed: list[int]) -> None:
         """Accuracy at every needed checkpoint not measured while training, and the curve read back."""
