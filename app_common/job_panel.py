@@ -12,6 +12,7 @@ import streamlit as st
 
 from twophase_core.execution.jobs import JobManager
 from twophase_core.experiments import registry
+from twophase_core.interfaces import figures as F
 from twophase_core.settings import config as conf
 from twophase_core.storage.errors import StoreError
 
@@ -32,7 +33,7 @@ def _partial_mark(jm: JobManager, run_id: str) -> Any:
     """What must rerun the page when it changes: units done and the values computed so far (a new cell), not the
     live curve's steps (the page's live fragment draws those, and a page rerun per step swamps a slow browser)."""
     p = jm.partial(run_id)
-    if p is None:
+    if p is None or F.live_stage(p.kind, p.arrays, p.meta):  # the curve alone: the live fragment draws it
         return None
     values = [np.asarray(v) for k, v in p.arrays.items() if k not in LIVE_ARRAYS]
     return p.meta.get("units_done"), sum(int(np.isfinite(v).sum()) for v in values if v.dtype.kind in "fiu")

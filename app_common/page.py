@@ -88,6 +88,9 @@ def page_run(kind: str, title: str, caption: str) -> tuple[ShownRun, str]:
         st.stop()
     cmd = run_header(view)
     if view.result is None:
+        if view.record is not None and not view.record.finished:  # the curve's place, drawn by its fragment as
+            st.subheader("Training, live")  # soon as the worker sends the first steps: no page rerun to wait for
+            _live_curve(view.run_id, view.kind, (view.record.config.get("train") or {}).get("iterations"))
         waiting_hint(view)
         st.stop()
     shown = view.shown()
@@ -115,10 +118,12 @@ def training_curve(view: ShownRun, cmd: str) -> None:
 @st.fragment(run_every=POLL_S)
 def _live_curve(run_id: str, kind: str, iterations: int | None) -> None:
     """The live curve redrawn alone every poll: a whole page's rerun per training step would keep the browser
-    busy rendering the form and header (seconds on a loaded 2-core machine) instead of the curve. The job
-    panel reruns the page when the first cell arrives or the job ends."""
+    busy rendering the form and header (seconds on a loaded 2-core machine) instead of the curve. It is on the
+    page from the job's start, so the first steps need no page rerun; the job panel reruns the page when the
+    first cell arrives or the job ends."""
     view = load_run(kind, run_id)
     if view.result is None:
+        st.caption("The first training steps appear here within seconds of the job starting.")
         return
     # the figure alone: its exports (CSV, JSON, HTML rebuilt every second) would double the work of each redraw for
     # a curve that is only a snapshot; the finished run's curve has them

@@ -567,9 +567,12 @@ def test_a_running_job_shows_its_live_training_curve_before_any_cell(empty, tmp_
     first.arrays["train_t"], first.arrays["train_loss"] = first.arrays["train_t"][:80], first.arrays["train_loss"][:80]
     first.arrays["acc_t"], first.arrays["acc"] = first.arrays["acc_t"][:1], first.arrays["acc"][:1]
     store = Store(empty)
-    save_result(store, first, partial=True)
-    fake, jid = _running_job(store, cfg, first.hash, "base run", 0.2)
-    try:
+    fake, jid = _running_job(store, cfg, first.hash, "base run", 0.0)
+    try:  # before the first steps: the curve's place, which its fragment fills without a page rerun
+        at = _app(page="chaos", run=jid)
+        assert not at.exception and "Training, live" in [s.value for s in at.subheader]
+        assert any("first training steps appear here" in c.value for c in at.caption) and not at.get("plotly_chart")
+        save_result(store, first, partial=True)
         at = _app(page="chaos", run=jid)
         assert not at.exception
         assert "Training, live" in [s.value for s in at.subheader]
@@ -631,4 +634,5 @@ def test_the_page_reruns_for_a_new_cell_not_for_each_live_training_step(monkeypa
 
     early, later = _partial_mark(Partials(partial(3, False)), "x"), _partial_mark(Partials(partial(40, False)), "x")
     assert early == later  # only the live curve grew
+    assert early == _partial_mark(Partials(None), "x")  # nor the first steps: the fragment is there from the start
     assert _partial_mark(Partials(partial(40, True)), "x") != later  # the first cell arrived
