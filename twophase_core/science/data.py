@@ -462,22 +462,41 @@ class BatchSchedule:
     def plan(self, t: int) -> BatchPlan:
         e, k = divmod(t, self.steps_per_epoch)
         idx = self._perm(e)[k * self.b:(k + 1) * self.b]
+        if not self.augment:  # the dropout seed is the only draw
+            return BatchPlan(idx, None, None, _dropout_seed(self.seed, t))
         rng = np.random.default_rng([self.seed, t, 1])
-        shifts = flips = None
-        if self.augment:
-            shifts = rng.integers(0, 2 * self.PAD + 1, size=(self.b, 2))
-            flips = rng.random(self.b) < 0.5
+        shifts = rng.integers(0, 2 * self.PAD + 1, size=(self.b, 2))
+        flips = rng.random(self.b) < 0.5
         dropout_seed = int(rng.integers(0, 2**62))
         return BatchPlan(idx, shifts, flips, dropout_seed)
 
     def batch(self, ds: Dataset, t: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(x, y, dropout seed) of iteration t, on the dataset's device."""
         p = self.plan(t)
-        idx = torch.from_numpy(p.indices).to(ds.x_train.device)
-        x, y = ds.x_train[idx], ds.y_train[idx]
+        idx = torch.from_numpy(p.indices)
+        if idx.device != ds.x_train.device:
+            idx = idx.to(ds.x_train.device)
+        # index_select: the same rows as x[idx] (a copy either way), in half the time (7 against 15 us)
+        x, y = ds.x_train.index_select(0, idx), ds.y_train.index_select(0, idx)
         if p.shifts is not None and p.flips is not None:  # (both or neither: augment)
             x = crop_flip(x, p.shifts, p.flips, self.PAD)
         return x, y, p.dropout_seed
+
+
+# Iterations whose dropout seed a process keeps (about 200 bytes each): every trajectory of a run (its base run and
+# each branch through t) and every run on the same data seed in this process (a sweep worker's points) draws it once.
+DROPOUT_SEEDS_KEPT = 1 << 15
+
+
+@functools.lru_cache(maxsize=DROPOUT_SEEDS_KEPT)
+def _dropout_seed(data_seed: int, t: int) -> int:
+    """The dropout seed of iteration t without augmentation: the first draw of SeedSequence([data_seed, t, 1]).
+
+    Drawing it makes a SeedSequence and a PCG64 (20 us, 2% of the demo-sweep MLP's step); a branch from t0
+    steps through the same iterations as its base run, so kept, it is drawn once per iteration, not once per
+    trajectory.
+    """
+    return int(np.random.default_rng([data_seed, t, 1]).integers(0, 2**62))
 
 
 def crop_flip(x: torch.Tensor, shifts: np.ndarray, flips: np.ndarray, pad: int) -> torch.Tensor:
