@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from twophase_core.science.data import BatchSchedule, crop_flip, get_dataset
-from twophase_core.science.train import Training, TrainingDiverged
+from twophase_core.science.train import Training, TrainingDiverged, sgd_update, train_mode
 from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
@@ -109,6 +109,73 @@ def test_batch_schedule_is_a_pure_function_of_seed_and_iteration():
     seen = np.concatenate([a.plan(t).indices for t in range(8)])
     assert sorted(seen.tolist()) == list(range(256))
     assert not np.array_equal(a.plan(0).indices, BatchSchedule(256, 32, 8, True).plan(0).indices)
+
+
+def test_the_dropout_seed_kept_per_iteration_is_the_draw_of_its_own_seed_sequence():
+    for augment in (False, True):
+        s = BatchSchedule(256, 32, 7, augment)
+        for t in (0, 9, 123, 9):  # 9 again: kept
+            rng = np.random.default_rng([7, t, 1])
+            if augment:
+                rng.integers(0, 9, size=(32, 2)), rng.random(32)
+            assert s.plan(t).dropout_seed == int(rng.integers(0, 2**62))
+
+
+def test_a_batch_holds_the_planned_rows():
+    ds = get_dataset(dataclasses.replace(T, augment=False))
+    s = BatchSchedule(len(ds.x_train), 32, 3, False)
+    x, y, _ = s.batch(ds, 11)
+    idx = torch.from_numpy(s.plan(11).indices)
+    assert torch.equal(x, ds.x_train[idx]) and torch.equal(y, ds.y_train[idx])
+
+
+@pytest.mark.parametrize("momentum,weight_decay,dampening", [(0.9, 1e-4, 0.0), (0.0, 0.0, 0.0), (0.9, 0.0, 0.3),
+                                                             (0.0, 1e-3, 0.0)])
+def test_sgd_update_is_torch_sgd_bit_for_bit(momentum, weight_decay, dampening):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    nets = [pickle.loads(pickle.dumps(net)) for _ in range(2)]
+    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay,
+                            dampening=dampening) for n in nets]
+    for t in range(6):
+        for n, opt, update in zip(nets, opts, (lambda o: o.step(), sgd_update), strict=True):
+            torch.manual_seed(t)
+            for i, p in enumerate(n.parameters()):
+                # the last layer's bias has no gradient at first, then joins: a buffer starts late
+                p.grad = None if (i == 3 and t < 2) else torch.randn_like(p)
+            opt.param_groups[0]["lr"] = 0.1 / (t + 1)
+            update(opt)
+    assert _same(*nets)
+    a, b = (o.state_dict() for o in opts)
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    assert all(torch.equal(a["state"][i]["momentum_buffer"], b["state"][i]["momentum_buffer"]) for i in a["state"])
+
+
+def test_sgd_update_leaves_what_it_does_not_reproduce_to_the_optimizer_s_own_step():
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(3, 2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    nesterov = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9, nesterov=True) for n in nets]
+    for t in range(3):
+        for n, opt, update in zip(nets, nesterov, (lambda o: o.step(), sgd_update), strict=True):
+            n.weight.grad, n.bias.grad = torch.full((2, 3), 0.3 + t), torch.full((2,), 0.7 - t)
+            update(opt)
+    assert _same(*nets)
+    called: list[int] = []
+    for opt in (torch.optim.SGD(nets[0].parameters(), lr=0.1), torch.optim.Adam(nets[0].parameters())):
+        opt.register_step_post_hook(lambda *_: called.append(1))
+        sgd_update(opt)
+    assert called == [1, 1]
+
+
+def test_train_mode_switches_a_module_left_in_eval_mode(store):
+    run = Training(dataclasses.replace(T, iterations=3), store)
+    s = run.initial()
+    run.step(s.model, s.opt, 0)
+    inner = list(s.model.modules())[-1]
+    inner.eval()
+    train_mode(s.model)
+    assert all(m.training for m in s.model.modules())
 
 
 def test_crop_flip_matches_a_per_image_loop():

@@ -10,14 +10,17 @@ state after t SGD steps; step t uses batch t of the schedule and lr_at(t).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 from twophase_core.science.data import BatchSchedule, Dataset, get_dataset
 from twophase_core.science.models import build_model, trainable
@@ -125,6 +128,85 @@ def lr_at(cfg: conf.TrainConfig, t: int) -> float:
     return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if t >= m)
 
 
+# Every module of a model whose modules all keep nn.Module's own train(), by model: `train_mode`'s walk
+_MODULES: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = weakref.WeakKeyDictionary()
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), skipped when every module is already in train mode (after the first step, always).
+
+    model.train() walks and sets every module each step (43 us on the demo-sweep MLP, 4% of its step); reading
+    the flags of the modules found once is 1 us. A model with a module of its own train() is always switched.
+    """
+    mods = _MODULES.get(model)
+    if mods is None:
+        mods = tuple(model.modules())
+        if any(type(m).train is not nn.Module.train for m in mods):
+            mods = ()
+        _MODULES[model] = mods
+    if not mods or not all(m.training for m in mods):
+        model.train()
+
+
+def _plain_sgd(opt: torch.optim.Optimizer) -> bool:
+    """Whether `sgd_update` reproduces opt.step(): torch's SGD on the CPU (the single-tensor path), no momentum
+    variants, no step hooks."""
+    if type(opt) is not torch.optim.SGD or "step" in vars(opt):  # (an LR scheduler wraps opt.step)
+        return False
+    hooks = (getattr(opt, "_optimizer_step_pre_hooks", None), getattr(opt, "_optimizer_step_post_hooks", None),
+             getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
+             getattr(torch_optimizer, "_global_optimizer_post_hooks", None))
+    if any(hooks):
+        return False
+    for g in opt.param_groups:
+        if g.get("nesterov") or g.get("maximize") or g.get("differentiable") or g.get("foreach") or g.get("fused"):
+            return False
+        for p in g["params"]:
+            if p.device.type != "cpu" or (p.grad is not None and p.grad.is_sparse):
+                return False
+    return True
+
+
+def sgd_update(opt: torch.optim.Optimizer) -> None:
+    """opt.step() of the engine's SGD, bit for bit, in four foreach calls instead of four ops per tensor.
+
+    The same arithmetic as torch's single-tensor SGD on the CPU (its path there): grad + wd * param, then
+    buf = buf * momentum + grad (a clone of that at the first step), then param - lr * buf, each op on each
+    tensor as before (the CPU's foreach ops apply the per-tensor kernel to each); the momentum buffers stay in
+    opt.state, so checkpoints are unchanged. Skips torch's per-call wrappers (profiler records, dynamo guards,
+    hooks: none are set here): 155 to 75 us a step on the demo-sweep MLP. Anything else is left to opt.step().
+    """
+    if not _plain_sgd(opt):
+        opt.step()
+        return
+    with torch.no_grad():
+        for g in opt.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
+            if g["weight_decay"] != 0:
+                grads = list(torch._foreach_add(grads, params, alpha=g["weight_decay"]))
+            if g["momentum"] != 0:
+                state = opt.state
+                bufs = [state[p].get("momentum_buffer") for p in params]
+                if all(b is not None for b in bufs):
+                    kept = [b for b in bufs if b is not None]
+                    torch._foreach_mul_(kept, g["momentum"])
+                    torch._foreach_add_(kept, grads, alpha=1 - g["dampening"])
+                else:  # a first step (for some tensors): the buffer starts as the gradient
+                    kept = []
+                    for p, b, d in zip(params, bufs, grads, strict=True):
+                        if b is None:
+                            b = torch.clone(d).detach()
+                            state[p]["momentum_buffer"] = b
+                        else:
+                            b.mul_(g["momentum"]).add_(d, alpha=1 - g["dampening"])
+                        kept.append(b)
+                grads = kept
+            torch._foreach_add_(params, grads, alpha=-g["lr"])
+
+
 @dataclass
 class State:
     model: nn.Module
@@ -166,14 +248,17 @@ class Training:
     def step(self, model: nn.Module, opt: torch.optim.Optimizer, t: int) -> torch.Tensor:
         """SGD step t: batch t, lr_at(t), dropout masks seeded by the schedule."""
         x, y, dropout_seed = self.schedule.batch(self.ds, t)
+        lr = lr_at(self.cfg, t)
         for g in opt.param_groups:
-            g["lr"] = lr_at(self.cfg, t)
+            g["lr"] = lr
         self.generator.manual_seed(dropout_seed)
-        model.train()
-        opt.zero_grad(set_to_none=True)
+        train_mode(model)
+        for g in opt.param_groups:  # opt.zero_grad(set_to_none=True) without its wrappers
+            for p in g["params"]:
+                p.grad = None
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
-        opt.step()
+        sgd_update(opt)
         self.steps_done += 1
         return loss.detach()
 
@@ -332,19 +417,20 @@ class Trajectory:
                 s.t += 1
                 save = s.t in targets or (every and s.t % every == 0 and s.t not in have)
                 if len(buf) >= training.check_every or save or s.t == m:
-                    window = torch.stack(buf)
-                    finite = torch.isfinite(window)
-                    if not bool(finite.all()):
-                        first_bad = s.t - len(buf) + int((~finite).nonzero()[0, 0])
+                    # one read of the window (one sync on a GPU), checked here: on the CPU's window of one
+                    # step, a stack, isfinite and all() cost more than the value itself
+                    values: list[float] = [buf[0].item()] if len(buf) == 1 else torch.stack(buf).tolist()
+                    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+                    if bad is not None:
+                        first_bad = s.t - len(buf) + bad
                         raise TrainingDiverged(first_bad, lr_at(training.cfg, first_bad))
-                    values = window.tolist()
                     last_loss = values[-1]
                     steps = list(zip(range(s.t - len(values) + 1, s.t + 1), values, strict=True))
                     training.losses.setdefault(self.key, []).extend(steps)
                     segment.extend(steps)
                     buf = []
                     if on_step is not None:
-                        on_step(int(window.numel()))
+                        on_step(len(values))
                 if save:
                     store.save_checkpoint(self.key, s.t, training.pack(s, last_loss, segment))
                     segment = []
