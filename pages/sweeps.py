@@ -114,9 +114,21 @@ def progress() -> None:
     jm.pump()
     now = (S.load_sweep(jm.store, pick) or rec) if refine else rec  # a refine's driver moves it round by round
     p = SJ.sweep_progress(jm, now)
-    what = f"round {len(now['refine']['rounds']) + 1}: " if refine and RF.refine_state(jm, now) == "running" else ""
-    st.progress(min(p["progress"], 1.0), text=f"{what}{p['done']} of {p['points']} runs done · {p['running']} "
-                f"running · {p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else ""))
+    driving = bool(refine) and RF.refine_state(jm, now) == "running"
+    what = f"round {len(now['refine']['rounds']) + 1}: " if driving else ""
+    c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
+    c1.progress(min(p["progress"], 1.0), text=f"{what}{p['done']} of {p['points']} runs done · {p['running']} "
+                f"running · {p['queued']} queued" + (f" · {p['failed']} failed" if p["failed"] else "")
+                + (f" · {p['cancelled']} cancelled" if p["cancelled"] else ""))
+    if (driving or p["running"] or p["queued"]) and c2.button(
+            "Stop", key=f"stop_sweep_{pick}", icon=":material/stop:",
+            help="cancel the points still queued or running (a point shared with another run stops too); finished "
+                 "points and every checkpoint stay, and submitting the sweep again goes on from there"):
+        if driving:
+            RF.stop_refine(jm, pick)
+        else:
+            SJ.cancel_sweep(jm, now)
+        st.rerun()
     mark = (p["done"], p["failed"], len(now["runs"]), *((len(now["refine"]["rounds"]), now["refine"]["state"])
                                                        if refine else ()))
     if st.session_state.get(f"sweep_mark_{pick}") not in (None, mark):

@@ -391,6 +391,27 @@ def test_sweeps_page_shows_groups_transition_and_bands(empty):
     assert _title(_figures(at)[0]).startswith(f"Where the chaos ends: {F.METRICS['D']}")
 
 
+def test_a_running_sweep_has_a_stop_button_that_cancels_its_points(empty):
+    """Stop asks every point still running to stop (its worker keeps its checkpoints); then the button goes."""
+    from twophase_core.experiments import sweep as S
+
+    sweep = S.Sweep(preset("tiny", "chaos"), replicates=1)
+    [point] = S.expand(sweep)
+    store = Store(empty)
+    store.put_json(S.sweep_key(sweep.id()), {"id": sweep.id(), "sweep": sweep.to_dict(), "created": 1.0,
+                                             "runs": [point.run_id]})
+    fake, jid = _running_job(store, point.config, point.hash, "base run", 0.3)
+    try:
+        assert jid == point.run_id
+        at = _app(page="sweeps", sweep=sweep.id())
+        assert not at.exception and JobManager(store).get(jid).cancel_requested is None
+        at.button(key=f"stop_sweep_{sweep.id()}").click().run()
+        assert not at.exception and JobManager(store).get(jid).cancel_requested is not None
+    finally:
+        fake.kill()
+        fake.wait()
+
+
 def test_sweep_form_submits_points_as_jobs_or_names_the_bad_field(empty):
     from twophase_core.experiments import sweep as S
 

@@ -138,6 +138,35 @@ def test_a_refine_run_as_jobs_gives_the_rounds_and_budget_of_the_cli(tmp_path):
     assert RF.refine_state(jm, again) == "done"
 
 
+def test_stopping_a_refine_cancels_its_round_and_says_so(tmp_path):
+    """Stop on the Sweeps page: the driver cancels its round's points, ends, and the record says it was stopped
+    (not failed); the points of a plain sweep are cancelled the same way."""
+    from launchers import IdleLauncher
+
+    from twophase_core.execution import refine as RF
+    from twophase_core.execution import sweeps as SJ
+    from twophase_core.execution.jobs import JobManager
+
+    store, sweep = Store(tmp_path / "cache"), _tiny_sweep()
+    jm = JobManager(store, launcher=IdleLauncher())  # jobs that run and never finish
+    RF.submit_refine(jm, sweep, 1e9)
+    driver = threading.Thread(target=RF.drive_refine, args=(store, sweep.id(), jm, 0.02), daemon=True)
+    driver.start()
+    runs = [p.run_id for p in S.expand(sweep)]
+    wait_for("the first round's jobs", lambda: all(jm.get(r) is not None for r in runs), timeout=30)
+    RF.stop_refine(jm, sweep.id())
+    wait_for("the driver to end", lambda: not driver.is_alive(), timeout=30)
+    ref = S.load_sweep(store, sweep.id())["refine"]
+    assert ref["state"] == "cancelled" and ref["error"] == RF.STOPPED and RF.refine_state(jm, {"refine": ref,
+                                                                                               "id": sweep.id()}) \
+        == "cancelled"
+    assert all(jm.get(r).status == "cancelled" or jm.get(r).cancel_requested is not None for r in runs)
+    # a plain sweep: its points queued or running are asked to stop, and only those
+    plain = S.Sweep(conf.replace(sweep.base, t0=(0, 10)), replicates=2)
+    rec = SJ.submit_sweep(jm, plain)
+    assert SJ.cancel_sweep(jm, rec) == len(rec["runs"]) and SJ.cancel_sweep(jm, rec) == 0
+
+
 def test_a_refine_is_refused_attached_to_or_said_lost_as_its_driver_goes(tmp_path):
     from launchers import FailingLauncher, IdleLauncher
 

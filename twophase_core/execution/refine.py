@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from twophase_core.execution.jobs import JobManager
 
 POLL_S = 0.5  # how often the app's driver looks at its round's jobs
+STOPPED = "stopped on the Sweeps page"  # the reason a refine stopped by its user gives
 
 
 def _between(a: float, b: float) -> int | None:
@@ -178,7 +179,8 @@ def _update(store: Store, sweep_id: str, fn: Callable[[dict[str, Any]], None]) -
 
 
 def refine_state(jm: JobManager, rec: Mapping[str, Any]) -> str:
-    """What the record's refine is doing: running, done, failed, or lost (its driver ended without saying)."""
+    """What the record's refine is doing: running, done, failed, cancelled (by its user), or lost (its driver ended
+    without saying)."""
     ref = rec.get("refine") or {}
     state = str(ref.get("state", "done"))
     if state == "running" and ref.get("pid") is not None and not jm.launcher.alive(int(ref["pid"])):
@@ -186,6 +188,23 @@ def refine_state(jm: JobManager, rec: Mapping[str, Any]) -> str:
         state = str((fresh.get("refine") or {}).get("state", "done"))
         return "lost" if state == "running" else state
     return state
+
+
+def stop_refine(jm: JobManager, sweep_id: str) -> dict[str, Any] | None:
+    """Ask the sweep's refine driver to stop: it ends after cancelling its round's points, and says so on the record
+    (state `cancelled`); the points queued or running now are cancelled at once too. Rounds already finished stay,
+    and submitting the sweep again reuses every stored point."""
+    from twophase_core.execution.sweeps import cancel_sweep
+
+    rec = _update(jm.store, sweep_id, lambda r: r["refine"].update(stop_requested=time.time()))
+    if rec is not None:
+        cancel_sweep(jm, rec)
+    return rec
+
+
+def _stop_requested(store: Store, sweep_id: str) -> bool:
+    rec = load_sweep(store, sweep_id)
+    return rec is not None and isinstance(rec.get("refine"), dict) and rec["refine"].get("stop_requested") is not None
 
 
 def submit_refine(jm: JobManager, sweep: Sweep, budget: float, metric: str = "C") -> dict[str, Any]:
@@ -232,11 +251,19 @@ def drive_refine(store: Store, sweep_id: str, jm: JobManager | None = None, poll
     def run(s: Sweep) -> SweepResult:
         points = expand(s)
         rounds[0] += 1
+        if _stop_requested(store, sweep_id):
+            raise RoundStopped(STOPPED)
         if _update(store, sweep_id, lambda r: r.update(sweep=s.to_dict(), runs=[p.run_id for p in points])) is None:
             raise RoundStopped("the sweep's record is gone or was replaced by a sweep without --refine")
         for p in sorted(points, key=lambda p: p.config.train.trajectory_key()):
             jm.submit(p.config)
         while True:
+            if _stop_requested(store, sweep_id):  # (its own round's points: submitted after the page looked, maybe)
+                for p in points:
+                    job = jm.get(p.run_id)
+                    if job is not None and job.status in ("queued", "running"):
+                        jm.cancel(p.run_id)
+                raise RoundStopped(STOPPED)
             results = load_results(store, points)
             if len(results) == len(points):
                 return SweepResult(s, points, results, {"points": len(points), "executor": "jobs"})
@@ -263,7 +290,8 @@ def drive_refine(store: Store, sweep_id: str, jm: JobManager | None = None, poll
             traceback.print_exc()
         err = str(e)
         why = f"stopped: {err}"
-        _update(store, sweep_id, lambda r: r["refine"].update(state="failed", error=err, stopped=why))
+        state = "cancelled" if err == STOPPED else "failed"
+        _update(store, sweep_id, lambda r: r["refine"].update(state=state, error=err, stopped=why))
         print(f"refine {sweep_id}: {why}", flush=True)
         return 1
     _update(store, sweep_id, lambda r: r["refine"].update(out.to_json(), state="done",

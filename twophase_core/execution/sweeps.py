@@ -123,6 +123,19 @@ def submit_sweep(jm: JobManager, sweep: Sweep) -> dict[str, Any]:
     return rec
 
 
+def cancel_sweep(jm: JobManager, rec: dict[str, Any]) -> int:
+    """Cancel the sweep's points still queued or running (how many were asked): a running worker stops at its next
+    step and keeps its checkpoints, finished points stay stored, and submitting the sweep again goes on from there.
+    A point is a job of its own config: one shared with another sweep, or run alone, stops too."""
+    asked = 0
+    for rid in rec["runs"]:
+        r = jm.get(rid)
+        if r is not None and r.status in ("queued", "running") and r.cancel_requested is None:
+            jm.cancel(rid)
+            asked += 1
+    return asked
+
+
 def sweep_progress(jm: JobManager, rec: dict[str, Any]) -> dict[str, float]:
     """Overall progress of a sweep's jobs: the mean of their progress, and how many are in each state."""
     counts = {s: 0 for s in ("queued", "running", "done", "failed", "cancelled", "missing")}
