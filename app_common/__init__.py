@@ -36,9 +36,10 @@ from .runs import (
     open_run,
     run_entries,
     run_name,
+    sweep_groups,
 )
 
 __all__ = ["KIND_TITLES", "KINDS", "PAGE_FILES", "POLL_S", "RunView", "chart_state", "chosen", "command_block",
            "compare_views", "config_of", "figure_block", "fmt_time", "from_query", "job_manager", "labels_and_commands",
-           "new_click", "open_run", "page_run", "parse_bool", "run_entries", "run_name", "to_query"]
+           "new_click", "open_run", "page_run", "parse_bool", "run_entries", "run_name", "to_query", "sweep_groups"]
 __all__ += ["figure_columns", "for_screen", "presenting", "show_figure"]  # presentation mode

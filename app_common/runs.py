@@ -7,6 +7,7 @@ names a malformed id, or a run of another kind, is not silently ignored: `curren
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ import streamlit as st
 from twophase_core.execution.jobs import JobManager, JobRecord, env_warm_workers
 from twophase_core.experiments import registry
 from twophase_core.experiments.result import Result, load_result
+from twophase_core.experiments.sweep import SweepResult
 from twophase_core.interfaces import catalog as K
 from twophase_core.interfaces import gallery
 from twophase_core.settings import config as conf
@@ -212,3 +214,16 @@ def run_name(run_id: str, config: conf.ExperimentConfig | None) -> str:
     if meta.name:
         return meta.name
     return K.default_name(config) if config is not None else run_id
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _groups(key: str, _res: SweepResult, n_boot: int) -> list[dict[str, Any]]:
+    return _res.groups(n_boot=n_boot)
+
+
+def sweep_groups(res: SweepResult, n_boot: int = 1000) -> list[dict[str, Any]]:
+    """`res.groups`, computed once per set of stored points: the bootstrap over replicates takes seconds for the
+    demo-sweep and the page reruns at every click. A stored result never changes under its hash, so the sweep and
+    the hashes of its stored points are the whole key."""
+    key = json.dumps([res.sweep.to_dict(), sorted(res.results)], sort_keys=True, default=str)
+    return _groups(key, res, n_boot)

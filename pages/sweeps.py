@@ -164,7 +164,7 @@ sweep = S.Sweep.from_dict(rec["sweep"])
 if not refine:
     cmd = reproduce.sweep_command(sweep)
 res = S.sweep_result(jm.store, rec)
-groups = res.groups(n_boot=1000)
+groups = ui.sweep_groups(res)
 done = [g for g in groups if g["replicates"]]
 if not done:
     st.info("The first points are training; groups appear here as their runs finish.",
@@ -197,7 +197,7 @@ if fgroups:
             if twin is not None:  # the other side, read off the same base runs, on the same axes
                 tsweep = TW.on_axes_of(S.Sweep.from_dict(RF.shown_record(twin, jm.store)["sweep"]), sweep)
                 tres = S.sweep_result(jm.store, RF.shown_record(twin, jm.store))
-                tdiagram = S.phase_diagram(tsweep, tres.groups(n_boot=1000))
+                tdiagram = S.phase_diagram(tsweep, ui.sweep_groups(tres))
                 tm = TW.TWIN_METRIC[str(other)]
                 tstart = TW.started_from(twin)
                 tref = twin.get("refine")

@@ -391,6 +391,23 @@ def test_sweeps_page_shows_groups_transition_and_bands(empty):
     assert _title(_figures(at)[0]).startswith(f"Where the chaos ends: {F.METRICS['D']}")
 
 
+def test_the_sweeps_page_summarises_a_sweep_once_not_at_every_rerun(empty, monkeypatch):
+    """The bootstrap over replicates takes seconds for the demo-sweep: a click (another metric) reuses it."""
+    import streamlit as st
+
+    from twophase_core.experiments.sweep import SweepResult
+
+    st.cache_data.clear()
+    calls: list[int] = []
+    real = SweepResult.groups
+    monkeypatch.setattr(SweepResult, "groups", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    at = _app(page="sweeps", sweep=gallery.demo_sweep("chaos").id())  # the gallery's demo-sweep
+    assert not at.exception and len(calls) == 1
+    at.radio(key="sweep_metric").set_value("D").run()
+    assert not at.exception and len(calls) == 1 and _title(_figures(at)[0]).startswith(
+        f"Where the chaos ends: {F.METRICS['D']}")
+
+
 def test_a_running_sweep_has_a_stop_button_that_cancels_its_points(empty):
     """Stop asks every point still running to stop (its worker keeps its checkpoints); then the button goes."""
     from twophase_core.experiments import sweep as S
