@@ -210,17 +210,17 @@ def _stop_requested(store: Store, sweep_id: str) -> bool:
 def submit_refine(jm: JobManager, sweep: Sweep, budget: float, metric: str = "C") -> dict[str, Any]:
     """Record the sweep with a `refine` entry and start its driver (`drive_refine`, in the worker module);
     a driver of this sweep still running is attached to. The driver queues each round's points as jobs."""
+    from twophase_core.execution.sweeps import sweep_record
+
     check_refinable(sweep, budget)
     points = expand(sweep)
     sid = sweep.id()
     old = load_sweep(jm.store, sid)
     if old is not None and isinstance(old.get("refine"), dict) and refine_state(jm, old) == "running":
         return old
-    rec: dict[str, Any] = {"id": sid, "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
-                           "created": old["created"] if old is not None and "created" in old else time.time(),
-                           "refine": {"budget": float(budget), "spent": 0.0, "rounds": [], "stopped": "",
-                                      "metric": metric, "start": sweep.to_dict(), "state": "running", "pid": None,
-                                      "error": None}}
+    rec = {**sweep_record(sweep, points, old),
+           "refine": {"budget": float(budget), "spent": 0.0, "rounds": [], "stopped": "", "metric": metric,
+                      "start": sweep.to_dict(), "state": "running", "pid": None, "error": None}}
     jm.store.put_json(sweep_key(sid), rec)
     try:
         pid = jm.launcher.launch(sid, jm.cache_dir)

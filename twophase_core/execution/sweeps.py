@@ -11,7 +11,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twophase_core.experiments.result import Result, load_result, save_result
-from twophase_core.experiments.sweep import Sweep, SweepResult, expand, load_results, load_sweep, sweep_key, sweep_units
+from twophase_core.experiments.sweep import (
+    Point,
+    Sweep,
+    SweepResult,
+    expand,
+    load_results,
+    load_sweep,
+    sweep_key,
+    sweep_units,
+)
 from twophase_core.settings.spec import ConfigError
 from twophase_core.storage.store import Store
 
@@ -113,14 +122,18 @@ def submit_sweep(jm: JobManager, sweep: Sweep) -> dict[str, Any]:
     sweep that fails its checks is replaced: the user is submitting the sweep again. (Refining, whose rounds
     run sweeps: `refine.submit_refine`.)"""
     points = expand(sweep)
-    sid = sweep.id()
-    old = load_sweep(jm.store, sid)
-    rec = {"id": sid, "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
-           "created": old["created"] if old is not None and "created" in old else time.time()}
-    jm.store.put_json(sweep_key(sid), rec)
+    rec = sweep_record(sweep, points, load_sweep(jm.store, sweep.id()))
+    jm.store.put_json(sweep_key(sweep.id()), rec)
     for p in sorted(points, key=lambda p: p.config.train.trajectory_key()):
         jm.submit(p.config)
     return rec
+
+
+def sweep_record(sweep: Sweep, points: list[Point], old: dict[str, Any] | None) -> dict[str, Any]:
+    """The record the app keeps of a submitted sweep: its settings and its points' run ids; a sweep submitted again
+    keeps its first creation time (the Sweeps page lists sweeps by it)."""
+    return {"id": sweep.id(), "sweep": sweep.to_dict(), "runs": [p.run_id for p in points],
+            "created": old["created"] if old is not None and "created" in old else time.time()}
 
 
 def cancel_sweep(jm: JobManager, rec: dict[str, Any]) -> int:
