@@ -4,8 +4,11 @@ processes that stay up from the first task to the last.
 Per base run a prepare task, then its points' units, then each point's assembly (`execution/tasks.py`); the driver
 hands a task to the pool as soon as what it needs is done, so every worker has work while any is left, and a base
 run shared by several points is trained once (a dependency here, as on Ray). Of the tasks ready, assemblies go
-first, then units, then base runs: points finish and are stored one after another, not all at the end. Workers
-come from a forkserver that has imported torch and the engine once, so no task waits on an import. Results are bit
+first, then base runs, then units: a base run holds back all of its points' units, so one started only when no unit
+was left (as before) kept every other worker idle while it trained (the demo-sweep's last base run: one of its two
+cores, 5 s); after the base runs, points finish and are stored one after another. Workers come from a forkserver
+that has imported torch, torch._dynamo (which the first optimizer imports: 2.3 s) and the engine once, so no task
+waits on an import. Results are bit
 for bit those of the in-process runner: the same functions, one torch thread per process. A worker that dies
 (killed, out of memory) fails the sweep with one line; the checkpoints already written are kept, and running the
 sweep again resumes.
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 ENV_WORKERS = "TWOPHASE_SWEEP_WORKERS"
 POLL_S = 0.2  # how often the driver looks at its cancel token and the workers' progress
-PRELOAD = ["torch", "twophase_core.execution.tasks", "twophase_core.experiments.running",
+PRELOAD = ["torch", "torch._dynamo", "twophase_core.execution.tasks", "twophase_core.experiments.running",
            "twophase_core.science.train", "twophase_core.science.metrics", "twophase_core.science.ntk"]
 _PROGRESS: Any = None  # in a worker: the queue its tasks report progress to
 
@@ -107,8 +110,9 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(progress,))
     running: dict[Future[Any], tuple[str, Any]] = {}
-    # tasks whose inputs are done, by rank: assemblies first, then units, then base runs, so points finish (and are
-    # stored) one after another instead of all at the end; at most `workers` in the pool at once
+    # tasks whose inputs are done, by rank: assemblies first, then base runs (each holds back its points' units),
+    # then units, so points finish (and are stored) one after another once the base runs are trained; at most
+    # `workers` in the pool at once
     ready: list[tuple[int, int, str, Any, Callable[..., Any], tuple[Any, ...]]] = []
     order = itertools.count()
 
@@ -124,7 +128,7 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
         for g, members in enumerate(groups):
             needed = sorted(set().union(*(c.base_checkpoints() for c in members)))
             points = [(conf.kind_of(c), conf.to_dict(c)) for c in members]
-            enqueue(2, "prepare", g, _prepare, ("base", g), conf.to_dict(members[0].train), needed, points, files,
+            enqueue(1, "prepare", g, _prepare, ("base", g), conf.to_dict(members[0].train), needed, points, files,
                     plugins)
         units_left: dict[str, list[int]] = {}
         outs: dict[str, dict[int, tasks.UnitOut]] = {}
@@ -149,7 +153,7 @@ def run_points(configs: Sequence[ExperimentConfig], files: CheckpointFiles, work
                         kind, d = conf.kind_of(cfg), conf.to_dict(cfg)
                         units_left[h], outs[h] = list(cfg.unit_keys()), {}
                         for k in cfg.unit_keys():
-                            enqueue(1, "unit", (h, k), _unit, (h, k), kind, d, k, files, plugins, plan)
+                            enqueue(2, "unit", (h, k), _unit, (h, k), kind, d, k, files, plugins, plan)
                 elif what == "unit":
                     h, k = key
                     outs[h][k] = got
