@@ -23,9 +23,11 @@ from twophase_core.settings import config as conf
 from twophase_core.storage.store import Store
 
 
-def worker_pids(job_id: str) -> list[int]:
-    """Live worker processes running `job_id` (from /proc)."""
+def worker_pids(job_id: str, root: Path) -> list[int]:
+    """Live worker processes running `job_id` on the store at `root` (from /proc). The store counts: a job's id is
+    its config's hash, so a test running beside this one (pytest -n) may run the same job on a store of its own."""
     out = []
+    cache_dir = os.fsencode(Path(root).resolve())
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -33,7 +35,8 @@ def worker_pids(job_id: str) -> list[int]:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"twophase_core.execution.worker" in cmd and job_id.encode() in cmd and not gone(int(d.name)):
+        on_root = any(a == b"--cache-dir" and b == cache_dir for a, b in zip(cmd, cmd[1:], strict=False))
+        if b"twophase_core.execution.worker" in cmd and job_id.encode() in cmd and on_root and not gone(int(d.name)):
             out.append(int(d.name))
     return out
 
@@ -83,8 +86,8 @@ def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, 
     same = [jm.submit(cfg), JobManager(Store(store.root), max_running=2).submit(cfg)]
     assert all(r.id == rec.id and r.status == "running" and r.pid == rec.pid for r in same)
     assert len(store.keys("job/")) == 1
-    wait_for("the worker to show in /proc", lambda: worker_pids(rec.id))
-    assert worker_pids(rec.id) == [rec.pid]
+    wait_for("the worker to show in /proc", lambda: worker_pids(rec.id, store.root))
+    assert worker_pids(rec.id, store.root) == [rec.pid]
 
     seen: list[JobRecord] = []
 
@@ -117,7 +120,7 @@ def test_submit_runs_once_in_a_worker_to_the_result_run_experiment_gives(store, 
     assert [r.id for r in jm2.list()] == [rec.id]
     again = jm2.submit(cfg)
     assert again.id == rec.id and again.status == "done" and again.pid == rec.pid
-    assert worker_pids(rec.id) == []
+    assert worker_pids(rec.id, store.root) == []
 
 
 @pytest.mark.slow
@@ -156,7 +159,7 @@ def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     a = wait_for("the cancel to be acknowledged", lambda: finished(jm, first.id), timeout=20)
     assert a.status == "cancelled" and a.error is None
     assert wait_for("the cancelled worker to exit", lambda: gone(first.pid), timeout=10)
-    assert worker_pids(first.id) == []
+    assert worker_pids(first.id, store.root) == []
     assert jm.result(first.id) is None
     assert jm.partial(first.id).meta["units_done"] < 6  # the rows it finished stay available
 
@@ -166,7 +169,7 @@ def test_cancel_stops_the_worker_and_the_queue_moves_on(store):
     assert b.pid is not None and b.pid != first.pid
     assert b.started >= a.finished_at - 0.5
     assert jm.result(second.id) is not None
-    assert jm.get(third.id).status == "cancelled" and worker_pids(third.id) == []
+    assert jm.get(third.id).status == "cancelled" and worker_pids(third.id, store.root) == []
 
 
 @pytest.mark.slow
@@ -268,7 +271,7 @@ def test_resubmitting_right_after_a_kill_starts_a_new_worker(store):
     again = JobManager(Store(store.root)).submit(cfg)
     assert time.monotonic() - killed < 5.0
     assert again.status == "running" and again.pid not in (None, rec.pid), again
-    assert wait_for("the new worker to show in /proc", lambda: worker_pids(rec.id)) == [again.pid]
+    assert wait_for("the new worker to show in /proc", lambda: worker_pids(rec.id, store.root)) == [again.pid]
     final = wait_for("the restarted job to finish", lambda: finished(jm, rec.id))
     assert final.status == "done" and final.pid == again.pid, final.error
 
