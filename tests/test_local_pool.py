@@ -92,3 +92,43 @@ def test_a_sweep_of_a_few_seconds_stays_in_this_process(tmp_path, monkeypatch):
     monkeypatch.setenv("TWOPHASE_SWEEP_WORKERS", "2")
     res = run_sweep(Sweep(preset("tiny", "chaos")), Store(tmp_path / "s"), workers=None)
     assert res.meta["workers"] == 1 and not mp.active_children()
+
+
+_FORKSERVER_DURING_PLANNING = """
+import os, sys, tempfile
+from pathlib import Path
+from twophase_core.execution import sweeps
+from twophase_core.experiments.presets import preset
+from twophase_core.experiments.sweep import Sweep
+from twophase_core.storage.store import Store
+
+def forkservers():
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except (OSError, ValueError, IndexError):
+            continue
+        n += ppid == os.getpid() and b"multiprocessing.forkserver" in cmd
+    return n
+
+seen, units = [], sweeps.sweep_units
+sweeps.sweep_units = lambda todo, store: (seen.append(forkservers()), units(todo, store))[1]
+with tempfile.TemporaryDirectory() as d:
+    sweeps.run_sweep(Sweep(preset("tiny", "chaos")), Store(Path(d) / "s"), workers=2, progress=lambda f, s: None)
+print(seen)
+"""
+
+
+@pytest.mark.slow
+def test_the_pools_forkserver_starts_before_the_sweep_is_planned():
+    """The forkserver imports torch and the engine for the workers while the driver plans (sweep_units), so the
+    first task does not wait for those imports after planning. In a fresh process: a forkserver is a process-wide
+    singleton that an earlier test may have started."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FORKSERVER_DURING_PLANNING], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[1]"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import multiprocessing as mp
+import multiprocessing.forkserver
 import os
 import queue
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -49,6 +50,22 @@ WORKERS_SPEC = Spec("int", "processes for a local sweep", lo=1, hi=256)
 def env_workers() -> int:
     """$TWOPHASE_SWEEP_WORKERS, else one per core: processes a local sweep runs its tasks in (1: in this one)."""
     return int(from_env(ENV_WORKERS, WORKERS_SPEC, min(os.cpu_count() or 1, 256)))
+
+
+def start_early(configs: Sequence[ExperimentConfig], workers: int, auto: bool) -> bool:
+    """Start the pool's forkserver now, while the driver still plans the sweep: it imports torch, torch._dynamo
+    and the engine (PRELOAD, seconds) on another core while the driver imports torch and counts the work left, and
+    `run_points` then forks its workers from it at once. Returns whether it did. With `workers` chosen for the
+    sweep (`auto`), only when the points' iterations alone reach POOL_MIN_UNITS: a sweep of a few seconds, which
+    stays in the driver, should not pay a forkserver's start on the other core. Non-blocking; a no-op once this
+    process has a forkserver."""
+    from twophase_core.execution.sweeps import POOL_MIN_UNITS
+
+    if workers <= 1 or not configs or (auto and sum(c.train.iterations for c in configs) < POOL_MIN_UNITS):
+        return False
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return True
 
 
 def _start_worker(progress: Any) -> None:

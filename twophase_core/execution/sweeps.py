@@ -53,8 +53,11 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
 
         workers = env_workers() if executor == "local" else 1
     if executor == "local" and workers > 1:
+        from twophase_core.execution.local_pool import start_early
+
         results = load_results(store, points)
         todo = [points[i].config for i in order if points[i].hash not in results]
+        start_early(todo, workers, auto)  # the workers' imports on another core while this process plans
         total = sweep_units(todo, store) if todo and (auto or progress is not None) else 0.0
         if auto and total < POOL_MIN_UNITS:
             workers, results = 1, {}  # a few seconds of work: starting the pool would cost about as much
