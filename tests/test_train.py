@@ -275,3 +275,38 @@ def test_the_shipped_mnist1d_is_what_the_mnist1d_package_generates_and_a_damaged
     monkeypatch.setattr(data, "MNIST1D_SHIPPED", damaged)
     again = data.load_mnist1d_data(cache_dir=tmp_path / "store-data")  # generated again, and kept there
     assert torch.equal(again.x_train, want_x) and (tmp_path / "store-data" / "mnist1d-default.npz").exists()
+
+
+def _momenta(s) -> list[torch.Tensor]:
+    return [v["momentum_buffer"] for _, v in sorted(s.opt.state_dict()["state"].items())]
+
+
+def test_a_checkpoint_this_process_wrote_is_not_read_back_and_is_its_files_state(tmp_path, monkeypatch):
+    """A state just written (or read) comes from memory, not from its file: the same values, and tensors of its
+    own: one handed out and trained on in place, or the live state that was packed, changes nothing kept."""
+    cfg = dataclasses.replace(T, momentum=0.9)
+    run = Training(cfg, Store(tmp_path / "a"))
+    loads: list[tuple[str, int]] = []
+    load = Store.load_checkpoint
+    monkeypatch.setattr(Store, "load_checkpoint", lambda self, key, t, **kw: (loads.append((key, t)),
+                                                                               load(self, key, t, **kw))[1])
+    br = run.branch(10, 1e-3, "per-coordinate", 0)
+    br.ensure([25])  # the base run to 10 (written here), the branch from it: its start is not read back
+    s = br.state(25)
+    for t in range(25, 30):  # trained on in place: what is kept must not move with it
+        run.step(s.model, s.opt, t)
+    again = br.state(25)
+    br.ensure([40])  # resumes the branch at 25 from memory
+    assert loads == []
+    monkeypatch.undo()
+    for key, t in ((br.key, 25), (run.key, 10)):
+        disk = run.unpack(run.store.load_checkpoint(key, t))
+        held = again if key == br.key else run.base().state(10)
+        assert _same(held.model, disk.model) and all(map(torch.equal, _momenta(held), _momenta(disk)))
+    fresh = Training(cfg, Store(tmp_path / "b"))  # all from files: a process that holds nothing
+    fresh.branch(10, 1e-3, "per-coordinate", 0).ensure([25])
+    other = Training(cfg, fresh.store)
+    other.branch(10, 1e-3, "per-coordinate", 0).ensure([40])
+    assert other.steps_done == 15
+    a, b = br.state(40), other.branch(10, 1e-3, "per-coordinate", 0).state(40)
+    assert _same(a.model, b.model) and all(map(torch.equal, _momenta(a), _momenta(b)))
