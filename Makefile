@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PIP_TORCH_FLAGS ?=
 PORT ?= 8501
+# make test runs the tests in this many processes (pytest-xdist; auto: one per core, as on CI's 2 cores; 0: in one
+# process). --dist loadfile runs each test file whole in one of them (one Ray head, one browser; tests/conftest.py
+# hands out the longest files first)
+TEST_WORKERS ?= auto
 # make run listens on this machine only; HOST=0.0.0.0 opens it to the network, with no login: anyone
 # who can reach the port can start jobs (README, "Exposing the app")
 HOST ?= 127.0.0.1
@@ -35,7 +39,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check twophase_core pages tests app.py app_common
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not docker" --durations=20
+	$(BIN)/python -m pytest -q -m "not docker" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 bench: $(VENV)/.installed
 	$(BIN)/twophase bench --json bench.json

@@ -12,6 +12,19 @@ torch.set_num_threads(1)
 os.environ.setdefault("TWOPHASE_WARM_WORKERS", "0")
 
 
+# Under pytest-xdist (make test: -n auto --dist loadfile --no-loadscope-reorder) each file runs whole in one worker
+# (test_ray.py's session head starts once, test_browser.py's server and Chromium once, module fixtures are computed
+# once), and the files are handed out in collection order: these, the longest, first, so that none of them starts
+# last while the other worker has nothing left. Outside a worker the order stays pytest's own.
+LONGEST_FIRST = ("test_ray.py", "test_browser.py", "test_jobs.py", "test_local_pool.py", "test_refine.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, the same order
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     from twophase_core.storage.store import Store
