@@ -186,18 +186,19 @@ def test_the_training_curve_does_not_depend_on_which_process_trained_what(store,
         assert np.array_equal(first.arrays[k], again.arrays[k], equal_nan=True), k
 
 
-def test_a_chaos_row_on_the_loop_path_reads_no_branch_checkpoint_back_and_keeps_its_bits(tmp_path, monkeypatch):
+def test_a_chaos_row_on_the_loop_path_reads_each_checkpoint_once_and_keeps_its_bits(tmp_path, monkeypatch):
     """Each cell trains its branch to t1, then measures it against the base run and resumes it at the next t1:
-    the branch's checkpoints were written by this process, which holds the last one, so none is read from its
-    file; the row is bit for bit the one computed from the files."""
+    the process reads the branch's checkpoint once (which proves the store kept it) and holds it, so it is not
+    read again to resume; the row is bit for bit the one computed from the files."""
     cfg = conf.replace(preset("tiny", "chaos"), lockstep="loop", perturb_seeds=(0, 1), t1=(30, 45, 60))
     loads: list[str] = []
     load = Store.load_checkpoint
-    monkeypatch.setattr(Store, "load_checkpoint", lambda self, key, t, **kw: (loads.append(key),
+    monkeypatch.setattr(Store, "load_checkpoint", lambda self, key, t, **kw: (loads.append((key, t)),
                                                                                load(self, key, t, **kw))[1])
     held = run_experiment(cfg, Store(tmp_path / "a"))
     base = cfg.train.trajectory_key()
-    assert loads and set(loads) == {base}  # the base run's, trained in this process's Training before the rows
+    branches = [(k, t) for k, t in loads if k != base]
+    assert len(branches) == len(set(branches)) == 2 * 2 * 3  # 2 t0 x 2 seeds x 3 t1: each read once, to measure
     monkeypatch.setattr(Training, "kept", lambda self, key, t: None)  # every state from its file
     files = run_experiment(cfg, Store(tmp_path / "b"))
     for k, v in files.arrays.items():

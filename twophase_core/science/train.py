@@ -233,8 +233,8 @@ class Training:
         # called as on_save(key, t, model) after each checkpoint is written (live test accuracy)
         self.on_save: Callable[[str, int, nn.Module], None] | None = None
         self.check_every = 1 if self.device.type == "cpu" else 25
-        # per trajectory key, the last checkpoint this object wrote or read, as (iteration, model and optimizer
-        # state with tensors of its own): read back from here, not from its file (see `keep`, `kept`)
+        # per trajectory key, the last checkpoint this object read, as (iteration, model and optimizer state with
+        # tensors of its own): read again from here, not from its file (see `keep`, `kept`)
         self._kept: dict[str, tuple[int, dict[str, Any]]] = {}
         # Dropout draws from the device's default generator; seeding only that one is ~100x cheaper
         # than torch.manual_seed, which also walks every lazy accelerator backend on each call.
@@ -277,11 +277,12 @@ class Training:
         return ckpt
 
     def keep(self, key: str, t: int, ckpt: dict[str, Any]) -> None:
-        """Hold checkpoint t of trajectory `key` in memory, as its file has it (written or read just now), in place
-        of the one held before: a chaos cell reads back the branch it has just trained (and resumes it at the next
-        t1), and every branch of a row starts from the same base checkpoint, 3-9 ms a read. Its tensors are
-        copied: a state packed from a live model is trained on in place. On the CPU (elsewhere a read is the
-        device's copy, and memory there is the scarcer)."""
+        """Hold checkpoint t of trajectory `key` in memory, as its file has just been read, in place of the one held
+        before: a chaos cell reads the branch it has just trained to measure it, then resumes it at the next t1,
+        and every branch of a row starts from the same base checkpoint, 3-9 ms a read. Only what was read is
+        held, never what was written: the first read of each file is what proves the store keeps what it is
+        given (a disk that does not says so: `state`). Its tensors are copied: the state handed out is trained
+        on in place. On the CPU (elsewhere a read is the device's copy, and memory there is the scarcer)."""
         if self.device.type == "cpu":
             self._kept[key] = (t, {"model": _own(ckpt["model"]), "optimizer": _own(ckpt["optimizer"]),
                                    "iteration": int(ckpt["iteration"])})
@@ -444,9 +445,7 @@ class Trajectory:
                     n = self._saves(missing, have)
                     store.require_space(n * one, f"training {n} checkpoints of {self.key}")
                 if s.t == m:  # the start itself was asked for
-                    ckpt = training.pack(s, None)
-                    store.save_checkpoint(self.key, m, ckpt)
-                    training.keep(self.key, m, ckpt)
+                    store.save_checkpoint(self.key, m, training.pack(s, None))
                     have.add(m)
                     if training.on_save is not None:
                         training.on_save(self.key, m, s.model)
@@ -474,9 +473,7 @@ class Trajectory:
                     if on_step is not None:
                         on_step(len(values))
                 if save:
-                    ckpt = training.pack(s, last_loss, segment)
-                    store.save_checkpoint(self.key, s.t, ckpt)
-                    training.keep(self.key, s.t, ckpt)
+                    store.save_checkpoint(self.key, s.t, training.pack(s, last_loss, segment))
                     segment = []
                     have.add(s.t)
                     if training.on_save is not None:
