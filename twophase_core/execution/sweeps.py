@@ -11,21 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twophase_core.experiments.result import Result, load_result, save_result
-from twophase_core.experiments.sweep import (
-    Point,
-    Sweep,
-    SweepResult,
-    expand,
-    load_results,
-    load_sweep,
-    sweep_key,
-    sweep_units,
-)
+from twophase_core.experiments.sweep import Sweep, SweepResult, expand, load_results, load_sweep, sweep_key, sweep_units
 from twophase_core.settings.spec import ConfigError
 from twophase_core.storage.store import Store
 
 if TYPE_CHECKING:
     from twophase_core.execution.jobs import JobManager
+    from twophase_core.experiments.sweep import Point
     from twophase_core.science.train import CancelToken
 
 
