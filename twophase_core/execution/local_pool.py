@@ -52,6 +52,9 @@ def env_workers() -> int:
     return int(from_env(ENV_WORKERS, WORKERS_SPEC, min(os.cpu_count() or 1, 256)))
 
 
+POOL_MIN_UNITS = 5000.0  # SGD steps and equivalents: less is seconds of work, about what starting the pool takes
+
+
 def start_early(configs: Sequence[ExperimentConfig], workers: int, auto: bool) -> bool:
     """Start the pool's forkserver now, while the driver still plans the sweep: it imports torch, torch._dynamo
     and the engine (PRELOAD, seconds) on another core while the driver imports torch and counts the work left, and
@@ -59,8 +62,6 @@ def start_early(configs: Sequence[ExperimentConfig], workers: int, auto: bool) -
     sweep (`auto`), only when the points' iterations alone reach POOL_MIN_UNITS: a sweep of a few seconds, which
     stays in the driver, should not pay a forkserver's start on the other core. Non-blocking; a no-op once this
     process has a forkserver."""
-    from twophase_core.execution.sweeps import POOL_MIN_UNITS
-
     if workers <= 1 or not configs or (auto and sum(c.train.iterations for c in configs) < POOL_MIN_UNITS):
         return False
     mp.get_context("forkserver").set_forkserver_preload(PRELOAD)

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from twophase_core.science.train import CancelToken
 
 
-POOL_MIN_UNITS = 5000.0  # SGD steps and equivalents: less is seconds of work, about what starting the pool takes
 
 
 def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[float, str], None] | None = None,
@@ -45,7 +44,7 @@ def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[floa
 
         workers = env_workers() if executor == "local" else 1
     if executor == "local" and workers > 1:
-        from twophase_core.execution.local_pool import start_early
+        from twophase_core.execution.local_pool import POOL_MIN_UNITS, start_early
 
         results = load_results(store, points)
         todo = [points[i].config for i in order if points[i].hash not in results]
