@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from twophase_core.science.train import CancelToken
 
 
-
-
 def run_sweep(sweep: Sweep, store: Store | None = None, progress: Callable[[float, str], None] | None = None,
               cancel: CancelToken | None = None, executor: str = "local", workers: int | None = 1) -> SweepResult:
     """Every point, then the summary. Locally with `workers` 1: in this process, points sharing a base run one

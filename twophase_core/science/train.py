@@ -295,7 +295,8 @@ class Training:
         held = self._kept.get(key)
         if held is None or held[0] != t:
             return None
-        return self.unpack({"model": _own(held[1]["model"]), "optimizer": _own(held[1]["optimizer"]),
+        # (the model's values are copied by load_state_dict; the optimizer's momentum must be copied here)
+        return self.unpack({"model": held[1]["model"], "optimizer": _own(held[1]["optimizer"]),
                             "iteration": held[1]["iteration"]})
 
     def unpack(self, ckpt: dict[str, Any]) -> State:
@@ -479,16 +480,24 @@ class Trajectory:
                     if training.on_save is not None:
                         training.on_save(self.key, s.t, s.model)
 
+    def _read(self, t: int) -> State | None:
+        """Checkpoint t as a new state: from memory if this process has read it before, else from its file (then
+        held); None if the file is missing or corrupt (dropped by the store)."""
+        held = self.training.kept(self.key, t)
+        if held is not None:
+            return held
+        ckpt = self.training.store.load_checkpoint(self.key, t, map_location=self.training.device)
+        if ckpt is None:
+            return None
+        self.training.keep(self.key, t, ckpt)
+        return self.training.unpack(ckpt)
+
     def _load_or_start(self, t: int | None) -> State:
         """The state at stored checkpoint t, or at the nearest earlier good one, or the start."""
         while t is not None:
-            held = self.training.kept(self.key, t)
-            if held is not None:
-                return held
-            ckpt = self.training.store.load_checkpoint(self.key, t, map_location=self.training.device)
-            if ckpt is not None:
-                self.training.keep(self.key, t, ckpt)
-                return self.training.unpack(ckpt)
+            s = self._read(t)
+            if s is not None:
+                return s
             # missing or corrupt (now dropped): fall back to the one before it
             t = max((h for h in self.training.store.checkpoints(self.key) if h < t), default=None)
         return self.start_state()
@@ -497,13 +506,9 @@ class Trajectory:
         """The state at t (trained now if missing; a missing or corrupt file is recomputed, never used)."""
         for _ in range(2):
             self.ensure([t], on_step, cancel)  # its file is there (or trained now): then it may come from memory
-            held = self.training.kept(self.key, t)
-            if held is not None:
-                return held
-            ckpt = self.training.store.load_checkpoint(self.key, t, map_location=self.training.device)
-            if ckpt is not None:
-                self.training.keep(self.key, t, ckpt)
-                return self.training.unpack(ckpt)
+            s = self._read(t)
+            if s is not None:
+                return s
         path = self.training.store.checkpoint_path(self.key, t)
         raise StoreError(f"checkpoint {t} of {self.key} was written twice to {path} but did not read back intact "
                          "either time: the disk may be failing (see `twophase cache check`)")
